@@ -1,0 +1,96 @@
+package hashstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// ErrNotFound is returned (wrapped) by every Backend for a key that does not
+// exist. Check it with errors.Is.
+var ErrNotFound = errors.New("not found")
+
+// ErrInvalidRange is returned by GetRange when the offset lies beyond the
+// end of the object.
+var ErrInvalidRange = errors.New("invalid range")
+
+// Info describes one stored key.
+type Info struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Backend stores bytes under slash-separated keys. Implementations must make
+// Put atomic (a reader sees the old bytes, the new bytes, or nothing; never
+// a part), must return errors wrapping ErrNotFound for missing keys, and
+// must honour context cancellation. Every implementation passes
+// hashstore/storetest.
+type Backend interface {
+	// Put stores the bytes of r under key, replacing any earlier value. size
+	// is the exact number of bytes r yields, or -1 when unknown. If r returns
+	// an error, or yields a different number of bytes than size, nothing is
+	// stored and Put returns an error.
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Get opens the bytes under key.
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// GetRange opens length bytes from offset; length < 0 reads to the end.
+	// A range that runs past the end is cut short; an offset past the end is
+	// ErrInvalidRange.
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+	// Stat describes key.
+	Stat(ctx context.Context, key string) (Info, error)
+	// List calls fn, in the caller's goroutine, once for every key that
+	// starts with prefix, in no particular order. An error from fn stops the
+	// listing and is returned.
+	List(ctx context.Context, prefix string, fn func(Info) error) error
+	// Delete removes key. Deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// tempPrefix marks names of files being written by the local backend; no
+// key may have a component starting with it.
+const tempPrefix = ".tmp-"
+
+// ValidateKey checks that key is a clean, relative, slash-separated key that
+// every backend can store.
+func ValidateKey(key string) error {
+	if key == "" {
+		return errors.New("empty key")
+	}
+	if len(key) > 1024 {
+		return fmt.Errorf("key %.40q...: longer than 1024 bytes", key)
+	}
+	if !utf8.ValidString(key) || strings.ContainsAny(key, "\x00\\") {
+		return fmt.Errorf("key %q: contains NUL, backslash or invalid UTF-8", key)
+	}
+	for part := range strings.SplitSeq(key, "/") {
+		switch {
+		case part == "", part == ".", part == "..":
+			return fmt.Errorf("key %q: empty, '.' or '..' component", key)
+		case strings.HasPrefix(part, tempPrefix):
+			return fmt.Errorf("key %q: component starts with reserved %q", key, tempPrefix)
+		}
+	}
+	return nil
+}
+
+func notFound(key string) error { return fmt.Errorf("%s: %w", key, ErrNotFound) }
+
+// contextReader fails reads once ctx is done, so that a long copy into a
+// backend stops promptly on cancellation.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

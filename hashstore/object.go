@@ -1,0 +1,222 @@
+package hashstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// ErrCorrupt is wrapped by every error about an object whose stored bytes do
+// not decode to content that hashes to its key.
+var ErrCorrupt = errors.New("corrupt object")
+
+// ErrContentMismatch is returned by Store.Put when the bytes offered do not
+// hash to the hexdigest they are to be stored under (typically a source
+// file that changed after it was hashed). Nothing is stored.
+var ErrContentMismatch = errors.New("content does not match its hexdigest")
+
+// CorruptObjectError names an object that failed verification on read.
+type CorruptObjectError struct {
+	Hexdigest string
+	Reason    string
+}
+
+func (e *CorruptObjectError) Error() string {
+	return fmt.Sprintf("object %s is corrupt: %s", e.Hexdigest, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptObjectError) Is(target error) bool { return target == ErrCorrupt }
+
+// Object encoding: a 16-byte header, then the payload.
+//
+//	magic "DBOB" | format version (1 byte) | codec (1 byte) | 2 zero bytes |
+//	decoded size (uint64, big endian)
+const (
+	objectHeaderSize    = 16
+	objectFormatVersion = 1
+	// maxDecodedSize bounds what a header may claim, so that a hostile or
+	// damaged header cannot drive a huge allocation or an endless read.
+	maxDecodedSize = 1 << 46
+)
+
+var objectMagic = [4]byte{'D', 'B', 'O', 'B'}
+
+// Codec is how an object's payload is stored.
+type Codec byte
+
+// Codecs. Raw is chosen when zstd saves less than minSaving.
+const (
+	CodecRaw  Codec = 0
+	CodecZstd Codec = 1
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecRaw:
+		return "raw"
+	case CodecZstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("codec(%d)", byte(c))
+}
+
+// ObjectHeader is the decoded header of a stored object.
+type ObjectHeader struct {
+	Codec       Codec
+	DecodedSize int64
+}
+
+func (h ObjectHeader) marshal() []byte {
+	b := make([]byte, objectHeaderSize)
+	copy(b, objectMagic[:])
+	b[4] = objectFormatVersion
+	b[5] = byte(h.Codec)
+	binary.BigEndian.PutUint64(b[8:], uint64(h.DecodedSize))
+	return b
+}
+
+// ParseObjectHeader decodes and checks the first objectHeaderSize bytes of
+// a stored object.
+func ParseObjectHeader(b []byte) (ObjectHeader, error) {
+	if len(b) < objectHeaderSize {
+		return ObjectHeader{}, fmt.Errorf("header is %d bytes, want %d", len(b), objectHeaderSize)
+	}
+	if !bytes.Equal(b[:4], objectMagic[:]) {
+		return ObjectHeader{}, fmt.Errorf("bad magic %q", b[:4])
+	}
+	if b[4] != objectFormatVersion {
+		return ObjectHeader{}, fmt.Errorf("unknown object format version %d", b[4])
+	}
+	c := Codec(b[5])
+	if c != CodecRaw && c != CodecZstd {
+		return ObjectHeader{}, fmt.Errorf("unknown codec %d", b[5])
+	}
+	if b[6] != 0 || b[7] != 0 {
+		return ObjectHeader{}, errors.New("reserved header bytes are not zero")
+	}
+	size := binary.BigEndian.Uint64(b[8:])
+	if size > maxDecodedSize {
+		return ObjectHeader{}, fmt.Errorf("decoded size %d is implausible", size)
+	}
+	return ObjectHeader{Codec: c, DecodedSize: int64(size)}, nil
+}
+
+// ValidHexdigest reports whether s is a lower-case 64-character BLAKE3-256
+// hexdigest.
+func ValidHexdigest(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Hexdigest returns the BLAKE3-256 hexdigest of data.
+func Hexdigest(data []byte) string {
+	sum := blake3.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+var (
+	// encoder is shared: EncodeAll is safe for concurrent use.
+	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	// decoderPool holds streaming decoders; each is used by one reader at a
+	// time. Memory is capped so that a hostile frame cannot allocate without
+	// bound.
+	decoderPool = sync.Pool{New: func() any {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30), zstd.WithDecoderMaxWindow(64<<20))
+		if err != nil {
+			panic(err) // only fails on invalid options
+		}
+		return d
+	}}
+	streamEncoderPool = sync.Pool{New: func() any {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			panic(err)
+		}
+		return e
+	}}
+)
+
+// worthCompressing decides raw versus zstd: compression must save at least
+// 3% of the bytes, otherwise decoding cost buys nothing.
+func worthCompressing(raw, compressed int) bool {
+	return compressed < raw-raw*3/100
+}
+
+// sourceReader remembers the last error of the stored bytes' reader, so a
+// decode failure can be told apart from an I/O failure.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// verifyingReader hashes and counts the decoded stream and, at its end,
+// turns a mismatch into a CorruptObjectError instead of io.EOF, so a caller
+// that copies to completion never accepts wrong bytes.
+type verifyingReader struct {
+	decoded   io.Reader
+	source    *sourceReader
+	hexdigest string
+	want      int64
+	got       int64
+	hasher    *blake3.Hasher
+	closer    func() error
+	err       error
+}
+
+func (v *verifyingReader) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	n, err := v.decoded.Read(p)
+	v.got += int64(n)
+	v.hasher.Write(p[:n])
+	if v.got > v.want {
+		v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to more than the %d bytes its header declares", v.want)}
+		return n, v.err
+	}
+	switch {
+	case err == io.EOF:
+		if v.got != v.want {
+			v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to %d bytes, header declares %d", v.got, v.want)}
+		} else if got := hex.EncodeToString(v.hasher.Sum(nil)); got != v.hexdigest {
+			v.err = &CorruptObjectError{v.hexdigest, "content hashes to " + got}
+		} else {
+			v.err = io.EOF
+		}
+		return n, v.err
+	case err != nil:
+		if v.source.err != nil {
+			v.err = fmt.Errorf("read object %s: %w", v.hexdigest, v.source.err)
+		} else {
+			v.err = &CorruptObjectError{v.hexdigest, "payload does not decode: " + err.Error()}
+		}
+		return n, v.err
+	}
+	return n, nil
+}
+
+func (v *verifyingReader) Close() error { return v.closer() }

@@ -1,0 +1,182 @@
+package hashstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// ErrBackupExists is returned by PutBackup when the name is taken.
+var ErrBackupExists = errors.New("backup already exists")
+
+// LatestBackup is the name that Backup resolves to the newest record.
+const LatestBackup = "latest"
+
+// BackupRecord names one finished backup. It is written only after every
+// object it references, the manifest included, is stored.
+type BackupRecord struct {
+	Version       int         `json:"version"`
+	Name          string      `json:"name"`
+	RootHexdigest string      `json:"root_hexdigest"`
+	Node          string      `json:"node,omitempty"`
+	Source        string      `json:"source,omitempty"`
+	Start         time.Time   `json:"start"`
+	End           time.Time   `json:"end"`
+	Stats         BackupStats `json:"stats"`
+}
+
+// BackupStats are the figures of one backup run.
+type BackupStats struct {
+	Files           int64 `json:"files"`
+	TotalBytes      int64 `json:"total_bytes"`
+	EmbeddedFiles   int64 `json:"embedded_files"`
+	Objects         int64 `json:"objects"`
+	HashedBytes     int64 `json:"hashed_bytes"`
+	UploadedObjects int64 `json:"uploaded_objects"`
+	UploadedBytes   int64 `json:"uploaded_bytes"`
+	PresentObjects  int64 `json:"present_objects"`
+	Unreadable      int64 `json:"unreadable"`
+}
+
+const recordVersion = 1
+
+var backupNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidateBackupName checks a name given by a user or found in storage.
+func ValidateBackupName(name string) error {
+	if name == LatestBackup || !backupNamePattern.MatchString(name) {
+		return fmt.Errorf("invalid backup name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, and not %q",
+			name, LatestBackup)
+	}
+	return nil
+}
+
+func backupKey(name string) string { return "backups/" + name + ".json" }
+
+// PutBackup writes rec. It refuses a name that is already taken.
+func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
+	if err := ValidateBackupName(rec.Name); err != nil {
+		return err
+	}
+	if !ValidHexdigest(rec.RootHexdigest) {
+		return fmt.Errorf("backup %s: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
+	}
+	if _, err := s.backend.Stat(ctx, backupKey(rec.Name)); err == nil {
+		return fmt.Errorf("backup %q: %w; choose another --name", rec.Name, ErrBackupExists)
+	} else if !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("write backup %s: %w", rec.Name, err)
+	}
+	rec.Version = recordVersion
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := s.backend.Put(ctx, backupKey(rec.Name), bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("write backup %s: %w", rec.Name, err)
+	}
+	return nil
+}
+
+// maxRecordSize bounds how much of a record file is read.
+const maxRecordSize = 1 << 20
+
+// DecodeBackupRecord parses and checks a stored record.
+func DecodeBackupRecord(data []byte) (BackupRecord, error) {
+	var rec BackupRecord
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&rec); err != nil {
+		return BackupRecord{}, fmt.Errorf("backup record is not valid JSON: %w", err)
+	}
+	if rec.Version < 1 || rec.Version > recordVersion {
+		return BackupRecord{}, fmt.Errorf("backup record %q has unsupported version %d", rec.Name, rec.Version)
+	}
+	if err := ValidateBackupName(rec.Name); err != nil {
+		return BackupRecord{}, err
+	}
+	if !ValidHexdigest(rec.RootHexdigest) {
+		return BackupRecord{}, fmt.Errorf("backup record %q: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
+	}
+	return rec, nil
+}
+
+func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, error) {
+	rc, err := s.backend.Get(ctx, backupKey(name))
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return BackupRecord{}, fmt.Errorf("backup %q: %w (list backups with 'deltabackup list')", name, ErrNotFound)
+		}
+		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxRecordSize+1))
+	if err != nil {
+		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
+	}
+	if len(data) > maxRecordSize {
+		return BackupRecord{}, fmt.Errorf("backup record %s is larger than %d bytes", name, maxRecordSize)
+	}
+	rec, err := DecodeBackupRecord(data)
+	if err != nil {
+		return BackupRecord{}, fmt.Errorf("backup %s: %w", name, err)
+	}
+	if rec.Name != name {
+		return BackupRecord{}, fmt.Errorf("backup %s: record names itself %q", name, rec.Name)
+	}
+	return rec, nil
+}
+
+// Backups returns every backup record, oldest first (by end time, then
+// name). A record that cannot be decoded is an error naming it.
+func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
+	var names []string
+	err := s.backend.List(ctx, "backups/", func(info Info) error {
+		name, ok := strings.CutSuffix(strings.TrimPrefix(info.Key, "backups/"), ".json")
+		if ok && ValidateBackupName(name) == nil {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	records := make([]BackupRecord, 0, len(names))
+	for _, name := range names {
+		rec, err := s.readBackup(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		records = append(records, rec)
+	}
+	sort.Slice(records, func(i, j int) bool {
+		if !records[i].End.Equal(records[j].End) {
+			return records[i].End.Before(records[j].End)
+		}
+		return records[i].Name < records[j].Name
+	})
+	return records, nil
+}
+
+// Backup returns the record called name, or the newest one for "latest".
+func (s *Store) Backup(ctx context.Context, name string) (BackupRecord, error) {
+	if name != LatestBackup {
+		if err := ValidateBackupName(name); err != nil {
+			return BackupRecord{}, err
+		}
+		return s.readBackup(ctx, name)
+	}
+	records, err := s.Backups(ctx)
+	if err != nil {
+		return BackupRecord{}, err
+	}
+	if len(records) == 0 {
+		return BackupRecord{}, fmt.Errorf("repository %s has no backups yet: %w", s, ErrNotFound)
+	}
+	return records[len(records)-1], nil
+}

@@ -1,0 +1,440 @@
+package hashstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+)
+
+// Repository format errors, for callers that branch on them.
+var (
+	// ErrNotRepository: the backend holds no repository config.
+	ErrNotRepository = errors.New("not a deltabackup repository")
+	// ErrRepositoryExists: Init found a repository, or other data, there.
+	ErrRepositoryExists = errors.New("repository already exists")
+)
+
+// RepositoryVersion is the storage layout version this code writes and
+// reads; see DESIGN.md "Storage layout".
+const RepositoryVersion = 1
+
+// configKey is where Init writes the repository config.
+const configKey = "config"
+
+// Config identifies a repository.
+type Config struct {
+	ID            string    `json:"id"`
+	Version       int       `json:"version"`
+	HashAlgorithm string    `json:"hash_algorithm"`
+	Created       time.Time `json:"created"`
+}
+
+// Store holds objects under their hexdigest on a Backend, encoded and
+// verified as DESIGN.md describes. It is safe for concurrent use.
+type Store struct {
+	backend Backend
+	config  Config
+	logger  *slog.Logger
+	// lookupParallel bounds concurrent Stat calls of Lookup.
+	lookupParallel int
+}
+
+// describe names a backend in messages without revealing anything secret:
+// backends that know how to present themselves implement fmt.Stringer.
+func describe(b Backend) string {
+	if s, ok := b.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return fmt.Sprintf("%T", b)
+}
+
+// Init writes a new repository config to b. It refuses a backend that
+// already holds a repository or any other data.
+func Init(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
+	if _, err := b.Stat(ctx, configKey); err == nil {
+		return nil, fmt.Errorf("%s: %w", describe(b), ErrRepositoryExists)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("init %s: %w", describe(b), err)
+	}
+	errStop := errors.New("stop")
+	var found string
+	err := b.List(ctx, "", func(info Info) error { found = info.Key; return errStop })
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, fmt.Errorf("init %s: %w", describe(b), err)
+	}
+	if found != "" {
+		return nil, fmt.Errorf("%s is not empty (it holds %q) and is not a repository; choose an empty location: %w",
+			describe(b), found, ErrRepositoryExists)
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	cfg := Config{ID: hex.EncodeToString(id), Version: RepositoryVersion, HashAlgorithm: "blake3", Created: time.Now().UTC()}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Put(ctx, configKey, bytes.NewReader(data), int64(len(data))); err != nil {
+		return nil, fmt.Errorf("init %s: write config: %w", describe(b), err)
+	}
+	return newStore(b, cfg, logger), nil
+}
+
+// Open reads the config of the repository on b.
+func Open(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
+	rc, err := b.Get(ctx, configKey)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%s: %w (no config found)", describe(b), ErrNotRepository)
+		}
+		return nil, fmt.Errorf("open repository %s: %w", describe(b), err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("open repository %s: read config: %w", describe(b), err)
+	}
+	var cfg Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: config is not valid JSON (%v): %w", describe(b), err, ErrNotRepository)
+	}
+	if cfg.ID == "" || cfg.Version == 0 {
+		return nil, fmt.Errorf("%s: config has no id or version: %w", describe(b), ErrNotRepository)
+	}
+	if cfg.Version > RepositoryVersion {
+		return nil, fmt.Errorf("%s: repository format version %d is newer than this deltabackup supports (%d); upgrade deltabackup",
+			describe(b), cfg.Version, RepositoryVersion)
+	}
+	if cfg.HashAlgorithm != "blake3" {
+		return nil, fmt.Errorf("%s: unsupported hash algorithm %q", describe(b), cfg.HashAlgorithm)
+	}
+	return newStore(b, cfg, logger), nil
+}
+
+func newStore(b Backend, cfg Config, logger *slog.Logger) *Store {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32}
+}
+
+// Config returns the repository config.
+func (s *Store) Config() Config { return s.config }
+
+// Backend returns the backend the store writes to.
+func (s *Store) Backend() Backend { return s.backend }
+
+// String names the repository for messages.
+func (s *Store) String() string { return describe(s.backend) }
+
+// ObjectKey returns the backend key of an object.
+func ObjectKey(hexdigest string) string {
+	return "objects/" + hexdigest[:2] + "/" + hexdigest
+}
+
+// PutResult describes a stored object.
+type PutResult struct {
+	StoredSize int64
+	Codec      Codec
+}
+
+// bufferedPutLimit is the largest object encoded in memory, where the
+// raw-or-zstd choice is exact; larger objects stream and choose by a sample.
+const (
+	bufferedPutLimit  = 8 << 20
+	compressionSample = 1 << 20
+)
+
+// Put stores the content read from r, exactly size bytes, under hexdigest.
+// The content is hashed while it is encoded; if it does not hash to
+// hexdigest or its length is not size, nothing is stored and the error
+// wraps ErrContentMismatch.
+func (s *Store) Put(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
+	if !ValidHexdigest(hexdigest) {
+		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
+	}
+	if size < 0 || size > maxDecodedSize {
+		return PutResult{}, fmt.Errorf("put %s: invalid size %d", hexdigest, size)
+	}
+	if size <= bufferedPutLimit {
+		return s.putBuffered(ctx, hexdigest, r, size)
+	}
+	return s.putStreaming(ctx, hexdigest, r, size)
+}
+
+func mismatch(hexdigest, what string) error {
+	return fmt.Errorf("store %s: %s: %w", hexdigest, what, ErrContentMismatch)
+}
+
+var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
+	buf := bufferPool.Get().(*bytes.Buffer)
+	defer bufferPool.Put(buf)
+	buf.Reset()
+	n, err := buf.ReadFrom(io.LimitReader(r, size+1))
+	if err != nil {
+		return PutResult{}, fmt.Errorf("store %s: read content: %w", hexdigest, err)
+	}
+	if n != size {
+		return PutResult{}, mismatch(hexdigest, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
+	}
+	content := buf.Bytes()
+	if got := Hexdigest(content); got != hexdigest {
+		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
+	}
+	out := bufferPool.Get().(*bytes.Buffer)
+	defer bufferPool.Put(out)
+	out.Reset()
+	out.Write(ObjectHeader{Codec: CodecZstd, DecodedSize: size}.marshal())
+	compressed := encoder.EncodeAll(content, out.AvailableBuffer())
+	codec := CodecZstd
+	if worthCompressing(len(content), len(compressed)) {
+		out.Write(compressed)
+	} else {
+		codec = CodecRaw
+		out.Reset()
+		out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: size}.marshal())
+		out.Write(content)
+	}
+	stored := int64(out.Len())
+	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), stored); err != nil {
+		return PutResult{}, err
+	}
+	return PutResult{StoredSize: stored, Codec: codec}, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
+	sample := make([]byte, compressionSample)
+	if _, err := io.ReadFull(r, sample); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return PutResult{}, mismatch(hexdigest, fmt.Sprintf("content is shorter than %d bytes", size))
+		}
+		return PutResult{}, fmt.Errorf("store %s: read content: %w", hexdigest, err)
+	}
+	codec := CodecRaw
+	if worthCompressing(len(sample), len(encoder.EncodeAll(sample, nil))) {
+		codec = CodecZstd
+	}
+	storedSize := int64(-1)
+	if codec == CodecRaw {
+		storedSize = objectHeaderSize + size
+	}
+	pr, pw := io.Pipe()
+	counter := &countingWriter{w: pw}
+	encodeDone := make(chan struct{})
+	go func() {
+		defer close(encodeDone)
+		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), hexdigest, size, codec))
+	}()
+	err := s.backend.Put(ctx, ObjectKey(hexdigest), pr, storedSize)
+	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
+	<-encodeDone
+	if err != nil {
+		return PutResult{}, err
+	}
+	return PutResult{StoredSize: counter.n, Codec: codec}, nil
+}
+
+// encodeVerified writes header and payload of content to w, hashing the
+// content as it goes. It returns nil only if content is exactly size bytes
+// that hash to hexdigest, and returns before the payload is complete
+// otherwise, so the backend never commits wrong bytes.
+func encodeVerified(w io.Writer, content io.Reader, hexdigest string, size int64, codec Codec) error {
+	if _, err := w.Write(ObjectHeader{Codec: codec, DecodedSize: size}.marshal()); err != nil {
+		return err
+	}
+	hasher := blake3.New()
+	var payload io.Writer = w
+	var enc interface {
+		io.Writer
+		Close() error
+	}
+	if codec == CodecZstd {
+		e := streamEncoderPool.Get().(interface {
+			io.Writer
+			Close() error
+			Reset(io.Writer)
+		})
+		e.Reset(w)
+		defer func() { e.Reset(nil); streamEncoderPool.Put(e) }()
+		enc, payload = e, e
+	}
+	n, err := io.Copy(io.MultiWriter(payload, hasher), io.LimitReader(content, size+1))
+	if err != nil {
+		return fmt.Errorf("store %s: %w", hexdigest, err)
+	}
+	if n != size {
+		return mismatch(hexdigest, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
+	}
+	if got := hex.EncodeToString(hasher.Sum(nil)); got != hexdigest {
+		return mismatch(hexdigest, "content hashes to "+got)
+	}
+	if enc != nil {
+		return enc.Close()
+	}
+	return nil
+}
+
+// ObjectReader streams an object's decoded content and verifies it: the
+// read that reaches the end returns a CorruptObjectError instead of io.EOF
+// when the content is not what the key promises.
+type ObjectReader struct {
+	*verifyingReader
+	header ObjectHeader
+}
+
+// Size is the decoded size the object's header declares.
+func (o *ObjectReader) Size() int64 { return o.header.DecodedSize }
+
+// Get opens the object stored under hexdigest. A missing object is
+// ErrNotFound; damaged bytes are a CorruptObjectError (ErrCorrupt), from Get
+// or from a Read.
+func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error) {
+	if !ValidHexdigest(hexdigest) {
+		return nil, fmt.Errorf("get: invalid hexdigest %q", hexdigest)
+	}
+	rc, err := s.backend.Get(ctx, ObjectKey(hexdigest))
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+	}
+	raw := make([]byte, objectHeaderSize)
+	if _, err := io.ReadFull(rc, raw); err != nil {
+		rc.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, &CorruptObjectError{hexdigest, "shorter than its header"}
+		}
+		return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+	}
+	header, err := ParseObjectHeader(raw)
+	if err != nil {
+		rc.Close()
+		return nil, &CorruptObjectError{hexdigest, err.Error()}
+	}
+	source := &sourceReader{r: rc}
+	v := &verifyingReader{source: source, hexdigest: hexdigest, want: header.DecodedSize, hasher: blake3.New(), closer: rc.Close}
+	switch header.Codec {
+	case CodecRaw:
+		v.decoded = io.LimitReader(source, header.DecodedSize+1)
+	case CodecZstd:
+		dec := decoderPool.Get().(decoder)
+		if err := dec.Reset(source); err != nil {
+			decoderPool.Put(dec)
+			rc.Close()
+			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
+		}
+		v.decoded = dec
+		v.closer = func() error {
+			_ = dec.Reset(nil)
+			decoderPool.Put(dec)
+			return rc.Close()
+		}
+	}
+	return &ObjectReader{verifyingReader: v, header: header}, nil
+}
+
+type decoder interface {
+	io.Reader
+	Reset(io.Reader) error
+}
+
+// ReadAll returns the verified content of an object, refusing objects whose
+// header declares more than maxSize bytes before allocating anything.
+func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([]byte, error) {
+	o, err := s.Get(ctx, hexdigest)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	if o.Size() > maxSize {
+		return nil, fmt.Errorf("object %s declares %d bytes, more than the limit of %d", hexdigest, o.Size(), maxSize)
+	}
+	data := make([]byte, 0, o.Size())
+	buf := bytes.NewBuffer(data)
+	if _, err := buf.ReadFrom(o); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	StoredSize int64
+}
+
+// Lookup returns, for the hexdigests the store holds, what is stored. Absent
+// ones are simply not in the map. Duplicates in hexdigests are fine.
+func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]ObjectInfo, error) {
+	found := make(map[string]ObjectInfo, len(hexdigests))
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.lookupParallel)
+	seen := make(map[string]bool, len(hexdigests))
+	for _, h := range hexdigests {
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		if !ValidHexdigest(h) {
+			return nil, fmt.Errorf("lookup: invalid hexdigest %q", h)
+		}
+		g.Go(func() error {
+			info, err := s.backend.Stat(gctx, ObjectKey(h))
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("lookup %s: %w", h, err)
+			}
+			mu.Lock()
+			found[h] = ObjectInfo{StoredSize: info.Size}
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return found, nil
+}
+
+// Missing returns the hexdigests, in their order and without duplicates,
+// that the store does not hold.
+func (s *Store) Missing(ctx context.Context, hexdigests []string) ([]string, error) {
+	found, err := s.Lookup(ctx, hexdigests)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	seen := make(map[string]bool)
+	for _, h := range hexdigests {
+		if _, ok := found[h]; !ok && !seen[h] {
+			seen[h] = true
+			missing = append(missing, h)
+		}
+	}
+	return missing, nil
+}

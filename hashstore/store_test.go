@@ -1,0 +1,308 @@
+package hashstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+)
+
+func newStore(t *testing.T) (*hashstore.Store, *hashstore.Memory) {
+	t.Helper()
+	b := hashstore.NewMemory()
+	s, err := hashstore.Init(context.Background(), b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, b
+}
+
+func randomContent(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func compressible(n int) []byte {
+	return bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog\n"), n/44+1)[:n]
+}
+
+func readObject(t *testing.T, s *hashstore.Store, h string) ([]byte, error) {
+	t.Helper()
+	o, err := s.Get(context.Background(), h)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	return io.ReadAll(o)
+}
+
+func storedBytes(t *testing.T, b hashstore.Backend, key string) []byte {
+	t.Helper()
+	rc, err := b.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, _ := io.ReadAll(rc)
+	return data
+}
+
+func TestPutGetRoundTripAndCodec(t *testing.T) {
+	s, b := newStore(t)
+	cases := []struct {
+		name      string
+		content   []byte
+		wantCodec hashstore.Codec
+	}{
+		{"empty", nil, hashstore.CodecRaw},
+		{"random small", randomContent(1, 5000), hashstore.CodecRaw},
+		{"text small", compressible(5000), hashstore.CodecZstd},
+		{"random streamed", randomContent(2, 9<<20), hashstore.CodecRaw},
+		{"text streamed", compressible(12 << 20), hashstore.CodecZstd},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := hashstore.Hexdigest(c.content)
+			res, err := s.Put(context.Background(), h, bytes.NewReader(c.content), int64(len(c.content)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Codec != c.wantCodec {
+				t.Errorf("codec %v, want %v", res.Codec, c.wantCodec)
+			}
+			stored := storedBytes(t, b, hashstore.ObjectKey(h))
+			if int64(len(stored)) != res.StoredSize {
+				t.Errorf("PutResult.StoredSize %d, backend holds %d bytes", res.StoredSize, len(stored))
+			}
+			if c.wantCodec == hashstore.CodecZstd && len(stored) > len(c.content)/2 {
+				t.Errorf("compressible content stored in %d bytes of %d", len(stored), len(c.content))
+			}
+			got, err := readObject(t, s, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.content) {
+				t.Fatalf("round trip returned %d bytes that differ from the %d stored", len(got), len(c.content))
+			}
+		})
+	}
+}
+
+func TestPutRefusesContentThatDoesNotMatch(t *testing.T) {
+	s, b := newStore(t)
+	for _, n := range []int{100, 10 << 20} {
+		content := randomContent(3, n)
+		h := hashstore.Hexdigest(content)
+		changed := bytes.Clone(content)
+		changed[n/2] ^= 1
+		cases := map[string]struct {
+			r    io.Reader
+			size int64
+		}{
+			"changed":   {bytes.NewReader(changed), int64(n)},
+			"truncated": {bytes.NewReader(content[:n-1]), int64(n)},
+			"appended":  {io.MultiReader(bytes.NewReader(content), strings.NewReader("more")), int64(n)},
+		}
+		for name, c := range cases {
+			_, err := s.Put(context.Background(), h, c.r, c.size)
+			if !errors.Is(err, hashstore.ErrContentMismatch) {
+				t.Errorf("%d bytes %s: Put returned %v, want ErrContentMismatch", n, name, err)
+			}
+			if _, err := b.Stat(context.Background(), hashstore.ObjectKey(h)); !errors.Is(err, hashstore.ErrNotFound) {
+				t.Fatalf("%d bytes %s: an object was stored under the wrong key", n, name)
+			}
+		}
+	}
+}
+
+func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
+	contents := map[string][]byte{"raw": randomContent(4, 3000), "zstd": compressible(30000), "streamed": compressible(9 << 20)}
+	damage := map[string]func([]byte) []byte{
+		"flip payload byte": func(b []byte) []byte { b[len(b)-10] ^= 0x40; return b },
+		"flip header size":  func(b []byte) []byte { b[15] ^= 1; return b },
+		"bad magic":         func(b []byte) []byte { b[0] = 'X'; return b },
+		"truncate":          func(b []byte) []byte { return b[:len(b)-7] },
+		"truncate header":   func(b []byte) []byte { return b[:9] },
+		"append":            func(b []byte) []byte { return append(b, 1, 2, 3) },
+		"empty":             func(b []byte) []byte { return nil },
+	}
+	for cname, content := range contents {
+		for dname, fn := range damage {
+			t.Run(cname+"/"+dname, func(t *testing.T) {
+				s, b := newStore(t)
+				h := hashstore.Hexdigest(content)
+				if _, err := s.Put(context.Background(), h, bytes.NewReader(content), int64(len(content))); err != nil {
+					t.Fatal(err)
+				}
+				key := hashstore.ObjectKey(h)
+				bad := fn(storedBytes(t, b, key))
+				if err := b.Put(context.Background(), key, bytes.NewReader(bad), int64(len(bad))); err != nil {
+					t.Fatal(err)
+				}
+				_, err := readObject(t, s, h)
+				if !errors.Is(err, hashstore.ErrCorrupt) {
+					t.Fatalf("read of a damaged object returned %v, want ErrCorrupt", err)
+				}
+				if !strings.Contains(err.Error(), h) {
+					t.Fatalf("error %q does not name the object", err)
+				}
+			})
+		}
+	}
+}
+
+func TestSwappedObjectIsCorrupt(t *testing.T) {
+	s, b := newStore(t)
+	a, c := []byte(strings.Repeat("a", 500)), []byte(strings.Repeat("c", 500))
+	ha, hc := hashstore.Hexdigest(a), hashstore.Hexdigest(c)
+	for _, x := range [][]byte{a, c} {
+		if _, err := s.Put(context.Background(), hashstore.Hexdigest(x), bytes.NewReader(x), int64(len(x))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := storedBytes(t, b, hashstore.ObjectKey(hc))
+	if err := b.Put(context.Background(), hashstore.ObjectKey(ha), bytes.NewReader(other), int64(len(other))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readObject(t, s, ha); !errors.Is(err, hashstore.ErrCorrupt) {
+		t.Fatalf("object swapped for another one: %v, want ErrCorrupt", err)
+	}
+}
+
+func TestMissingAndLookup(t *testing.T) {
+	s, _ := newStore(t)
+	var have, all []string
+	for i := range 50 {
+		c := randomContent(uint64(100+i), 200)
+		h := hashstore.Hexdigest(c)
+		all = append(all, h)
+		if i%3 == 0 {
+			have = append(have, h)
+			if _, err := s.Put(context.Background(), h, bytes.NewReader(c), 200); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	missing, err := s.Missing(context.Background(), append(all, all[1], all[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(missing) != len(all)-len(have) {
+		t.Fatalf("Missing returned %d hashes, want %d", len(missing), len(all)-len(have))
+	}
+	for i, h := range missing {
+		if i > 0 && h == missing[i-1] {
+			t.Fatal("Missing returned a duplicate")
+		}
+	}
+	found, err := s.Lookup(context.Background(), have)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range have {
+		if found[h].StoredSize <= 0 {
+			t.Fatalf("Lookup has no stored size for %s", h)
+		}
+	}
+	if _, err := s.Missing(context.Background(), []string{"../../etc/passwd"}); err == nil {
+		t.Fatal("Missing accepted an invalid hexdigest")
+	}
+}
+
+func TestInitAndOpen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := hashstore.NewLocal(dir)
+	if _, err := hashstore.Open(ctx, b, nil); !errors.Is(err, hashstore.ErrNotRepository) {
+		t.Fatalf("Open of an empty dir: %v, want ErrNotRepository", err)
+	}
+	s, err := hashstore.Init(ctx, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hashstore.Init(ctx, b, nil); !errors.Is(err, hashstore.ErrRepositoryExists) {
+		t.Fatalf("second Init: %v, want ErrRepositoryExists", err)
+	}
+	s2, err := hashstore.Open(ctx, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.Config().ID != s.Config().ID || len(s.Config().ID) != 32 {
+		t.Fatalf("Open read id %q, Init wrote %q", s2.Config().ID, s.Config().ID)
+	}
+
+	other := hashstore.NewMemory()
+	if err := other.Put(ctx, "photos/cat.jpg", strings.NewReader("meow"), 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hashstore.Init(ctx, other, nil); !errors.Is(err, hashstore.ErrRepositoryExists) || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("Init over unrelated data: %v", err)
+	}
+	if _, err := hashstore.Open(ctx, other, nil); !errors.Is(err, hashstore.ErrNotRepository) {
+		t.Fatalf("Open of unrelated data: %v, want ErrNotRepository", err)
+	}
+	newer := hashstore.NewMemory()
+	cfg := `{"id":"x","version":99,"hash_algorithm":"blake3"}`
+	if err := newer.Put(ctx, "config", strings.NewReader(cfg), int64(len(cfg))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hashstore.Open(ctx, newer, nil); err == nil || !strings.Contains(err.Error(), "upgrade deltabackup") {
+		t.Fatalf("Open of a newer format: %v", err)
+	}
+}
+
+func TestBackupRecords(t *testing.T) {
+	ctx := context.Background()
+	s, b := newStore(t)
+	if _, err := s.Backup(ctx, hashstore.LatestBackup); !errors.Is(err, hashstore.ErrNotFound) {
+		t.Fatalf("latest of an empty repository: %v, want ErrNotFound", err)
+	}
+	root := hashstore.Hexdigest([]byte("manifest"))
+	t0 := time.Date(2026, 11, 1, 3, 0, 0, 0, time.UTC)
+	for i, name := range []string{"b-old", "a-new", "c-mid"} {
+		end := t0.Add(time.Duration([]int{0, 2, 1}[i]) * time.Hour)
+		rec := hashstore.BackupRecord{Name: name, RootHexdigest: root, Start: end.Add(-time.Minute), End: end, Stats: hashstore.BackupStats{Files: int64(i)}}
+		if err := s.PutBackup(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: "a-new", RootHexdigest: root}); !errors.Is(err, hashstore.ErrBackupExists) {
+		t.Fatalf("duplicate name: %v, want ErrBackupExists", err)
+	}
+	for _, bad := range []string{"latest", "../x", "", ".hidden", strings.Repeat("x", 200), "a/b"} {
+		if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: bad, RootHexdigest: root}); err == nil {
+			t.Errorf("PutBackup accepted the name %q", bad)
+		}
+	}
+	list, err := s.Backups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 || list[0].Name != "b-old" || list[2].Name != "a-new" {
+		t.Fatalf("Backups order: %+v", list)
+	}
+	latest, err := s.Backup(ctx, "latest")
+	if err != nil || latest.Name != "a-new" || latest.Stats.Files != 1 {
+		t.Fatalf("latest = %+v, %v", latest, err)
+	}
+	if _, err := s.Backup(ctx, "nope"); !errors.Is(err, hashstore.ErrNotFound) {
+		t.Fatalf("unknown backup: %v", err)
+	}
+	bad := `{"version":1,"name":"c-mid","root_hexdigest":"../../etc"}`
+	if err := b.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(ctx, "c-mid"); err == nil || !strings.Contains(err.Error(), "invalid root hexdigest") {
+		t.Fatalf("record with a bad root: %v", err)
+	}
+}
