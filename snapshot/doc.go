@@ -1,0 +1,12 @@
+// Package snapshot turns a directory into a Manifest: which files, empty
+// directories and symlinks there are, with their sizes, modes, mtimes and
+// BLAKE3 hexdigests, and the distinct contents (Hash) they refer to.
+//
+// A Snapshotter walks the source with doublestar include and exclude globs,
+// hashes files in parallel with a bounded pool of workers, skips files whose
+// stat is unchanged since the last run (StatCache), embeds small files in
+// the manifest, and can stage files into a hard-linked directory so that the
+// snapshot stays stable while a database keeps writing. A file that changes
+// while it is read is re-read a few times and then reported; it is never
+// recorded with a hash of mixed content. The package never talks to storage.
+package snapshot

@@ -1,0 +1,293 @@
+package snapshot
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bmatcuk/doublestar/v4"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/deltabackup/deltabackup/progress"
+)
+
+// DefaultEmbedThreshold is rohmu's: files of at most 150 bytes are embedded
+// in the manifest and get no object.
+const DefaultEmbedThreshold = 150
+
+// Options configure a Snapshotter. Start from DefaultOptions.
+type Options struct {
+	// Src is the directory to snapshot.
+	Src string
+	// Dst, when set, is a staging directory: each selected file is
+	// hard-linked there (copied when linking fails) and read from there, so
+	// that files a database deletes or replaces during the backup stay
+	// readable. It must not lie inside Src.
+	Dst string
+	// Includes are doublestar globs over slash-separated paths relative to
+	// Src; an entry is selected when it, or a directory above it, matches
+	// one. Default ["**"].
+	Includes []string
+	// Excludes are doublestar globs; a matching directory is not entered.
+	Excludes []string
+	// Parallel is the number of hashing workers; default runtime.NumCPU().
+	Parallel int
+	// EmbedThreshold: files of at most this many bytes are embedded in the
+	// manifest; negative embeds nothing.
+	EmbedThreshold int64
+	// MinDeltaFileSize: files smaller than this (and not embedded) are
+	// marked should_be_bundled, to be packed with other small contents.
+	MinDeltaFileSize int64
+	// Node names the machine in the manifest.
+	Node string
+	// Cache skips reading files whose stat is unchanged; nil reads all.
+	Cache *StatCache
+	// ChangeRetries is how often a file that changes while it is read is
+	// read again before it is reported as changed. Default 3.
+	ChangeRetries int
+	// Progress, when set, counts files and bytes as they are handled.
+	Progress *progress.Progress
+	// Logger receives warnings about unreadable and changing files.
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the defaults for snapshotting src.
+func DefaultOptions(src string) Options {
+	return Options{
+		Src:            src,
+		Includes:       []string{"**"},
+		Parallel:       runtime.NumCPU(),
+		EmbedThreshold: DefaultEmbedThreshold,
+		ChangeRetries:  3,
+	}
+}
+
+// Problem is a path the snapshot could not take, and why.
+type Problem struct {
+	Path string
+	Err  error
+}
+
+func (p Problem) Error() string { return p.Path + ": " + p.Err.Error() }
+
+// MarshalJSON encodes a Problem as {"path": ..., "error": ...}.
+func (p Problem) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Path  string `json:"path"`
+		Error string `json:"error"`
+	}{p.Path, p.Err.Error()})
+}
+
+// ErrChangedWhileReading describes a file that kept changing while it was
+// read; it is left out of the manifest.
+var ErrChangedWhileReading = errors.New("file changed while it was read")
+
+// Result is a finished snapshot.
+type Result struct {
+	Manifest *Manifest
+	// ReadRoot is the directory file contents are read from for upload:
+	// Dst when staging, otherwise Src.
+	ReadRoot string
+	// HashedFiles and HashedBytes count what was actually read this run;
+	// CachedFiles were skipped thanks to the stat cache.
+	HashedFiles int64
+	HashedBytes int64
+	CachedFiles int64
+	// Unreadable files and directories were skipped; the backup goes on.
+	Unreadable []Problem
+	// Changed files kept changing while read and are not in the manifest.
+	Changed []Problem
+	// Special files (sockets, devices, FIFOs) are skipped.
+	Special []Problem
+}
+
+// Snapshotter takes snapshots of one source directory.
+type Snapshotter struct {
+	opts     Options
+	src, dst string
+	logger   *slog.Logger
+}
+
+// New checks opts and returns a Snapshotter.
+func New(opts Options) (*Snapshotter, error) {
+	if opts.Src == "" {
+		return nil, errors.New("snapshot: no source directory given")
+	}
+	src, err := filepath.Abs(opts.Src)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot source %s: %w", opts.Src, err)
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot source: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("snapshot source %s is not a directory", src)
+	}
+	if len(opts.Includes) == 0 {
+		opts.Includes = []string{"**"}
+	}
+	for _, g := range append(append([]string{}, opts.Includes...), opts.Excludes...) {
+		if !doublestar.ValidatePattern(g) {
+			return nil, fmt.Errorf("invalid glob %q", g)
+		}
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = runtime.NumCPU()
+	}
+	if opts.ChangeRetries < 0 {
+		opts.ChangeRetries = 0
+	}
+	s := &Snapshotter{opts: opts, src: src, logger: opts.Logger}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Dst != "" {
+		dst, err := filepath.Abs(opts.Dst)
+		if err != nil {
+			return nil, fmt.Errorf("staging directory %s: %w", opts.Dst, err)
+		}
+		if rel, err := filepath.Rel(src, dst); err == nil && !strings.HasPrefix(rel, "..") {
+			return nil, fmt.Errorf("staging directory %s lies inside the source %s; choose a directory outside it", dst, src)
+		}
+		s.dst = dst
+	}
+	return s, nil
+}
+
+// Src returns the absolute source directory.
+func (s *Snapshotter) Src() string { return s.src }
+
+type fileJob struct {
+	rel  string
+	info os.FileInfo // lstat from the walk
+}
+
+// collector gathers what workers and the walker find.
+type collector struct {
+	mu          sync.Mutex
+	files       []File
+	unreadable  []Problem
+	changed     []Problem
+	special     []Problem
+	hashedFiles atomic.Int64
+	hashedBytes atomic.Int64
+	cachedFiles atomic.Int64
+}
+
+func (c *collector) add(list *[]Problem, p Problem) {
+	c.mu.Lock()
+	*list = append(*list, p)
+	c.mu.Unlock()
+}
+
+// Snapshot walks the source, hashes what changed and returns the manifest.
+// Unreadable, changing and special files are reported in the Result, not
+// as errors; an error means the snapshot as a whole failed.
+func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
+	m := &Manifest{
+		Version:          ManifestVersion,
+		HashAlgorithm:    HashAlgorithm,
+		RootGlobs:        s.opts.Includes,
+		ExcludeGlobs:     s.opts.Excludes,
+		Start:            time.Now().UTC(),
+		Node:             s.opts.Node,
+		MinDeltaFileSize: s.opts.MinDeltaFileSize,
+	}
+	if fi, err := os.Lstat(s.src); err == nil {
+		m.Root = &Dir{RelativePath: ".", Mode: unixMode(fi), MtimeNs: fi.ModTime().UnixNano()}
+	}
+	if m.ExcludeGlobs == nil {
+		m.ExcludeGlobs = []string{}
+	}
+	col := &collector{}
+	jobs := make(chan fileJob, 4096)
+	g, gctx := errgroup.WithContext(ctx)
+	w := &walker{s: s, jobs: jobs, col: col, manifest: m}
+	g.Go(func() error {
+		defer close(jobs)
+		return w.walk(gctx, "", s.src, false)
+	})
+	for range s.opts.Parallel {
+		h := newHasher(s, col)
+		g.Go(func() error {
+			for job := range jobs {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				h.handle(gctx, job)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
+	}
+	sort.Slice(col.files, func(i, j int) bool { return col.files[i].RelativePath < col.files[j].RelativePath })
+	m.Files = col.files
+	if m.Files == nil {
+		m.Files = []File{}
+	}
+	sort.Slice(m.Dirs, func(i, j int) bool { return m.Dirs[i].RelativePath < m.Dirs[j].RelativePath })
+	sort.Strings(m.EmptyDirs)
+	sort.Slice(m.Symlinks, func(i, j int) bool { return m.Symlinks[i].RelativePath < m.Symlinks[j].RelativePath })
+	m.SetHashes()
+	m.End = time.Now().UTC()
+	res := &Result{
+		Manifest:    m,
+		ReadRoot:    s.src,
+		HashedFiles: col.hashedFiles.Load(),
+		HashedBytes: col.hashedBytes.Load(),
+		CachedFiles: col.cachedFiles.Load(),
+		Unreadable:  sortProblems(col.unreadable),
+		Changed:     sortProblems(col.changed),
+		Special:     sortProblems(col.special),
+	}
+	if s.dst != "" {
+		res.ReadRoot = s.dst
+		if err := pruneStaging(ctx, s.dst, m); err != nil {
+			return nil, err
+		}
+	}
+	if p := s.opts.Progress; p != nil {
+		p.Done()
+	}
+	if err := m.Validate(); err != nil {
+		// A path on disk that the manifest format cannot represent (say,
+		// invalid UTF-8) must fail loudly rather than produce a manifest no
+		// restore accepts.
+		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
+	}
+	return res, nil
+}
+
+func sortProblems(ps []Problem) []Problem {
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Path < ps[j].Path })
+	return ps
+}
+
+// fileFromCache builds the manifest entry of a file whose content is known.
+func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, digest [32]byte, content []byte) File {
+	f := File{RelativePath: rel, FileSize: st.size, MtimeNs: st.mtimeNs, Mode: mode}
+	if s.embeds(st.size) {
+		f.ContentB64 = base64.StdEncoding.EncodeToString(content)
+		return f
+	}
+	f.Hexdigest = hex.EncodeToString(digest[:])
+	f.ShouldBeBundled = st.size < s.opts.MinDeltaFileSize
+	return f
+}
+
+func (s *Snapshotter) embeds(size int64) bool { return size <= s.opts.EmbedThreshold }

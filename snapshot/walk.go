@@ -1,0 +1,148 @@
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/bmatcuk/doublestar/v4"
+)
+
+// walker lists the source tree in one goroutine and feeds regular files to
+// the hashing workers through a bounded channel; directories, empty dirs,
+// symlinks and special files it records itself.
+type walker struct {
+	s        *Snapshotter
+	jobs     chan<- fileJob
+	col      *collector
+	manifest *Manifest // Dirs, EmptyDirs, Symlinks: only the walker writes them
+}
+
+func matchAny(globs []string, rel string) bool {
+	for _, g := range globs {
+		if ok, _ := doublestar.Match(g, rel); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *walker) walk(ctx context.Context, rel, dir string, included bool) error {
+	_, err := w.walkDir(ctx, rel, dir, included)
+	return err
+}
+
+// walkDir lists dir (rel "" for the root) and reports whether anything
+// below it was selected. included is true when a directory above matched
+// an include glob, which selects everything below it.
+func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (selected bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if rel == "" {
+			return false, fmt.Errorf("read source directory: %w", err)
+		}
+		w.s.logger.Warn("directory unreadable, skipped", "path", rel, "err", err)
+		w.col.add(&w.col.unreadable, Problem{Path: rel, Err: unwrapPathError(err)})
+		return false, nil
+	}
+	for _, e := range entries {
+		childRel := path.Join(rel, e.Name())
+		if rel == "" {
+			childRel = e.Name()
+		}
+		if matchAny(w.s.opts.Excludes, childRel) {
+			continue
+		}
+		if err := ValidatePath(childRel); err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
+			continue
+		}
+		child := filepath.Join(dir, e.Name())
+		childIncluded := included || matchAny(w.s.opts.Includes, childRel)
+		info, err := e.Info() // lstat
+		if err != nil {
+			if childIncluded {
+				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+			}
+			continue
+		}
+		switch mode := info.Mode(); {
+		case mode.IsDir():
+			sub, err := w.walkDir(ctx, childRel, child, childIncluded)
+			if err != nil {
+				return false, err
+			}
+			if !sub && childIncluded && isEmptyDir(child) {
+				w.manifest.EmptyDirs = append(w.manifest.EmptyDirs, childRel)
+				sub = true
+			}
+			if sub {
+				w.manifest.Dirs = append(w.manifest.Dirs, Dir{RelativePath: childRel, Mode: unixMode(info), MtimeNs: info.ModTime().UnixNano()})
+				selected = true
+			}
+		case !childIncluded:
+		case mode&fs.ModeSymlink != 0:
+			target, err := os.Readlink(child)
+			if err != nil {
+				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+				continue
+			}
+			w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
+			selected = true
+		case mode.IsRegular():
+			if p := w.s.opts.Progress; p != nil {
+				p.AddTotal(1)
+				p.AddTotalBytes(info.Size())
+			}
+			select {
+			case w.jobs <- fileJob{rel: childRel, info: info}:
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+			selected = true
+		default:
+			w.s.logger.Info("special file skipped", "path", childRel, "type", mode.Type().String())
+			w.col.add(&w.col.special, Problem{Path: childRel, Err: fmt.Errorf("special file (%s) skipped", describeType(mode))})
+		}
+	}
+	return selected, nil
+}
+
+func isEmptyDir(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) == 0
+}
+
+func describeType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	}
+	return m.Type().String()
+}
+
+// unwrapPathError drops the absolute path from an *fs.PathError, since the
+// Problem already names the relative path.
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*fs.PathError); ok {
+		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
+	}
+	return err
+}
