@@ -1,0 +1,281 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/progress"
+	"github.com/deltabackup/deltabackup/snapshot"
+)
+
+// DefaultParallel is the default number of concurrent uploads.
+const DefaultParallel = 8
+
+// Options configure an upload.
+type Options struct {
+	// Name of the backup record; empty derives one from the start time.
+	Name string
+	// Source describes what was backed up, for the record.
+	Source string
+	// Parallel bounds concurrent uploads; default DefaultParallel.
+	Parallel int
+	// Progress counts objects and bytes uploaded.
+	Progress *progress.Progress
+	// Logger receives warnings about files that changed after hashing.
+	Logger *slog.Logger
+}
+
+// Result is what one upload did.
+type Result struct {
+	Record hashstore.BackupRecord
+	// UploadedObjects and UploadedBytes (as stored, after compression) are
+	// the contents newly stored; UploadedContentBytes is their size before
+	// encoding. The manifest object is counted separately.
+	UploadedObjects      int64
+	UploadedBytes        int64
+	UploadedContentBytes int64
+	PresentObjects       int64
+	ManifestBytes        int64
+	// Changed files no longer had the content they were hashed with; they
+	// are not in the backup.
+	Changed []snapshot.Problem
+}
+
+// Upload stores snap in store and writes its backup record. The manifest
+// of snap is updated in place: stored sizes are filled in and files that
+// changed since they were hashed are removed.
+func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options) (*Result, error) {
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := snap.Manifest
+	hexdigests := make([]string, len(m.Hashes))
+	for i, h := range m.Hashes {
+		hexdigests[i] = h.Hexdigest
+	}
+	present, err := store.Lookup(ctx, hexdigests)
+	if err != nil {
+		return nil, fmt.Errorf("check which contents %s already holds: %w", store, err)
+	}
+	// Files by content, so each missing content is read from one file and
+	// another file with the same content can stand in if the first changed.
+	candidates := make(map[string][]int)
+	for i, f := range m.Files {
+		if !f.Embedded() {
+			candidates[f.Hexdigest] = append(candidates[f.Hexdigest], i)
+		}
+	}
+	var missing []snapshot.Hash
+	var missingBytes int64
+	for _, h := range m.Hashes {
+		if _, ok := present[h.Hexdigest]; !ok {
+			missing = append(missing, h)
+			missingBytes += h.Size
+		}
+	}
+	p := opts.Progress
+	if p != nil {
+		p.Start(int64(len(missing)))
+		p.AddTotalBytes(missingBytes)
+	}
+	res := &Result{PresentObjects: int64(len(present))}
+	var (
+		mu      sync.Mutex
+		stored  = make(map[string]int64, len(missing))
+		lost    = make(map[string]bool)
+		changed []snapshot.Problem
+	)
+	var uploadedObjects, uploadedBytes, contentBytes atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Parallel)
+	for _, h := range missing {
+		g.Go(func() error {
+			put, problems, err := putFromAnyFile(gctx, store, snap.ReadRoot, m, candidates[h.Hexdigest], h)
+			if err != nil {
+				if p != nil {
+					p.UploadFailure(h.Hexdigest)
+				}
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			changed = append(changed, problems...)
+			if put == nil {
+				lost[h.Hexdigest] = true
+				if p != nil {
+					p.UploadMissing(h.Hexdigest)
+				}
+				return nil
+			}
+			stored[h.Hexdigest] = put.StoredSize
+			uploadedObjects.Add(1)
+			uploadedBytes.Add(put.StoredSize)
+			contentBytes.Add(h.Size)
+			if p != nil {
+				p.UploadSuccess(h.Hexdigest, h.Size)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if p != nil {
+		p.Done()
+	}
+	res.UploadedObjects, res.UploadedBytes, res.UploadedContentBytes = uploadedObjects.Load(), uploadedBytes.Load(), contentBytes.Load()
+
+	// Files whose content could not be stored leave the manifest; the
+	// others learn how many bytes their object occupies.
+	kept := m.Files[:0]
+	for _, f := range m.Files {
+		switch {
+		case f.Embedded():
+		case lost[f.Hexdigest]:
+			logger.Warn("file changed after it was hashed, left out of the backup", "path", f.RelativePath)
+			changed = appendUnique(changed, f.RelativePath)
+			continue
+		case stored[f.Hexdigest] > 0:
+			f.StoredFileSize = stored[f.Hexdigest]
+		default:
+			f.StoredFileSize = present[f.Hexdigest].StoredSize
+		}
+		kept = append(kept, f)
+	}
+	m.Files = kept
+	m.SetHashes()
+	res.Changed = changed
+
+	data, err := m.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	root := hashstore.Hexdigest(data)
+	put, err := store.Put(ctx, root, bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		return nil, fmt.Errorf("store manifest: %w", err)
+	}
+	res.ManifestBytes = put.StoredSize
+
+	rec := hashstore.BackupRecord{
+		Name:          opts.Name,
+		RootHexdigest: root,
+		Node:          m.Node,
+		Source:        opts.Source,
+		Start:         m.Start,
+		End:           time.Now().UTC(),
+		Stats: hashstore.BackupStats{
+			Files:           int64(len(m.Files)),
+			TotalBytes:      m.TotalBytes(),
+			Objects:         int64(len(m.Hashes)),
+			HashedBytes:     snap.HashedBytes,
+			UploadedObjects: res.UploadedObjects,
+			UploadedBytes:   res.UploadedBytes,
+			PresentObjects:  res.PresentObjects,
+			Unreadable:      int64(len(snap.Unreadable) + len(snap.Changed) + len(changed)),
+		},
+	}
+	for _, f := range m.Files {
+		if f.Embedded() {
+			rec.Stats.EmbeddedFiles++
+		}
+	}
+	if err := putRecord(ctx, store, &rec, opts.Name == ""); err != nil {
+		return nil, err
+	}
+	res.Record = rec
+	return res, nil
+}
+
+func appendUnique(ps []snapshot.Problem, path string) []snapshot.Problem {
+	for _, p := range ps {
+		if p.Path == path {
+			return ps
+		}
+	}
+	return append(ps, snapshot.Problem{Path: path, Err: errors.New("changed after it was hashed; not in this backup")})
+}
+
+// putRecord writes the record, deriving a free name from the start time
+// when none was given.
+func putRecord(ctx context.Context, store *hashstore.Store, rec *hashstore.BackupRecord, derive bool) error {
+	if !derive {
+		return store.PutBackup(ctx, *rec)
+	}
+	base := rec.Start.UTC().Format("2006-01-02T15-04-05Z")
+	for i := 1; ; i++ {
+		rec.Name = base
+		if i > 1 {
+			rec.Name = fmt.Sprintf("%s-%d", base, i)
+		}
+		err := store.PutBackup(ctx, *rec)
+		if !errors.Is(err, hashstore.ErrBackupExists) || i >= 100 {
+			return err
+		}
+	}
+}
+
+// putFromAnyFile stores content h, read from the first file (of indexes)
+// that still holds it. It returns nil and the files' problems when none
+// does; an error means storage failed.
+func putFromAnyFile(ctx context.Context, store *hashstore.Store, root string, m *snapshot.Manifest, indexes []int, h snapshot.Hash) (*hashstore.PutResult, []snapshot.Problem, error) {
+	var problems []snapshot.Problem
+	for _, i := range indexes {
+		rel := m.Files[i].RelativePath
+		put, err := putFile(ctx, store, filepath.Join(root, filepath.FromSlash(rel)), h)
+		if err == nil {
+			return put, nil, nil
+		}
+		if errors.Is(err, hashstore.ErrContentMismatch) || errors.Is(err, errUnavailable) {
+			problems = append(problems, snapshot.Problem{Path: rel, Err: err})
+			continue
+		}
+		return nil, nil, fmt.Errorf("upload %s (%s): %w", h.Hexdigest, rel, err)
+	}
+	return nil, problems, nil
+}
+
+// errUnavailable marks a source file that can no longer be opened.
+var errUnavailable = errors.New("source file unavailable")
+
+func putFile(ctx context.Context, store *hashstore.Store, path string, h snapshot.Hash) (*hashstore.PutResult, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	defer f.Close()
+	put, err := store.Put(ctx, h.Hexdigest, fileReader{f}, h.Size)
+	if err != nil {
+		return nil, err
+	}
+	return &put, nil
+}
+
+// fileReader marks read errors of a source file as errUnavailable, so that
+// a file that cannot be read is told apart from storage that fails.
+type fileReader struct{ f *os.File }
+
+func (r fileReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	return n, err
+}
