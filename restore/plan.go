@@ -1,0 +1,99 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/snapshot"
+)
+
+// Source is somewhere objects can be fetched from by hexdigest: a
+// repository, or (later) a live peer.
+type Source interface {
+	// String names the source in plans and messages; it must not reveal
+	// credentials.
+	String() string
+	// Missing returns which of hexdigests the source does not hold.
+	Missing(ctx context.Context, hexdigests []string) ([]string, error)
+	// Get opens the content of one object. Restore verifies what it reads
+	// whatever the source promises.
+	Get(ctx context.Context, hexdigest string) (io.ReadCloser, error)
+}
+
+// StoreSource makes a repository a Source.
+func StoreSource(s *hashstore.Store) Source { return storeSource{s} }
+
+type storeSource struct{ s *hashstore.Store }
+
+func (s storeSource) String() string { return s.s.String() }
+
+func (s storeSource) Missing(ctx context.Context, hexdigests []string) ([]string, error) {
+	return s.s.Missing(ctx, hexdigests)
+}
+
+func (s storeSource) Get(ctx context.Context, hexdigest string) (io.ReadCloser, error) {
+	return s.s.Get(ctx, hexdigest)
+}
+
+// Plan assigns each needed content to a source.
+type Plan struct {
+	Sources []Source
+	// Holders lists, per hexdigest, the indexes of the sources that hold
+	// it, the assigned one first: the order in which to try them.
+	Holders map[string][]int
+	// Bytes is the number of content bytes assigned to each source.
+	Bytes []int64
+	// Unavailable contents are held by no source.
+	Unavailable []snapshot.Hash
+}
+
+// MakePlan asks every source which of needed it holds and assigns each
+// content, largest first, to the least-loaded source that holds it.
+func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*Plan, error) {
+	if len(sources) == 0 {
+		return nil, fmt.Errorf("restore needs at least one source")
+	}
+	hexdigests := make([]string, len(needed))
+	for i, h := range needed {
+		hexdigests[i] = h.Hexdigest
+	}
+	holders := make(map[string][]int, len(needed))
+	for i, src := range sources {
+		missing, err := src.Missing(ctx, hexdigests)
+		if err != nil {
+			return nil, fmt.Errorf("ask %s which contents it holds: %w", src, err)
+		}
+		lacks := make(map[string]bool, len(missing))
+		for _, h := range missing {
+			lacks[h] = true
+		}
+		for _, h := range hexdigests {
+			if !lacks[h] {
+				holders[h] = append(holders[h], i)
+			}
+		}
+	}
+	order := append([]snapshot.Hash(nil), needed...)
+	sort.SliceStable(order, func(i, j int) bool { return order[i].Size > order[j].Size })
+	plan := &Plan{Sources: sources, Holders: make(map[string][]int, len(needed)), Bytes: make([]int64, len(sources))}
+	for _, h := range order {
+		hs := holders[h.Hexdigest]
+		if len(hs) == 0 {
+			plan.Unavailable = append(plan.Unavailable, h)
+			continue
+		}
+		best := 0
+		for k := 1; k < len(hs); k++ {
+			if plan.Bytes[hs[k]] < plan.Bytes[hs[best]] {
+				best = k
+			}
+		}
+		hs[0], hs[best] = hs[best], hs[0]
+		plan.Holders[h.Hexdigest] = hs
+		plan.Bytes[hs[0]] += h.Size
+	}
+	return plan, nil
+}

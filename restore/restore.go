@@ -1,0 +1,638 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/progress"
+	"github.com/deltabackup/deltabackup/snapshot"
+)
+
+// DefaultParallel is the default number of concurrent downloads.
+const DefaultParallel = 8
+
+// Options configure a restore.
+type Options struct {
+	// Target is the directory to restore into; it is created if missing
+	// and may hold a partial earlier restore.
+	Target string
+	// Parallel bounds concurrent downloads and file checks.
+	Parallel int
+	// Progress counts files and bytes restored.
+	Progress *progress.Progress
+	// Logger receives per-file failures.
+	Logger *slog.Logger
+}
+
+// FileError is a file that could not be restored.
+type FileError struct {
+	Path      string
+	Hexdigest string
+	Err       error
+}
+
+func (e FileError) Error() string { return e.Path + ": " + e.Err.Error() }
+
+// IncompleteError lists the files a restore could not write; every other
+// file was restored.
+type IncompleteError struct {
+	Failed []FileError
+}
+
+func (e *IncompleteError) Error() string {
+	return fmt.Sprintf("%d files could not be restored (first: %v)", len(e.Failed), e.Failed[0])
+}
+
+// Result is what a restore did.
+type Result struct {
+	Plan              *Plan
+	FilesWritten      int64
+	FilesUpToDate     int64
+	BytesDownloaded   int64
+	ObjectsDownloaded int64
+	// BytesPerSource is the content bytes actually fetched from each source
+	// of Plan.Sources.
+	BytesPerSource []int64
+	Symlinks       int64
+	Dirs           int64
+	Failed         []FileError
+}
+
+// LoadManifest reads the record of a backup (a name or "latest") and its
+// validated manifest.
+func LoadManifest(ctx context.Context, store *hashstore.Store, name string) (hashstore.BackupRecord, *snapshot.Manifest, error) {
+	rec, err := store.Backup(ctx, name)
+	if err != nil {
+		return hashstore.BackupRecord{}, nil, err
+	}
+	data, err := store.ReadAll(ctx, rec.RootHexdigest, snapshot.MaxManifestSize)
+	if err != nil {
+		return rec, nil, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
+	}
+	m, err := snapshot.DecodeManifest(data)
+	if err != nil {
+		return rec, nil, fmt.Errorf("backup %s: %w", rec.Name, err)
+	}
+	return rec, m, nil
+}
+
+const tempPrefix = ".deltabackup-tmp-"
+
+// restorer carries the state of one Restore call.
+type restorer struct {
+	root     *os.Root
+	m        *snapshot.Manifest
+	opts     Options
+	logger   *slog.Logger
+	progress *progress.Progress
+	res      *Result
+	perSrc   []atomic.Int64
+
+	mu     sync.Mutex
+	failed []FileError
+}
+
+// Restore writes manifest m into opts.Target from sources. It restores
+// every file it can; if some fail, it returns the Result and an
+// *IncompleteError naming them.
+func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts Options) (*Result, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("refusing to restore: %w", err)
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
+	if opts.Target == "" {
+		return nil, errors.New("restore: no target directory given")
+	}
+	if err := os.MkdirAll(opts.Target, 0o755); err != nil {
+		return nil, fmt.Errorf("restore target: %w", err)
+	}
+	root, err := os.OpenRoot(opts.Target)
+	if err != nil {
+		return nil, fmt.Errorf("restore target: %w", err)
+	}
+	defer root.Close()
+	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}}
+	if r.logger == nil {
+		r.logger = slog.New(slog.DiscardHandler)
+	}
+	if r.progress != nil {
+		r.progress.Start(int64(len(m.Files)))
+		r.progress.AddTotalBytes(m.TotalBytes())
+	}
+	if err := r.makeDirs(ctx); err != nil {
+		return nil, err
+	}
+	groups, embedded, err := r.examine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	needed := make([]snapshot.Hash, 0, len(groups))
+	for _, g := range groups {
+		needed = append(needed, snapshot.Hash{Hexdigest: g.hexdigest, Size: g.size})
+	}
+	plan, err := MakePlan(ctx, sources, needed)
+	if err != nil {
+		return nil, err
+	}
+	r.res.Plan = plan
+	r.perSrc = make([]atomic.Int64, len(sources))
+	for _, h := range plan.Unavailable {
+		where := make([]string, len(sources))
+		for i, s := range sources {
+			where[i] = s.String()
+		}
+		for _, rel := range groups[h.Hexdigest].paths {
+			r.fail(rel, h.Hexdigest, fmt.Errorf("object %s is in none of the sources (%s)", h.Hexdigest, strings.Join(where, ", ")))
+		}
+		delete(groups, h.Hexdigest)
+	}
+	if err := r.writeFiles(ctx, plan, groups, embedded); err != nil {
+		return nil, err
+	}
+	if err := r.makeSymlinks(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.setDirMetadata(); err != nil {
+		return nil, err
+	}
+	r.res.BytesPerSource = make([]int64, len(sources))
+	for i := range r.perSrc {
+		r.res.BytesPerSource[i] = r.perSrc[i].Load()
+	}
+	if r.progress != nil {
+		r.progress.Done()
+	}
+	sort.Slice(r.failed, func(i, j int) bool { return r.failed[i].Path < r.failed[j].Path })
+	r.res.Failed = r.failed
+	if len(r.failed) > 0 {
+		return r.res, &IncompleteError{Failed: r.failed}
+	}
+	return r.res, nil
+}
+
+func (r *restorer) fail(rel, hexdigest string, err error) {
+	r.logger.Warn("file not restored", "path", rel, "err", err)
+	r.mu.Lock()
+	r.failed = append(r.failed, FileError{Path: rel, Hexdigest: hexdigest, Err: err})
+	r.mu.Unlock()
+	if r.progress != nil {
+		r.progress.AddFail(1)
+	}
+}
+
+func (r *restorer) done(size int64) {
+	if r.progress != nil {
+		r.progress.AddBytes(size)
+		r.progress.AddSuccess(1)
+	}
+}
+
+// makeDirs creates every directory the manifest needs, parents first, and
+// makes sure each is a real directory, not a symlink left in the target.
+func (r *restorer) makeDirs(ctx context.Context) error {
+	dirs := map[string]bool{}
+	addParents := func(p string) {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			if dirs[d] {
+				break
+			}
+			dirs[d] = true
+		}
+	}
+	for _, f := range r.m.Files {
+		addParents(f.RelativePath)
+	}
+	for _, s := range r.m.Symlinks {
+		addParents(s.RelativePath)
+	}
+	for _, d := range r.m.EmptyDirs {
+		dirs[d] = true
+		addParents(d)
+	}
+	for _, d := range r.m.Dirs {
+		dirs[d.RelativePath] = true
+		addParents(d.RelativePath)
+	}
+	sorted := make([]string, 0, len(dirs))
+	for d := range dirs {
+		sorted = append(sorted, d)
+	}
+	sort.Strings(sorted) // a parent sorts before its children
+	for _, d := range sorted {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fi, err := r.root.Lstat(d)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("restore directory %s: %w", d, err)
+		case fi.IsDir():
+			// A partial earlier restore: make sure we can write into it, and
+			// drop temporary files an interrupted run left behind.
+			if fi.Mode().Perm()&0o700 != 0o700 {
+				if err := r.root.Chmod(d, fi.Mode().Perm()|0o700); err != nil {
+					return fmt.Errorf("restore directory %s: %w", d, err)
+				}
+			}
+			r.removeTemps(d)
+			continue
+		default:
+			// A file or symlink where the backup has a directory: the backup
+			// wins, and nothing is ever written through a symlink.
+			if err := r.root.Remove(d); err != nil {
+				return fmt.Errorf("restore directory %s: replace %s: %w", d, fi.Mode().Type(), err)
+			}
+		}
+		if err := r.root.Mkdir(d, 0o700); err != nil {
+			return fmt.Errorf("restore directory %s: %w", d, err)
+		}
+		r.res.Dirs++
+	}
+	return nil
+}
+
+func (r *restorer) removeTemps(dir string) {
+	f, err := r.root.Open(dir)
+	if err != nil {
+		return
+	}
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	for _, n := range names {
+		if strings.HasPrefix(n, tempPrefix) {
+			_ = r.root.Remove(path.Join(dir, n))
+		}
+	}
+}
+
+// group is one content and the paths that need it written.
+type group struct {
+	hexdigest string
+	size      int64
+	paths     []string
+	files     []snapshot.File
+}
+
+// examine decides which files must be written: a file already in the
+// target with the right size and content is only given its metadata.
+func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.File, error) {
+	needs := make([]bool, len(r.m.Files))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallel)
+	for i, f := range r.m.Files {
+		g.Go(func() error {
+			ok, err := r.upToDate(gctx, f)
+			if err != nil {
+				return err
+			}
+			if ok {
+				if err := r.setMetadata(f.RelativePath, f); err != nil {
+					r.fail(f.RelativePath, f.Hexdigest, err)
+					return nil
+				}
+				atomic.AddInt64(&r.res.FilesUpToDate, 1)
+				r.done(f.FileSize)
+			} else {
+				needs[i] = true
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	groups := map[string]*group{}
+	var embedded []snapshot.File
+	for i, f := range r.m.Files {
+		switch {
+		case !needs[i]:
+		case f.Embedded():
+			embedded = append(embedded, f)
+		default:
+			gr := groups[f.Hexdigest]
+			if gr == nil {
+				gr = &group{hexdigest: f.Hexdigest, size: f.FileSize}
+				groups[f.Hexdigest] = gr
+			}
+			gr.paths = append(gr.paths, f.RelativePath)
+			gr.files = append(gr.files, f)
+		}
+	}
+	return groups, embedded, nil
+}
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// upToDate reports whether the target already holds f's content.
+func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fi, err := r.root.Lstat(f.RelativePath)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.FileSize {
+		return false, nil
+	}
+	if f.Embedded() {
+		want, _ := f.Content()
+		have, err := r.root.ReadFile(f.RelativePath)
+		return err == nil && bytes.Equal(have, want), nil
+	}
+	file, err := r.root.Open(f.RelativePath)
+	if err != nil {
+		return false, nil
+	}
+	defer file.Close()
+	h := blake3.New()
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	if _, err := io.CopyBuffer(h, file, *buf); err != nil {
+		return false, nil
+	}
+	return hex.EncodeToString(h.Sum(nil)) == f.Hexdigest, nil
+}
+
+func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string]*group, embedded []snapshot.File) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallel)
+	for _, f := range embedded {
+		g.Go(func() error {
+			content, _ := f.Content()
+			if err := r.writeEmbedded(f, content); err != nil {
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				r.fail(f.RelativePath, "", err)
+				return nil
+			}
+			atomic.AddInt64(&r.res.FilesWritten, 1)
+			r.done(f.FileSize)
+			return nil
+		})
+	}
+	// Largest first, so a big download does not start last and run alone.
+	ordered := make([]*group, 0, len(groups))
+	for _, gr := range groups {
+		ordered = append(ordered, gr)
+	}
+	sort.Slice(ordered, func(i, j int) bool { return ordered[i].size > ordered[j].size })
+	for _, gr := range ordered {
+		g.Go(func() error {
+			err := r.restoreGroup(gctx, plan, gr)
+			if err != nil && gctx.Err() != nil {
+				return gctx.Err()
+			}
+			if err != nil {
+				for _, rel := range gr.paths {
+					r.fail(rel, gr.hexdigest, err)
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+func (r *restorer) tempName(rel string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return path.Join(path.Dir(rel), tempPrefix+hex.EncodeToString(b[:]))
+}
+
+func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
+	tmp := r.tempName(f.RelativePath)
+	if err := r.root.WriteFile(tmp, content, 0o600); err != nil {
+		return err
+	}
+	return r.commit(tmp, f)
+}
+
+// restoreGroup fetches one content, trying the sources that hold it in
+// plan order, and writes it to every path that needs it.
+func (r *restorer) restoreGroup(ctx context.Context, plan *Plan, gr *group) error {
+	var tmp string
+	var errs []error
+	for _, si := range plan.Holders[gr.hexdigest] {
+		t, err := r.download(ctx, plan.Sources[si], gr)
+		if err == nil {
+			tmp = t
+			r.perSrc[si].Add(gr.size)
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.logger.Warn("download failed", "object", gr.hexdigest, "source", plan.Sources[si].String(), "err", err)
+		errs = append(errs, fmt.Errorf("from %s: %w", plan.Sources[si], err))
+	}
+	if tmp == "" {
+		return errors.Join(errs...)
+	}
+	atomic.AddInt64(&r.res.ObjectsDownloaded, 1)
+	atomic.AddInt64(&r.res.BytesDownloaded, gr.size)
+	// Other paths with the same content are copied from the first one
+	// locally: the content is downloaded once.
+	for i := 1; i < len(gr.files); i++ {
+		f := gr.files[i]
+		copyTmp, err := r.copyLocal(tmp, f.RelativePath)
+		if err == nil {
+			err = r.commit(copyTmp, f)
+		}
+		if err != nil {
+			r.fail(f.RelativePath, gr.hexdigest, err)
+			continue
+		}
+		atomic.AddInt64(&r.res.FilesWritten, 1)
+		r.done(f.FileSize)
+	}
+	if err := r.commit(tmp, gr.files[0]); err != nil {
+		r.fail(gr.files[0].RelativePath, gr.hexdigest, err)
+		return nil
+	}
+	atomic.AddInt64(&r.res.FilesWritten, 1)
+	r.done(gr.size)
+	return nil
+}
+
+// download writes the content of gr from src into a temporary file next to
+// its first path, verifying size and BLAKE3 before it is kept.
+func (r *restorer) download(ctx context.Context, src Source, gr *group) (string, error) {
+	rc, err := src.Get(ctx, gr.hexdigest)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	tmp := r.tempName(gr.paths[0])
+	out, err := r.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	h := blake3.New()
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(contextReader{ctx, rc}, gr.size+1), *buf)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != gr.size {
+		err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: fmt.Sprintf("source sent %d bytes or more, want %d", n, gr.size)}
+	}
+	if err == nil {
+		if got := hex.EncodeToString(h.Sum(nil)); got != gr.hexdigest {
+			err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: "content hashes to " + got}
+		}
+	}
+	if err != nil {
+		_ = r.root.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+func (r *restorer) copyLocal(fromTmp, rel string) (string, error) {
+	in, err := r.root.Open(fromTmp)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	tmp := r.tempName(rel)
+	out, err := r.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = r.root.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// commit gives a finished temporary file its metadata and renames it over
+// the final path.
+func (r *restorer) commit(tmp string, f snapshot.File) error {
+	if err := r.setMetadata(tmp, f); err != nil {
+		_ = r.root.Remove(tmp)
+		return err
+	}
+	if fi, err := r.root.Lstat(f.RelativePath); err == nil && fi.IsDir() {
+		_ = r.root.Remove(tmp)
+		return fmt.Errorf("target has a directory where the backup has a file; move it away and restore again")
+	}
+	if err := r.root.Rename(tmp, f.RelativePath); err != nil {
+		_ = r.root.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func (r *restorer) setMetadata(rel string, f snapshot.File) error {
+	if err := r.root.Chmod(rel, fileMode(f.Mode)); err != nil {
+		return err
+	}
+	mtime := time.Unix(0, f.MtimeNs)
+	return r.root.Chtimes(rel, mtime, mtime)
+}
+
+// fileMode converts Unix permission bits, with setuid, setgid and sticky,
+// to an os.FileMode.
+func fileMode(unix uint32) os.FileMode {
+	m := os.FileMode(unix & 0o777)
+	if unix&0o4000 != 0 {
+		m |= os.ModeSetuid
+	}
+	if unix&0o2000 != 0 {
+		m |= os.ModeSetgid
+	}
+	if unix&0o1000 != 0 {
+		m |= os.ModeSticky
+	}
+	return m
+}
+
+// makeSymlinks runs after all files are written, so no file is ever
+// written through a link the restore itself created.
+func (r *restorer) makeSymlinks(ctx context.Context) error {
+	for _, s := range r.m.Symlinks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if fi, err := r.root.Lstat(s.RelativePath); err == nil {
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				if target, err := r.root.Readlink(s.RelativePath); err == nil && target == s.Target {
+					r.res.Symlinks++
+					continue
+				}
+			}
+			if fi.IsDir() {
+				r.fail(s.RelativePath, "", errors.New("target has a directory where the backup has a symlink; move it away and restore again"))
+				continue
+			}
+			if err := r.root.Remove(s.RelativePath); err != nil {
+				r.fail(s.RelativePath, "", err)
+				continue
+			}
+		}
+		if err := r.root.Symlink(s.Target, s.RelativePath); err != nil {
+			r.fail(s.RelativePath, "", err)
+			continue
+		}
+		r.res.Symlinks++
+	}
+	return nil
+}
+
+// setDirMetadata runs last and deepest first: writing into a directory
+// changes its mtime, and a read-only mode would stop the writes.
+func (r *restorer) setDirMetadata() error {
+	dirs := append([]snapshot.Dir(nil), r.m.Dirs...)
+	sort.Slice(dirs, func(i, j int) bool { return dirs[i].RelativePath > dirs[j].RelativePath })
+	if r.m.Root != nil {
+		dirs = append(dirs, *r.m.Root) // "." sorts last: the target itself
+	}
+	for _, d := range dirs {
+		if err := r.root.Chmod(d.RelativePath, fileMode(d.Mode)); err != nil {
+			return fmt.Errorf("restore directory %s: %w", d.RelativePath, err)
+		}
+		mtime := time.Unix(0, d.MtimeNs)
+		if err := r.root.Chtimes(d.RelativePath, mtime, mtime); err != nil {
+			return fmt.Errorf("restore directory %s: %w", d.RelativePath, err)
+		}
+	}
+	return nil
+}
+
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,488 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/restore"
+	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
+)
+
+var old = time.Date(2022, 3, 4, 5, 6, 7, 890123456, time.UTC)
+
+// makeTree builds a source tree with every kind of entry a restore must
+// reproduce.
+func makeTree(t *testing.T) string {
+	t.Helper()
+	src := t.TempDir()
+	r := rand.New(rand.NewPCG(1, 2))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return b
+	}
+	files := map[string][]byte{
+		"README":            []byte("tiny"),
+		"empty":             nil,
+		"bin/tool":          random(70000),
+		"data/a/big":        random(3 << 20),
+		"data/a/same1":      bytes.Repeat([]byte("same"), 1000),
+		"data/b/same2":      bytes.Repeat([]byte("same"), 1000),
+		"data/b/deep/x.txt": bytes.Repeat([]byte("text "), 5000),
+	}
+	for rel, content := range files {
+		p := filepath.Join(src, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, old, old)
+	}
+	os.Chmod(filepath.Join(src, "bin/tool"), 0o755)
+	os.Chmod(filepath.Join(src, "data/a/big"), 0o600)
+	os.Chmod(filepath.Join(src, "data/b/same2"), 0o2640)
+	os.MkdirAll(filepath.Join(src, "empty-dir/nested-empty"), 0o750)
+	os.Symlink("../README", filepath.Join(src, "data/readme-link"))
+	os.Symlink("/absolute/elsewhere", filepath.Join(src, "abs-link"))
+	os.Symlink("data/a", filepath.Join(src, "dir-link"))
+	os.Chmod(filepath.Join(src, "data/b"), 0o700)
+	os.Chmod(src, 0o750)
+	for _, d := range []string{"data/b/deep", "data/b", "data/a", "data", "bin", "empty-dir/nested-empty", "empty-dir", "."} {
+		os.Chtimes(filepath.Join(src, d), old.Add(time.Hour), old.Add(time.Hour))
+	}
+	return src
+}
+
+// compareTrees checks that got has exactly the entries of want with the
+// same content, permission bits, mtimes (files and directories) and
+// symlink targets.
+func compareTrees(t *testing.T, want, got string) {
+	t.Helper()
+	seen := map[string]bool{}
+	filepath.WalkDir(want, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(want, p)
+		seen[rel] = true
+		wi, _ := os.Lstat(p)
+		gi, err := os.Lstat(filepath.Join(got, rel))
+		if err != nil {
+			t.Errorf("%s: missing after restore: %v", rel, err)
+			return nil
+		}
+		if wi.Mode() != gi.Mode() {
+			t.Errorf("%s: mode %v, want %v", rel, gi.Mode(), wi.Mode())
+		}
+		switch {
+		case wi.Mode()&fs.ModeSymlink != 0:
+			wt, _ := os.Readlink(p)
+			gt, _ := os.Readlink(filepath.Join(got, rel))
+			if wt != gt {
+				t.Errorf("%s: symlink target %q, want %q", rel, gt, wt)
+			}
+			return nil
+		case wi.Mode().IsRegular():
+			wb, _ := os.ReadFile(p)
+			gb, _ := os.ReadFile(filepath.Join(got, rel))
+			if !bytes.Equal(wb, gb) {
+				t.Errorf("%s: content differs (%d bytes, want %d)", rel, len(gb), len(wb))
+			}
+		}
+		if !wi.ModTime().Equal(gi.ModTime()) {
+			t.Errorf("%s: mtime %v, want %v", rel, gi.ModTime(), wi.ModTime())
+		}
+		return nil
+	})
+	filepath.WalkDir(got, func(p string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(got, p)
+		if !seen[rel] {
+			t.Errorf("%s: in the restore but not in the source", rel)
+		}
+		return nil
+	})
+}
+
+type fixture struct {
+	store  *hashstore.Store
+	mem    *hashstore.Memory
+	src    string
+	name   string
+	m      *snapshot.Manifest
+	source []restore.Source
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	store, err := hashstore.Init(ctx, mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := makeTree(t)
+	sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, m, err := restore.LoadManifest(ctx, store, "latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{store: store, mem: mem, src: src, name: sum.Upload.Record.Name, m: m, source: []restore.Source{restore.StoreSource(store)}}
+}
+
+func (f *fixture) restore(t *testing.T, target string) (*restore.Result, error) {
+	t.Helper()
+	return restore.Restore(context.Background(), f.m, f.source, restore.Options{Target: target, Parallel: 4})
+}
+
+func TestRestoreRoundTrip(t *testing.T) {
+	f := newFixture(t)
+	target := filepath.Join(t.TempDir(), "new")
+	res, err := f.restore(t, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, f.src, target)
+	if res.ObjectsDownloaded != int64(len(f.m.Hashes)) {
+		t.Errorf("downloaded %d objects, want each of the %d distinct contents once", res.ObjectsDownloaded, len(f.m.Hashes))
+	}
+	if res.FilesWritten != int64(len(f.m.Files)) {
+		t.Errorf("wrote %d files, want %d", res.FilesWritten, len(f.m.Files))
+	}
+}
+
+func TestRestoreResumesAndRepairs(t *testing.T) {
+	f := newFixture(t)
+	target := t.TempDir()
+	if _, err := f.restore(t, target); err != nil {
+		t.Fatal(err)
+	}
+	// Damage the restore: a file removed, one with same size and other
+	// content, one truncated, a directory mode and a leftover temp file.
+	os.Remove(filepath.Join(target, "bin/tool"))
+	big := filepath.Join(target, "data/a/big")
+	data, _ := os.ReadFile(big)
+	data[100] ^= 1
+	os.WriteFile(big, data, 0o600)
+	os.Truncate(filepath.Join(target, "data/b/deep/x.txt"), 10)
+	os.WriteFile(filepath.Join(target, "data/.deltabackup-tmp-0123"), []byte("partial"), 0o600)
+	os.Chmod(filepath.Join(target, "data/b"), 0o500)
+
+	res, err := f.restore(t, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ObjectsDownloaded != 3 {
+		t.Errorf("resume downloaded %d objects, want only the 3 missing or wrong", res.ObjectsDownloaded)
+	}
+	if res.FilesUpToDate != int64(len(f.m.Files))-3 {
+		t.Errorf("resume found %d files up to date, want %d", res.FilesUpToDate, len(f.m.Files)-3)
+	}
+	compareTrees(t, f.src, target)
+}
+
+func flipStoredByte(t *testing.T, mem *hashstore.Memory, hexdigest string) []byte {
+	t.Helper()
+	ctx := context.Background()
+	key := hashstore.ObjectKey(hexdigest)
+	rc, err := mem.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := io.ReadAll(rc)
+	bad := bytes.Clone(good)
+	bad[len(bad)-5] ^= 0x10
+	mem.Put(ctx, key, bytes.NewReader(bad), int64(len(bad)))
+	return good
+}
+
+func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
+	f := newFixture(t)
+	var victim snapshot.File
+	for _, file := range f.m.Files {
+		if file.RelativePath == "data/a/same1" {
+			victim = file
+		}
+	}
+	good := flipStoredByte(t, f.mem, victim.Hexdigest)
+	target := t.TempDir()
+	res, err := f.restore(t, target)
+	var inc *restore.IncompleteError
+	if !errors.As(err, &inc) {
+		t.Fatalf("restore with a corrupt object: %v, want an IncompleteError", err)
+	}
+	var failed []string
+	for _, fe := range res.Failed {
+		failed = append(failed, fe.Path)
+		if !errors.Is(fe.Err, hashstore.ErrCorrupt) || !strings.Contains(fe.Err.Error(), victim.Hexdigest) {
+			t.Errorf("failure of %s does not name the corrupt object: %v", fe.Path, fe.Err)
+		}
+	}
+	if strings.Join(failed, ",") != "data/a/same1,data/b/same2" {
+		t.Fatalf("failed files %v, want both files with the corrupt content", failed)
+	}
+	for _, rel := range failed {
+		if _, err := os.Lstat(filepath.Join(target, rel)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s was written although its content is corrupt", rel)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(target, "data/a"))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".deltabackup-tmp-") {
+			t.Errorf("temporary file %s left behind", e.Name())
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(target, "data/a/big")); err != nil || len(data) != 3<<20 {
+		t.Fatalf("an unaffected file was not restored: %v", err)
+	}
+	// Fix the object and run again: the restore completes.
+	f.mem.Put(context.Background(), hashstore.ObjectKey(victim.Hexdigest), bytes.NewReader(good), int64(len(good)))
+	res, err = f.restore(t, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ObjectsDownloaded != 1 {
+		t.Errorf("second run downloaded %d objects, want 1", res.ObjectsDownloaded)
+	}
+	compareTrees(t, f.src, target)
+}
+
+func TestMissingObjectIsNamed(t *testing.T) {
+	f := newFixture(t)
+	h := f.m.Hashes[0].Hexdigest
+	f.mem.Delete(context.Background(), hashstore.ObjectKey(h))
+	res, err := f.restore(t, t.TempDir())
+	if err == nil || len(res.Failed) == 0 {
+		t.Fatal("restore with a missing object succeeded")
+	}
+	if !strings.Contains(res.Failed[0].Err.Error(), "in none of the sources") || res.Failed[0].Hexdigest != h {
+		t.Fatalf("failure: %v", res.Failed[0])
+	}
+}
+
+func TestHostileManifestsWriteNothingOutside(t *testing.T) {
+	h := hashstore.Hexdigest([]byte(strings.Repeat("x", 400)))
+	cases := map[string]*snapshot.Manifest{
+		"dot dot":        {Files: []snapshot.File{{RelativePath: "../escape", FileSize: 2, ContentB64: "aGk="}}},
+		"absolute":       {Files: []snapshot.File{{RelativePath: "/tmp/escape", FileSize: 2, ContentB64: "aGk="}}},
+		"nested dot dot": {Files: []snapshot.File{{RelativePath: "a/../../escape", FileSize: 2, ContentB64: "aGk="}}},
+		"through own symlink": {
+			Files:    []snapshot.File{{RelativePath: "link/escape", FileSize: 2, ContentB64: "aGk="}},
+			Symlinks: []snapshot.Symlink{{RelativePath: "link", Target: ".."}},
+		},
+		"symlink dir then file": {
+			EmptyDirs: []string{"up/x"},
+			Symlinks:  []snapshot.Symlink{{RelativePath: "up", Target: "/"}},
+		},
+		"object path": {
+			Files:  []snapshot.File{{RelativePath: "../../x", FileSize: 400, Hexdigest: h}},
+			Hashes: []snapshot.Hash{{Hexdigest: h, Size: 400}},
+		},
+	}
+	for name, m := range cases {
+		t.Run(name, func(t *testing.T) {
+			m.Version, m.HashAlgorithm = snapshot.ManifestVersion, snapshot.HashAlgorithm
+			parent := t.TempDir()
+			target := filepath.Join(parent, "target")
+			store, _ := hashstore.Init(context.Background(), hashstore.NewMemory(), nil)
+			_, err := restore.Restore(context.Background(), m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target})
+			if err == nil || !strings.Contains(err.Error(), "refusing to restore") {
+				t.Fatalf("hostile manifest: %v, want a refusal", err)
+			}
+			entries, _ := os.ReadDir(parent)
+			if len(entries) != 0 {
+				t.Fatalf("something was written: %v", entries)
+			}
+		})
+	}
+}
+
+func TestExistingSymlinkInTargetIsNotFollowed(t *testing.T) {
+	f := newFixture(t)
+	outside := t.TempDir()
+	target := t.TempDir()
+	// A target left with symlinks where the backup has directories, one
+	// pointing outside and one inside the target.
+	os.Symlink(outside, filepath.Join(target, "data"))
+	os.Mkdir(filepath.Join(target, "elsewhere"), 0o755)
+	os.Symlink("elsewhere", filepath.Join(target, "bin"))
+	if _, err := f.restore(t, target); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("restore wrote through a symlink to outside the target: %v", entries)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(target, "elsewhere")); len(entries) != 0 {
+		t.Fatalf("restore wrote through a symlink in the target: %v", entries)
+	}
+	os.Remove(filepath.Join(target, "elsewhere"))
+	if _, err := f.restore(t, target); err != nil { // puts the target's mtime back
+		t.Fatal(err)
+	}
+	compareTrees(t, f.src, target)
+}
+
+// fakeSource holds some hashes, serves them from a store and counts bytes.
+type fakeSource struct {
+	name  string
+	holds map[string]bool
+	store *hashstore.Store
+	fail  bool
+	lie   bool // serve other bytes than asked for, unverified
+}
+
+func (s *fakeSource) String() string { return s.name }
+
+func (s *fakeSource) Missing(ctx context.Context, hs []string) ([]string, error) {
+	var out []string
+	for _, h := range hs {
+		if !s.holds[h] {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}
+
+func (s *fakeSource) Get(ctx context.Context, h string) (io.ReadCloser, error) {
+	if s.fail {
+		return nil, fmt.Errorf("%s: connection refused", s.name)
+	}
+	if !s.holds[h] {
+		return nil, hashstore.ErrNotFound
+	}
+	if s.lie {
+		data, err := s.store.ReadAll(ctx, h, 1<<30)
+		if err != nil {
+			return nil, err
+		}
+		data[len(data)/2] ^= 1
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	return s.store.Get(ctx, h)
+}
+
+func TestPlanBalancesBytesAcrossSources(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var needed []snapshot.Hash
+	for i := range 2000 {
+		needed = append(needed, snapshot.Hash{Hexdigest: fmt.Sprintf("%064x", i), Size: int64(r.IntN(1 << 20))})
+	}
+	all := map[string]bool{}
+	for _, h := range needed {
+		all[h.Hexdigest] = true
+	}
+	sources := []restore.Source{&fakeSource{name: "a", holds: all}, &fakeSource{name: "b", holds: all}, &fakeSource{name: "c", holds: all}}
+	plan, err := restore.MakePlan(context.Background(), sources, needed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total, lo, hi int64 = 0, 1 << 62, 0
+	for _, b := range plan.Bytes {
+		total += b
+		lo, hi = min(lo, b), max(hi, b)
+	}
+	if float64(hi-lo) > 0.01*float64(total)/3 {
+		t.Fatalf("bytes per source %v are not balanced", plan.Bytes)
+	}
+	// A content only one source holds goes to that source.
+	only := map[string]bool{needed[0].Hexdigest: true}
+	sources = append(sources, &fakeSource{name: "d", holds: only})
+	sources[0].(*fakeSource).holds = map[string]bool{}
+	sources[1].(*fakeSource).holds = map[string]bool{}
+	sources[2].(*fakeSource).holds = map[string]bool{}
+	plan, _ = restore.MakePlan(context.Background(), sources, needed[:2])
+	if got := plan.Holders[needed[0].Hexdigest]; len(got) != 1 || got[0] != 3 {
+		t.Fatalf("holders of a content only d has: %v", got)
+	}
+	if len(plan.Unavailable) != 1 || plan.Unavailable[0] != needed[1] {
+		t.Fatalf("unavailable: %v", plan.Unavailable)
+	}
+}
+
+func TestFailoverToAnotherSource(t *testing.T) {
+	f := newFixture(t)
+	all := map[string]bool{}
+	for _, h := range f.m.Hashes {
+		all[h.Hexdigest] = true
+	}
+	broken := &fakeSource{name: "broken", holds: all, fail: true}
+	good := &fakeSource{name: "good", holds: all, store: f.store}
+	target := t.TempDir()
+	res, err := restore.Restore(context.Background(), f.m, []restore.Source{broken, good}, restore.Options{Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BytesPerSource[0] != 0 || res.BytesPerSource[1] == 0 {
+		t.Fatalf("bytes per source %v", res.BytesPerSource)
+	}
+	compareTrees(t, f.src, target)
+}
+
+func TestReadOnlyDirectories(t *testing.T) {
+	// A read-only directory in the backup must not stop files below it from
+	// being restored, on a first run or a resumed one.
+	f := newFixture(t)
+	os.Chmod(filepath.Join(f.src, "data/b/deep"), 0o555)
+	defer os.Chmod(filepath.Join(f.src, "data/b/deep"), 0o755)
+	ctx := context.Background()
+	if _, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(f.src), upload.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, m, _ := restore.LoadManifest(ctx, f.store, "latest")
+	target := t.TempDir()
+	for range 2 {
+		if _, err := restore.Restore(ctx, m, f.source, restore.Options{Target: target}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fi, _ := os.Stat(filepath.Join(target, "data/b/deep"))
+	if fi.Mode().Perm() != 0o555 {
+		t.Fatalf("directory mode %v, want r-xr-xr-x", fi.Mode().Perm())
+	}
+	os.Chmod(filepath.Join(target, "data/b/deep"), 0o755)
+}
+
+func TestLyingSourceIsCaught(t *testing.T) {
+	f := newFixture(t)
+	all := map[string]bool{}
+	for _, h := range f.m.Hashes {
+		all[h.Hexdigest] = true
+	}
+	liar := &fakeSource{name: "liar", holds: all, lie: true, store: f.store}
+	target := t.TempDir()
+	res, err := restore.Restore(context.Background(), f.m, []restore.Source{liar}, restore.Options{Target: target})
+	if err == nil {
+		t.Fatal("restore from a source that sends wrong bytes succeeded")
+	}
+	for _, fe := range res.Failed {
+		if !errors.Is(fe.Err, hashstore.ErrCorrupt) {
+			t.Errorf("%s: %v, want a corruption error", fe.Path, fe.Err)
+		}
+	}
+	if len(res.Failed) != len(f.m.Files)-2 { // all but the two embedded files
+		t.Fatalf("%d files failed, want %d", len(res.Failed), len(f.m.Files)-2)
+	}
+	// With an honest second source, every file is restored from it.
+	honest := &fakeSource{name: "honest", holds: all, store: f.store}
+	res, err = restore.Restore(context.Background(), f.m, []restore.Source{liar, honest}, restore.Options{Target: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, f.src, target)
+}
