@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
+	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/upload"
 )
@@ -67,56 +67,6 @@ func makeTree(t *testing.T) string {
 	return src
 }
 
-// compareTrees checks that got has exactly the entries of want with the
-// same content, permission bits, mtimes (files and directories) and
-// symlink targets.
-func compareTrees(t *testing.T, want, got string) {
-	t.Helper()
-	seen := map[string]bool{}
-	filepath.WalkDir(want, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			t.Fatal(err)
-		}
-		rel, _ := filepath.Rel(want, p)
-		seen[rel] = true
-		wi, _ := os.Lstat(p)
-		gi, err := os.Lstat(filepath.Join(got, rel))
-		if err != nil {
-			t.Errorf("%s: missing after restore: %v", rel, err)
-			return nil
-		}
-		if wi.Mode() != gi.Mode() {
-			t.Errorf("%s: mode %v, want %v", rel, gi.Mode(), wi.Mode())
-		}
-		switch {
-		case wi.Mode()&fs.ModeSymlink != 0:
-			wt, _ := os.Readlink(p)
-			gt, _ := os.Readlink(filepath.Join(got, rel))
-			if wt != gt {
-				t.Errorf("%s: symlink target %q, want %q", rel, gt, wt)
-			}
-			return nil
-		case wi.Mode().IsRegular():
-			wb, _ := os.ReadFile(p)
-			gb, _ := os.ReadFile(filepath.Join(got, rel))
-			if !bytes.Equal(wb, gb) {
-				t.Errorf("%s: content differs (%d bytes, want %d)", rel, len(gb), len(wb))
-			}
-		}
-		if !wi.ModTime().Equal(gi.ModTime()) {
-			t.Errorf("%s: mtime %v, want %v", rel, gi.ModTime(), wi.ModTime())
-		}
-		return nil
-	})
-	filepath.WalkDir(got, func(p string, d fs.DirEntry, err error) error {
-		rel, _ := filepath.Rel(got, p)
-		if !seen[rel] {
-			t.Errorf("%s: in the restore but not in the source", rel)
-		}
-		return nil
-	})
-}
-
 type fixture struct {
 	store  *hashstore.Store
 	mem    *hashstore.Memory
@@ -158,7 +108,7 @@ func TestRestoreRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	compareTrees(t, f.src, target)
+	restoretest.CompareTrees(t, f.src, target)
 	if res.ObjectsDownloaded != int64(len(f.m.Hashes)) {
 		t.Errorf("downloaded %d objects, want each of the %d distinct contents once", res.ObjectsDownloaded, len(f.m.Hashes))
 	}
@@ -194,7 +144,7 @@ func TestRestoreResumesAndRepairs(t *testing.T) {
 	if res.FilesUpToDate != int64(len(f.m.Files))-3 {
 		t.Errorf("resume found %d files up to date, want %d", res.FilesUpToDate, len(f.m.Files)-3)
 	}
-	compareTrees(t, f.src, target)
+	restoretest.CompareTrees(t, f.src, target)
 }
 
 func flipStoredByte(t *testing.T, mem *hashstore.Memory, hexdigest string) []byte {
@@ -260,7 +210,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 	if res.ObjectsDownloaded != 1 {
 		t.Errorf("second run downloaded %d objects, want 1", res.ObjectsDownloaded)
 	}
-	compareTrees(t, f.src, target)
+	restoretest.CompareTrees(t, f.src, target)
 }
 
 func TestMissingObjectIsNamed(t *testing.T) {
@@ -335,7 +285,7 @@ func TestExistingSymlinkInTargetIsNotFollowed(t *testing.T) {
 	if _, err := f.restore(t, target); err != nil { // puts the target's mtime back
 		t.Fatal(err)
 	}
-	compareTrees(t, f.src, target)
+	restoretest.CompareTrees(t, f.src, target)
 }
 
 // fakeSource holds some hashes, serves them from a store and counts bytes.
@@ -431,7 +381,7 @@ func TestFailoverToAnotherSource(t *testing.T) {
 	if res.BytesPerSource[0] != 0 || res.BytesPerSource[1] == 0 {
 		t.Fatalf("bytes per source %v", res.BytesPerSource)
 	}
-	compareTrees(t, f.src, target)
+	restoretest.CompareTrees(t, f.src, target)
 }
 
 func TestReadOnlyDirectories(t *testing.T) {
@@ -484,5 +434,8 @@ func TestLyingSourceIsCaught(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	compareTrees(t, f.src, target)
+	if res.BytesPerSource[0] != 0 {
+		t.Fatalf("%d bytes were kept from the lying source", res.BytesPerSource[0])
+	}
+	restoretest.CompareTrees(t, f.src, target)
 }

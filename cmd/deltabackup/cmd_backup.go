@@ -1,0 +1,186 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
+)
+
+type backupFlags struct {
+	includes         []string
+	excludes         []string
+	embedBelow       sizeValue
+	minDeltaFileSize sizeValue
+	parallel         int
+	name             string
+	node             string
+	stageDir         string
+	noCache          bool
+}
+
+// backupSummary is the last line of 'backup --json'.
+type backupSummary struct {
+	MessageType     string             `json:"message_type"`
+	Name            string             `json:"name"`
+	RootHash        string             `json:"root_hash"`
+	Files           int64              `json:"files"`
+	TotalBytes      int64              `json:"total_bytes"`
+	HashedFiles     int64              `json:"hashed_files"`
+	HashedBytes     int64              `json:"hashed_bytes"`
+	CachedFiles     int64              `json:"cached_files"`
+	Objects         int64              `json:"objects"`
+	UploadedObjects int64              `json:"uploaded_objects"`
+	UploadedBytes   int64              `json:"uploaded_bytes"`
+	UploadedContent int64              `json:"uploaded_content_bytes"`
+	PresentObjects  int64              `json:"present_objects"`
+	ManifestBytes   int64              `json:"manifest_bytes"`
+	Unreadable      []string           `json:"unreadable"`
+	Changed         []string           `json:"changed"`
+	Special         []string           `json:"special"`
+	Problems        []snapshot.Problem `json:"problems"`
+	DurationSeconds float64            `json:"duration_seconds"`
+}
+
+func newBackupCommand(g *globals) *cobra.Command {
+	var f backupFlags
+	f.embedBelow = snapshot.DefaultEmbedThreshold
+	cmd := &cobra.Command{
+		Use:   "backup --repo PATH [flags] SRC",
+		Short: "Back up a directory",
+		Long: `backup snapshots SRC and stores in the repository every content it does
+not hold yet, then writes a backup record. Files whose size, mtime, ctime
+and inode are unchanged since the last backup of SRC to this repository are
+not read again (the stat cache).
+
+Files that cannot be read are listed and the backup goes on; the exit code
+is then 3. A file that keeps changing while it is read is listed as changed
+and left out rather than stored with mixed content.`,
+		Args: exactArgs(1, "one source directory"),
+		RunE: func(cmd *cobra.Command, args []string) error { return runBackup(cmd, g, &f, args[0]) },
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.includes, "include", nil, "doublestar glob of paths to back up, relative to SRC (repeatable; default **); a matching directory includes everything below it")
+	fl.StringArrayVar(&f.excludes, "exclude", nil, "doublestar glob of paths to leave out (repeatable); a matching directory is not entered")
+	fl.Var(&f.embedBelow, "embed-below", "embed files of at most this size in the manifest instead of storing objects (-1: never)")
+	fl.Var(&f.minDeltaFileSize, "min-delta-file-size", "mark files smaller than this as should_be_bundled (packed with other small files)")
+	fl.IntVar(&f.parallel, "parallel", runtime.NumCPU(), "files hashed and objects uploaded at once")
+	fl.StringVar(&f.name, "name", "", "name of the backup (default: the UTC start time)")
+	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")
+	fl.StringVar(&f.stageDir, "stage-dir", "", "hard-link files into this directory first and read them from there, so files deleted or replaced during the backup stay readable")
+	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the stat cache")
+	return cmd
+}
+
+func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error {
+	ctx := cmd.Context()
+	start := time.Now()
+	if f.parallel < 1 {
+		return usagef("--parallel must be at least 1")
+	}
+	if f.name != "" {
+		if err := hashstore.ValidateBackupName(f.name); err != nil {
+			return usageError{err}
+		}
+	}
+	store, err := openStore(ctx, g)
+	if err != nil {
+		return err
+	}
+	opts := snapshot.DefaultOptions(src)
+	opts.Includes, opts.Excludes = f.includes, f.excludes
+	opts.EmbedThreshold = int64(f.embedBelow)
+	opts.MinDeltaFileSize = int64(f.minDeltaFileSize)
+	opts.Parallel = f.parallel
+	opts.Dst = f.stageDir
+	opts.Logger = g.logger
+	opts.Node = f.node
+	if opts.Node == "" {
+		opts.Node, _ = os.Hostname()
+	}
+	checked, err := snapshot.New(opts)
+	if err != nil {
+		return err
+	}
+	if !f.noCache {
+		if path := g.statCachePath(store.Config().ID, checked.Src()); path != "" {
+			cache, err := snapshot.OpenStatCache(path)
+			if err != nil {
+				g.logger.Warn("stat cache unusable", "err", err)
+			}
+			opts.Cache = cache
+		}
+	}
+	ps, stopProgress := g.showProgress(ctx, "hash", "upload")
+	opts.Progress = ps[0]
+	sum, err := upload.Backup(ctx, store, opts, upload.Options{
+		Name:     f.name,
+		Parallel: f.parallel,
+		Progress: ps[1],
+		Logger:   g.logger,
+	})
+	stopProgress()
+	if err != nil {
+		return err
+	}
+	s := summarize(sum, time.Since(start))
+	if g.json {
+		if err := g.printJSON(s); err != nil {
+			return err
+		}
+	} else {
+		printBackupSummary(g, s)
+	}
+	if sum.Incomplete() {
+		return incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
+			s.Name, len(s.Unreadable)+len(s.Changed))}
+	}
+	return nil
+}
+
+func summarize(sum *upload.Summary, d time.Duration) backupSummary {
+	rec := sum.Upload.Record
+	problems := append(append([]snapshot.Problem{}, sum.Snapshot.Unreadable...), sum.Changed()...)
+	problems = append(problems, sum.Snapshot.Special...)
+	return backupSummary{
+		MessageType:     "summary",
+		Name:            rec.Name,
+		RootHash:        rec.RootHexdigest,
+		Files:           rec.Stats.Files,
+		TotalBytes:      rec.Stats.TotalBytes,
+		HashedFiles:     sum.Snapshot.HashedFiles,
+		HashedBytes:     sum.Snapshot.HashedBytes,
+		CachedFiles:     sum.Snapshot.CachedFiles,
+		Objects:         rec.Stats.Objects,
+		UploadedObjects: sum.Upload.UploadedObjects,
+		UploadedBytes:   sum.Upload.UploadedBytes,
+		UploadedContent: sum.Upload.UploadedContentBytes,
+		PresentObjects:  sum.Upload.PresentObjects,
+		ManifestBytes:   sum.Upload.ManifestBytes,
+		Unreadable:      problemPaths(sum.Snapshot.Unreadable),
+		Changed:         problemPaths(sum.Changed()),
+		Special:         problemPaths(sum.Snapshot.Special),
+		Problems:        problems,
+		DurationSeconds: d.Seconds(),
+	}
+}
+
+func printBackupSummary(g *globals, s backupSummary) {
+	for _, p := range s.Problems {
+		fmt.Fprintf(g.stderr, "  %s\n", p.Error())
+	}
+	g.printf("backup %s: %d files, %s, root %s\n", s.Name, s.Files, formatBytes(s.TotalBytes), s.RootHash)
+	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", formatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)
+	g.printf("  stored %d new objects (%s of content in %s); %d already in the repository\n",
+		s.UploadedObjects, formatBytes(s.UploadedContent), formatBytes(s.UploadedBytes), s.PresentObjects)
+	if n := len(s.Special); n > 0 {
+		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
+	}
+	g.printf("  took %.1fs\n", s.DurationSeconds)
+}

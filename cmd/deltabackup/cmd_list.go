@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/restore"
+)
+
+func newListCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list --repo PATH",
+		Short: "List the backups in a repository, oldest first",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			store, err := openStore(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			records, err := store.Backups(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if records == nil {
+					records = []hashstore.BackupRecord{}
+				}
+				return g.printJSON(records)
+			}
+			w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tFINISHED\tFILES\tSIZE\tNEW\tNODE\tROOT")
+			for _, r := range records {
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.End.Local().Format(time.DateTime), r.Stats.Files,
+					formatBytes(r.Stats.TotalBytes), formatBytes(r.Stats.UploadedBytes), r.Node, r.RootHexdigest[:12])
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func newShowCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show --repo PATH BACKUP",
+		Short: "Show the files of a backup (a name or 'latest'): mode, size, hexdigest, path",
+		Args:  exactArgs(1, "a backup name or 'latest'"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			store, err := openStore(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			rec, m, err := restore.LoadManifest(cmd.Context(), store, args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(m)
+			}
+			g.printf("backup %s (root %s), %d files, %s, taken %s on %s\n", rec.Name, rec.RootHexdigest, len(m.Files),
+				formatBytes(m.TotalBytes()), m.Start.Local().Format(time.DateTime), m.Node)
+			w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			for _, f := range m.Files {
+				digest := f.Hexdigest
+				if f.Embedded() {
+					digest = "(embedded)"
+				}
+				fmt.Fprintf(w, "%04o\t%d\t%s\t%s\n", f.Mode, f.FileSize, digest, f.RelativePath)
+			}
+			for _, s := range m.Symlinks {
+				fmt.Fprintf(w, "%s\t\t\t%s -> %s\n", "symlink", s.RelativePath, s.Target)
+			}
+			for _, d := range m.EmptyDirs {
+				fmt.Fprintf(w, "%s\t\t\t%s/\n", "dir", d)
+			}
+			return w.Flush()
+		},
+	}
+}

@@ -1,0 +1,192 @@
+// Command deltabackup backs up data directories to a content-addressed
+// repository and restores them. The logic lives in the library packages;
+// this command owns flags, repository URLs, output and exit codes.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+)
+
+// Exit codes are an API: wrappers hard-code them. Never renumber.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitIncomplete  = 3 // finished, but some files could not be read
+	exitInterrupted = 130
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	repo     string
+	json     bool
+	verbose  int
+	quiet    bool
+	cacheDir string
+
+	stdout io.Writer
+	stderr io.Writer
+	logger *slog.Logger
+}
+
+// usageError marks errors in how the command was called (exit code 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// incompleteError marks a run that finished but left files out (exit 3).
+type incompleteError struct{ msg string }
+
+func (e incompleteError) Error() string { return e.msg }
+
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s expects %s (got %d arguments); see '%s --help'", cmd.Name(), names, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "deltabackup",
+		Short: "Content-addressed delta backups of data directories",
+		Long: `deltabackup backs up a data directory to a repository (a local directory),
+storing each distinct content once under its BLAKE3 hexdigest, uploading
+only what the repository lacks, and restores it byte for byte.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but some files
+could not be read (they are listed), 130 interrupted.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			g.logger = newLogger(g)
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w; see '%s --help'", err, cmd.CommandPath())}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path or file:///path (env DELTABACKUP_REPO)")
+	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
+	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
+	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
+	pf.StringVar(&g.cacheDir, "cache-dir", os.Getenv("DELTABACKUP_CACHE_DIR"), "where the stat cache lives (env DELTABACKUP_CACHE_DIR; default: the user cache dir)")
+	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g))
+	return root
+}
+
+func newLogger(g *globals) *slog.Logger {
+	level := slog.LevelWarn
+	switch {
+	case g.quiet:
+		level = slog.LevelError
+	case g.verbose == 1:
+		level = slog.LevelInfo
+	case g.verbose > 1:
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if g.json {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
+}
+
+// stderrIsTerminal decides whether progress bars are drawn.
+func (g *globals) stderrIsTerminal() bool {
+	f, ok := g.stderr.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.stdout)
+	return enc.Encode(v)
+}
+
+func (g *globals) printf(format string, args ...any) {
+	if !g.quiet {
+		fmt.Fprintf(g.stdout, format, args...)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code := exitCode(ctx, err)
+	if g.json {
+		_ = json.NewEncoder(stderr).Encode(map[string]any{"message_type": "exit_error", "code": code, "message": err.Error()})
+	} else {
+		fmt.Fprintf(stderr, "deltabackup: %v\n", err)
+	}
+	return code
+}
+
+func exitCode(ctx context.Context, err error) int {
+	var usage usageError
+	var incomplete incompleteError
+	switch {
+	case errors.As(err, &usage):
+		return exitUsage
+	case errors.As(err, &incomplete):
+		return exitIncomplete
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return exitInterrupted
+	}
+	// cobra reports unknown commands and flags as plain errors.
+	if isCobraUsageError(err) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, prefix := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "required flag", "accepts ", "requires "} {
+		if len(msg) >= len(prefix) && msg[:len(prefix)] == prefix {
+			return true
+		}
+	}
+	return false
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// hint adds what to do next to errors a user can fix.
+func hint(err error, repo string) error {
+	switch {
+	case errors.Is(err, hashstore.ErrNotRepository):
+		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, repo)
+	}
+	return err
+}

@@ -1,0 +1,62 @@
+package snapshot
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func FuzzDecodeManifest(f *testing.F) {
+	h := strings.Repeat("ab", 32)
+	f.Add([]byte(`{"version":1,"hash_algorithm":"blake3","root_globs":["**"],"exclude_globs":[],"files":[{"relative_path":"a","file_size":2,"mtime_ns":5,"mode":420,"hexdigest":"","content_b64":"aGk=","stored_file_size":0,"should_be_bundled":false}],"dirs":[],"empty_dirs":["e"],"symlinks":[{"relative_path":"l","target":"a"}],"hashes":[]}`))
+	f.Add([]byte(`{"version":1,"hash_algorithm":"blake3","files":[{"relative_path":"d/x","file_size":300,"hexdigest":"` + h + `"}],"hashes":[{"hexdigest":"` + h + `","size":300}],"root":{"relative_path":".","mode":448,"mtime_ns":1}}`))
+	f.Add([]byte(`{"version":1,"hash_algorithm":"blake3","files":[{"relative_path":"../x","file_size":0,"hexdigest":""}]}`))
+	f.Add([]byte(`{"files":[[[[[[`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeManifest(data)
+		if err != nil {
+			return
+		}
+		// Whatever decodes is safe to restore and survives a round trip.
+		for _, file := range m.Files {
+			if ValidatePath(file.RelativePath) != nil {
+				t.Fatalf("accepted unsafe path %q", file.RelativePath)
+			}
+		}
+		again, err := m.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m2, err := DecodeManifest(again)
+		if err != nil {
+			t.Fatalf("re-encoded manifest does not decode: %v", err)
+		}
+		third, _ := m2.Encode()
+		if !bytes.Equal(again, third) {
+			t.Fatal("encoding is not stable")
+		}
+	})
+}
+
+func FuzzDecodeStatCache(f *testing.F) {
+	good, err := encodeStatCache(map[string]cacheEntry{
+		"a/b": {stat: fileStat{size: 3, mtimeNs: 4, ctimeNs: 5, inode: 6}, content: []byte("abc")},
+		"big": {stat: fileStat{size: 1 << 20}},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte("DBSC\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		entries, err := decodeStatCache(data)
+		if err != nil {
+			return
+		}
+		for rel, e := range entries {
+			if len(rel) > maxPathLength || len(e.content) > maxEmbeddedSize {
+				t.Fatalf("entry %q exceeds limits", rel)
+			}
+		}
+	})
+}
