@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -108,6 +110,11 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 	if err != nil {
 		return err
 	}
+	if rel, inside := repositoryInside(store, checked.Src()); inside {
+		// Backing up the repository into itself would grow it every night.
+		g.logger.Warn("the repository lies inside the source; leaving it out", "path", rel)
+		opts.Excludes = append(opts.Excludes, rel)
+	}
 	if !f.noCache {
 		if path := g.statCachePath(store.Config().ID, checked.Src()); path != "" {
 			cache, err := snapshot.OpenStatCache(path)
@@ -183,4 +190,35 @@ func printBackupSummary(g *globals, s backupSummary) {
 		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
 	}
 	g.printf("  took %.1fs\n", s.DurationSeconds)
+}
+
+// repositoryInside reports whether a local repository lies inside src, and
+// its path relative to src as a glob-safe exclude.
+func repositoryInside(store *hashstore.Store, src string) (string, bool) {
+	local, ok := store.Backend().(*hashstore.Local)
+	if !ok {
+		return "", false
+	}
+	root, err := filepath.Abs(local.Root())
+	if err != nil {
+		return "", false
+	}
+	rel, err := filepath.Rel(src, root)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", false
+	}
+	return escapeGlob(filepath.ToSlash(rel)), true
+}
+
+// escapeGlob quotes glob metacharacters so a literal path matches only
+// itself.
+func escapeGlob(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[]{}\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -415,3 +415,16 @@ func TestGOROOTSourceRoundTrip(t *testing.T) {
 		t.Fatalf("no-change backup of GOROOT/src: %v", second)
 	}
 }
+
+func TestRepositoryInsideSourceIsLeftOut(t *testing.T) {
+	c := newCLI(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src)
+	repo := filepath.Join(src, "backups [weekly]")
+	c.ok("init", "--repo", repo)
+	first := summary(t, c.ok("backup", "--repo", repo, "--json", src))
+	second := summary(t, c.ok("backup", "--repo", repo, "--json", src))
+	if first["files"].(float64) != 125 || second["files"].(float64) != 125 {
+		t.Fatalf("the repository inside the source was backed up: %v then %v files", first["files"], second["files"])
+	}
+}
