@@ -49,13 +49,13 @@ func NewBar(ctx context.Context, w io.Writer, phases ...Phase) *Bar {
 		mpb.PrependDecorators(
 			text(func(name string, _ Snapshot) string { return name }),
 			text(func(_ string, s Snapshot) string {
-				return fmt.Sprintf("%s / %s", formatBytes(s.BytesHandled), formatBytes(s.BytesTotal))
+				return fmt.Sprintf("%s / %s", FormatBytes(s.BytesHandled), FormatBytes(s.BytesTotal))
 			}),
 		),
 		mpb.AppendDecorators(
 			text(func(_ string, s Snapshot) string {
 				l := NewStatusLine("", s)
-				return fmt.Sprintf("%s/s %.0f files/s %d/%d files", formatBytes(int64(l.BytesPerSecond)), l.FilesPerSecond, s.Handled+s.Failed, s.Total)
+				return fmt.Sprintf("%s/s %.0f files/s %d/%d files", FormatBytes(int64(l.BytesPerSecond)), l.FilesPerSecond, s.Handled+s.Failed, s.Total)
 			}),
 			text(func(_ string, s Snapshot) string {
 				if s.Final {
@@ -115,7 +115,8 @@ func (b *Bar) Stop() {
 	})
 }
 
-func formatBytes(n int64) string {
+// FormatBytes prints a byte count for people, in binary units.
+func FormatBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/upload"
 )
@@ -182,10 +183,10 @@ func printBackupSummary(g *globals, s backupSummary) {
 	for _, p := range s.Problems {
 		fmt.Fprintf(g.stderr, "  %s\n", p.Error())
 	}
-	g.printf("backup %s: %d files, %s, root %s\n", s.Name, s.Files, formatBytes(s.TotalBytes), s.RootHash)
-	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", formatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)
+	g.printf("backup %s: %d files, %s, root %s\n", s.Name, s.Files, progress.FormatBytes(s.TotalBytes), s.RootHash)
+	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", progress.FormatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)
 	g.printf("  stored %d new objects (%s of content in %s); %d already in the repository\n",
-		s.UploadedObjects, formatBytes(s.UploadedContent), formatBytes(s.UploadedBytes), s.PresentObjects)
+		s.UploadedObjects, progress.FormatBytes(s.UploadedContent), progress.FormatBytes(s.UploadedBytes), s.PresentObjects)
 	if n := len(s.Special); n > 0 {
 		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
 	}

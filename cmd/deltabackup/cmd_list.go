@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/restore"
 )
 
@@ -35,7 +36,7 @@ func newListCommand(g *globals) *cobra.Command {
 			fmt.Fprintln(w, "NAME\tFINISHED\tFILES\tSIZE\tNEW\tNODE\tROOT")
 			for _, r := range records {
 				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.End.Local().Format(time.DateTime), r.Stats.Files,
-					formatBytes(r.Stats.TotalBytes), formatBytes(r.Stats.UploadedBytes), r.Node, r.RootHexdigest[:12])
+					progress.FormatBytes(r.Stats.TotalBytes), progress.FormatBytes(r.Stats.UploadedBytes), r.Node, r.RootHexdigest[:12])
 			}
 			return w.Flush()
 		},
@@ -60,7 +61,7 @@ func newShowCommand(g *globals) *cobra.Command {
 				return g.printJSON(m)
 			}
 			g.printf("backup %s (root %s), %d files, %s, taken %s on %s\n", rec.Name, rec.RootHexdigest, len(m.Files),
-				formatBytes(m.TotalBytes()), m.Start.Local().Format(time.DateTime), m.Node)
+				progress.FormatBytes(m.TotalBytes()), m.Start.Local().Format(time.DateTime), m.Node)
 			w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			for _, f := range m.Files {
 				digest := f.Hexdigest

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/restore"
 )
 
@@ -93,10 +94,10 @@ listed and the exit code is 1; all other files are restored.`,
 					fmt.Fprintf(g.stderr, "  not restored: %s: %s\n", fe.Path, fe.Error)
 				}
 				g.printf("restored backup %s into %s: %d files written, %d already up to date; %d objects (%s) fetched\n",
-					s.Name, s.Target, s.FilesWritten, s.FilesUpToDate, s.ObjectsDownloaded, formatBytes(s.BytesDownloaded))
+					s.Name, s.Target, s.FilesWritten, s.FilesUpToDate, s.ObjectsDownloaded, progress.FormatBytes(s.BytesDownloaded))
 				if g.verbose > 0 {
 					for _, src := range s.Sources {
-						g.printf("  source %s: planned %s, fetched %s\n", src.Source, formatBytes(src.PlanBytes), formatBytes(src.FetchedBytes))
+						g.printf("  source %s: planned %s, fetched %s\n", src.Source, progress.FormatBytes(src.PlanBytes), progress.FormatBytes(src.FetchedBytes))
 					}
 				}
 			}
