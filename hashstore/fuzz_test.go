@@ -66,3 +66,24 @@ func FuzzDecodeBackupRecord(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeIndex(f *testing.F) {
+	idx := encodeIndex([]packEntries{{entries: []PackEntry{{Offset: 0, Length: 40, DecodedSize: 30}, {Offset: 40, Length: 17, DecodedSize: 1}}}})
+	f.Add(idx)
+	f.Add([]byte("DBIX\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		packs, err := DecodeIndex(data)
+		if err != nil {
+			return
+		}
+		for _, p := range packs {
+			var end uint64
+			for _, e := range p.entries {
+				if uint64(e.Offset) < end || e.Length < objectHeaderSize {
+					t.Fatalf("accepted overlapping or short entry %+v", e)
+				}
+				end = uint64(e.Offset) + uint64(e.Length)
+			}
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 )
@@ -48,6 +49,8 @@ type Store struct {
 	logger  *slog.Logger
 	// lookupParallel bounds concurrent Stat calls of Lookup.
 	lookupParallel int
+	// index locates packed objects; loaded on first use.
+	index packIndex
 }
 
 // describe names a backend in messages without revealing anything secret:
@@ -198,22 +201,28 @@ func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, 
 	out := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(out)
 	out.Reset()
-	out.Write(ObjectHeader{Codec: CodecZstd, DecodedSize: size}.marshal())
-	compressed := encoder.EncodeAll(content, out.AvailableBuffer())
-	codec := CodecZstd
-	if worthCompressing(len(content), len(compressed)) {
-		out.Write(compressed)
-	} else {
-		codec = CodecRaw
-		out.Reset()
-		out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: size}.marshal())
-		out.Write(content)
-	}
+	codec := encodeObject(out, content)
 	stored := int64(out.Len())
 	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), stored); err != nil {
 		return PutResult{}, err
 	}
 	return PutResult{StoredSize: stored, Codec: codec}, nil
+}
+
+// encodeObject appends header and payload of content to out: zstd when it
+// saves enough, raw otherwise.
+func encodeObject(out *bytes.Buffer, content []byte) Codec {
+	start := out.Len()
+	out.Write(ObjectHeader{Codec: CodecZstd, DecodedSize: int64(len(content))}.marshal())
+	compressed := encoder.EncodeAll(content, out.AvailableBuffer())
+	if worthCompressing(len(content), len(compressed)) {
+		out.Write(compressed)
+		return CodecZstd
+	}
+	out.Truncate(start)
+	out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: int64(len(content))}.marshal())
+	out.Write(content)
+	return CodecRaw
 }
 
 type countingWriter struct {
@@ -310,20 +319,39 @@ type ObjectReader struct {
 // Size is the decoded size the object's header declares.
 func (o *ObjectReader) Size() int64 { return o.header.DecodedSize }
 
-// Get opens the object stored under hexdigest. A missing object is
-// ErrNotFound; damaged bytes are a CorruptObjectError (ErrCorrupt), from Get
-// or from a Read.
+// Get opens the object stored under hexdigest, loose or packed. A missing
+// object is ErrNotFound; damaged bytes are a CorruptObjectError
+// (ErrCorrupt), from Get or from a Read.
 func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error) {
 	if !ValidHexdigest(hexdigest) {
 		return nil, fmt.Errorf("get: invalid hexdigest %q", hexdigest)
 	}
-	rc, err := s.backend.Get(ctx, ObjectKey(hexdigest))
+	pack, loc, packed, err := s.lookupPacked(ctx, hexdigest)
+	if err != nil {
+		return nil, err
+	}
+	var rc io.ReadCloser
+	if packed {
+		rc, err = s.backend.GetRange(ctx, pack, int64(loc.offset), int64(loc.length))
+	} else {
+		rc, err = s.backend.Get(ctx, ObjectKey(hexdigest))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", hexdigest, err)
 	}
+	o, err := decodeObject(rc, hexdigest)
+	if err != nil {
+		rc.Close()
+		return nil, err
+	}
+	return o, nil
+}
+
+// decodeObject reads the header of one encoded object from rc and returns
+// a reader of its verified content; closing it closes rc.
+func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
 	raw := make([]byte, objectHeaderSize)
 	if _, err := io.ReadFull(rc, raw); err != nil {
-		rc.Close()
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, &CorruptObjectError{hexdigest, "shorter than its header"}
 		}
@@ -331,7 +359,6 @@ func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error
 	}
 	header, err := ParseObjectHeader(raw)
 	if err != nil {
-		rc.Close()
 		return nil, &CorruptObjectError{hexdigest, err.Error()}
 	}
 	source := &sourceReader{r: rc}
@@ -340,10 +367,9 @@ func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error
 	case CodecRaw:
 		v.decoded = io.LimitReader(source, header.DecodedSize+1)
 	case CodecZstd:
-		dec := decoderPool.Get().(decoder)
+		dec := decoderPool.Get().(*zstd.Decoder)
 		if err := dec.Reset(source); err != nil {
 			decoderPool.Put(dec)
-			rc.Close()
 			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
 		}
 		v.decoded = dec
@@ -354,11 +380,6 @@ func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error
 		}
 	}
 	return &ObjectReader{verifyingReader: v, header: header}, nil
-}
-
-type decoder interface {
-	io.Reader
-	Reset(io.Reader) error
 }
 
 // ReadAll returns the verified content of an object, refusing objects whose
@@ -383,24 +404,43 @@ func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
 	StoredSize int64
+	Packed     bool
 }
 
-// Lookup returns, for the hexdigests the store holds, what is stored. Absent
-// ones are simply not in the map. Duplicates in hexdigests are fine.
+// Lookup returns, for the hexdigests the store holds (packed or loose),
+// what is stored. Absent ones are simply not in the map. Duplicates in
+// hexdigests are fine.
 func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]ObjectInfo, error) {
+	ix, err := s.loadIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
 	found := make(map[string]ObjectInfo, len(hexdigests))
+	var loose []string
+	ix.mu.RLock()
+	for _, h := range hexdigests {
+		var id [32]byte
+		if !ValidHexdigest(h) {
+			ix.mu.RUnlock()
+			return nil, fmt.Errorf("lookup: invalid hexdigest %q", h)
+		}
+		hex.Decode(id[:], []byte(h))
+		if loc, ok := ix.entries[id]; ok {
+			found[h] = ObjectInfo{StoredSize: int64(loc.length), Packed: true}
+		} else {
+			loose = append(loose, h)
+		}
+	}
+	ix.mu.RUnlock()
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.lookupParallel)
-	seen := make(map[string]bool, len(hexdigests))
-	for _, h := range hexdigests {
+	seen := make(map[string]bool, len(loose))
+	for _, h := range loose {
 		if seen[h] {
 			continue
 		}
 		seen[h] = true
-		if !ValidHexdigest(h) {
-			return nil, fmt.Errorf("lookup: invalid hexdigest %q", h)
-		}
 		g.Go(func() error {
 			info, err := s.backend.Stat(gctx, ObjectKey(h))
 			if errors.Is(err, ErrNotFound) {

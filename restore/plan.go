@@ -23,6 +23,15 @@ type Source interface {
 	Get(ctx context.Context, hexdigest string) (io.ReadCloser, error)
 }
 
+// BatchSource is a Source that fetches many objects in one call, with as
+// few reads as it can (a repository reads neighbouring packed objects with
+// one ranged get). Restore uses it for small objects. fn is called once per
+// hexdigest with the content or the error that kept it from being read.
+type BatchSource interface {
+	Source
+	GetMany(ctx context.Context, hexdigests []string, fn func(hexdigest string, r io.Reader, err error) error) error
+}
+
 // StoreSource makes a repository a Source.
 func StoreSource(s *hashstore.Store) Source { return storeSource{s} }
 
@@ -36,6 +45,10 @@ func (s storeSource) Missing(ctx context.Context, hexdigests []string) ([]string
 
 func (s storeSource) Get(ctx context.Context, hexdigest string) (io.ReadCloser, error) {
 	return s.s.Get(ctx, hexdigest)
+}
+
+func (s storeSource) GetMany(ctx context.Context, hexdigests []string, fn func(string, io.Reader, error) error) error {
+	return s.s.GetMany(ctx, hexdigests, fn)
 }
 
 // Plan assigns each needed content to a source.

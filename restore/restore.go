@@ -175,6 +175,11 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 	if err := r.setDirMetadata(); err != nil {
 		return nil, err
 	}
+	// Durable before success is reported, with one syncfs instead of an
+	// fsync per file.
+	if err := syncFilesystem(root); err != nil {
+		return nil, fmt.Errorf("restore target: sync: %w", err)
+	}
 	r.res.BytesPerSource = make([]int64, len(sources))
 	for i := range r.perSrc {
 		r.res.BytesPerSource[i] = r.perSrc[i].Load()
@@ -372,6 +377,15 @@ func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (bool, error) 
 	return hex.EncodeToString(h.Sum(nil)) == f.Hexdigest, nil
 }
 
+// Small objects from a BatchSource are fetched in batches of at most
+// batchObjects objects and batchBytes bytes, each object at most
+// batchObjectMax bytes.
+const (
+	batchObjects   = 512
+	batchBytes     = 16 << 20
+	batchObjectMax = 1 << 20
+)
+
 func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string]*group, embedded []snapshot.File) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallel)
@@ -390,27 +404,138 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string
 			return nil
 		})
 	}
-	// Largest first, so a big download does not start last and run alone.
-	ordered := make([]*group, 0, len(groups))
+	// Large objects one by one, largest first so none starts last and runs
+	// alone; small objects in batches per source, in path order, so that
+	// neighbours in a pack are read together.
+	var singles []*group
+	batches := make(map[int][]*group)
 	for _, gr := range groups {
-		ordered = append(ordered, gr)
+		first := plan.Holders[gr.hexdigest][0]
+		if _, ok := plan.Sources[first].(BatchSource); ok && gr.size <= batchObjectMax {
+			batches[first] = append(batches[first], gr)
+		} else {
+			singles = append(singles, gr)
+		}
 	}
-	sort.Slice(ordered, func(i, j int) bool { return ordered[i].size > ordered[j].size })
-	for _, gr := range ordered {
-		g.Go(func() error {
-			err := r.restoreGroup(gctx, plan, gr)
-			if err != nil && gctx.Err() != nil {
-				return gctx.Err()
+	sort.Slice(singles, func(i, j int) bool { return singles[i].size > singles[j].size })
+	for _, gr := range singles {
+		g.Go(func() error { return r.restoreGroup(gctx, plan, gr) })
+	}
+	for si, grs := range batches {
+		sort.Slice(grs, func(i, j int) bool { return grs[i].paths[0] < grs[j].paths[0] })
+		for start := 0; start < len(grs); {
+			end, bytes := start, int64(0)
+			for end < len(grs) && end-start < batchObjects && (bytes < batchBytes || end == start) {
+				bytes += grs[end].size
+				end++
 			}
-			if err != nil {
-				for _, rel := range gr.paths {
-					r.fail(rel, gr.hexdigest, err)
-				}
-			}
-			return nil
-		})
+			batch := grs[start:end]
+			start = end
+			g.Go(func() error { return r.restoreBatch(gctx, plan, si, batch) })
+		}
 	}
 	return g.Wait()
+}
+
+// restoreBatch fetches a batch of small objects from one source; an object
+// that fails there is tried again from every holder, one by one.
+func (r *restorer) restoreBatch(ctx context.Context, plan *Plan, si int, batch []*group) error {
+	byHash := make(map[string]*group, len(batch))
+	hexdigests := make([]string, len(batch))
+	for i, gr := range batch {
+		byHash[gr.hexdigest] = gr
+		hexdigests[i] = gr.hexdigest
+	}
+	src := plan.Sources[si].(BatchSource)
+	var retry []*group
+	err := src.GetMany(ctx, hexdigests, func(h string, rd io.Reader, err error) error {
+		gr := byHash[h]
+		if gr == nil {
+			return nil
+		}
+		delete(byHash, h)
+		var tmp string
+		if err == nil {
+			tmp, err = r.fetchInto(ctx, rd, gr)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.logger.Warn("download failed", "object", h, "source", src.String(), "err", err)
+			retry = append(retry, gr)
+			return nil
+		}
+		r.perSrc[si].Add(gr.size)
+		r.finishGroup(gr, tmp)
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.logger.Warn("batch download failed", "source", src.String(), "err", err)
+	}
+	for _, gr := range byHash { // never handed to fn
+		retry = append(retry, gr)
+	}
+	for _, gr := range retry {
+		if err := r.restoreGroup(ctx, plan, gr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreGroup fetches one content, trying the sources that hold it in
+// plan order, and writes it to every path that needs it. Only
+// cancellation is returned; failures are recorded per file.
+func (r *restorer) restoreGroup(ctx context.Context, plan *Plan, gr *group) error {
+	var errs []error
+	for _, si := range plan.Holders[gr.hexdigest] {
+		tmp, err := r.download(ctx, plan.Sources[si], gr)
+		if err == nil {
+			r.perSrc[si].Add(gr.size)
+			r.finishGroup(gr, tmp)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.logger.Warn("download failed", "object", gr.hexdigest, "source", plan.Sources[si].String(), "err", err)
+		errs = append(errs, fmt.Errorf("from %s: %w", plan.Sources[si], err))
+	}
+	err := errors.Join(errs...)
+	for _, rel := range gr.paths {
+		r.fail(rel, gr.hexdigest, err)
+	}
+	return nil
+}
+
+// finishGroup writes a downloaded content, in temporary file tmp, to every
+// path of gr: copies for all but the first, which gets tmp itself.
+func (r *restorer) finishGroup(gr *group, tmp string) {
+	atomic.AddInt64(&r.res.ObjectsDownloaded, 1)
+	atomic.AddInt64(&r.res.BytesDownloaded, gr.size)
+	for i := 1; i < len(gr.files); i++ {
+		f := gr.files[i]
+		copyTmp, err := r.copyLocal(tmp, f.RelativePath)
+		if err == nil {
+			err = r.commit(copyTmp, f)
+		}
+		if err != nil {
+			r.fail(f.RelativePath, gr.hexdigest, err)
+			continue
+		}
+		atomic.AddInt64(&r.res.FilesWritten, 1)
+		r.done(f.FileSize)
+	}
+	if err := r.commit(tmp, gr.files[0]); err != nil {
+		r.fail(gr.files[0].RelativePath, gr.hexdigest, err)
+		return
+	}
+	atomic.AddInt64(&r.res.FilesWritten, 1)
+	r.done(gr.size)
 }
 
 func (r *restorer) tempName(rel string) string {
@@ -427,70 +552,31 @@ func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
 	return r.commit(tmp, f)
 }
 
-// restoreGroup fetches one content, trying the sources that hold it in
-// plan order, and writes it to every path that needs it.
-func (r *restorer) restoreGroup(ctx context.Context, plan *Plan, gr *group) error {
-	var tmp string
-	var errs []error
-	for _, si := range plan.Holders[gr.hexdigest] {
-		t, err := r.download(ctx, plan.Sources[si], gr)
-		if err == nil {
-			tmp = t
-			r.perSrc[si].Add(gr.size)
-			break
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.logger.Warn("download failed", "object", gr.hexdigest, "source", plan.Sources[si].String(), "err", err)
-		errs = append(errs, fmt.Errorf("from %s: %w", plan.Sources[si], err))
-	}
-	if tmp == "" {
-		return errors.Join(errs...)
-	}
-	atomic.AddInt64(&r.res.ObjectsDownloaded, 1)
-	atomic.AddInt64(&r.res.BytesDownloaded, gr.size)
-	// Other paths with the same content are copied from the first one
-	// locally: the content is downloaded once.
-	for i := 1; i < len(gr.files); i++ {
-		f := gr.files[i]
-		copyTmp, err := r.copyLocal(tmp, f.RelativePath)
-		if err == nil {
-			err = r.commit(copyTmp, f)
-		}
-		if err != nil {
-			r.fail(f.RelativePath, gr.hexdigest, err)
-			continue
-		}
-		atomic.AddInt64(&r.res.FilesWritten, 1)
-		r.done(f.FileSize)
-	}
-	if err := r.commit(tmp, gr.files[0]); err != nil {
-		r.fail(gr.files[0].RelativePath, gr.hexdigest, err)
-		return nil
-	}
-	atomic.AddInt64(&r.res.FilesWritten, 1)
-	r.done(gr.size)
-	return nil
-}
-
-// download writes the content of gr from src into a temporary file next to
-// its first path, verifying size and BLAKE3 before it is kept.
+// download fetches the content of gr from src into a temporary file next
+// to its first path.
 func (r *restorer) download(ctx context.Context, src Source, gr *group) (string, error) {
 	rc, err := src.Get(ctx, gr.hexdigest)
 	if err != nil {
 		return "", err
 	}
 	defer rc.Close()
+	return r.fetchInto(ctx, rc, gr)
+}
+
+// fetchInto writes the content read from rd into a temporary file next to
+// the first path of gr, checking size and BLAKE3 before it is kept: restore
+// verifies every byte whatever the source promises.
+func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (string, error) {
 	tmp := r.tempName(gr.paths[0])
 	out, err := r.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", err
 	}
+	preallocate(out, gr.size)
 	h := blake3.New()
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(contextReader{ctx, rc}, gr.size+1), *buf)
+	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

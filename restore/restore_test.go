@@ -147,19 +147,24 @@ func TestRestoreResumesAndRepairs(t *testing.T) {
 	restoretest.CompareTrees(t, f.src, target)
 }
 
-func flipStoredByte(t *testing.T, mem *hashstore.Memory, hexdigest string) []byte {
+// flipStoredByte damages the stored payload of one object, loose or
+// packed, and returns a function that repairs it.
+func flipStoredByte(t *testing.T, store *hashstore.Store, mem *hashstore.Memory, hexdigest string) (repair func()) {
 	t.Helper()
 	ctx := context.Background()
-	key := hashstore.ObjectKey(hexdigest)
-	rc, err := mem.Get(ctx, key)
+	loc, err := store.Locate(ctx, hexdigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := mem.Get(ctx, loc.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	good, _ := io.ReadAll(rc)
 	bad := bytes.Clone(good)
-	bad[len(bad)-5] ^= 0x10
-	mem.Put(ctx, key, bytes.NewReader(bad), int64(len(bad)))
-	return good
+	bad[loc.Offset+loc.Length-5] ^= 0x10
+	mem.Put(ctx, loc.Key, bytes.NewReader(bad), int64(len(bad)))
+	return func() { mem.Put(ctx, loc.Key, bytes.NewReader(good), int64(len(good))) }
 }
 
 func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
@@ -170,7 +175,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 			victim = file
 		}
 	}
-	good := flipStoredByte(t, f.mem, victim.Hexdigest)
+	repair := flipStoredByte(t, f.store, f.mem, victim.Hexdigest)
 	target := t.TempDir()
 	res, err := f.restore(t, target)
 	var inc *restore.IncompleteError
@@ -202,7 +207,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 		t.Fatalf("an unaffected file was not restored: %v", err)
 	}
 	// Fix the object and run again: the restore completes.
-	f.mem.Put(context.Background(), hashstore.ObjectKey(victim.Hexdigest), bytes.NewReader(good), int64(len(good)))
+	repair()
 	res, err = f.restore(t, target)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +220,12 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 
 func TestMissingObjectIsNamed(t *testing.T) {
 	f := newFixture(t)
-	h := f.m.Hashes[0].Hexdigest
+	var h string
+	for _, hash := range f.m.Hashes {
+		if hash.Size >= snapshot.DefaultMinDeltaFileSize {
+			h = hash.Hexdigest // a loose object, which can be deleted alone
+		}
+	}
 	f.mem.Delete(context.Background(), hashstore.ObjectKey(h))
 	res, err := f.restore(t, t.TempDir())
 	if err == nil || len(res.Failed) == 0 {

@@ -27,6 +27,12 @@ import (
 // in the manifest and get no object.
 const DefaultEmbedThreshold = 150
 
+// DefaultMinDeltaFileSize: contents smaller than this are bundled into
+// packs. Chosen by measurement (see bench/): below it, the cost of one
+// stored file and one request per object outweighs reading a range of a
+// pack.
+const DefaultMinDeltaFileSize = 512 << 10
+
 // Options configure a Snapshotter. Start from DefaultOptions.
 type Options struct {
 	// Src is the directory to snapshot.
@@ -66,11 +72,12 @@ type Options struct {
 // DefaultOptions returns the defaults for snapshotting src.
 func DefaultOptions(src string) Options {
 	return Options{
-		Src:            src,
-		Includes:       []string{"**"},
-		Parallel:       runtime.NumCPU(),
-		EmbedThreshold: DefaultEmbedThreshold,
-		ChangeRetries:  3,
+		Src:              src,
+		Includes:         []string{"**"},
+		Parallel:         runtime.NumCPU(),
+		EmbedThreshold:   DefaultEmbedThreshold,
+		MinDeltaFileSize: DefaultMinDeltaFileSize,
+		ChangeRetries:    3,
 	}
 }
 

@@ -32,6 +32,9 @@ type Options struct {
 	Source string
 	// Parallel bounds concurrent uploads; default DefaultParallel.
 	Parallel int
+	// PackSize is the size at which a pack of small contents is stored;
+	// default hashstore.DefaultPackSize.
+	PackSize int
 	// Progress counts objects and bytes uploaded.
 	Progress *progress.Progress
 	// Logger receives warnings about files that changed after hashing.
@@ -82,12 +85,22 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 			candidates[f.Hexdigest] = append(candidates[f.Hexdigest], i)
 		}
 	}
+	// Missing contents in path order: neighbouring files end up next to
+	// each other in packs, and a restore reads them with one request.
 	var missing []snapshot.Hash
 	var missingBytes int64
-	for _, h := range m.Hashes {
-		if _, ok := present[h.Hexdigest]; !ok {
-			missing = append(missing, h)
-			missingBytes += h.Size
+	bundled := make(map[string]bool)
+	for i, f := range m.Files {
+		if f.Embedded() {
+			continue
+		}
+		if _, ok := present[f.Hexdigest]; ok || candidates[f.Hexdigest][0] != i {
+			continue // stored already, or another file with this content comes first
+		}
+		missing = append(missing, snapshot.Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
+		missingBytes += f.FileSize
+		if f.ShouldBeBundled {
+			bundled[f.Hexdigest] = true
 		}
 	}
 	p := opts.Progress
@@ -103,11 +116,16 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		changed []snapshot.Problem
 	)
 	var uploadedObjects, uploadedBytes, contentBytes atomic.Int64
+	packer := store.NewPacker(opts.PackSize)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Parallel)
 	for _, h := range missing {
 		g.Go(func() error {
-			put, problems, err := putFromAnyFile(gctx, store, snap.ReadRoot, m, candidates[h.Hexdigest], h)
+			var pk *hashstore.Packer
+			if bundled[h.Hexdigest] {
+				pk = packer
+			}
+			put, problems, err := putFromAnyFile(gctx, store, pk, snap.ReadRoot, m, candidates[h.Hexdigest], h)
 			if err != nil {
 				if p != nil {
 					p.UploadFailure(h.Hexdigest)
@@ -135,6 +153,9 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		})
 	}
 	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if err := packer.Flush(ctx); err != nil {
 		return nil, err
 	}
 	if p != nil {
@@ -235,11 +256,11 @@ func putRecord(ctx context.Context, store *hashstore.Store, rec *hashstore.Backu
 // putFromAnyFile stores content h, read from the first file (of indexes)
 // that still holds it. It returns nil and the files' problems when none
 // does; an error means storage failed.
-func putFromAnyFile(ctx context.Context, store *hashstore.Store, root string, m *snapshot.Manifest, indexes []int, h snapshot.Hash) (*hashstore.PutResult, []snapshot.Problem, error) {
+func putFromAnyFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, root string, m *snapshot.Manifest, indexes []int, h snapshot.Hash) (*hashstore.PutResult, []snapshot.Problem, error) {
 	var problems []snapshot.Problem
 	for _, i := range indexes {
 		rel := m.Files[i].RelativePath
-		put, err := putFile(ctx, store, filepath.Join(root, filepath.FromSlash(rel)), h)
+		put, err := putFile(ctx, store, packer, filepath.Join(root, filepath.FromSlash(rel)), h)
 		if err == nil {
 			return put, nil, nil
 		}
@@ -255,12 +276,25 @@ func putFromAnyFile(ctx context.Context, store *hashstore.Store, root string, m 
 // errUnavailable marks a source file that can no longer be opened.
 var errUnavailable = errors.New("source file unavailable")
 
-func putFile(ctx context.Context, store *hashstore.Store, path string, h snapshot.Hash) (*hashstore.PutResult, error) {
+// putFile stores content h from the file at path: into the packer when
+// one is given (small contents), otherwise as a loose object.
+func putFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, path string, h snapshot.Hash) (*hashstore.PutResult, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	defer f.Close()
+	if packer != nil {
+		content, err := io.ReadAll(io.LimitReader(fileReader{f}, h.Size+1))
+		if err != nil {
+			return nil, err
+		}
+		put, err := packer.Add(ctx, h.Hexdigest, content)
+		if err != nil {
+			return nil, err
+		}
+		return &put, nil
+	}
 	put, err := store.Put(ctx, h.Hexdigest, fileReader{f}, h.Size)
 	if err != nil {
 		return nil, err

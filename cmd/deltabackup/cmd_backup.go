@@ -54,6 +54,7 @@ type backupSummary struct {
 func newBackupCommand(g *globals) *cobra.Command {
 	var f backupFlags
 	f.embedBelow = snapshot.DefaultEmbedThreshold
+	f.minDeltaFileSize = snapshot.DefaultMinDeltaFileSize
 	cmd := &cobra.Command{
 		Use:   "backup --repo PATH [flags] SRC",
 		Short: "Back up a directory",
@@ -72,7 +73,7 @@ and left out rather than stored with mixed content.`,
 	fl.StringArrayVar(&f.includes, "include", nil, "doublestar glob of paths to back up, relative to SRC (repeatable; default **); a matching directory includes everything below it")
 	fl.StringArrayVar(&f.excludes, "exclude", nil, "doublestar glob of paths to leave out (repeatable); a matching directory is not entered")
 	fl.Var(&f.embedBelow, "embed-below", "embed files of at most this size in the manifest instead of storing objects (-1: never)")
-	fl.Var(&f.minDeltaFileSize, "min-delta-file-size", "mark files smaller than this as should_be_bundled (packed with other small files)")
+	fl.Var(&f.minDeltaFileSize, "min-delta-file-size", "store contents smaller than this in packs with other small contents (should_be_bundled)")
 	fl.IntVar(&f.parallel, "parallel", runtime.NumCPU(), "files hashed and objects uploaded at once")
 	fl.StringVar(&f.name, "name", "", "name of the backup (default: the UTC start time)")
 	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")

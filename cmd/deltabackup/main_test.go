@@ -218,13 +218,21 @@ func TestCorruptObjectThenRepair(t *testing.T) {
 
 	content, _ := os.ReadFile(filepath.Join(src, "bin/run.sh"))
 	h := hashstore.Hexdigest(content)
-	objectFile := filepath.Join(repo, "objects", h[:2], h)
+	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(repo), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, err := store.Locate(context.Background(), h)
+	if err != nil || !loc.Packed {
+		t.Fatalf("small file's object is not in a pack: %+v, %v", loc, err)
+	}
+	objectFile := filepath.Join(repo, filepath.FromSlash(loc.Key))
 	good, err := os.ReadFile(objectFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := bytes.Clone(good)
-	bad[len(bad)-3] ^= 0x01
+	bad[loc.Offset+loc.Length-3] ^= 0x01 // a byte of this object's payload inside the pack
 	os.WriteFile(objectFile, bad, 0o600)
 
 	out := filepath.Join(dir, "out")

@@ -1,0 +1,296 @@
+package hashstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+)
+
+// countingBackend counts calls by operation.
+type countingBackend struct {
+	hashstore.Backend
+	gets, ranges, puts, stats atomic.Int64
+	failPutPrefix             string
+}
+
+func (c *countingBackend) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	c.gets.Add(1)
+	return c.Backend.Get(ctx, key)
+}
+
+func (c *countingBackend) GetRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	c.ranges.Add(1)
+	return c.Backend.GetRange(ctx, key, off, n)
+}
+
+func (c *countingBackend) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.puts.Add(1)
+	if c.failPutPrefix != "" && strings.HasPrefix(key, c.failPutPrefix) {
+		return errors.New("injected failure")
+	}
+	return c.Backend.Put(ctx, key, r, size)
+}
+
+func (c *countingBackend) Stat(ctx context.Context, key string) (hashstore.Info, error) {
+	c.stats.Add(1)
+	return c.Backend.Stat(ctx, key)
+}
+
+func keysUnder(t *testing.T, b hashstore.Backend, prefix string) []string {
+	t.Helper()
+	var keys []string
+	b.List(context.Background(), prefix, func(i hashstore.Info) error { keys = append(keys, i.Key); return nil })
+	return keys
+}
+
+func smallContents(n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		if i%2 == 0 {
+			out[i] = randomContent(uint64(1000+i), 2000+i%1000)
+		} else {
+			out[i] = []byte(strings.Repeat(fmt.Sprintf("text %d ", i), 200+i%50))
+		}
+	}
+	return out
+}
+
+func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	cb := &countingBackend{Backend: mem}
+	s, _ := hashstore.Init(ctx, cb, nil)
+	contents := smallContents(600)
+	p := s.NewPacker(256 << 10)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(contents); i += 4 {
+				if _, err := p.Add(ctx, hashstore.Hexdigest(contents[i]), contents[i]); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	packs, indexes := keysUnder(t, mem, "packs/"), keysUnder(t, mem, "index/")
+	if len(packs) < 3 || len(packs) > 10 || len(indexes) != len(packs) {
+		t.Fatalf("%d packs and %d indexes for ~1.3 MB in 256 KiB packs", len(packs), len(indexes))
+	}
+	if objs := keysUnder(t, mem, "objects/"); len(objs) != 0 {
+		t.Fatalf("packed objects were also stored loose: %d", len(objs))
+	}
+	check := func(s *hashstore.Store) {
+		t.Helper()
+		var all []string
+		for _, c := range contents {
+			all = append(all, hashstore.Hexdigest(c))
+		}
+		found, err := s.Lookup(ctx, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range all {
+			if !found[h].Packed || found[h].StoredSize <= 16 {
+				t.Fatalf("Lookup(%s) = %+v", h, found[h])
+			}
+		}
+		for i, c := range contents {
+			got, err := readObject(t, s, hashstore.Hexdigest(c))
+			if err != nil || !bytes.Equal(got, c) {
+				t.Fatalf("object %d: %v", i, err)
+			}
+		}
+	}
+	check(s)
+	// A new Store on the same backend learns the packs from the index files.
+	reopened, err := hashstore.Open(ctx, mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(reopened)
+	// Every pack's trailer lists what its index lists.
+	total := 0
+	for _, key := range packs {
+		entries, err := reopened.ReadPackTrailer(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(entries)
+	}
+	if total != len(contents) {
+		t.Fatalf("pack trailers list %d objects, want %d", total, len(contents))
+	}
+}
+
+func TestGetManyCoalescesReads(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	s, _ := hashstore.Init(ctx, mem, nil)
+	contents := smallContents(300)
+	p := s.NewPacker(64 << 20) // one pack
+	var want []string
+	for _, c := range contents {
+		h := hashstore.Hexdigest(c)
+		want = append(want, h)
+		p.Add(ctx, h, c)
+	}
+	p.Flush(ctx)
+	loose := randomContent(77, 3<<20)
+	s.Put(ctx, hashstore.Hexdigest(loose), bytes.NewReader(loose), int64(len(loose)))
+	missing := hashstore.Hexdigest([]byte("not stored"))
+
+	cb := &countingBackend{Backend: mem}
+	s2, _ := hashstore.Open(ctx, cb, nil)
+	// every third object, a duplicate, the loose one and a missing one
+	var ask []string
+	for i := 0; i < len(want); i += 3 {
+		ask = append(ask, want[i])
+	}
+	ask = append(ask, want[0], hashstore.Hexdigest(loose), missing)
+	got := map[string][]byte{}
+	errs := map[string]error{}
+	err := s2.GetMany(ctx, ask, func(h string, r io.Reader, err error) error {
+		if _, dup := got[h]; dup {
+			t.Errorf("fn called twice for %s", h)
+		}
+		if err != nil {
+			errs[h] = err
+			got[h] = nil
+			return nil
+		}
+		data, err := io.ReadAll(r)
+		if err != nil {
+			errs[h] = err
+		}
+		got[h] = data
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ask)-1 {
+		t.Fatalf("fn called for %d objects, want %d", len(got), len(ask)-1)
+	}
+	for i := 0; i < len(want); i += 3 {
+		if !bytes.Equal(got[want[i]], contents[i]) {
+			t.Fatalf("object %d differs", i)
+		}
+	}
+	if !bytes.Equal(got[hashstore.Hexdigest(loose)], loose) {
+		t.Fatal("loose object differs")
+	}
+	if !errors.Is(errs[missing], hashstore.ErrNotFound) {
+		t.Fatalf("missing object: %v", errs[missing])
+	}
+	if n := cb.ranges.Load(); n != 1 {
+		t.Fatalf("%d ranged reads for 100 objects of one pack, want 1", n)
+	}
+}
+
+func TestCorruptPackedObjectFailsAlone(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	s, _ := hashstore.Init(ctx, mem, nil)
+	contents := smallContents(20)
+	p := s.NewPacker(0)
+	for _, c := range contents {
+		p.Add(ctx, hashstore.Hexdigest(c), c)
+	}
+	p.Flush(ctx)
+	key := keysUnder(t, mem, "packs/")[0]
+	entries, _ := s.ReadPackTrailer(ctx, key)
+	victim := entries[7]
+	data := storedBytes(t, mem, key)
+	data[victim.Offset+victim.Length-2] ^= 0x80
+	mem.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
+
+	var all []string
+	for _, c := range contents {
+		all = append(all, hashstore.Hexdigest(c))
+	}
+	bad := 0
+	err := s.GetMany(ctx, all, func(h string, r io.Reader, err error) error {
+		if err == nil {
+			_, err = io.ReadAll(r)
+		}
+		if err != nil {
+			if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), h) {
+				t.Errorf("%s: %v", h, err)
+			}
+			bad++
+		}
+		return nil
+	})
+	if err != nil || bad != 1 {
+		t.Fatalf("GetMany: %v, %d corrupt objects reported, want 1", err, bad)
+	}
+}
+
+func TestCrashBetweenPackAndIndex(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	cb := &countingBackend{Backend: mem, failPutPrefix: "index/"}
+	s, _ := hashstore.Init(ctx, cb, nil)
+	c := []byte(strings.Repeat("lost index ", 100))
+	p := s.NewPacker(0)
+	p.Add(ctx, hashstore.Hexdigest(c), c)
+	if err := p.Flush(ctx); err == nil {
+		t.Fatal("Flush succeeded although the index could not be stored")
+	}
+	// The pack exists without an index: the object counts as missing and
+	// is simply stored again.
+	s2, _ := hashstore.Open(ctx, mem, nil)
+	missing, err := s2.Missing(ctx, []string{hashstore.Hexdigest(c)})
+	if err != nil || len(missing) != 1 {
+		t.Fatalf("Missing = %v, %v; want the unindexed object", missing, err)
+	}
+	p2 := s2.NewPacker(0)
+	p2.Add(ctx, hashstore.Hexdigest(c), c)
+	if err := p2.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readObject(t, s2, hashstore.Hexdigest(c)); err != nil || !bytes.Equal(got, c) {
+		t.Fatalf("re-stored object: %v", err)
+	}
+}
+
+func TestDamagedIndexIsNamed(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	s, _ := hashstore.Init(ctx, mem, nil)
+	p := s.NewPacker(0)
+	c := []byte(strings.Repeat("x", 400))
+	p.Add(ctx, hashstore.Hexdigest(c), c)
+	p.Flush(ctx)
+	key := keysUnder(t, mem, "index/")[0]
+	data := storedBytes(t, mem, key)
+	data[len(data)-1] ^= 1
+	mem.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
+	s2, _ := hashstore.Open(ctx, mem, nil)
+	_, err := s2.Missing(ctx, []string{hashstore.Hexdigest(c)})
+	if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), key[len(key)-64:]) {
+		t.Fatalf("damaged index: %v", err)
+	}
+}
+
+func TestPackerRefusesWrongContent(t *testing.T) {
+	s, _ := newStore(t)
+	p := s.NewPacker(0)
+	if _, err := p.Add(context.Background(), hashstore.Hexdigest([]byte("a")), []byte("b")); !errors.Is(err, hashstore.ErrContentMismatch) {
+		t.Fatalf("Add with wrong content: %v", err)
+	}
+}
