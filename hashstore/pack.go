@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -19,7 +20,9 @@ import (
 // Packs hold many small objects in one stored file, so that a backup of
 // 200,000 small files writes tens of files, not 200,000.
 //
-// Pack layout (key packs/<hh>/<packid>, packid = BLAKE3 of the whole file):
+// Pack layout (key packs/<hh>/<packid>, packid = 32 random bytes: a pack
+// is streamed to the backend while it fills, before its hash could be
+// known; each object in it is verified by its own hexdigest):
 //
 //	object 1 | object 2 | ... | trailer | trailer length (uint32 BE) | "DBPK"
 //
@@ -268,31 +271,43 @@ func DecodeIndex(data []byte) ([]packEntries, error) {
 	return packs, nil
 }
 
-// Packer collects small objects into packs. Add is safe for concurrent
-// use; each full pack is stored, then its index, by the Add call that
-// filled it. Flush stores what is left.
+// Packer collects small objects into packs. Each pack is streamed to the
+// backend while it fills, so no pack is ever held in memory; when it
+// reaches the target size it is completed, then its index is stored and its
+// objects become visible. Add is safe for concurrent use.
 type Packer struct {
 	store  *Store
-	target int
+	ctx    context.Context
+	target int64
 
-	mu      sync.Mutex
-	buf     *bytes.Buffer
-	entries []PackEntry
-	seen    map[[32]byte]bool
+	mu   sync.Mutex
+	cur  *openPack
+	err  error
+	seen map[[32]byte]bool
 }
 
-// NewPacker returns a Packer that closes packs at about target bytes
-// (DefaultPackSize when target <= 0).
-func (s *Store) NewPacker(target int) *Packer {
+// openPack is a pack whose bytes are being streamed to the backend.
+type openPack struct {
+	id      [32]byte
+	pw      *io.PipeWriter
+	stored  chan error // result of the backend Put
+	size    int64
+	entries []PackEntry
+}
+
+// NewPacker returns a Packer whose pack uploads run under ctx and that
+// completes packs at about target bytes (DefaultPackSize when target <= 0).
+// Call Flush when done, or Abort to give up.
+func (s *Store) NewPacker(ctx context.Context, target int) *Packer {
 	if target <= 0 {
 		target = DefaultPackSize
 	}
-	return &Packer{store: s, target: target, buf: new(bytes.Buffer), seen: map[[32]byte]bool{}}
+	return &Packer{store: s, ctx: ctx, target: int64(target), seen: map[[32]byte]bool{}}
 }
 
 // Add verifies that content hashes to hexdigest, encodes it and appends it
-// to the current pack. The object is readable from the store once the pack
-// holding it is stored (at the latest after Flush).
+// to the current pack. The object is readable from the store once its pack
+// is complete (at the latest after Flush).
 func (p *Packer) Add(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
 	if len(content) > 1<<30 {
 		return PutResult{}, fmt.Errorf("pack %s: %d bytes is too large for a pack", hexdigest, len(content))
@@ -309,56 +324,114 @@ func (p *Packer) Add(ctx context.Context, hexdigest string, content []byte) (Put
 	res := PutResult{StoredSize: int64(encoded.Len()), Codec: codec}
 
 	p.mu.Lock()
+	if p.err != nil {
+		p.mu.Unlock()
+		return PutResult{}, p.err
+	}
 	if p.seen[id] {
 		p.mu.Unlock()
 		return res, nil
 	}
+	if p.cur == nil {
+		p.cur = p.store.openPack(p.ctx)
+	}
+	cur := p.cur
+	if _, err := cur.pw.Write(encoded.Bytes()); err != nil {
+		p.err = fmt.Errorf("store pack: %w", err)
+		p.cur = nil
+		p.mu.Unlock()
+		return PutResult{}, p.err
+	}
 	p.seen[id] = true
-	p.entries = append(p.entries, PackEntry{Hexdigest: id, Offset: uint32(p.buf.Len()), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
-	p.buf.Write(encoded.Bytes())
-	var full *bytes.Buffer
-	var fullEntries []PackEntry
-	if p.buf.Len() >= p.target {
-		full, fullEntries = p.buf, p.entries
-		p.buf, p.entries = new(bytes.Buffer), nil
+	cur.entries = append(cur.entries, PackEntry{Hexdigest: id, Offset: uint32(cur.size), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
+	cur.size += int64(encoded.Len())
+	full := cur.size >= p.target
+	if full {
+		p.cur = nil
 	}
 	p.mu.Unlock()
-	if full != nil {
-		if err := p.store.writePack(ctx, full, fullEntries); err != nil {
+	if full {
+		if err := p.store.completePack(ctx, cur); err != nil {
+			p.fail(err)
 			return PutResult{}, err
 		}
 	}
 	return res, nil
 }
 
-// Flush stores the current, partly filled pack and its index.
-func (p *Packer) Flush(ctx context.Context) error {
+func (p *Packer) fail(err error) {
 	p.mu.Lock()
-	full, entries := p.buf, p.entries
-	p.buf, p.entries = new(bytes.Buffer), nil
-	p.mu.Unlock()
-	if len(entries) == 0 {
-		return nil
+	if p.err == nil {
+		p.err = err
 	}
-	return p.store.writePack(ctx, full, entries)
+	p.mu.Unlock()
 }
 
-// writePack appends the trailer to a pack, stores it, then stores its
-// index and makes its objects visible.
-func (s *Store) writePack(ctx context.Context, pack *bytes.Buffer, entries []PackEntry) error {
+// Flush completes the current pack and stores its index.
+func (p *Packer) Flush(ctx context.Context) error {
+	p.mu.Lock()
+	cur, err := p.cur, p.err
+	p.cur = nil
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if cur == nil {
+		return nil
+	}
+	return p.store.completePack(ctx, cur)
+}
+
+// Abort gives up the current pack: its upload fails and leaves nothing.
+func (p *Packer) Abort() {
+	p.mu.Lock()
+	cur := p.cur
+	p.cur = nil
+	if p.err == nil {
+		p.err = errors.New("packer aborted")
+	}
+	p.mu.Unlock()
+	if cur != nil {
+		cur.pw.CloseWithError(errors.New("pack aborted"))
+		<-cur.stored
+	}
+}
+
+// openPack starts streaming a new pack to the backend.
+func (s *Store) openPack(ctx context.Context) *openPack {
+	op := &openPack{stored: make(chan error, 1)}
+	if _, err := rand.Read(op.id[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	pr, pw := io.Pipe()
+	op.pw = pw
+	go func() {
+		err := s.backend.Put(ctx, packKey(op.id), pr, -1)
+		pr.CloseWithError(errors.New("pack upload ended")) // unblocks writers if the backend stopped early
+		op.stored <- err
+	}()
+	return op
+}
+
+// completePack writes the trailer and footer, waits until the pack is
+// stored, then stores its index and makes its objects visible.
+func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	var trailer bytes.Buffer
-	encodeEntries(&trailer, entries)
+	encodeEntries(&trailer, op.entries)
 	compressed := encoder.EncodeAll(trailer.Bytes(), nil)
-	pack.Write(compressed)
 	var footer [8]byte
 	binary.BigEndian.PutUint32(footer[:4], uint32(len(compressed)))
 	copy(footer[4:], packFooterMagic)
-	pack.Write(footer[:])
-	id := blake3.Sum256(pack.Bytes())
-	if err := s.backend.Put(ctx, packKey(id), bytes.NewReader(pack.Bytes()), int64(pack.Len())); err != nil {
-		return fmt.Errorf("store pack: %w", err)
+	_, err := op.pw.Write(append(compressed, footer[:]...))
+	if err != nil {
+		op.pw.CloseWithError(err)
+	} else {
+		op.pw.Close()
 	}
-	idx := encodeIndex([]packEntries{{id: id, entries: entries}})
+	if perr := <-op.stored; perr != nil || err != nil {
+		return fmt.Errorf("store pack: %w", errors.Join(perr, err))
+	}
+	idx := encodeIndex([]packEntries{{id: op.id, entries: op.entries}})
 	if err := s.backend.Put(ctx, indexKey(blake3.Sum256(idx)), bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("store pack index: %w", err)
 	}
@@ -367,9 +440,9 @@ func (s *Store) writePack(ctx context.Context, pack *bytes.Buffer, entries []Pac
 		s.index.entries = make(map[[32]byte]packLocation)
 		s.index.packNum = make(map[[32]byte]uint32)
 	}
-	s.index.add(id, entries)
+	s.index.add(op.id, op.entries)
 	s.index.mu.Unlock()
-	s.logger.Debug("stored pack", "pack", hex.EncodeToString(id[:]), "objects", len(entries), "bytes", pack.Len())
+	s.logger.Debug("stored pack", "pack", hex.EncodeToString(op.id[:]), "objects", len(op.entries), "bytes", op.size)
 	return nil
 }
 

@@ -69,7 +69,7 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	cb := &countingBackend{Backend: mem}
 	s, _ := hashstore.Init(ctx, cb, nil)
 	contents := smallContents(600)
-	p := s.NewPacker(256 << 10)
+	p := s.NewPacker(ctx, 256<<10)
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Add(1)
@@ -141,7 +141,7 @@ func TestGetManyCoalescesReads(t *testing.T) {
 	mem := hashstore.NewMemory()
 	s, _ := hashstore.Init(ctx, mem, nil)
 	contents := smallContents(300)
-	p := s.NewPacker(64 << 20) // one pack
+	p := s.NewPacker(ctx, 64<<20) // one pack
 	var want []string
 	for _, c := range contents {
 		h := hashstore.Hexdigest(c)
@@ -206,7 +206,7 @@ func TestCorruptPackedObjectFailsAlone(t *testing.T) {
 	mem := hashstore.NewMemory()
 	s, _ := hashstore.Init(ctx, mem, nil)
 	contents := smallContents(20)
-	p := s.NewPacker(0)
+	p := s.NewPacker(ctx, 0)
 	for _, c := range contents {
 		p.Add(ctx, hashstore.Hexdigest(c), c)
 	}
@@ -246,7 +246,7 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 	cb := &countingBackend{Backend: mem, failPutPrefix: "index/"}
 	s, _ := hashstore.Init(ctx, cb, nil)
 	c := []byte(strings.Repeat("lost index ", 100))
-	p := s.NewPacker(0)
+	p := s.NewPacker(ctx, 0)
 	p.Add(ctx, hashstore.Hexdigest(c), c)
 	if err := p.Flush(ctx); err == nil {
 		t.Fatal("Flush succeeded although the index could not be stored")
@@ -258,7 +258,7 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 	if err != nil || len(missing) != 1 {
 		t.Fatalf("Missing = %v, %v; want the unindexed object", missing, err)
 	}
-	p2 := s2.NewPacker(0)
+	p2 := s2.NewPacker(ctx, 0)
 	p2.Add(ctx, hashstore.Hexdigest(c), c)
 	if err := p2.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func TestDamagedIndexIsNamed(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	s, _ := hashstore.Init(ctx, mem, nil)
-	p := s.NewPacker(0)
+	p := s.NewPacker(ctx, 0)
 	c := []byte(strings.Repeat("x", 400))
 	p.Add(ctx, hashstore.Hexdigest(c), c)
 	p.Flush(ctx)
@@ -289,8 +289,25 @@ func TestDamagedIndexIsNamed(t *testing.T) {
 
 func TestPackerRefusesWrongContent(t *testing.T) {
 	s, _ := newStore(t)
-	p := s.NewPacker(0)
+	p := s.NewPacker(context.Background(), 0)
 	if _, err := p.Add(context.Background(), hashstore.Hexdigest([]byte("a")), []byte("b")); !errors.Is(err, hashstore.ErrContentMismatch) {
 		t.Fatalf("Add with wrong content: %v", err)
+	}
+}
+
+func TestAbortedPackLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	s, _ := hashstore.Init(ctx, mem, nil)
+	p := s.NewPacker(ctx, 0)
+	for _, c := range smallContents(10) {
+		p.Add(ctx, hashstore.Hexdigest(c), c)
+	}
+	p.Abort()
+	if keys := append(keysUnder(t, mem, "packs/"), keysUnder(t, mem, "index/")...); len(keys) != 0 {
+		t.Fatalf("an aborted pack left %v", keys)
+	}
+	if _, err := p.Add(ctx, hashstore.Hexdigest([]byte("late")), []byte("late")); err == nil {
+		t.Fatal("Add after Abort succeeded")
 	}
 }

@@ -108,6 +108,47 @@ type restorer struct {
 
 	mu     sync.Mutex
 	failed []FileError
+
+	// dirs caches one os.Root per directory, so an operation on a file is
+	// one syscall on its base name instead of a walk over every component
+	// of its path; still confined to that directory.
+	dirsMu sync.Mutex
+	dirs   map[string]*os.Root
+}
+
+// maxOpenDirs bounds the cached directory handles; past it, operations go
+// through the target root with the whole path (slower, just as safe).
+const maxOpenDirs = 4096
+
+// at returns the root and name to operate on the entry rel.
+func (r *restorer) at(rel string) (*os.Root, string) {
+	dir, name := path.Split(rel)
+	if dir == "" {
+		return r.root, name
+	}
+	r.dirsMu.Lock()
+	defer r.dirsMu.Unlock()
+	if d, ok := r.dirs[dir]; ok {
+		return d, name
+	}
+	if len(r.dirs) >= maxOpenDirs {
+		return r.root, rel
+	}
+	d, err := r.root.OpenRoot(path.Clean(dir))
+	if err != nil {
+		return r.root, rel // the operation itself will report the problem
+	}
+	r.dirs[dir] = d
+	return d, name
+}
+
+func (r *restorer) closeDirs() {
+	r.dirsMu.Lock()
+	defer r.dirsMu.Unlock()
+	for _, d := range r.dirs {
+		d.Close()
+	}
+	r.dirs = nil
 }
 
 // Restore writes manifest m into opts.Target from sources. It restores
@@ -131,7 +172,8 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
 	defer root.Close()
-	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}}
+	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}}
+	defer r.closeDirs()
 	if r.logger == nil {
 		r.logger = slog.New(slog.DiscardHandler)
 	}
@@ -354,16 +396,17 @@ func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (bool, error) 
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	fi, err := r.root.Lstat(f.RelativePath)
+	dir, name := r.at(f.RelativePath)
+	fi, err := dir.Lstat(name)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.FileSize {
 		return false, nil
 	}
 	if f.Embedded() {
 		want, _ := f.Content()
-		have, err := r.root.ReadFile(f.RelativePath)
+		have, err := dir.ReadFile(name)
 		return err == nil && bytes.Equal(have, want), nil
 	}
-	file, err := r.root.Open(f.RelativePath)
+	file, err := dir.Open(name)
 	if err != nil {
 		return false, nil
 	}
@@ -546,7 +589,8 @@ func (r *restorer) tempName(rel string) string {
 
 func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
 	tmp := r.tempName(f.RelativePath)
-	if err := r.root.WriteFile(tmp, content, 0o600); err != nil {
+	dir, name := r.at(tmp)
+	if err := dir.WriteFile(name, content, 0o600); err != nil {
 		return err
 	}
 	return r.commit(tmp, f)
@@ -568,7 +612,8 @@ func (r *restorer) download(ctx context.Context, src Source, gr *group) (string,
 // verifies every byte whatever the source promises.
 func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (string, error) {
 	tmp := r.tempName(gr.paths[0])
-	out, err := r.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	dir, name := r.at(tmp)
+	out, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", err
 	}
@@ -589,20 +634,22 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (stri
 		}
 	}
 	if err != nil {
-		_ = r.root.Remove(tmp)
+		_ = dir.Remove(name)
 		return "", err
 	}
 	return tmp, nil
 }
 
 func (r *restorer) copyLocal(fromTmp, rel string) (string, error) {
-	in, err := r.root.Open(fromTmp)
+	fromDir, fromName := r.at(fromTmp)
+	in, err := fromDir.Open(fromName)
 	if err != nil {
 		return "", err
 	}
 	defer in.Close()
 	tmp := r.tempName(rel)
-	out, err := r.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	dir, name := r.at(tmp)
+	out, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", err
 	}
@@ -611,7 +658,7 @@ func (r *restorer) copyLocal(fromTmp, rel string) (string, error) {
 		err = cerr
 	}
 	if err != nil {
-		_ = r.root.Remove(tmp)
+		_ = dir.Remove(name)
 		return "", err
 	}
 	return tmp, nil
@@ -620,27 +667,30 @@ func (r *restorer) copyLocal(fromTmp, rel string) (string, error) {
 // commit gives a finished temporary file its metadata and renames it over
 // the final path.
 func (r *restorer) commit(tmp string, f snapshot.File) error {
+	tmpDir, tmpName := r.at(tmp)
+	dir, name := r.at(f.RelativePath)
 	if err := r.setMetadata(tmp, f); err != nil {
-		_ = r.root.Remove(tmp)
+		_ = tmpDir.Remove(tmpName)
 		return err
 	}
-	if fi, err := r.root.Lstat(f.RelativePath); err == nil && fi.IsDir() {
-		_ = r.root.Remove(tmp)
+	if fi, err := dir.Lstat(name); err == nil && fi.IsDir() {
+		_ = tmpDir.Remove(tmpName)
 		return fmt.Errorf("target has a directory where the backup has a file; move it away and restore again")
 	}
-	if err := r.root.Rename(tmp, f.RelativePath); err != nil {
-		_ = r.root.Remove(tmp)
+	if err := dir.Rename(tmpName, name); err != nil {
+		_ = tmpDir.Remove(tmpName)
 		return err
 	}
 	return nil
 }
 
 func (r *restorer) setMetadata(rel string, f snapshot.File) error {
-	if err := r.root.Chmod(rel, fileMode(f.Mode)); err != nil {
+	dir, name := r.at(rel)
+	if err := dir.Chmod(name, fileMode(f.Mode)); err != nil {
 		return err
 	}
 	mtime := time.Unix(0, f.MtimeNs)
-	return r.root.Chtimes(rel, mtime, mtime)
+	return dir.Chtimes(name, mtime, mtime)
 }
 
 // fileMode converts Unix permission bits, with setuid, setgid and sticky,

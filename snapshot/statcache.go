@@ -175,21 +175,17 @@ func encodeStatCache(entries map[string]cacheEntry) ([]byte, error) {
 		body.Write(e.content)
 	}
 	sum := blake3.Sum256(body.Bytes())
-	out := bytes.NewBufferString(statCacheMagic)
-	out.WriteByte(statCacheVersion)
-	out.Write(sum[:])
-	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := enc.Write(body.Bytes()); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	out := append([]byte(statCacheMagic), statCacheVersion)
+	out = append(out, sum[:]...)
+	return cacheEncoder.EncodeAll(body.Bytes(), out), nil
 }
+
+// One encoder and decoder for every cache file: creating them allocates
+// their history buffers, which is most of the memory they use.
+var (
+	cacheEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+	cacheDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
+)
 
 func decodeStatCache(data []byte) (map[string]cacheEntry, error) {
 	header := len(statCacheMagic) + 1 + 32
@@ -199,12 +195,7 @@ func decodeStatCache(data []byte) (map[string]cacheEntry, error) {
 	if data[4] != statCacheVersion {
 		return nil, fmt.Errorf("stat cache version %d is not supported", data[4])
 	}
-	dec, err := zstd.NewReader(bytes.NewReader(data[header:]), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
-	if err != nil {
-		return nil, err
-	}
-	defer dec.Close()
-	body, err := io.ReadAll(dec)
+	body, err := cacheDecoder.DecodeAll(data[header:], nil)
 	if err != nil {
 		return nil, err
 	}

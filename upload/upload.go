@@ -116,7 +116,8 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		changed []snapshot.Problem
 	)
 	var uploadedObjects, uploadedBytes, contentBytes atomic.Int64
-	packer := store.NewPacker(opts.PackSize)
+	// The packer outlives the errgroup, whose context ends with Wait.
+	packer := store.NewPacker(ctx, opts.PackSize)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Parallel)
 	for _, h := range missing {
@@ -153,6 +154,7 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		})
 	}
 	if err := g.Wait(); err != nil {
+		packer.Abort()
 		return nil, err
 	}
 	if err := packer.Flush(ctx); err != nil {
@@ -273,6 +275,10 @@ func putFromAnyFile(ctx context.Context, store *hashstore.Store, packer *hashsto
 	return nil, problems, nil
 }
 
+// contentPool holds read buffers for small contents on their way into a
+// pack.
+var contentPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // errUnavailable marks a source file that can no longer be opened.
 var errUnavailable = errors.New("source file unavailable")
 
@@ -285,11 +291,13 @@ func putFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Pack
 	}
 	defer f.Close()
 	if packer != nil {
-		content, err := io.ReadAll(io.LimitReader(fileReader{f}, h.Size+1))
-		if err != nil {
+		buf := contentPool.Get().(*bytes.Buffer)
+		defer contentPool.Put(buf)
+		buf.Reset()
+		if _, err := buf.ReadFrom(io.LimitReader(fileReader{f}, h.Size+1)); err != nil {
 			return nil, err
 		}
-		put, err := packer.Add(ctx, h.Hexdigest, content)
+		put, err := packer.Add(ctx, h.Hexdigest, buf.Bytes())
 		if err != nil {
 			return nil, err
 		}

@@ -31,11 +31,13 @@ const (
 
 // globals are the flags every command shares.
 type globals struct {
-	repo     string
-	json     bool
-	verbose  int
-	quiet    bool
-	cacheDir string
+	repo       string
+	json       bool
+	cpuProfile string
+	memProfile string
+	verbose    int
+	quiet      bool
+	cacheDir   string
 
 	stdout io.Writer
 	stderr io.Writer
@@ -78,7 +80,10 @@ could not be read (they are listed), 130 interrupted.`,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			g.logger = newLogger(g)
-			return nil
+			return g.startProfiles()
+		},
+		PersistentPostRunE: func(cmd *cobra.Command, args []string) error {
+			return g.stopProfiles()
 		},
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -90,6 +95,10 @@ could not be read (they are listed), 130 interrupted.`,
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
 	pf.StringVar(&g.cacheDir, "cache-dir", os.Getenv("DELTABACKUP_CACHE_DIR"), "where the stat cache lives (env DELTABACKUP_CACHE_DIR; default: the user cache dir)")
+	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) to this file")
+	pf.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile (go tool pprof) to this file at the end")
+	_ = pf.MarkHidden("cpu-profile")
+	_ = pf.MarkHidden("mem-profile")
 	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g))
 	return root
 }
