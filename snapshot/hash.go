@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 )
 
 // readBufferSize is the per-worker read buffer: large reads keep syscalls
@@ -36,7 +38,10 @@ type hasher struct {
 	s   *Snapshotter
 	col *collector
 	buf []byte
-	h   *blake3.Hasher
+	// h is fastest on small inputs; tree uses the AVX-512 kernels on large
+	// ones. Both compute the same BLAKE3.
+	h    *blake3.Hasher
+	tree treeHasher
 }
 
 func newHasher(s *Snapshotter, col *collector) *hasher {
@@ -118,6 +123,16 @@ func racy(st fileStat) bool {
 	return now-st.mtimeNs < int64(window) || now-st.ctimeNs < int64(window)
 }
 
+// Files of at least mmapMin bytes are hashed from memory mappings of
+// mmapWindow bytes (a multiple of the tree hasher's block) with the
+// AVX-512-capable tree hasher: no copy into a buffer, and each window is
+// unmapped after use so the mapped file does not count against resident
+// memory.
+const (
+	mmapMin    = 1 << 20
+	mmapWindow = 16 << 20
+)
+
 // read hashes one file, checking with fstat before and after that the
 // content read is the content of one unchanged file.
 func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry, uint32, error) {
@@ -140,31 +155,15 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 		return cacheEntry{}, 0, fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
 	}
 	st := statOf(before)
-	embed := w.s.embeds(st.size)
-	var content []byte
-	w.h.Reset()
+	e := cacheEntry{stat: st}
 	var n int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return cacheEntry{}, 0, err
-		}
-		k, err := f.Read(w.buf)
-		if k > 0 {
-			w.h.Write(w.buf[:k])
-			if embed && n+int64(k) <= st.size {
-				content = append(content, w.buf[:k]...)
-			}
-			n += int64(k)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return cacheEntry{}, 0, err
-		}
-		if testHookAfterRead != nil && n == int64(k) {
-			testHookAfterRead(path, attempt)
-		}
+	if st.size >= mmapMin && !w.s.readOnly && !w.s.embeds(st.size) {
+		n, err = w.hashMapped(ctx, f, attempt, st.size, &e)
+	} else {
+		n, err = w.hashRead(ctx, f, path, attempt, st.size, &e)
+	}
+	if err != nil {
+		return cacheEntry{}, 0, err
 	}
 	w.col.hashedBytes.Add(n)
 	w.col.hashedFiles.Add(1)
@@ -175,15 +174,94 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 	if statOf(after) != st || n != st.size {
 		return cacheEntry{}, 0, fmt.Errorf("%w (read %d bytes, size %d then %d)", ErrChangedWhileReading, n, st.size, after.Size())
 	}
-	e := cacheEntry{stat: st}
-	copy(e.digest[:], w.h.Sum(nil))
-	if embed {
-		e.content = content
-		if content == nil {
-			e.content = []byte{}
+	return e, unixMode(before), nil
+}
+
+// hashRead reads a file through the worker's buffer. A file that fits is
+// read with one call of size+1 bytes: a short read of a regular file means
+// its end, so no second call is needed to see EOF.
+func (w *hasher) hashRead(ctx context.Context, f *os.File, path string, attempt int, size int64, e *cacheEntry) (int64, error) {
+	embed := w.s.embeds(size)
+	w.h.Reset()
+	var n int64
+	for first := true; ; first = false {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		buf := w.buf
+		if first && size < int64(len(buf)) {
+			buf = buf[:size+1]
+		}
+		k, err := f.Read(buf)
+		if k > 0 {
+			if !w.s.readOnly {
+				w.h.Write(buf[:k])
+			}
+			if embed && n+int64(k) <= size {
+				e.content = append(e.content, buf[:k]...)
+			}
+			n += int64(k)
+		}
+		if err == io.EOF || (err == nil && first && k > 0 && int64(k) == size && len(buf) == int(size)+1) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		if testHookAfterRead != nil && first {
+			testHookAfterRead(path, attempt)
 		}
 	}
-	return e, unixMode(before), nil
+	copy(e.digest[:], w.h.Sum(nil))
+	if embed && e.content == nil {
+		e.content = []byte{}
+	}
+	return n, nil
+}
+
+// hashMapped hashes a large file from read-only memory mappings. A file
+// truncated while mapped raises SIGBUS; SetPanicOnFault turns that into a
+// panic recovered here and reported as a change, never a crash.
+func (w *hasher) hashMapped(ctx context.Context, f *os.File, attempt int, size int64, e *cacheEntry) (n int64, err error) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	var mapped []byte
+	defer func() {
+		if r := recover(); r != nil {
+			if mapped != nil {
+				_ = unix.Munmap(mapped)
+			}
+			n, err = 0, fmt.Errorf("%w: fault while reading a mapping (truncated?)", ErrChangedWhileReading)
+		}
+	}()
+	w.tree.reset()
+	cut := lastBlockStart(size)
+	for off := int64(0); off < size; off += mmapWindow {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		length := min(mmapWindow, size-off)
+		mapped, err = unix.Mmap(int(f.Fd()), off, int(length), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return 0, fmt.Errorf("map %d bytes at %d: %w", length, off, err)
+		}
+		_ = unix.Madvise(mapped, unix.MADV_SEQUENTIAL)
+		if off+length <= cut {
+			w.tree.writeBlocks(mapped)
+		} else {
+			w.tree.writeBlocks(mapped[:cut-off])
+			e.digest = w.tree.finish(mapped[cut-off:])
+		}
+		if err := unix.Munmap(mapped); err != nil {
+			return 0, err
+		}
+		mapped = nil
+		n += length
+		if testHookAfterRead != nil && off == 0 {
+			testHookAfterRead(f.Name(), attempt)
+		}
+	}
+	return n, nil
 }
 
 // stage makes dst/rel the same file as src/rel: a hard link, or a copy

@@ -456,3 +456,24 @@ func TestManifestValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestFileTruncatedWhileMapped(t *testing.T) {
+	src := t.TempDir()
+	big := filepath.Join(src, "big")
+	writeTree(t, src, map[string]string{"big": strings.Repeat("m", 3*mmapWindow+5)})
+	testHookAfterRead = func(path string, attempt int) {
+		if path == big && attempt == 0 {
+			// The next window lies beyond the new end of file: touching it
+			// raises SIGBUS, which must become a retry, not a crash.
+			os.Truncate(big, 2<<20)
+		}
+	}
+	defer func() { testHookAfterRead = nil }()
+	res := run(t, DefaultOptions(src))
+	if len(res.Changed) != 0 || len(res.Manifest.Files) != 1 {
+		t.Fatalf("changed %v, files %v", res.Changed, paths(res.Manifest.Files))
+	}
+	if f := res.Manifest.Files[0]; f.FileSize != 2<<20 || f.Hexdigest != digest(strings.Repeat("m", 2<<20)) {
+		t.Fatalf("after truncation the manifest holds size %d, hexdigest %s", f.FileSize, f.Hexdigest)
+	}
+}
