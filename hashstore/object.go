@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -136,8 +137,13 @@ func Hexdigest(data []byte) string {
 const encoderWindow = 2 << 20
 
 var (
-	// encoder is shared: EncodeAll is safe for concurrent use.
-	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(encoderWindow))
+	// encoder is shared: EncodeAll is safe for concurrent use, and with one
+	// encoder per CPU workers do not queue for it.
+	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(encoderWindow))
+	// smallEncoder compresses small contents: per call, the fastest level
+	// costs a third of the default on incompressible data and loses little
+	// ratio on a few KiB of text.
+	smallEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(1<<16))
 	// decoderPool holds streaming decoders; each is used by one reader at a
 	// time. Memory is capped so that a hostile frame cannot allocate without
 	// bound.

@@ -194,7 +194,15 @@ func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, 
 	if n != size {
 		return PutResult{}, mismatch(hexdigest, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
 	}
-	content := buf.Bytes()
+	return s.PutBytes(ctx, hexdigest, buf.Bytes())
+}
+
+// PutBytes stores content, which must hash to hexdigest, as a loose
+// object. Content that does not match is refused with ErrContentMismatch.
+func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
+	if !ValidHexdigest(hexdigest) {
+		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
+	}
 	if got := Hexdigest(content); got != hexdigest {
 		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
 	}
@@ -209,12 +217,19 @@ func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, 
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
+// smallObject is the largest content compressed with smallEncoder.
+const smallObject = 64 << 10
+
 // encodeObject appends header and payload of content to out: zstd when it
 // saves enough, raw otherwise.
 func encodeObject(out *bytes.Buffer, content []byte) Codec {
 	start := out.Len()
 	out.Write(ObjectHeader{Codec: CodecZstd, DecodedSize: int64(len(content))}.marshal())
-	compressed := encoder.EncodeAll(content, out.AvailableBuffer())
+	enc := encoder
+	if len(content) <= smallObject {
+		enc = smallEncoder
+	}
+	compressed := enc.EncodeAll(content, out.AvailableBuffer())
 	if worthCompressing(len(content), len(compressed)) {
 		out.Write(compressed)
 		return CodecZstd
@@ -459,6 +474,23 @@ func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]Obj
 		return nil, err
 	}
 	return found, nil
+}
+
+// Has reports whether the store holds the object hexdigest, packed or
+// loose. Packed objects are answered from memory.
+func (s *Store) Has(ctx context.Context, hexdigest string) (bool, error) {
+	_, _, packed, err := s.lookupPacked(ctx, hexdigest)
+	if err != nil || packed {
+		return packed, err
+	}
+	_, err = s.backend.Stat(ctx, ObjectKey(hexdigest))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("lookup %s: %w", hexdigest, err)
 }
 
 // Missing returns the hexdigests, in their order and without duplicates,

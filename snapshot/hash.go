@@ -42,20 +42,30 @@ type hasher struct {
 	// ones. Both compute the same BLAKE3.
 	h    *blake3.Hasher
 	tree treeHasher
+	// whole is the file's entire content when the last read took it in one
+	// piece (a slice of buf, valid until the next read), else nil.
+	whole []byte
 }
 
 func newHasher(s *Snapshotter, col *collector) *hasher {
 	return &hasher{s: s, col: col, buf: make([]byte, readBufferSize), h: blake3.New()}
 }
 
-func (w *hasher) handle(ctx context.Context, job fileJob) {
+// handle adds one file to the snapshot. Problems with the file are
+// recorded and not returned; an error means the snapshot must stop.
+func (w *hasher) handle(ctx context.Context, job fileJob) error {
 	f, problem := w.file(ctx, job)
 	p := w.s.opts.Progress
 	if problem != nil {
 		if p != nil {
 			p.AddFail(1)
 		}
-		return
+		return nil
+	}
+	if fn := w.s.opts.OnContent; fn != nil && w.whole != nil && !f.Embedded() {
+		if err := fn(ctx, f, w.whole); err != nil {
+			return err
+		}
 	}
 	w.col.mu.Lock()
 	w.col.files = append(w.col.files, f)
@@ -64,6 +74,7 @@ func (w *hasher) handle(ctx context.Context, job fileJob) {
 		p.AddBytes(f.FileSize)
 		p.AddSuccess(1)
 	}
+	return nil
 }
 
 // file returns the manifest entry of one regular file, or records why it
@@ -81,6 +92,7 @@ func (w *hasher) file(ctx context.Context, job fileJob) (File, error) {
 		readPath, info = filepath.Join(s.dst, filepath.FromSlash(job.rel)), staged
 	}
 	st := statOf(info)
+	w.whole = nil
 	if s.opts.Cache != nil {
 		if e, ok := s.opts.Cache.lookup(job.rel, st); ok && (!s.embeds(st.size) || int64(len(e.content)) == st.size) {
 			s.opts.Cache.record(job.rel, e)
@@ -147,14 +159,14 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 		return cacheEntry{}, 0, err
 	}
 	defer f.Close()
-	before, err := f.Stat()
-	if err != nil {
+	var before syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &before); err != nil {
 		return cacheEntry{}, 0, err
 	}
-	if !before.Mode().IsRegular() {
+	if before.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return cacheEntry{}, 0, fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
 	}
-	st := statOf(before)
+	st := statFromSys(&before)
 	e := cacheEntry{stat: st}
 	var n int64
 	if st.size >= mmapMin && !w.s.readOnly && !w.s.embeds(st.size) {
@@ -167,14 +179,15 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 	}
 	w.col.hashedBytes.Add(n)
 	w.col.hashedFiles.Add(1)
-	after, err := f.Stat()
-	if err != nil {
+	var after syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &after); err != nil {
 		return cacheEntry{}, 0, err
 	}
-	if statOf(after) != st || n != st.size {
-		return cacheEntry{}, 0, fmt.Errorf("%w (read %d bytes, size %d then %d)", ErrChangedWhileReading, n, st.size, after.Size())
+	if statFromSys(&after) != st || n != st.size {
+		w.whole = nil
+		return cacheEntry{}, 0, fmt.Errorf("%w (read %d bytes, size %d then %d)", ErrChangedWhileReading, n, st.size, after.Size)
 	}
-	return e, unixMode(before), nil
+	return e, before.Mode & 0o7777, nil
 }
 
 // hashRead reads a file through the worker's buffer. A file that fits is
@@ -183,6 +196,7 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 func (w *hasher) hashRead(ctx context.Context, f *os.File, path string, attempt int, size int64, e *cacheEntry) (int64, error) {
 	embed := w.s.embeds(size)
 	w.h.Reset()
+	w.whole = nil
 	var n int64
 	for first := true; ; first = false {
 		if err := ctx.Err(); err != nil {
@@ -202,7 +216,11 @@ func (w *hasher) hashRead(ctx context.Context, f *os.File, path string, attempt 
 			}
 			n += int64(k)
 		}
-		if err == io.EOF || (err == nil && first && k > 0 && int64(k) == size && len(buf) == int(size)+1) {
+		if first && int64(k) == size && (err == io.EOF || (err == nil && len(buf) == int(size)+1)) {
+			w.whole = buf[:k] // the whole file in one read
+			break
+		}
+		if err == io.EOF {
 			break
 		}
 		if err != nil {

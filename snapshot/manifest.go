@@ -95,9 +95,9 @@ const (
 	maxFileSize     = 1 << 50
 )
 
-// Encode writes m as JSON.
+// Encode returns m as JSON.
 func (m *Manifest) Encode() ([]byte, error) {
-	return json.Marshal(m)
+	return m.AppendJSON(make([]byte, 0, m.encodedSizeHint())), nil
 }
 
 // DecodeManifest parses and validates a manifest from untrusted bytes.
@@ -207,7 +207,7 @@ func (m *Manifest) Validate() error {
 		if err := claim(s.RelativePath, "symlink"); err != nil {
 			return err
 		}
-		if s.Target == "" || strings.ContainsRune(s.Target, 0) || len(s.Target) > maxPathLength {
+		if s.Target == "" || strings.ContainsRune(s.Target, 0) || len(s.Target) > maxPathLength || !utf8.ValidString(s.Target) {
 			return fmt.Errorf("manifest symlink %q: invalid target %.60q", s.RelativePath, s.Target)
 		}
 	}

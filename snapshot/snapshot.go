@@ -65,6 +65,13 @@ type Options struct {
 	ChangeRetries int
 	// Progress, when set, counts files and bytes as they are handled.
 	Progress *progress.Progress
+	// OnContent, when set, is called by the hashing workers with the whole
+	// content of each non-embedded file that was read into memory in one
+	// piece (files under 1 MiB), right after it was hashed and found
+	// unchanged; content is valid only during the call. A backup uses it to
+	// store small contents without reading their files a second time. An
+	// error fails the snapshot.
+	OnContent func(ctx context.Context, f File, content []byte) error
 	// Logger receives warnings about unreadable and changing files.
 	Logger *slog.Logger
 }
@@ -236,7 +243,9 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 				if err := gctx.Err(); err != nil {
 					return err
 				}
-				h.handle(gctx, job)
+				if err := h.handle(gctx, job); err != nil {
+					return err
+				}
 			}
 			return nil
 		})

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -475,5 +477,58 @@ func TestFileTruncatedWhileMapped(t *testing.T) {
 	}
 	if f := res.Manifest.Files[0]; f.FileSize != 2<<20 || f.Hexdigest != digest(strings.Repeat("m", 2<<20)) {
 		t.Fatalf("after truncation the manifest holds size %d, hexdigest %s", f.FileSize, f.Hexdigest)
+	}
+}
+
+func TestManifestJSONRoundTripsEveryString(t *testing.T) {
+	tricky := []string{`quote"d`, `back\slash`, "tab\there", "new\nline", "ctl\x01\x1f", "uni-ü-東京-🙂", "sep\u2028\u2029", "<html>&amp;", "del\x7f"}
+	h := digest(strings.Repeat("x", 400))
+	m := &Manifest{Version: ManifestVersion, HashAlgorithm: HashAlgorithm, RootGlobs: []string{"**", `a"b`}, ExcludeGlobs: []string{},
+		Start: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), End: time.Date(2026, 1, 2, 3, 4, 6, 0, time.FixedZone("x", 3600)), Node: "nöde\"1",
+		Root: &Dir{RelativePath: ".", Mode: 0o700, MtimeNs: -5}}
+	for i, s := range tricky {
+		m.Files = append(m.Files, File{RelativePath: fmt.Sprintf("%02d-%s", i, s), FileSize: 400, MtimeNs: int64(-i), Mode: 0o4755, Hexdigest: h, StoredFileSize: 7, ShouldBeBundled: i%2 == 0})
+		m.Symlinks = append(m.Symlinks, Symlink{RelativePath: fmt.Sprintf("l%02d", i), Target: s})
+		m.Dirs = append(m.Dirs, Dir{RelativePath: fmt.Sprintf("d%02d-%s", i, s), Mode: 0o755})
+	}
+	m.Files = append(m.Files, File{RelativePath: "zz-embedded", FileSize: 2, ContentB64: "aGk="})
+	m.EmptyDirs = []string{"e1"}
+	m.SetHashes()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !json.Valid(data) {
+		t.Fatalf("not valid JSON: %s", data)
+	}
+	back, err := DecodeManifest(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(m, back, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	// encoding/json reads what the standard encoder would have written.
+	var std Manifest
+	std1, _ := json.Marshal(m)
+	json.Unmarshal(std1, &std)
+	if diff := cmp.Diff(&std, back, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+		t.Fatalf("differs from encoding/json (-std +ours):\n%s", diff)
+	}
+}
+
+func TestSymlinkWithInvalidUTF8TargetIsReported(t *testing.T) {
+	src := t.TempDir()
+	writeTree(t, src, map[string]string{"ok": "fine"})
+	os.Symlink("bad-\xff-target", filepath.Join(src, "bad-link"))
+	res := run(t, DefaultOptions(src))
+	if diff := cmp.Diff([]string{"bad-link"}, problemPaths(res.Unreadable)); diff != "" {
+		t.Fatalf("unreadable (-want +got):\n%s", diff)
+	}
+	if len(res.Manifest.Symlinks) != 0 {
+		t.Fatal("a symlink whose target JSON would change was stored")
 	}
 }

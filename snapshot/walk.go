@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"unicode/utf8"
 
 	"github.com/bmatcuk/doublestar/v4"
 )
@@ -91,6 +92,11 @@ func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (s
 			target, err := os.Readlink(child)
 			if err != nil {
 				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+				continue
+			}
+			if !utf8.ValidString(target) {
+				// JSON cannot carry it: stored, it would come back different.
+				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("symlink target %q is not valid UTF-8 and cannot be stored", target)})
 				continue
 			}
 			w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})

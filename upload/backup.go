@@ -2,6 +2,9 @@ package upload
 
 import (
 	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -26,9 +29,14 @@ func (s *Summary) Changed() []snapshot.Problem {
 }
 
 // Backup snapshots the source described by snapOpts, uploads it to store
-// and writes its backup record. When snapOpts.Cache is set, the stat cache
-// is saved after the record is written, without the files found changed.
+// and writes its backup record. Small files are stored as they are hashed,
+// from the bytes just read, so each is read once; larger ones are read
+// again and re-verified during the upload. When snapOpts.Cache is set, the
+// stat cache is saved after the record is written, without the files found
+// changed.
 func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Options, opts Options) (*Summary, error) {
+	early := newEarlyUploader(ctx, store, opts.PackSize)
+	snapOpts.OnContent = early.content
 	s, err := snapshot.New(snapOpts)
 	if err != nil {
 		return nil, err
@@ -38,9 +46,13 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 	}
 	snap, err := s.Snapshot(ctx)
 	if err != nil {
+		early.packer.Abort()
 		return nil, err
 	}
-	up, err := Upload(ctx, store, snap, opts)
+	if err := early.packer.Flush(ctx); err != nil {
+		return nil, err
+	}
+	up, err := upload(ctx, store, snap, opts, early)
 	if err != nil {
 		return nil, err
 	}
@@ -57,4 +69,48 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 		}
 	}
 	return &Summary{Snapshot: snap, Upload: up}, nil
+}
+
+// earlyUploader stores small contents during the snapshot, from the bytes
+// the hashing worker has just read and verified, so a full backup reads
+// each small file once. Contents the repository already holds are skipped.
+type earlyUploader struct {
+	store  *hashstore.Store
+	packer *hashstore.Packer
+
+	mu   sync.Mutex
+	seen map[string]bool
+
+	objects, storedBytes, contentBytes atomic.Int64
+}
+
+func newEarlyUploader(ctx context.Context, store *hashstore.Store, packSize int) *earlyUploader {
+	return &earlyUploader{store: store, packer: store.NewPacker(ctx, packSize), seen: map[string]bool{}}
+}
+
+func (u *earlyUploader) content(ctx context.Context, f snapshot.File, content []byte) error {
+	u.mu.Lock()
+	seen := u.seen[f.Hexdigest]
+	u.seen[f.Hexdigest] = true
+	u.mu.Unlock()
+	if seen {
+		return nil
+	}
+	has, err := u.store.Has(ctx, f.Hexdigest)
+	if err != nil || has {
+		return err
+	}
+	var put hashstore.PutResult
+	if f.ShouldBeBundled {
+		put, err = u.packer.Add(ctx, f.Hexdigest, content)
+	} else {
+		put, err = u.store.PutBytes(ctx, f.Hexdigest, content)
+	}
+	if err != nil {
+		return fmt.Errorf("store %s (%s): %w", f.Hexdigest, f.RelativePath, err)
+	}
+	u.objects.Add(1)
+	u.storedBytes.Add(put.StoredSize)
+	u.contentBytes.Add(f.FileSize)
+	return nil
 }

@@ -61,6 +61,12 @@ type Result struct {
 // of snap is updated in place: stored sizes are filled in and files that
 // changed since they were hashed are removed.
 func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options) (*Result, error) {
+	return upload(ctx, store, snap, opts, nil)
+}
+
+// upload is Upload after some contents may already have been stored while
+// the snapshot was taken (early); their counts join the result.
+func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options, early *earlyUploader) (*Result, error) {
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
 	}
@@ -109,6 +115,13 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		p.AddTotalBytes(missingBytes)
 	}
 	res := &Result{PresentObjects: int64(len(present))}
+	if early != nil {
+		// Stored during the snapshot: uploaded by this run, not present before.
+		res.PresentObjects -= early.objects.Load()
+		res.UploadedObjects = early.objects.Load()
+		res.UploadedBytes = early.storedBytes.Load()
+		res.UploadedContentBytes = early.contentBytes.Load()
+	}
 	var (
 		mu      sync.Mutex
 		stored  = make(map[string]int64, len(missing))
@@ -163,7 +176,9 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	if p != nil {
 		p.Done()
 	}
-	res.UploadedObjects, res.UploadedBytes, res.UploadedContentBytes = uploadedObjects.Load(), uploadedBytes.Load(), contentBytes.Load()
+	res.UploadedObjects += uploadedObjects.Load()
+	res.UploadedBytes += uploadedBytes.Load()
+	res.UploadedContentBytes += contentBytes.Load()
 
 	// Files whose content could not be stored leave the manifest; the
 	// others learn how many bytes their object occupies.
@@ -191,7 +206,7 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	root := hashstore.Hexdigest(data)
-	put, err := store.Put(ctx, root, bytes.NewReader(data), int64(len(data)))
+	put, err := store.PutBytes(ctx, root, data)
 	if err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}

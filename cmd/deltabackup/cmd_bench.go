@@ -29,9 +29,12 @@ measure with a warm page cache.`,
 				return usageError{err}
 			}
 			// One unmeasured pass, so every measurement sees the same (warm)
-			// page cache.
-			if _, err := snapshot.Measure(cmd.Context(), args[0], counts[len(counts)-1], false); err != nil {
-				return err
+			// page cache. Skipped with --no-read-baseline, for callers that
+			// warm the cache themselves and time the whole command.
+			if !noBaseline {
+				if _, err := snapshot.Measure(cmd.Context(), args[0], counts[len(counts)-1], false); err != nil {
+					return err
+				}
 			}
 			var results []snapshot.Measurement
 			for _, n := range counts {

@@ -1,0 +1,102 @@
+package hashstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func benchContent(n int, text bool) []byte {
+	if text {
+		line := "log line with some words and a number 12345\n"
+		return []byte(strings.Repeat(line, n/len(line)+1))[:n]
+	}
+	r := rand.New(rand.NewPCG(9, uint64(n)))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// BenchmarkObjectEncode measures encoding (hash check, zstd or raw) into
+// a memory backend, BenchmarkObjectDecode reading back with verification.
+func BenchmarkObjectEncode(b *testing.B) {
+	for _, c := range []struct {
+		size int
+		text bool
+	}{{4 << 10, true}, {4 << 10, false}, {1 << 20, true}, {1 << 20, false}, {32 << 20, false}} {
+		data := benchContent(c.size, c.text)
+		h := Hexdigest(data)
+		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
+			s, _ := Init(context.Background(), NewMemory(), nil)
+			b.SetBytes(int64(len(data)))
+			for range b.N {
+				if _, err := s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkObjectDecode(b *testing.B) {
+	for _, c := range []struct {
+		size int
+		text bool
+	}{{4 << 10, true}, {1 << 20, true}, {1 << 20, false}} {
+		data := benchContent(c.size, c.text)
+		h := Hexdigest(data)
+		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
+			s, _ := Init(context.Background(), NewMemory(), nil)
+			s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data)))
+			b.SetBytes(int64(len(data)))
+			for range b.N {
+				o, err := s.Get(context.Background(), h)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, o); err != nil {
+					b.Fatal(err)
+				}
+				o.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkPackedGetMany reads 1,000 small objects of one pack with one
+// coalesced read.
+func BenchmarkPackedGetMany(b *testing.B) {
+	ctx := context.Background()
+	s, _ := Init(ctx, NewMemory(), nil)
+	p := s.NewPacker(ctx, 0)
+	var hs []string
+	var total int64
+	for i := range 1000 {
+		data := benchContent(2000+i, i%2 == 0)
+		h := Hexdigest(data)
+		hs = append(hs, h)
+		total += int64(len(data))
+		p.Add(ctx, h, data)
+	}
+	p.Flush(ctx)
+	b.SetBytes(total)
+	for range b.N {
+		err := s.GetMany(ctx, hs, func(h string, r io.Reader, err error) error {
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, r)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(1000*b.N)/b.Elapsed().Seconds(), "objects/s")
+}
