@@ -32,7 +32,7 @@ func FuzzObjectDecode(f *testing.F) {
 	ctx := context.Background()
 	content := bytes.Repeat([]byte("fuzz me "), 200)
 	key := Hexdigest(content)
-	for _, c := range [][]byte{content, []byte("x")} {
+	for _, c := range [][]byte{content, []byte("x"), bytes.Repeat([]byte("zstd seed "), 10000)} {
 		s, _ := Init(ctx, NewMemory(), nil)
 		s.Put(ctx, Hexdigest(c), bytes.NewReader(c), int64(len(c)))
 		rc, _ := s.backend.Get(ctx, ObjectKey(Hexdigest(c)))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 
@@ -53,11 +54,18 @@ var objectMagic = [4]byte{'D', 'B', 'O', 'B'}
 // Codec is how an object's payload is stored.
 type Codec byte
 
-// Codecs. Raw is chosen when zstd saves less than minSaving.
+// Codecs. Raw is chosen when compression saves too little; S2 (block
+// format) compresses small contents, where zstd's per-call cost dominates;
+// zstd the rest.
 const (
 	CodecRaw  Codec = 0
 	CodecZstd Codec = 1
+	CodecS2   Codec = 2
 )
+
+// maxS2Size bounds S2 objects: they are decoded in one piece in memory, so
+// a header claiming more is refused before anything is allocated.
+const maxS2Size = 1 << 20
 
 func (c Codec) String() string {
 	switch c {
@@ -65,6 +73,8 @@ func (c Codec) String() string {
 		return "raw"
 	case CodecZstd:
 		return "zstd"
+	case CodecS2:
+		return "s2"
 	}
 	return fmt.Sprintf("codec(%d)", byte(c))
 }
@@ -97,15 +107,15 @@ func ParseObjectHeader(b []byte) (ObjectHeader, error) {
 		return ObjectHeader{}, fmt.Errorf("unknown object format version %d", b[4])
 	}
 	c := Codec(b[5])
-	if c != CodecRaw && c != CodecZstd {
+	if c != CodecRaw && c != CodecZstd && c != CodecS2 {
 		return ObjectHeader{}, fmt.Errorf("unknown codec %d", b[5])
 	}
 	if b[6] != 0 || b[7] != 0 {
 		return ObjectHeader{}, errors.New("reserved header bytes are not zero")
 	}
 	size := binary.BigEndian.Uint64(b[8:])
-	if size > maxDecodedSize {
-		return ObjectHeader{}, fmt.Errorf("decoded size %d is implausible", size)
+	if size > maxDecodedSize || (c == CodecS2 && size > maxS2Size) {
+		return ObjectHeader{}, fmt.Errorf("decoded size %d is implausible for codec %v", size, c)
 	}
 	return ObjectHeader{Codec: c, DecodedSize: int64(size)}, nil
 }
@@ -140,10 +150,6 @@ var (
 	// encoder is shared: EncodeAll is safe for concurrent use, and with one
 	// encoder per CPU workers do not queue for it.
 	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(encoderWindow))
-	// smallEncoder compresses small contents: per call, the fastest level
-	// costs a third of the default on incompressible data and loses little
-	// ratio on a few KiB of text.
-	smallEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(1<<16))
 	// decoderPool holds streaming decoders; each is used by one reader at a
 	// time. Memory is capped so that a hostile frame cannot allocate without
 	// bound.
@@ -154,6 +160,15 @@ var (
 		}
 		return d
 	}}
+	// generatedEncoderPool compresses generated objects (manifests) with
+	// one goroutine per CPU.
+	generatedEncoderPool = sync.Pool{New: func() any {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(encoderWindow))
+		if err != nil {
+			panic(err)
+		}
+		return e
+	}}
 	streamEncoderPool = sync.Pool{New: func() any {
 		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(encoderWindow))
 		if err != nil {
@@ -162,6 +177,21 @@ var (
 		return e
 	}}
 )
+
+// hasherPool recycles BLAKE3 states: each holds several KiB of buffers,
+// and a restore of many small files would otherwise allocate one per
+// object read.
+var hasherPool = sync.Pool{New: func() any { return blake3.New() }}
+
+// GetHasher returns a reset BLAKE3 hasher; give it back with PutHasher.
+func GetHasher() *blake3.Hasher {
+	h := hasherPool.Get().(*blake3.Hasher)
+	h.Reset()
+	return h
+}
+
+// PutHasher returns a hasher from GetHasher for reuse.
+func PutHasher(h *blake3.Hasher) { hasherPool.Put(h) }
 
 // worthCompressing decides raw versus zstd: compression must save at least
 // 3% of the bytes, otherwise decoding cost buys nothing.
@@ -201,6 +231,9 @@ type verifyingReader struct {
 func (v *verifyingReader) Read(p []byte) (int, error) {
 	if v.err != nil {
 		return 0, v.err
+	}
+	if v.hasher == nil {
+		return 0, fmt.Errorf("read object %s: %w", v.hexdigest, os.ErrClosed)
 	}
 	n, err := v.decoded.Read(p)
 	v.got += int64(n)

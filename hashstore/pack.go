@@ -309,11 +309,21 @@ func (s *Store) NewPacker(ctx context.Context, target int) *Packer {
 // to the current pack. The object is readable from the store once its pack
 // is complete (at the latest after Flush).
 func (p *Packer) Add(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
+	if got := Hexdigest(content); got != hexdigest {
+		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
+	}
+	return p.AddHashed(ctx, hexdigest, content)
+}
+
+// AddHashed is Add for content whose hexdigest the caller has just
+// computed from these very bytes (a backup hashing a file it read into
+// memory): hashing it a second time would only cost time.
+func (p *Packer) AddHashed(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
 	if len(content) > 1<<30 {
 		return PutResult{}, fmt.Errorf("pack %s: %d bytes is too large for a pack", hexdigest, len(content))
 	}
-	if got := Hexdigest(content); got != hexdigest {
-		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
+	if !ValidHexdigest(hexdigest) {
+		return PutResult{}, fmt.Errorf("pack: invalid hexdigest %q", hexdigest)
 	}
 	var id [32]byte
 	hex.Decode(id[:], []byte(hexdigest))

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
@@ -217,6 +219,69 @@ func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) 
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
+// PutGenerated stores the content that write produces, under its
+// hexdigest, which it returns. The content is hashed and compressed as it
+// is written, so only its compressed form is ever held in memory: for
+// manifests of millions of files.
+func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error) (string, PutResult, error) {
+	var out bytes.Buffer
+	out.Write(make([]byte, objectHeaderSize)) // the header, once the size is known
+	enc := generatedEncoderPool.Get().(*zstd.Encoder)
+	defer generatedEncoderPool.Put(enc)
+	enc.Reset(&out)
+	hasher := blake3.New()
+	content := &countingWriter{w: io.MultiWriter(enc, hasher)}
+	if err := write(content); err != nil {
+		enc.Reset(nil)
+		return "", PutResult{}, err
+	}
+	if err := enc.Close(); err != nil {
+		return "", PutResult{}, err
+	}
+	enc.Reset(nil)
+	copy(out.Bytes(), ObjectHeader{Codec: CodecZstd, DecodedSize: content.n}.marshal())
+	hexdigest := hex.EncodeToString(hasher.Sum(nil))
+	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
+		return "", PutResult{}, err
+	}
+	return hexdigest, PutResult{StoredSize: int64(out.Len()), Codec: CodecZstd}, nil
+}
+
+// entropySample is how many leading bytes looksIncompressible examines.
+const entropySample = 2048
+
+// xlog2x[c] is c*log2(c), so the entropy of a sample of n bytes is
+// log2(n) - sum(xlog2x[count])/n without a logarithm per byte value.
+var xlog2x = func() (t [entropySample + 1]float64) {
+	for c := 1; c <= entropySample; c++ {
+		t[c] = float64(c) * math.Log2(float64(c))
+	}
+	return
+}()
+
+// looksIncompressible estimates the byte entropy of a sample of content:
+// random, compressed or encrypted data (close to 8 bits per byte) would
+// only cost a failed compression attempt. Text and most binaries are far
+// below.
+func looksIncompressible(content []byte) bool {
+	if len(content) < 256 {
+		return false
+	}
+	var counts [256]uint16
+	n := min(len(content), entropySample)
+	for _, b := range content[:n] {
+		counts[b]++
+	}
+	sum := 0.0
+	for _, c := range counts {
+		sum += xlog2x[c]
+	}
+	entropy := math.Log2(float64(n)) - sum/float64(n)
+	// A uniform sample of n bytes shows less than 8 bits of entropy; the
+	// bound leaves room for that and still rejects anything zstd can use.
+	return entropy > 7.0+0.8*float64(n)/entropySample
+}
+
 // smallObject is the largest content compressed with smallEncoder.
 const smallObject = 64 << 10
 
@@ -224,15 +289,26 @@ const smallObject = 64 << 10
 // saves enough, raw otherwise.
 func encodeObject(out *bytes.Buffer, content []byte) Codec {
 	start := out.Len()
-	out.Write(ObjectHeader{Codec: CodecZstd, DecodedSize: int64(len(content))}.marshal())
-	enc := encoder
-	if len(content) <= smallObject {
-		enc = smallEncoder
+	if looksIncompressible(content) {
+		out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: int64(len(content))}.marshal())
+		out.Write(content)
+		return CodecRaw
 	}
-	compressed := enc.EncodeAll(content, out.AvailableBuffer())
+	codec := CodecZstd
+	if len(content) <= smallObject {
+		codec = CodecS2
+	}
+	out.Write(ObjectHeader{Codec: codec, DecodedSize: int64(len(content))}.marshal())
+	var compressed []byte
+	if codec == CodecS2 {
+		out.Grow(s2.MaxEncodedLen(len(content)))
+		compressed = s2.Encode(out.AvailableBuffer()[:s2.MaxEncodedLen(len(content))], content)
+	} else {
+		compressed = encoder.EncodeAll(content, out.AvailableBuffer())
+	}
 	if worthCompressing(len(content), len(compressed)) {
 		out.Write(compressed)
-		return CodecZstd
+		return codec
 	}
 	out.Truncate(start)
 	out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: int64(len(content))}.marshal())
@@ -377,10 +453,32 @@ func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
 		return nil, &CorruptObjectError{hexdigest, err.Error()}
 	}
 	source := &sourceReader{r: rc}
-	v := &verifyingReader{source: source, hexdigest: hexdigest, want: header.DecodedSize, hasher: blake3.New(), closer: rc.Close}
+	v := &verifyingReader{source: source, hexdigest: hexdigest, want: header.DecodedSize, hasher: GetHasher()}
+	v.closer = func() error {
+		if v.hasher != nil {
+			PutHasher(v.hasher)
+			v.hasher = nil
+		}
+		return rc.Close()
+	}
 	switch header.Codec {
 	case CodecRaw:
 		v.decoded = io.LimitReader(source, header.DecodedSize+1)
+	case CodecS2:
+		// Small by construction (ParseObjectHeader bounds it): decode in
+		// one piece.
+		payload, err := io.ReadAll(io.LimitReader(source, int64(s2.MaxEncodedLen(int(header.DecodedSize)))+1))
+		if err != nil {
+			return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+		}
+		if n, err := s2.DecodedLen(payload); err != nil || int64(n) != header.DecodedSize {
+			return nil, &CorruptObjectError{hexdigest, fmt.Sprintf("s2 payload does not decode to the %d bytes its header declares", header.DecodedSize)}
+		}
+		decoded, err := s2.Decode(nil, payload)
+		if err != nil {
+			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
+		}
+		v.decoded = bytes.NewReader(decoded)
 	case CodecZstd:
 		dec := decoderPool.Get().(*zstd.Decoder)
 		if err := dec.Reset(source); err != nil {
@@ -388,10 +486,11 @@ func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
 			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
 		}
 		v.decoded = dec
+		closeSource := v.closer
 		v.closer = func() error {
 			_ = dec.Reset(nil)
 			decoderPool.Put(dec)
-			return rc.Close()
+			return closeSource()
 		}
 	}
 	return &ObjectReader{verifyingReader: v, header: header}, nil
@@ -408,32 +507,43 @@ func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([
 	if o.Size() > maxSize {
 		return nil, fmt.Errorf("object %s declares %d bytes, more than the limit of %d", hexdigest, o.Size(), maxSize)
 	}
-	data := make([]byte, 0, o.Size())
-	buf := bytes.NewBuffer(data)
-	if _, err := buf.ReadFrom(o); err != nil {
+	data := make([]byte, o.Size())
+	if _, err := io.ReadFull(o, data); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, &CorruptObjectError{hexdigest, "decodes to fewer bytes than its header declares"}
+		}
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	// The verifying reader checks size and hash when it sees the end.
+	var probe [1]byte
+	if n, err := o.Read(probe[:]); n != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = &CorruptObjectError{hexdigest, "decodes to more bytes than its header declares"}
+		}
+		return nil, err
+	}
+	return data, nil
 }
 
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
+	Found      bool
 	StoredSize int64
 	Packed     bool
 }
 
-// Lookup returns, for the hexdigests the store holds (packed or loose),
-// what is stored. Absent ones are simply not in the map. Duplicates in
-// hexdigests are fine.
-func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]ObjectInfo, error) {
+// LookupAll reports, for each of hexdigests (packed or loose), whether and
+// how it is stored; the result is aligned with hexdigests. Packed objects
+// are answered from memory, loose ones with bounded concurrent Stats.
+func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInfo, error) {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return nil, err
 	}
-	found := make(map[string]ObjectInfo, len(hexdigests))
-	var loose []string
+	infos := make([]ObjectInfo, len(hexdigests))
+	var loose []int
 	ix.mu.RLock()
-	for _, h := range hexdigests {
+	for i, h := range hexdigests {
 		var id [32]byte
 		if !ValidHexdigest(h) {
 			ix.mu.RUnlock()
@@ -441,37 +551,45 @@ func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]Obj
 		}
 		hex.Decode(id[:], []byte(h))
 		if loc, ok := ix.entries[id]; ok {
-			found[h] = ObjectInfo{StoredSize: int64(loc.length), Packed: true}
+			infos[i] = ObjectInfo{Found: true, StoredSize: int64(loc.length), Packed: true}
 		} else {
-			loose = append(loose, h)
+			loose = append(loose, i)
 		}
 	}
 	ix.mu.RUnlock()
-	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.lookupParallel)
-	seen := make(map[string]bool, len(loose))
-	for _, h := range loose {
-		if seen[h] {
-			continue
-		}
-		seen[h] = true
+	for _, i := range loose {
 		g.Go(func() error {
-			info, err := s.backend.Stat(gctx, ObjectKey(h))
+			info, err := s.backend.Stat(gctx, ObjectKey(hexdigests[i]))
 			if errors.Is(err, ErrNotFound) {
 				return nil
 			}
 			if err != nil {
-				return fmt.Errorf("lookup %s: %w", h, err)
+				return fmt.Errorf("lookup %s: %w", hexdigests[i], err)
 			}
-			mu.Lock()
-			found[h] = ObjectInfo{StoredSize: info.Size}
-			mu.Unlock()
+			infos[i] = ObjectInfo{Found: true, StoredSize: info.Size} // each goroutine owns its index
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
+	}
+	return infos, nil
+}
+
+// Lookup returns, for the hexdigests the store holds, what is stored.
+// Absent ones are not in the map.
+func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]ObjectInfo, error) {
+	infos, err := s.LookupAll(ctx, hexdigests)
+	if err != nil {
+		return nil, err
+	}
+	found := make(map[string]ObjectInfo)
+	for i, info := range infos {
+		if info.Found {
+			found[hexdigests[i]] = info
+		}
 	}
 	return found, nil
 }

@@ -66,7 +66,8 @@ func TestPutGetRoundTripAndCodec(t *testing.T) {
 	}{
 		{"empty", nil, hashstore.CodecRaw},
 		{"random small", randomContent(1, 5000), hashstore.CodecRaw},
-		{"text small", compressible(5000), hashstore.CodecZstd},
+		{"text small", compressible(5000), hashstore.CodecS2},
+		{"text medium", compressible(200000), hashstore.CodecZstd},
 		{"random streamed", randomContent(2, 9<<20), hashstore.CodecRaw},
 		{"text streamed", compressible(12 << 20), hashstore.CodecZstd},
 	}
@@ -84,7 +85,7 @@ func TestPutGetRoundTripAndCodec(t *testing.T) {
 			if int64(len(stored)) != res.StoredSize {
 				t.Errorf("PutResult.StoredSize %d, backend holds %d bytes", res.StoredSize, len(stored))
 			}
-			if c.wantCodec == hashstore.CodecZstd && len(stored) > len(c.content)/2 {
+			if c.wantCodec != hashstore.CodecRaw && len(stored) > len(c.content)/2 {
 				t.Errorf("compressible content stored in %d bytes of %d", len(stored), len(c.content))
 			}
 			got, err := readObject(t, s, h)
@@ -126,7 +127,7 @@ func TestPutRefusesContentThatDoesNotMatch(t *testing.T) {
 }
 
 func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
-	contents := map[string][]byte{"raw": randomContent(4, 3000), "zstd": compressible(30000), "streamed": compressible(9 << 20)}
+	contents := map[string][]byte{"raw": randomContent(4, 3000), "s2": compressible(30000), "zstd": compressible(300000), "streamed": compressible(9 << 20)}
 	damage := map[string]func([]byte) []byte{
 		"flip payload byte": func(b []byte) []byte { b[len(b)-10] ^= 0x40; return b },
 		"flip header size":  func(b []byte) []byte { b[15] ^= 1; return b },
@@ -304,5 +305,31 @@ func TestBackupRecords(t *testing.T) {
 	}
 	if _, err := s.Backup(ctx, "c-mid"); err == nil || !strings.Contains(err.Error(), "invalid root hexdigest") {
 		t.Fatalf("record with a bad root: %v", err)
+	}
+}
+
+func TestPutGenerated(t *testing.T) {
+	s, _ := newStore(t)
+	content := compressible(3 << 20)
+	h, res, err := s.PutGenerated(context.Background(), func(w io.Writer) error {
+		for off := 0; off < len(content); off += 100000 {
+			if _, err := w.Write(content[off:min(off+100000, len(content))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != hashstore.Hexdigest(content) || res.StoredSize >= int64(len(content))/4 {
+		t.Fatalf("PutGenerated: key %s, stored %d bytes", h, res.StoredSize)
+	}
+	got, err := readObject(t, s, h)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("read back: %v", err)
+	}
+	if _, _, err := s.PutGenerated(context.Background(), func(w io.Writer) error { return errors.New("generator failed") }); err == nil {
+		t.Fatal("a failing generator stored something")
 	}
 }

@@ -16,9 +16,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/deltabackup/deltabackup/hashstore"
@@ -114,6 +114,10 @@ type restorer struct {
 	// of its path; still confined to that directory.
 	dirsMu sync.Mutex
 	dirs   map[string]*os.Root
+
+	// fresh is set when the target was empty or missing: nothing in it can
+	// be up to date, so nothing is examined.
+	fresh bool
 }
 
 // maxOpenDirs bounds the cached directory handles; past it, operations go
@@ -164,6 +168,7 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 	if opts.Target == "" {
 		return nil, errors.New("restore: no target directory given")
 	}
+	fresh := isEmptyOrMissing(opts.Target)
 	if err := os.MkdirAll(opts.Target, 0o755); err != nil {
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
@@ -172,7 +177,7 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
 	defer root.Close()
-	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}}
+	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}, fresh: fresh}
 	defer r.closeDirs()
 	if r.logger == nil {
 		r.logger = slog.New(slog.DiscardHandler)
@@ -235,6 +240,16 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		return r.res, &IncompleteError{Failed: r.failed}
 	}
 	return r.res, nil
+}
+
+func isEmptyOrMissing(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	return len(names) == 0 && errors.Is(err, io.EOF)
 }
 
 func (r *restorer) fail(rel, hexdigest string, err error) {
@@ -348,12 +363,21 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallel)
 	for i, f := range r.m.Files {
+		if r.fresh {
+			needs[i] = true // an empty target holds nothing to check
+			continue
+		}
 		g.Go(func() error {
-			ok, err := r.upToDate(gctx, f)
+			ok, meta, err := r.upToDate(gctx, f)
 			if err != nil {
 				return err
 			}
 			if ok {
+				if meta {
+					atomic.AddInt64(&r.res.FilesUpToDate, 1)
+					r.done(f.FileSize)
+					return nil
+				}
 				if err := r.setMetadata(f.RelativePath, f); err != nil {
 					r.fail(f.RelativePath, f.Hexdigest, err)
 					return nil
@@ -392,32 +416,37 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // upToDate reports whether the target already holds f's content.
-func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (bool, error) {
+// upToDate reports whether the target already holds f's content, and
+// whether its mode and mtime are right too.
+func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (content, meta bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return false, err
+		return false, false, err
 	}
 	dir, name := r.at(f.RelativePath)
 	fi, err := dir.Lstat(name)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.FileSize {
-		return false, nil
+		return false, false, nil
 	}
+	meta = fi.Mode() == fileMode(f.Mode) && fi.ModTime().UnixNano() == f.MtimeNs
 	if f.Embedded() {
 		want, _ := f.Content()
 		have, err := dir.ReadFile(name)
-		return err == nil && bytes.Equal(have, want), nil
+		return err == nil && bytes.Equal(have, want), meta, nil
 	}
 	file, err := dir.Open(name)
 	if err != nil {
-		return false, nil
+		return false, false, nil
 	}
 	defer file.Close()
-	h := blake3.New()
+	h := hashstore.GetHasher()
+	defer hashstore.PutHasher(h)
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	if _, err := io.CopyBuffer(h, file, *buf); err != nil {
-		return false, nil
+	// Hide the file's WriteTo, which would ignore buf and allocate its own.
+	if _, err := io.CopyBuffer(h, struct{ io.Reader }{file}, *buf); err != nil {
+		return false, false, nil
 	}
-	return hex.EncodeToString(h.Sum(nil)) == f.Hexdigest, nil
+	return hex.EncodeToString(h.Sum(nil)) == f.Hexdigest, meta, nil
 }
 
 // Small objects from a BatchSource are fetched in batches of at most
@@ -497,7 +526,7 @@ func (r *restorer) restoreBatch(ctx context.Context, plan *Plan, si int, batch [
 			return nil
 		}
 		delete(byHash, h)
-		var tmp string
+		var tmp *tempFile
 		if err == nil {
 			tmp, err = r.fetchInto(ctx, rd, gr)
 		}
@@ -557,14 +586,14 @@ func (r *restorer) restoreGroup(ctx context.Context, plan *Plan, gr *group) erro
 
 // finishGroup writes a downloaded content, in temporary file tmp, to every
 // path of gr: copies for all but the first, which gets tmp itself.
-func (r *restorer) finishGroup(gr *group, tmp string) {
+func (r *restorer) finishGroup(gr *group, tmp *tempFile) {
 	atomic.AddInt64(&r.res.ObjectsDownloaded, 1)
 	atomic.AddInt64(&r.res.BytesDownloaded, gr.size)
 	for i := 1; i < len(gr.files); i++ {
 		f := gr.files[i]
-		copyTmp, err := r.copyLocal(tmp, f.RelativePath)
+		copied, err := r.copyLocal(tmp, gr.size, f.RelativePath)
 		if err == nil {
-			err = r.commit(copyTmp, f)
+			err = r.commit(copied, f)
 		}
 		if err != nil {
 			r.fail(f.RelativePath, gr.hexdigest, err)
@@ -587,21 +616,47 @@ func (r *restorer) tempName(rel string) string {
 	return path.Join(path.Dir(rel), tempPrefix+hex.EncodeToString(b[:]))
 }
 
+// tempFile is a file being written under a temporary name in the
+// directory of its final path, still open.
+type tempFile struct {
+	f    *os.File
+	dir  *os.Root
+	name string
+}
+
+// createTemp creates a temporary file next to the entry rel.
+func (r *restorer) createTemp(rel string) (*tempFile, error) {
+	dir, name := r.at(r.tempName(rel))
+	f, err := dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return &tempFile{f: f, dir: dir, name: name}, nil
+}
+
+func (t *tempFile) abort() {
+	t.f.Close()
+	_ = t.dir.Remove(t.name)
+}
+
 func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
-	tmp := r.tempName(f.RelativePath)
-	dir, name := r.at(tmp)
-	if err := dir.WriteFile(name, content, 0o600); err != nil {
+	t, err := r.createTemp(f.RelativePath)
+	if err != nil {
 		return err
 	}
-	return r.commit(tmp, f)
+	if _, err := t.f.Write(content); err != nil {
+		t.abort()
+		return err
+	}
+	return r.commit(t, f)
 }
 
 // download fetches the content of gr from src into a temporary file next
 // to its first path.
-func (r *restorer) download(ctx context.Context, src Source, gr *group) (string, error) {
+func (r *restorer) download(ctx context.Context, src Source, gr *group) (*tempFile, error) {
 	rc, err := src.Get(ctx, gr.hexdigest)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer rc.Close()
 	return r.fetchInto(ctx, rc, gr)
@@ -610,21 +665,17 @@ func (r *restorer) download(ctx context.Context, src Source, gr *group) (string,
 // fetchInto writes the content read from rd into a temporary file next to
 // the first path of gr, checking size and BLAKE3 before it is kept: restore
 // verifies every byte whatever the source promises.
-func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (string, error) {
-	tmp := r.tempName(gr.paths[0])
-	dir, name := r.at(tmp)
-	out, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tempFile, error) {
+	t, err := r.createTemp(gr.paths[0])
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	preallocate(out, gr.size)
-	h := blake3.New()
+	preallocate(t.f, gr.size)
+	h := hashstore.GetHasher()
+	defer hashstore.PutHasher(h)
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	n, err := io.CopyBuffer(io.MultiWriter(t.f, h), io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
 	if err == nil && n != gr.size {
 		err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: fmt.Sprintf("source sent %d bytes or more, want %d", n, gr.size)}
 	}
@@ -634,54 +685,47 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (stri
 		}
 	}
 	if err != nil {
-		_ = dir.Remove(name)
-		return "", err
+		t.abort()
+		return nil, err
 	}
-	return tmp, nil
+	return t, nil
 }
 
-func (r *restorer) copyLocal(fromTmp, rel string) (string, error) {
-	fromDir, fromName := r.at(fromTmp)
-	in, err := fromDir.Open(fromName)
+// copyLocal copies the first size bytes of from into a new temporary file
+// next to rel: a content needed by several paths is downloaded once.
+func (r *restorer) copyLocal(from *tempFile, size int64, rel string) (*tempFile, error) {
+	t, err := r.createTemp(rel)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer in.Close()
-	tmp := r.tempName(rel)
-	dir, name := r.at(tmp)
-	out, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", err
+	if _, err := io.Copy(t.f, io.NewSectionReader(from.f, 0, size)); err != nil {
+		t.abort()
+		return nil, err
 	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
+	return t, nil
+}
+
+// commit gives a finished temporary file its mode and mtime through its
+// descriptor, closes it and renames it over the final path.
+func (r *restorer) commit(t *tempFile, f snapshot.File) error {
+	_, final := r.at(f.RelativePath)
+	err := t.f.Chmod(fileMode(f.Mode))
+	if err == nil {
+		err = setFileMtime(t.f, f.MtimeNs)
+	}
+	if cerr := t.f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = t.dir.Rename(t.name, final)
+	}
 	if err != nil {
-		_ = dir.Remove(name)
-		return "", err
+		_ = t.dir.Remove(t.name)
+		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+			return errors.New("target has a directory where the backup has a file; move it away and restore again")
+		}
 	}
-	return tmp, nil
-}
-
-// commit gives a finished temporary file its metadata and renames it over
-// the final path.
-func (r *restorer) commit(tmp string, f snapshot.File) error {
-	tmpDir, tmpName := r.at(tmp)
-	dir, name := r.at(f.RelativePath)
-	if err := r.setMetadata(tmp, f); err != nil {
-		_ = tmpDir.Remove(tmpName)
-		return err
-	}
-	if fi, err := dir.Lstat(name); err == nil && fi.IsDir() {
-		_ = tmpDir.Remove(tmpName)
-		return fmt.Errorf("target has a directory where the backup has a file; move it away and restore again")
-	}
-	if err := dir.Rename(tmpName, name); err != nil {
-		_ = tmpDir.Remove(tmpName)
-		return err
-	}
-	return nil
+	return err
 }
 
 func (r *restorer) setMetadata(rel string, f snapshot.File) error {

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,4 +27,15 @@ func syncFilesystem(dir *os.Root) error {
 	}
 	defer f.Close()
 	return unix.Syncfs(int(f.Fd()))
+}
+
+// setFileMtime sets atime and mtime of an open file with utimensat(fd,
+// NULL, ...): no path lookup, nanosecond precision.
+func setFileMtime(f *os.File, mtimeNs int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(mtimeNs), unix.NsecToTimespec(mtimeNs)}
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return &os.PathError{Op: "futimens", Path: f.Name(), Err: errno}
+	}
+	return nil
 }

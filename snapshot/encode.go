@@ -1,15 +1,42 @@
 package snapshot
 
 import (
+	"io"
 	"strconv"
 	"time"
 	"unicode/utf8"
 )
 
 // AppendJSON appends m as JSON to buf. It writes what encoding/json would
-// decode back into m, without reflection and into one buffer, because a
-// manifest of a million files is encoded on every backup.
+// decode back into m, without reflection, because a manifest of a million
+// files is encoded on every backup.
 func (m *Manifest) AppendJSON(buf []byte) []byte {
+	buf, _ = m.encode(buf, nil)
+	return buf
+}
+
+// WriteJSON writes m as JSON to w in pieces of about 64 KiB, so that the
+// whole encoding is never held in memory.
+func (m *Manifest) WriteJSON(w io.Writer) error {
+	_, err := m.encode(make([]byte, 0, 80<<10), func(buf []byte, final bool) ([]byte, error) {
+		if len(buf) < 64<<10 && !final {
+			return buf, nil
+		}
+		_, err := w.Write(buf)
+		return buf[:0], err
+	})
+	return err
+}
+
+// encode appends m to buf, calling flush (when not nil) after each element
+// and with final set at the end; flush returns the buffer to go on with.
+func (m *Manifest) encode(buf []byte, flush func(buf []byte, final bool) ([]byte, error)) ([]byte, error) {
+	var err error
+	step := func() {
+		if flush != nil && err == nil {
+			buf, err = flush(buf, false)
+		}
+	}
 	buf = append(buf, `{"version":`...)
 	buf = strconv.AppendInt(buf, int64(m.Version), 10)
 	buf = append(buf, `,"hash_algorithm":`...)
@@ -29,11 +56,12 @@ func (m *Manifest) AppendJSON(buf []byte) []byte {
 	buf = append(buf, `,"min_delta_file_size":`...)
 	buf = strconv.AppendInt(buf, m.MinDeltaFileSize, 10)
 	buf = append(buf, `,"files":[`...)
-	for i, f := range m.Files {
+	for i := range m.Files {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		buf = f.appendJSON(buf)
+		buf = m.Files[i].appendJSON(buf)
+		step()
 	}
 	buf = append(buf, ']')
 	if m.Root != nil {
@@ -46,6 +74,7 @@ func (m *Manifest) AppendJSON(buf []byte) []byte {
 			buf = append(buf, ',')
 		}
 		buf = d.appendJSON(buf)
+		step()
 	}
 	buf = append(buf, `],"empty_dirs":`...)
 	buf = appendStrings(buf, m.EmptyDirs)
@@ -59,6 +88,7 @@ func (m *Manifest) AppendJSON(buf []byte) []byte {
 		buf = append(buf, `,"target":`...)
 		buf = appendString(buf, s.Target)
 		buf = append(buf, '}')
+		step()
 	}
 	buf = append(buf, `],"hashes":[`...)
 	for i, h := range m.Hashes {
@@ -66,8 +96,13 @@ func (m *Manifest) AppendJSON(buf []byte) []byte {
 			buf = append(buf, ',')
 		}
 		buf = h.appendJSON(buf)
+		step()
 	}
-	return append(buf, "]}"...)
+	buf = append(buf, "]}"...)
+	if flush != nil && err == nil {
+		buf, err = flush(buf, true)
+	}
+	return buf, err
 }
 
 func (f *File) appendJSON(buf []byte) []byte {

@@ -42,6 +42,8 @@ type hasher struct {
 	// ones. Both compute the same BLAKE3.
 	h    *blake3.Hasher
 	tree treeHasher
+	// files this worker added to the snapshot, merged when the walk ends.
+	files []File
 	// whole is the file's entire content when the last read took it in one
 	// piece (a slice of buf, valid until the next read), else nil.
 	whole []byte
@@ -67,9 +69,7 @@ func (w *hasher) handle(ctx context.Context, job fileJob) error {
 			return err
 		}
 	}
-	w.col.mu.Lock()
-	w.col.files = append(w.col.files, f)
-	w.col.mu.Unlock()
+	w.files = append(w.files, f)
 	if p != nil {
 		p.AddBytes(f.FileSize)
 		p.AddSuccess(1)
@@ -82,27 +82,47 @@ func (w *hasher) handle(ctx context.Context, job fileJob) error {
 func (w *hasher) file(ctx context.Context, job fileJob) (File, error) {
 	s := w.s
 	readPath := filepath.Join(s.src, filepath.FromSlash(job.rel))
-	info := job.info
-	if s.dst != "" {
-		staged, err := stage(s.src, s.dst, job.rel, info)
+	w.whole = nil
+	// The lstat is needed only to stage the file or to ask the stat cache;
+	// in a first backup the file is just opened (and fstat'ed) once.
+	if s.dst != "" || (s.opts.Cache != nil && s.opts.Cache.has(job.rel)) {
+		info, err := os.Lstat(readPath)
 		if err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: fmt.Errorf("stage into %s: %w", s.dst, unwrapPathError(err))})
+			s.logger.Warn("file unreadable, skipped", "path", job.rel, "err", err)
+			w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: unwrapPathError(err)})
 			return File{}, err
 		}
-		readPath, info = filepath.Join(s.dst, filepath.FromSlash(job.rel)), staged
-	}
-	st := statOf(info)
-	w.whole = nil
-	if s.opts.Cache != nil {
-		if e, ok := s.opts.Cache.lookup(job.rel, st); ok && (!s.embeds(st.size) || int64(len(e.content)) == st.size) {
-			s.opts.Cache.record(job.rel, e)
-			w.col.cachedFiles.Add(1)
-			return s.newFile(job.rel, st, unixMode(info), e.digest, e.content), nil
+		if !info.Mode().IsRegular() {
+			err := fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
+			w.col.add(&w.col.changed, Problem{Path: job.rel, Err: err})
+			return File{}, err
+		}
+		if s.dst != "" {
+			staged, err := stage(s.src, s.dst, job.rel, info)
+			if err != nil {
+				w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: fmt.Errorf("stage into %s: %w", s.dst, unwrapPathError(err))})
+				return File{}, err
+			}
+			readPath, info = filepath.Join(s.dst, filepath.FromSlash(job.rel)), staged
+		}
+		st := statOf(info)
+		if s.opts.Cache != nil {
+			if e, ok := s.opts.Cache.lookup(job.rel, st); ok && (!s.embeds(st.size) || int64(len(e.content)) == st.size) {
+				s.opts.Cache.record(job.rel, e)
+				w.col.cachedFiles.Add(1)
+				if p := s.opts.Progress; p != nil {
+					p.AddTotalBytes(st.size)
+				}
+				return s.newFile(job.rel, st, unixMode(info), e.digest, e.content), nil
+			}
 		}
 	}
 	for attempt := 0; ; attempt++ {
 		entry, mode, err := w.read(ctx, readPath, attempt)
 		if err == nil {
+			if p := s.opts.Progress; p != nil {
+				p.AddTotalBytes(entry.stat.size)
+			}
 			if s.opts.Cache != nil && !racy(entry.stat) {
 				s.opts.Cache.record(job.rel, entry)
 			}
@@ -154,7 +174,7 @@ func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry
 	f, err := openNoFollow(path)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
-			return cacheEntry{}, 0, fmt.Errorf("%w: replaced by a symlink", ErrChangedWhileReading)
+			return cacheEntry{}, 0, fmt.Errorf("%w: no longer a regular file (a symlink)", ErrChangedWhileReading)
 		}
 		return cacheEntry{}, 0, err
 	}

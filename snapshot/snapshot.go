@@ -186,15 +186,14 @@ func New(opts Options) (*Snapshotter, error) {
 // Src returns the absolute source directory.
 func (s *Snapshotter) Src() string { return s.src }
 
+// fileJob is a regular file found by the walk, for a hashing worker.
 type fileJob struct {
-	rel  string
-	info os.FileInfo // lstat from the walk
+	rel string
 }
 
 // collector gathers what workers and the walker find.
 type collector struct {
 	mu          sync.Mutex
-	files       []File
 	unreadable  []Problem
 	changed     []Problem
 	special     []Problem
@@ -236,8 +235,10 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		defer close(jobs)
 		return w.walk(gctx, "", s.src, false)
 	})
-	for range s.opts.Parallel {
+	workers := make([]*hasher, s.opts.Parallel)
+	for i := range workers {
 		h := newHasher(s, col)
+		workers[i] = h
 		g.Go(func() error {
 			for job := range jobs {
 				if err := gctx.Err(); err != nil {
@@ -253,11 +254,17 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
 	}
-	sort.Slice(col.files, func(i, j int) bool { return col.files[i].RelativePath < col.files[j].RelativePath })
-	m.Files = col.files
-	if m.Files == nil {
-		m.Files = []File{}
+	n := 0
+	for _, h := range workers {
+		n += len(h.files)
 	}
+	m.Files = make([]File, 0, n)
+	for _, h := range workers {
+		m.Files = append(m.Files, h.files...)
+		h.files = nil
+	}
+	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].RelativePath < m.Files[j].RelativePath })
+	s.logger.Debug("snapshot walked and hashed", "files", len(m.Files), "seconds", time.Since(m.Start).Seconds())
 	sort.Slice(m.Dirs, func(i, j int) bool { return m.Dirs[i].RelativePath < m.Dirs[j].RelativePath })
 	sort.Strings(m.EmptyDirs)
 	sort.Slice(m.Symlinks, func(i, j int) bool { return m.Symlinks[i].RelativePath < m.Symlinks[j].RelativePath })

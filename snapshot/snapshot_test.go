@@ -452,6 +452,9 @@ func TestManifestValidation(t *testing.T) {
 		"trailing data": `{"version":1,"hash_algorithm":"blake3"} {}`,
 		"unknown field": `{"version":1,"hash_algorithm":"blake3","evil":1}`,
 		"deep nesting":  `{"files":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`,
+		"duplicate key": `{"version":1,"version":1,"hash_algorithm":"blake3"}`,
+		"invalid UTF-8": "{\"version\":1,\"hash_algorithm\":\"blake3\",\"node\":\"\xff\"}",
+		"wrong case":    `{"Version":1,"hash_algorithm":"blake3"}`,
 	} {
 		if _, err := DecodeManifest([]byte(data)); err == nil {
 			t.Errorf("DecodeManifest accepted %s", name)
@@ -530,5 +533,17 @@ func TestSymlinkWithInvalidUTF8TargetIsReported(t *testing.T) {
 	}
 	if len(res.Manifest.Symlinks) != 0 {
 		t.Fatal("a symlink whose target JSON would change was stored")
+	}
+}
+
+func TestWriteJSONEqualsEncode(t *testing.T) {
+	m := benchManifest(3000) // well over the 64 KiB a piece
+	var buf bytes.Buffer
+	if err := m.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := m.Encode()
+	if !bytes.Equal(buf.Bytes(), whole) {
+		t.Fatalf("streamed encoding (%d bytes) differs from the whole encoding (%d bytes)", buf.Len(), len(whole))
 	}
 }

@@ -96,6 +96,12 @@ func (c *StatCache) Len() int {
 	return len(c.next)
 }
 
+// has reports whether the previous run recorded rel.
+func (c *StatCache) has(rel string) bool {
+	_, ok := c.prev[rel]
+	return ok
+}
+
 func (c *StatCache) lookup(rel string, st fileStat) (cacheEntry, bool) {
 	e, ok := c.prev[rel]
 	if !ok || e.stat != st {

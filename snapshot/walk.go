@@ -66,6 +66,22 @@ func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (s
 		}
 		child := filepath.Join(dir, e.Name())
 		childIncluded := included || matchAny(w.s.opts.Includes, childRel)
+		if e.Type().IsRegular() {
+			if !childIncluded {
+				continue
+			}
+			// The worker takes the lstat, so stats run on every core.
+			if p := w.s.opts.Progress; p != nil {
+				p.AddTotal(1)
+			}
+			select {
+			case w.jobs <- fileJob{rel: childRel}:
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+			selected = true
+			continue
+		}
 		info, err := e.Info() // lstat
 		if err != nil {
 			if childIncluded {
@@ -101,13 +117,12 @@ func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (s
 			}
 			w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
 			selected = true
-		case mode.IsRegular():
+		case mode.IsRegular(): // only when the directory entry did not say
 			if p := w.s.opts.Progress; p != nil {
 				p.AddTotal(1)
-				p.AddTotalBytes(info.Size())
 			}
 			select {
-			case w.jobs <- fileJob{rel: childRel, info: info}:
+			case w.jobs <- fileJob{rel: childRel}:
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}

@@ -102,7 +102,7 @@ func (u *earlyUploader) content(ctx context.Context, f snapshot.File, content []
 	}
 	var put hashstore.PutResult
 	if f.ShouldBeBundled {
-		put, err = u.packer.Add(ctx, f.Hexdigest, content)
+		put, err = u.packer.AddHashed(ctx, f.Hexdigest, content) // hashed by the snapshot from these bytes
 	} else {
 		put, err = u.store.PutBytes(ctx, f.Hexdigest, content)
 	}

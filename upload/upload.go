@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -79,42 +80,48 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	for i, h := range m.Hashes {
 		hexdigests[i] = h.Hexdigest
 	}
-	present, err := store.Lookup(ctx, hexdigests)
+	start := time.Now()
+	stored, err := store.LookupAll(ctx, hexdigests) // aligned with m.Hashes
 	if err != nil {
 		return nil, fmt.Errorf("check which contents %s already holds: %w", store, err)
 	}
-	// Files by content, so each missing content is read from one file and
-	// another file with the same content can stand in if the first changed.
-	candidates := make(map[string][]int)
-	for i, f := range m.Files {
-		if !f.Embedded() {
-			candidates[f.Hexdigest] = append(candidates[f.Hexdigest], i)
+	logger.Debug("looked up contents", "contents", len(hexdigests), "seconds", time.Since(start).Seconds())
+	missingIndex := make(map[string]int) // hexdigest -> index in m.Hashes, for missing ones only
+	presentCount := 0
+	for i, info := range stored {
+		if info.Found {
+			presentCount++
+		} else {
+			missingIndex[m.Hashes[i].Hexdigest] = i
 		}
 	}
 	// Missing contents in path order: neighbouring files end up next to
-	// each other in packs, and a restore reads them with one request.
+	// each other in packs, and a restore reads them with one request. Each
+	// lists the files that hold it, so another can stand in if the first
+	// changed.
+	candidates := make(map[string][]int, len(missingIndex))
 	var missing []snapshot.Hash
 	var missingBytes int64
 	bundled := make(map[string]bool)
 	for i, f := range m.Files {
-		if f.Embedded() {
+		if _, miss := missingIndex[f.Hexdigest]; f.Embedded() || !miss {
 			continue
 		}
-		if _, ok := present[f.Hexdigest]; ok || candidates[f.Hexdigest][0] != i {
-			continue // stored already, or another file with this content comes first
+		if len(candidates[f.Hexdigest]) == 0 {
+			missing = append(missing, snapshot.Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
+			missingBytes += f.FileSize
+			if f.ShouldBeBundled {
+				bundled[f.Hexdigest] = true
+			}
 		}
-		missing = append(missing, snapshot.Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
-		missingBytes += f.FileSize
-		if f.ShouldBeBundled {
-			bundled[f.Hexdigest] = true
-		}
+		candidates[f.Hexdigest] = append(candidates[f.Hexdigest], i)
 	}
 	p := opts.Progress
 	if p != nil {
 		p.Start(int64(len(missing)))
 		p.AddTotalBytes(missingBytes)
 	}
-	res := &Result{PresentObjects: int64(len(present))}
+	res := &Result{PresentObjects: int64(presentCount)}
 	if early != nil {
 		// Stored during the snapshot: uploaded by this run, not present before.
 		res.PresentObjects -= early.objects.Load()
@@ -124,7 +131,6 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	}
 	var (
 		mu      sync.Mutex
-		stored  = make(map[string]int64, len(missing))
 		lost    = make(map[string]bool)
 		changed []snapshot.Problem
 	)
@@ -156,7 +162,7 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 				}
 				return nil
 			}
-			stored[h.Hexdigest] = put.StoredSize
+			stored[missingIndex[h.Hexdigest]] = hashstore.ObjectInfo{Found: true, StoredSize: put.StoredSize}
 			uploadedObjects.Add(1)
 			uploadedBytes.Add(put.StoredSize)
 			contentBytes.Add(h.Size)
@@ -190,10 +196,9 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 			logger.Warn("file changed after it was hashed, left out of the backup", "path", f.RelativePath)
 			changed = appendUnique(changed, f.RelativePath)
 			continue
-		case stored[f.Hexdigest] > 0:
-			f.StoredFileSize = stored[f.Hexdigest]
 		default:
-			f.StoredFileSize = present[f.Hexdigest].StoredSize
+			i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
+			f.StoredFileSize = stored[i].StoredSize
 		}
 		kept = append(kept, f)
 	}
@@ -201,16 +206,13 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	m.SetHashes()
 	res.Changed = changed
 
-	data, err := m.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
-	}
-	root := hashstore.Hexdigest(data)
-	put, err := store.PutBytes(ctx, root, data)
+	start = time.Now()
+	root, put, err := store.PutGenerated(ctx, m.WriteJSON)
 	if err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	res.ManifestBytes = put.StoredSize
+	logger.Debug("stored manifest", "bytes", put.StoredSize, "seconds", time.Since(start).Seconds())
 
 	rec := hashstore.BackupRecord{
 		Name:          opts.Name,
