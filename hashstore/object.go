@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -147,9 +146,6 @@ func Hexdigest(data []byte) string {
 const encoderWindow = 2 << 20
 
 var (
-	// encoder is shared: EncodeAll is safe for concurrent use, and with one
-	// encoder per CPU workers do not queue for it.
-	encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(encoderWindow))
 	// decoderPool holds streaming decoders; each is used by one reader at a
 	// time. Memory is capped so that a hostile frame cannot allocate without
 	// bound.
@@ -159,22 +155,6 @@ var (
 			panic(err) // only fails on invalid options
 		}
 		return d
-	}}
-	// generatedEncoderPool compresses generated objects (manifests) with
-	// one goroutine per CPU.
-	generatedEncoderPool = sync.Pool{New: func() any {
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(encoderWindow))
-		if err != nil {
-			panic(err)
-		}
-		return e
-	}}
-	streamEncoderPool = sync.Pool{New: func() any {
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(encoderWindow))
-		if err != nil {
-			panic(err)
-		}
-		return e
 	}}
 )
 

@@ -227,7 +227,7 @@ func encodeIndex(packs []packEntries) []byte {
 	}
 	out := bytes.NewBufferString(indexMagic)
 	out.WriteByte(indexVersion)
-	out.Write(encoder.EncodeAll(body.Bytes(), nil))
+	out.Write(metadataZstd().EncodeAll(body.Bytes(), nil))
 	return out.Bytes()
 }
 
@@ -330,7 +330,7 @@ func (p *Packer) AddHashed(ctx context.Context, hexdigest string, content []byte
 	encoded := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(encoded)
 	encoded.Reset()
-	codec := encodeObject(encoded, content)
+	codec := encodeObject(encoded, content, p.store.compression)
 	res := PutResult{StoredSize: int64(encoded.Len()), Codec: codec}
 
 	p.mu.Lock()
@@ -428,7 +428,7 @@ func (s *Store) openPack(ctx context.Context) *openPack {
 func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	var trailer bytes.Buffer
 	encodeEntries(&trailer, op.entries)
-	compressed := encoder.EncodeAll(trailer.Bytes(), nil)
+	compressed := metadataZstd().EncodeAll(trailer.Bytes(), nil)
 	var footer [8]byte
 	binary.BigEndian.PutUint32(footer[:4], uint32(len(compressed)))
 	copy(footer[4:], packFooterMagic)

@@ -53,7 +53,12 @@ type Store struct {
 	lookupParallel int
 	// index locates packed objects; loaded on first use.
 	index packIndex
+	// compression is used for every object written.
+	compression Compression
 }
+
+// SetCompression chooses how objects written from now on are compressed.
+func (s *Store) SetCompression(c Compression) { s.compression = c }
 
 // describe names a backend in messages without revealing anything secret:
 // backends that know how to present themselves implement fmt.Stringer.
@@ -158,7 +163,7 @@ type PutResult struct {
 // bufferedPutLimit is the largest object encoded in memory, where the
 // raw-or-zstd choice is exact; larger objects stream and choose by a sample.
 const (
-	bufferedPutLimit  = 8 << 20
+	bufferedPutLimit  = 1 << 20
 	compressionSample = 1 << 20
 )
 
@@ -211,7 +216,7 @@ func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) 
 	out := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(out)
 	out.Reset()
-	codec := encodeObject(out, content)
+	codec := encodeObject(out, content, s.compression)
 	stored := int64(out.Len())
 	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), stored); err != nil {
 		return PutResult{}, err
@@ -226,8 +231,9 @@ func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) 
 func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error) (string, PutResult, error) {
 	var out bytes.Buffer
 	out.Write(make([]byte, objectHeaderSize)) // the header, once the size is known
-	enc := generatedEncoderPool.Get().(*zstd.Encoder)
-	defer generatedEncoderPool.Put(enc)
+	z := s.compression.zstd()
+	enc := z.parallel.Get().(*zstd.Encoder)
+	defer z.parallel.Put(enc)
 	enc.Reset(&out)
 	hasher := blake3.New()
 	content := &countingWriter{w: io.MultiWriter(enc, hasher)}
@@ -285,17 +291,17 @@ func looksIncompressible(content []byte) bool {
 // smallObject is the largest content compressed with smallEncoder.
 const smallObject = 64 << 10
 
-// encodeObject appends header and payload of content to out: zstd when it
-// saves enough, raw otherwise.
-func encodeObject(out *bytes.Buffer, content []byte) Codec {
+// encodeObject appends header and payload of content to out, compressed
+// at level c when that saves enough, raw otherwise.
+func encodeObject(out *bytes.Buffer, content []byte, c Compression) Codec {
 	start := out.Len()
-	if looksIncompressible(content) {
+	if c == CompressionOff || looksIncompressible(content) {
 		out.Write(ObjectHeader{Codec: CodecRaw, DecodedSize: int64(len(content))}.marshal())
 		out.Write(content)
 		return CodecRaw
 	}
 	codec := CodecZstd
-	if len(content) <= smallObject {
+	if len(content) <= smallObject && c == CompressionFast {
 		codec = CodecS2
 	}
 	out.Write(ObjectHeader{Codec: codec, DecodedSize: int64(len(content))}.marshal())
@@ -304,7 +310,7 @@ func encodeObject(out *bytes.Buffer, content []byte) Codec {
 		out.Grow(s2.MaxEncodedLen(len(content)))
 		compressed = s2.Encode(out.AvailableBuffer()[:s2.MaxEncodedLen(len(content))], content)
 	} else {
-		compressed = encoder.EncodeAll(content, out.AvailableBuffer())
+		compressed = c.zstd().all.EncodeAll(content, out.AvailableBuffer())
 	}
 	if worthCompressing(len(content), len(compressed)) {
 		out.Write(compressed)
@@ -327,16 +333,23 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// samplePool holds the buffers putStreaming reads its first bytes into.
+var samplePool = sync.Pool{New: func() any { b := make([]byte, compressionSample); return &b }}
+
 func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
-	sample := make([]byte, compressionSample)
+	sampleBuf := samplePool.Get().(*[]byte)
+	defer samplePool.Put(sampleBuf)
+	sample := *sampleBuf
 	if _, err := io.ReadFull(r, sample); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return PutResult{}, mismatch(hexdigest, fmt.Sprintf("content is shorter than %d bytes", size))
 		}
 		return PutResult{}, fmt.Errorf("store %s: read content: %w", hexdigest, err)
 	}
+	// The entropy of the first bytes decides: a trial compression of the
+	// sample would cost a megabyte of compression per large file.
 	codec := CodecRaw
-	if worthCompressing(len(sample), len(encoder.EncodeAll(sample, nil))) {
+	if s.compression != CompressionOff && !looksIncompressible(sample) {
 		codec = CodecZstd
 	}
 	storedSize := int64(-1)
@@ -348,7 +361,7 @@ func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader,
 	encodeDone := make(chan struct{})
 	go func() {
 		defer close(encodeDone)
-		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), hexdigest, size, codec))
+		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), hexdigest, size, codec, s.compression))
 	}()
 	err := s.backend.Put(ctx, ObjectKey(hexdigest), pr, storedSize)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
@@ -363,25 +376,20 @@ func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader,
 // content as it goes. It returns nil only if content is exactly size bytes
 // that hash to hexdigest, and returns before the payload is complete
 // otherwise, so the backend never commits wrong bytes.
-func encodeVerified(w io.Writer, content io.Reader, hexdigest string, size int64, codec Codec) error {
+func encodeVerified(w io.Writer, content io.Reader, hexdigest string, size int64, codec Codec, c Compression) error {
 	if _, err := w.Write(ObjectHeader{Codec: codec, DecodedSize: size}.marshal()); err != nil {
 		return err
 	}
-	hasher := blake3.New()
+	hasher := GetHasher()
+	defer PutHasher(hasher)
 	var payload io.Writer = w
-	var enc interface {
-		io.Writer
-		Close() error
-	}
+	var enc *zstd.Encoder
 	if codec == CodecZstd {
-		e := streamEncoderPool.Get().(interface {
-			io.Writer
-			Close() error
-			Reset(io.Writer)
-		})
-		e.Reset(w)
-		defer func() { e.Reset(nil); streamEncoderPool.Put(e) }()
-		enc, payload = e, e
+		z := c.zstd()
+		enc = z.stream.Get().(*zstd.Encoder)
+		enc.Reset(w)
+		defer func() { enc.Reset(nil); z.stream.Put(enc) }()
+		payload = enc
 	}
 	n, err := io.Copy(io.MultiWriter(payload, hasher), io.LimitReader(content, size+1))
 	if err != nil {

@@ -333,3 +333,32 @@ func TestPutGenerated(t *testing.T) {
 		t.Fatal("a failing generator stored something")
 	}
 }
+
+func TestCompressionLevels(t *testing.T) {
+	contents := [][]byte{compressible(3000), compressible(300000), compressible(9 << 20), randomContent(8, 70000)}
+	sizes := map[hashstore.Compression]int64{}
+	for _, level := range []hashstore.Compression{hashstore.CompressionOff, hashstore.CompressionFast, hashstore.CompressionBetter, hashstore.CompressionMax} {
+		s, b := newStore(t)
+		s.SetCompression(level)
+		for _, c := range contents {
+			h := hashstore.Hexdigest(c)
+			res, err := s.Put(context.Background(), h, bytes.NewReader(c), int64(len(c)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if level == hashstore.CompressionOff && res.Codec != hashstore.CodecRaw {
+				t.Fatalf("compression off stored %v", res.Codec)
+			}
+			sizes[level] += int64(len(storedBytes(t, b, hashstore.ObjectKey(h))))
+			if got, err := readObject(t, s, h); err != nil || !bytes.Equal(got, c) {
+				t.Fatalf("%v: round trip: %v", level, err)
+			}
+		}
+	}
+	if !(sizes[hashstore.CompressionOff] > sizes[hashstore.CompressionFast] && sizes[hashstore.CompressionFast] >= sizes[hashstore.CompressionMax]) {
+		t.Fatalf("stored sizes by level: %v", sizes)
+	}
+	if _, err := hashstore.ParseCompression("ultra"); err == nil {
+		t.Fatal("unknown level accepted")
+	}
+}

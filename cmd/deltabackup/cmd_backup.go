@@ -26,6 +26,7 @@ type backupFlags struct {
 	node             string
 	stageDir         string
 	noCache          bool
+	compression      string
 }
 
 // backupSummary is the last line of 'backup --json'.
@@ -79,6 +80,7 @@ and left out rather than stored with mixed content.`,
 	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")
 	fl.StringVar(&f.stageDir, "stage-dir", "", "hard-link files into this directory first and read them from there, so files deleted or replaced during the backup stay readable")
 	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the stat cache")
+	fl.StringVar(&f.compression, "compression", "fast", "fast (S2 for small contents, zstd's fastest level for large), better (zstd's default level), max, or off")
 	return cmd
 }
 
@@ -93,10 +95,15 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 			return usageError{err}
 		}
 	}
+	compression, err := hashstore.ParseCompression(f.compression)
+	if err != nil {
+		return usageError{err}
+	}
 	store, err := openStore(ctx, g)
 	if err != nil {
 		return err
 	}
+	store.SetCompression(compression)
 	opts := snapshot.DefaultOptions(src)
 	opts.Includes, opts.Excludes = f.includes, f.excludes
 	opts.EmbedThreshold = int64(f.embedBelow)
