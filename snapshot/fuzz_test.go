@@ -39,23 +39,24 @@ func FuzzDecodeManifest(f *testing.F) {
 }
 
 func FuzzDecodeStatCache(f *testing.F) {
-	good, err := encodeStatCache(map[string]cacheEntry{
-		"a/b": {stat: fileStat{size: 3, mtimeNs: 4, ctimeNs: 5, inode: 6}, content: []byte("abc")},
-		"big": {stat: fileStat{size: 1 << 20}},
+	good := encodeStatCache([]cacheRecord{
+		{"a/b", cacheEntry{stat: fileStat{size: 3, mtimeNs: 4, ctimeNs: 5, inode: 6}, content: []byte("abc")}},
+		{"big", cacheEntry{stat: fileStat{size: 1 << 20}}},
 	})
-	if err != nil {
-		f.Fatal(err)
-	}
 	f.Add(good)
 	f.Add([]byte("DBSC\x01"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		entries, err := decodeStatCache(data)
+		table, err := decodeStatCache(data)
 		if err != nil {
 			return
 		}
-		for rel, e := range entries {
-			if len(rel) > maxPathLength || len(e.content) > maxEmbeddedSize {
+		for i := range table.len() {
+			rel := table.path(i)
+			if len(rel) > maxPathLength || len(table.entry(int32(i)).content) > maxEmbeddedSize {
 				t.Fatalf("entry %q exceeds limits", rel)
+			}
+			if j, ok := table.index[rel]; !ok || table.path(int(j)) != rel {
+				t.Fatalf("index does not find %q", rel)
 			}
 		}
 	})

@@ -1,15 +1,14 @@
 package snapshot
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,12 +23,17 @@ import (
 // the files seen in this run; Save replaces the file on disk atomically.
 // The cache is an optimisation: a missing or damaged cache file only costs
 // re-reading, never a wrong hash, because the file carries a checksum.
+//
+// Memory matters at millions of files, so the previous generation is one
+// string of all paths and parallel arrays, and the next generation a list
+// of records that share the manifest's path strings.
 type StatCache struct {
 	path string
-	prev map[string]cacheEntry
+	prev cacheTable
 
-	mu   sync.Mutex
-	next map[string]cacheEntry
+	mu        sync.Mutex
+	next      []cacheRecord
+	forgotten map[string]bool
 }
 
 // fileStat is the part of a stat that decides whether content may have
@@ -46,6 +50,36 @@ type cacheEntry struct {
 	stat    fileStat
 	digest  [32]byte
 	content []byte // only for embedded files
+}
+
+type cacheRecord struct {
+	rel   string
+	entry cacheEntry
+}
+
+// cacheTable is a read-only generation: paths[ends[i-1]:ends[i]] is entry
+// i, index maps each path (a substring of paths, no copy) to i.
+type cacheTable struct {
+	paths   string
+	ends    []uint32
+	stats   []fileStat
+	digests [][32]byte
+	content map[int32][]byte
+	index   map[string]int32
+}
+
+func (t *cacheTable) len() int { return len(t.ends) }
+
+func (t *cacheTable) path(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = t.ends[i-1]
+	}
+	return t.paths[start:t.ends[i]]
+}
+
+func (t *cacheTable) entry(i int32) cacheEntry {
+	return cacheEntry{stat: t.stats[i], digest: t.digests[i], content: t.content[i]}
 }
 
 const (
@@ -67,7 +101,7 @@ func StatCachePath(cacheDir, repositoryID, source string) string {
 // cache; a damaged or foreign file gives an empty cache and an error that
 // callers may log and otherwise ignore.
 func OpenStatCache(path string) (*StatCache, error) {
-	c := &StatCache{path: path, prev: map[string]cacheEntry{}, next: map[string]cacheEntry{}}
+	c := &StatCache{path: path}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return c, nil
@@ -85,9 +119,7 @@ func OpenStatCache(path string) (*StatCache, error) {
 
 // NewMemoryStatCache returns a cache that is never saved, for tests and for
 // library users who keep the cache across runs in their own process.
-func NewMemoryStatCache() *StatCache {
-	return &StatCache{prev: map[string]cacheEntry{}, next: map[string]cacheEntry{}}
-}
+func NewMemoryStatCache() *StatCache { return &StatCache{} }
 
 // Len returns the number of entries recorded in this run.
 func (c *StatCache) Len() int {
@@ -98,21 +130,21 @@ func (c *StatCache) Len() int {
 
 // has reports whether the previous run recorded rel.
 func (c *StatCache) has(rel string) bool {
-	_, ok := c.prev[rel]
+	_, ok := c.prev.index[rel]
 	return ok
 }
 
 func (c *StatCache) lookup(rel string, st fileStat) (cacheEntry, bool) {
-	e, ok := c.prev[rel]
-	if !ok || e.stat != st {
+	i, ok := c.prev.index[rel]
+	if !ok || c.prev.stats[i] != st {
 		return cacheEntry{}, false
 	}
-	return e, true
+	return c.prev.entry(i), true
 }
 
 func (c *StatCache) record(rel string, e cacheEntry) {
 	c.mu.Lock()
-	c.next[rel] = e
+	c.next = append(c.next, cacheRecord{rel, e})
 	c.mu.Unlock()
 }
 
@@ -120,8 +152,11 @@ func (c *StatCache) record(rel string, e cacheEntry) {
 // to have changed after they were hashed.
 func (c *StatCache) Forget(paths ...string) {
 	c.mu.Lock()
+	if c.forgotten == nil {
+		c.forgotten = map[string]bool{}
+	}
 	for _, p := range paths {
-		delete(c.next, p)
+		c.forgotten[p] = true
 	}
 	c.mu.Unlock()
 }
@@ -130,16 +165,25 @@ func (c *StatCache) Forget(paths ...string) {
 // next lookups use. A cache from NewMemoryStatCache is only rotated.
 func (c *StatCache) Save() error {
 	c.mu.Lock()
-	next := c.next
-	c.prev, c.next = next, make(map[string]cacheEntry, len(next))
+	records := c.next
+	c.next = nil
+	if len(c.forgotten) > 0 {
+		kept := records[:0]
+		for _, r := range records {
+			if !c.forgotten[r.rel] {
+				kept = append(kept, r)
+			}
+		}
+		records = kept
+		c.forgotten = nil
+	}
 	c.mu.Unlock()
+	sort.Slice(records, func(i, j int) bool { return records[i].rel < records[j].rel })
+	c.prev = buildTable(records)
 	if c.path == "" {
 		return nil
 	}
-	data, err := encodeStatCache(next)
-	if err != nil {
-		return err
-	}
+	data := encodeStatCache(records)
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("save stat cache: %w", err)
 	}
@@ -161,17 +205,56 @@ func (c *StatCache) Save() error {
 	return nil
 }
 
+// buildTable makes a generation from records sorted by path.
+func buildTable(records []cacheRecord) cacheTable {
+	n := 0
+	for _, r := range records {
+		n += len(r.rel)
+	}
+	var paths []byte
+	t := cacheTable{
+		ends:    make([]uint32, len(records)),
+		stats:   make([]fileStat, len(records)),
+		digests: make([][32]byte, len(records)),
+		content: map[int32][]byte{},
+	}
+	paths = make([]byte, 0, n)
+	for i, r := range records {
+		paths = append(paths, r.rel...)
+		t.ends[i] = uint32(len(paths))
+		t.stats[i] = r.entry.stat
+		t.digests[i] = r.entry.digest
+		if r.entry.content != nil {
+			t.content[int32(i)] = r.entry.content
+		}
+	}
+	t.paths = string(paths)
+	t.buildIndex()
+	return t
+}
+
+func (t *cacheTable) buildIndex() {
+	t.index = make(map[string]int32, len(t.ends))
+	for i := range t.ends {
+		t.index[t.path(i)] = int32(i)
+	}
+}
+
 // File layout: magic, version byte, BLAKE3 of the body (32 bytes), then the
-// zstd-compressed body: a uvarint entry count and the entries.
-func encodeStatCache(entries map[string]cacheEntry) ([]byte, error) {
+// zstd-compressed body: a uvarint entry count and the entries, sorted by
+// path: uvarint path length, path, varint size, mtime_ns, ctime_ns, uvarint
+// inode, 32-byte digest, uvarint content length, content.
+func encodeStatCache(records []cacheRecord) []byte {
 	var body bytes.Buffer
+	body.Grow(len(records) * 96)
 	var tmp [binary.MaxVarintLen64]byte
 	putU := func(v uint64) { body.Write(tmp[:binary.PutUvarint(tmp[:], v)]) }
 	putI := func(v int64) { body.Write(tmp[:binary.PutVarint(tmp[:], v)]) }
-	putU(uint64(len(entries)))
-	for rel, e := range entries {
-		putU(uint64(len(rel)))
-		body.WriteString(rel)
+	putU(uint64(len(records)))
+	for _, r := range records {
+		e := r.entry
+		putU(uint64(len(r.rel)))
+		body.WriteString(r.rel)
 		putI(e.stat.size)
 		putI(e.stat.mtimeNs)
 		putI(e.stat.ctimeNs)
@@ -183,7 +266,7 @@ func encodeStatCache(entries map[string]cacheEntry) ([]byte, error) {
 	sum := blake3.Sum256(body.Bytes())
 	out := append([]byte(statCacheMagic), statCacheVersion)
 	out = append(out, sum[:]...)
-	return cacheEncoder.EncodeAll(body.Bytes(), out), nil
+	return cacheEncoder.EncodeAll(body.Bytes(), out)
 }
 
 // One encoder and decoder for every cache file: creating them allocates
@@ -193,63 +276,87 @@ var (
 	cacheDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
 )
 
-func decodeStatCache(data []byte) (map[string]cacheEntry, error) {
+// errCacheFormat reports a cache file that does not parse.
+var errCacheFormat = errors.New("malformed stat cache")
+
+func decodeStatCache(data []byte) (cacheTable, error) {
 	header := len(statCacheMagic) + 1 + 32
 	if len(data) < header || string(data[:4]) != statCacheMagic {
-		return nil, errors.New("not a stat cache file")
+		return cacheTable{}, errors.New("not a stat cache file")
 	}
 	if data[4] != statCacheVersion {
-		return nil, fmt.Errorf("stat cache version %d is not supported", data[4])
+		return cacheTable{}, fmt.Errorf("stat cache version %d is not supported", data[4])
 	}
 	body, err := cacheDecoder.DecodeAll(data[header:], nil)
 	if err != nil {
-		return nil, err
+		return cacheTable{}, err
 	}
 	if sum := blake3.Sum256(body); !bytes.Equal(sum[:], data[5:header]) {
-		return nil, errors.New("checksum mismatch")
+		return cacheTable{}, errors.New("checksum mismatch")
 	}
-	r := bufio.NewReader(bytes.NewReader(body))
-	count, err := binary.ReadUvarint(r)
-	if err != nil || count > uint64(len(body)) {
-		return nil, errors.New("bad entry count")
+	r := body
+	readU := func() (uint64, bool) {
+		v, n := binary.Uvarint(r)
+		if n <= 0 {
+			return 0, false
+		}
+		r = r[n:]
+		return v, true
 	}
-	entries := make(map[string]cacheEntry, count)
-	for range count {
-		var e cacheEntry
-		n, err := binary.ReadUvarint(r)
-		if err != nil || n > maxPathLength {
-			return nil, errors.New("bad path length")
+	readI := func() (int64, bool) {
+		v, n := binary.Varint(r)
+		if n <= 0 {
+			return 0, false
 		}
-		rel := make([]byte, n)
-		if _, err := io.ReadFull(r, rel); err != nil {
-			return nil, err
-		}
-		if e.stat.size, err = binary.ReadVarint(r); err != nil {
-			return nil, err
-		}
-		if e.stat.mtimeNs, err = binary.ReadVarint(r); err != nil {
-			return nil, err
-		}
-		if e.stat.ctimeNs, err = binary.ReadVarint(r); err != nil {
-			return nil, err
-		}
-		if e.stat.inode, err = binary.ReadUvarint(r); err != nil {
-			return nil, err
-		}
-		if _, err := io.ReadFull(r, e.digest[:]); err != nil {
-			return nil, err
-		}
-		n, err = binary.ReadUvarint(r)
-		if err != nil || n > maxEmbeddedSize {
-			return nil, errors.New("bad content length")
-		}
-		if n > 0 {
-			e.content = make([]byte, n)
-			if _, err := io.ReadFull(r, e.content); err != nil {
-				return nil, err
-			}
-		}
-		entries[string(rel)] = e
+		r = r[n:]
+		return v, true
 	}
-	return entries, nil
+	count, ok := readU()
+	if !ok || count > uint64(len(body)) {
+		return cacheTable{}, errCacheFormat
+	}
+	t := cacheTable{
+		ends:    make([]uint32, 0, count),
+		stats:   make([]fileStat, 0, count),
+		digests: make([][32]byte, 0, count),
+		content: map[int32][]byte{},
+	}
+	paths := make([]byte, 0, len(body)/2)
+	for i := range count {
+		n, ok := readU()
+		if !ok || n > maxPathLength || n > uint64(len(r)) {
+			return cacheTable{}, errCacheFormat
+		}
+		paths = append(paths, r[:n]...)
+		r = r[n:]
+		if uint64(len(paths)) > 1<<32-1 {
+			return cacheTable{}, errCacheFormat
+		}
+		var st fileStat
+		var ok1, ok2, ok3, ok4 bool
+		st.size, ok1 = readI()
+		st.mtimeNs, ok2 = readI()
+		st.ctimeNs, ok3 = readI()
+		st.inode, ok4 = readU()
+		if !(ok1 && ok2 && ok3 && ok4) || len(r) < 32 {
+			return cacheTable{}, errCacheFormat
+		}
+		var d [32]byte
+		copy(d[:], r[:32])
+		r = r[32:]
+		cl, ok := readU()
+		if !ok || cl > maxEmbeddedSize || cl > uint64(len(r)) {
+			return cacheTable{}, errCacheFormat
+		}
+		if cl > 0 {
+			t.content[int32(i)] = append([]byte(nil), r[:cl]...)
+			r = r[cl:]
+		}
+		t.ends = append(t.ends, uint32(len(paths)))
+		t.stats = append(t.stats, st)
+		t.digests = append(t.digests, d)
+	}
+	t.paths = string(paths)
+	t.buildIndex()
+	return t, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -60,7 +61,12 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 		for _, p := range up.Changed {
 			cache.Forget(p.Path)
 		}
-		if err := cache.Save(); err != nil {
+		start := time.Now()
+		err := cache.Save()
+		if opts.Logger != nil {
+			opts.Logger.Debug("saved stat cache", "entries", cache.Len(), "seconds", time.Since(start).Seconds())
+		}
+		if err != nil {
 			// The backup is written; a cache that could not be saved only
 			// costs re-reading next time.
 			if opts.Logger != nil {

@@ -126,7 +126,9 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 	}
 	if !f.noCache {
 		if path := g.statCachePath(store.Config().ID, checked.Src()); path != "" {
+			start := time.Now()
 			cache, err := snapshot.OpenStatCache(path)
+			g.logger.Debug("loaded stat cache", "seconds", time.Since(start).Seconds())
 			if err != nil {
 				g.logger.Warn("stat cache unusable", "err", err)
 			}
