@@ -144,17 +144,21 @@ type packEntries struct {
 
 func (s *Store) readIndexFile(ctx context.Context, key string) ([]packEntries, error) {
 	name := key[len(key)-64:]
-	rc, err := s.backend.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("read index %s: %w", name, err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxIndexFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read index %s: %w", name, err)
-	}
-	if got := Hexdigest(data); got != name {
-		return nil, &CorruptObjectError{Hexdigest: name, Reason: "index file hashes to " + got}
+	data := s.cachedIndexFile(key)
+	if data == nil {
+		rc, err := s.backend.Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("read index %s: %w", name, err)
+		}
+		data, err = io.ReadAll(io.LimitReader(rc, maxIndexFileSize+1))
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read index %s: %w", name, err)
+		}
+		if got := Hexdigest(data); got != name {
+			return nil, &CorruptObjectError{Hexdigest: name, Reason: "index file hashes to " + got}
+		}
+		s.cacheIndexFile(key, data)
 	}
 	packs, err := DecodeIndex(data)
 	if err != nil {
@@ -442,9 +446,11 @@ func (s *Store) completePack(ctx context.Context, op *openPack) error {
 		return fmt.Errorf("store pack: %w", errors.Join(perr, err))
 	}
 	idx := encodeIndex([]packEntries{{id: op.id, entries: op.entries}})
-	if err := s.backend.Put(ctx, indexKey(blake3.Sum256(idx)), bytes.NewReader(idx), int64(len(idx))); err != nil {
+	key := indexKey(blake3.Sum256(idx))
+	if err := s.backend.Put(ctx, key, bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("store pack index: %w", err)
 	}
+	s.cacheIndexFile(key, idx)
 	s.index.mu.Lock()
 	if s.index.entries == nil {
 		s.index.entries = make(map[[32]byte]packLocation)

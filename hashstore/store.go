@@ -17,7 +17,6 @@ import (
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
-	"golang.org/x/sync/errgroup"
 )
 
 // Repository format errors, for callers that branch on them.
@@ -55,6 +54,10 @@ type Store struct {
 	index packIndex
 	// compression is used for every object written.
 	compression Compression
+	// cacheDir holds the local cache of a remote repository; known are
+	// the loose objects seen stored.
+	cacheDir string
+	known    knownObjects
 }
 
 // SetCompression chooses how objects written from now on are compressed.
@@ -221,6 +224,7 @@ func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) 
 	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), stored); err != nil {
 		return PutResult{}, err
 	}
+	s.known.remember(hexdigest, stored)
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
@@ -250,6 +254,7 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
 		return "", PutResult{}, err
 	}
+	s.known.remember(hexdigest, int64(out.Len()))
 	return hexdigest, PutResult{StoredSize: int64(out.Len()), Codec: CodecZstd}, nil
 }
 
@@ -369,6 +374,7 @@ func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader,
 	if err != nil {
 		return PutResult{}, err
 	}
+	s.known.remember(hexdigest, counter.n)
 	return PutResult{StoredSize: counter.n, Codec: codec}, nil
 }
 
@@ -565,22 +571,14 @@ func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInf
 		}
 	}
 	ix.mu.RUnlock()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(s.lookupParallel)
-	for _, i := range loose {
-		g.Go(func() error {
-			info, err := s.backend.Stat(gctx, ObjectKey(hexdigests[i]))
-			if errors.Is(err, ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("lookup %s: %w", hexdigests[i], err)
-			}
-			infos[i] = ObjectInfo{Found: true, StoredSize: info.Size} // each goroutine owns its index
-			return nil
-		})
+	looseHashes := make([]string, len(loose))
+	for j, i := range loose {
+		looseHashes[j] = hexdigests[i]
 	}
-	if err := g.Wait(); err != nil {
+	err = s.lookupLoose(ctx, looseHashes, func(j int, size int64) {
+		infos[loose[j]] = ObjectInfo{Found: true, StoredSize: size}
+	})
+	if err != nil {
 		return nil, err
 	}
 	return infos, nil
@@ -609,14 +607,16 @@ func (s *Store) Has(ctx context.Context, hexdigest string) (bool, error) {
 	if err != nil || packed {
 		return packed, err
 	}
-	_, err = s.backend.Stat(ctx, ObjectKey(hexdigest))
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, ErrNotFound):
-		return false, nil
-	}
-	return false, fmt.Errorf("lookup %s: %w", hexdigest, err)
+	has := false
+	err = s.lookupLoose(ctx, []string{hexdigest}, func(int, int64) { has = true })
+	return has, err
+}
+
+// HasPacked reports whether the object hexdigest is in a pack, from the
+// in-memory index alone.
+func (s *Store) HasPacked(ctx context.Context, hexdigest string) (bool, error) {
+	_, _, packed, err := s.lookupPacked(ctx, hexdigest)
+	return packed, err
 }
 
 // Missing returns the hexdigests, in their order and without duplicates,

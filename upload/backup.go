@@ -57,6 +57,9 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 	if err != nil {
 		return nil, err
 	}
+	if err := store.SaveCache(); err != nil && opts.Logger != nil {
+		opts.Logger.Warn("local repository cache not saved; the next backup asks storage again", "err", err)
+	}
 	if cache := snapOpts.Cache; cache != nil {
 		for _, p := range up.Changed {
 			cache.Forget(p.Path)
@@ -102,7 +105,15 @@ func (u *earlyUploader) content(ctx context.Context, f snapshot.File, content []
 	if seen {
 		return nil
 	}
-	has, err := u.store.Has(ctx, f.Hexdigest)
+	// A bundled content lives in a pack if anywhere: the in-memory index
+	// answers without a request. Others need a lookup.
+	var has bool
+	var err error
+	if f.ShouldBeBundled {
+		has, err = u.store.HasPacked(ctx, f.Hexdigest)
+	} else {
+		has, err = u.store.Has(ctx, f.Hexdigest)
+	}
 	if err != nil || has {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 
@@ -50,6 +51,7 @@ type backupSummary struct {
 	Special         []string           `json:"special"`
 	Problems        []snapshot.Problem `json:"problems"`
 	DurationSeconds float64            `json:"duration_seconds"`
+	Requests        map[string]int64   `json:"requests,omitempty"`
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
@@ -148,6 +150,7 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 		return err
 	}
 	s := summarize(sum, time.Since(start))
+	s.Requests = g.requests()
 	if g.json {
 		if err := g.printJSON(s); err != nil {
 			return err
@@ -201,6 +204,24 @@ func printBackupSummary(g *globals, s backupSummary) {
 		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
 	}
 	g.printf("  took %.1fs\n", s.DurationSeconds)
+	printRequests(g, s.Requests)
+}
+
+// printRequests shows S3 requests by operation with -v.
+func printRequests(g *globals, requests map[string]int64) {
+	if g.verbose == 0 || requests == nil {
+		return
+	}
+	ops := make([]string, 0, len(requests))
+	for op := range requests {
+		ops = append(ops, op)
+	}
+	sort.Strings(ops)
+	parts := make([]string, len(ops))
+	for i, op := range ops {
+		parts[i] = fmt.Sprintf("%s %d", op, requests[op])
+	}
+	g.printf("  S3 requests: %d (%s)\n", requestTotal(requests), strings.Join(parts, ", "))
 }
 
 // repositoryInside reports whether a local repository lies inside src, and

@@ -7,14 +7,15 @@ import (
 )
 
 func newInitCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "init --repo PATH",
 		Short: "Create a new, empty repository",
 		Long: `init creates a repository at --repo. It refuses a location that already
-holds a repository or any other data.`,
+holds a repository or any other data. For s3:// repositories the bucket must
+exist, unless --create-bucket is given.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := openBackend(g.repo)
+			b, err := g.openBackend(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -29,4 +30,6 @@ holds a repository or any other data.`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&g.createBucket, "create-bucket", false, "for s3:// repositories: create the bucket if it does not exist")
+	return cmd
 }

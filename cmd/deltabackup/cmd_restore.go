@@ -12,18 +12,19 @@ import (
 )
 
 type restoreSummary struct {
-	MessageType       string          `json:"message_type"`
-	Name              string          `json:"name"`
-	RootHash          string          `json:"root_hash"`
-	Target            string          `json:"target"`
-	Files             int             `json:"files"`
-	FilesWritten      int64           `json:"files_written"`
-	FilesUpToDate     int64           `json:"files_up_to_date"`
-	ObjectsDownloaded int64           `json:"objects_downloaded"`
-	BytesDownloaded   int64           `json:"bytes_downloaded"`
-	Sources           []sourceSummary `json:"sources"`
-	Failed            []failedFile    `json:"failed"`
-	DurationSeconds   float64         `json:"duration_seconds"`
+	MessageType       string           `json:"message_type"`
+	Name              string           `json:"name"`
+	RootHash          string           `json:"root_hash"`
+	Target            string           `json:"target"`
+	Files             int              `json:"files"`
+	FilesWritten      int64            `json:"files_written"`
+	FilesUpToDate     int64            `json:"files_up_to_date"`
+	ObjectsDownloaded int64            `json:"objects_downloaded"`
+	BytesDownloaded   int64            `json:"bytes_downloaded"`
+	Sources           []sourceSummary  `json:"sources"`
+	Failed            []failedFile     `json:"failed"`
+	DurationSeconds   float64          `json:"duration_seconds"`
+	Requests          map[string]int64 `json:"requests,omitempty"`
 }
 
 type sourceSummary struct {
@@ -77,7 +78,7 @@ listed and the exit code is 1; all other files are restored.`,
 				MessageType: "summary", Name: rec.Name, RootHash: rec.RootHexdigest, Target: args[1],
 				Files: len(m.Files), FilesWritten: res.FilesWritten, FilesUpToDate: res.FilesUpToDate,
 				ObjectsDownloaded: res.ObjectsDownloaded, BytesDownloaded: res.BytesDownloaded,
-				Failed: []failedFile{}, DurationSeconds: time.Since(start).Seconds(),
+				Failed: []failedFile{}, DurationSeconds: time.Since(start).Seconds(), Requests: g.requests(),
 			}
 			for i, src := range res.Plan.Sources {
 				s.Sources = append(s.Sources, sourceSummary{Source: src.String(), PlanBytes: res.Plan.Bytes[i], FetchedBytes: res.BytesPerSource[i]})
@@ -95,6 +96,7 @@ listed and the exit code is 1; all other files are restored.`,
 				}
 				g.printf("restored backup %s into %s: %d files written, %d already up to date; %d objects (%s) fetched\n",
 					s.Name, s.Target, s.FilesWritten, s.FilesUpToDate, s.ObjectsDownloaded, progress.FormatBytes(s.BytesDownloaded))
+				printRequests(g, s.Requests)
 				if g.verbose > 0 {
 					for _, src := range s.Sources {
 						g.printf("  source %s: planned %s, fetched %s\n", src.Source, progress.FormatBytes(src.PlanBytes), progress.FormatBytes(src.FetchedBytes))

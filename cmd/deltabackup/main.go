@@ -12,9 +12,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/deltabackup/deltabackup/hashstore"
@@ -39,9 +42,15 @@ type globals struct {
 	quiet      bool
 	cacheDir   string
 
+	s3Flags      map[string]string
+	createBucket bool
+	retryTime    time.Duration
+
 	stdout io.Writer
 	stderr io.Writer
 	logger *slog.Logger
+	// counted is the S3 backend of the run, whose requests are reported.
+	counted interface{ Requests() map[string]int64 }
 }
 
 // usageError marks errors in how the command was called (exit code 2).
@@ -80,6 +89,12 @@ could not be read (they are listed), 130 interrupted.`,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			g.logger = newLogger(g)
+			g.s3Flags = map[string]string{}
+			cmd.Flags().Visit(func(f *pflag.Flag) {
+				if name, ok := strings.CutPrefix(f.Name, "s3-"); ok {
+					g.s3Flags[name] = f.Value.String()
+				}
+			})
 			return g.startProfiles()
 		},
 		PersistentPostRunE: func(cmd *cobra.Command, args []string) error {
@@ -95,6 +110,18 @@ could not be read (they are listed), 130 interrupted.`,
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
 	pf.StringVar(&g.cacheDir, "cache-dir", os.Getenv("DELTABACKUP_CACHE_DIR"), "where the stat cache lives (env DELTABACKUP_CACHE_DIR; default: the user cache dir)")
+	pf.DurationVar(&g.retryTime, "retry-max-time", 3*time.Minute, "how long to keep retrying a failing storage request before giving up")
+	pf.String("s3-endpoint", "", "S3 endpoint URL (default: AWS, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+	pf.String("s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
+	pf.String("s3-profile", "", "AWS shared-config profile (AWS_PROFILE works too)")
+	pf.Bool("s3-path-style", false, "path-style addressing (endpoint/bucket/key); default: on for custom endpoints")
+	pf.Bool("s3-insecure-skip-verify", false, "do not verify the S3 server's TLS certificate (test setups only)")
+	pf.String("s3-ca-bundle", "", "PEM file of extra certificate authorities to trust")
+	pf.Duration("s3-connect-timeout", 0, "S3 connect timeout (default 10s)")
+	pf.Duration("s3-read-timeout", 0, "how long an S3 response may stall (default 60s)")
+	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
+	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
+	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
 	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) to this file")
 	pf.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile (go tool pprof) to this file at the end")
 	_ = pf.MarkHidden("cpu-profile")

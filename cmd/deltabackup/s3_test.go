@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/deltabackup/deltabackup/hashstore/s3store"
+	"github.com/deltabackup/deltabackup/hashstore/s3store/s3test"
+	"github.com/deltabackup/deltabackup/restore/restoretest"
+)
+
+// s3Repo returns an s3:// repository URL in a fresh bucket of the test
+// server, reached through endpoint (the server itself, or a proxy).
+func s3Repo(t *testing.T, endpoint string) string {
+	t.Helper()
+	return fmt.Sprintf("s3://%s/repo?endpoint=%s", s3test.NewBucket(t), url.QueryEscape(endpoint))
+}
+
+func requestsOf(t *testing.T, s map[string]any) map[string]float64 {
+	t.Helper()
+	raw, ok := s["requests"].(map[string]any)
+	if !ok {
+		t.Fatalf("summary has no requests: %v", s)
+	}
+	out := map[string]float64{}
+	for k, v := range raw {
+		out[k] = v.(float64)
+	}
+	return out
+}
+
+func TestS3BackupIncrementalRestore(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	c := newCLI(t)
+	dir := t.TempDir()
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "src")
+	if err := exec.Command("cp", "-a", filepath.Join(strings.TrimSpace(string(goroot)), "src"), src).Run(); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(src, 0o755)
+	repo := s3Repo(t, endpoint)
+	c.ok("init", "--create-bucket", "--repo", repo)
+	full := summary(t, c.ok("backup", "--json", "--repo", repo, src))
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", repo, "latest", out)
+	restoretest.CompareTrees(t, src, out)
+
+	// No change: a handful of requests besides the manifest and the record.
+	nochange := summary(t, c.ok("backup", "--json", "--repo", repo, src))
+	req := requestsOf(t, nochange)
+	total := 0.0
+	for _, n := range req {
+		total += n
+	}
+	// Writing the manifest and the record: one PUT each, and one HEAD to
+	// check the record's name is free.
+	others := total - 3
+	t.Logf("full backup: %v files, requests %v; no-change backup requests %v", full["files"], full["requests"], req)
+	fullReq := requestsOf(t, full)
+	if fullReq["HeadObject"] > 100 {
+		t.Fatalf("a first backup of %v files made %v HEAD requests: small contents must not be looked up one by one", full["files"], fullReq["HeadObject"])
+	}
+	if others > 10 || nochange["hashed_bytes"].(float64) != 0 || nochange["uploaded_objects"].(float64) != 0 {
+		t.Fatalf("no-change incremental made %v requests besides the manifest and record (%v)", others, req)
+	}
+
+	// Five changed files: five objects.
+	var changed []string
+	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && fi.Size() > 1000 && fi.Size() < 100000 && len(changed) < 5 && strings.HasSuffix(p, ".go") {
+			changed = append(changed, p)
+		}
+		return nil
+	})
+	for i, p := range changed {
+		data, _ := os.ReadFile(p)
+		os.WriteFile(p, append(data, []byte(fmt.Sprintf("\n// changed %d\n", i))...), 0o644)
+	}
+	incr := summary(t, c.ok("backup", "--json", "--repo", repo, src))
+	if incr["uploaded_objects"].(float64) != 5 {
+		t.Fatalf("after changing 5 files, %v objects uploaded", incr["uploaded_objects"])
+	}
+	out2 := filepath.Join(dir, "out2")
+	c.ok("restore", "--repo", repo, "latest", out2)
+	restoretest.CompareTrees(t, src, out2)
+}
+
+func TestS3BackupAndRestoreThroughResets(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	u, _ := url.Parse(endpoint)
+	proxy := s3test.NewProxy(t, u.Host)
+	c := newCLI(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	makeSource(t, src)
+	repo := s3Repo(t, "http://"+proxy.Addr)
+	c.ok("init", "--create-bucket", "--repo", repo)
+	proxy.SetResetRate(0.1)
+	c.ok("backup", "--repo", repo, "--s3-part-size", "5MiB", src)
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", repo, "latest", out)
+	restoretest.CompareTrees(t, src, out)
+	if proxy.Resets() == 0 {
+		t.Fatalf("no connection was reset (%d connections)", proxy.Connections())
+	}
+	t.Logf("%d of %d connections reset", proxy.Resets(), proxy.Connections())
+}
+
+func TestS3ServerGoneFailsCleanly(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	u, _ := url.Parse(endpoint)
+	proxy := s3test.NewProxy(t, u.Host)
+	c := newCLI(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	makeSource(t, src)
+	bucket := s3test.NewBucket(t)
+	repo := fmt.Sprintf("s3://%s/repo?endpoint=%s", bucket, url.QueryEscape("http://"+proxy.Addr))
+	c.ok("init", "--create-bucket", "--repo", repo)
+	proxy.SetResetRate(1) // every connection dies: the server is gone
+	o := c.run("backup", "--retry-max-time", "3s", "--repo", repo, src)
+	if o.code != 1 || !strings.Contains(o.stderr, "connection to http://"+proxy.Addr) || strings.Count(strings.TrimSpace(o.stderr), "\n") > 0 {
+		t.Fatalf("backup with the server gone: exit %d\n%s", o.code, o.stderr)
+	}
+	proxy.SetResetRate(0)
+	list := c.ok("list", "--json", "--repo", repo)
+	var records []any
+	json.Unmarshal([]byte(list.stdout), &records)
+	if len(records) != 0 {
+		t.Fatalf("a failed backup left records: %s", list.stdout)
+	}
+	// The server is back: the next backup completes.
+	c.ok("backup", "--repo", repo, src)
+	b, err := s3store.Open(context.Background(), s3store.Config{Bucket: bucket, Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uploads, _ := b.IncompleteUploads(context.Background()); len(uploads) != 0 {
+		t.Fatalf("incomplete multipart uploads left: %v", uploads)
+	}
+}

@@ -1,0 +1,278 @@
+package hashstore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// A Store on remote storage can keep a local cache so that a nightly
+// incremental of a large unchanged tree costs a handful of requests:
+//
+//   - index files are immutable and named by their own hash, so each is
+//     fetched once and read from disk after that;
+//   - loose objects seen present (listed, stat'ed or uploaded) are
+//     remembered, so they are not asked for again.
+//
+// Only gc removes objects. It writes a marker under gc/ before it deletes
+// anything; a Store that finds the markers changed since its cache was
+// written forgets every remembered object. A cache is an optimisation: a
+// missing or damaged one costs requests, never correctness.
+const gcPrefix = "gc/"
+
+// knownObjects is the remembered set of loose objects.
+type knownObjects struct {
+	mu      sync.Mutex
+	sizes   map[string]int64
+	marker  string // the gc/ markers the set was built under
+	loaded  bool
+	changed bool
+}
+
+// SetCacheDir makes the store keep its local cache in dir (one directory
+// per repository). Without it, nothing is cached.
+func (s *Store) SetCacheDir(dir string) { s.cacheDir = dir }
+
+// gcMarker summarises the gc/ markers: any gc since the cache was written
+// changes it.
+func (s *Store) gcMarker(ctx context.Context) (string, error) {
+	var n int
+	var last string
+	err := s.backend.List(ctx, gcPrefix, func(info Info) error {
+		n++
+		if info.Key > last {
+			last = info.Key
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("list gc markers: %w", err)
+	}
+	return strconv.Itoa(n) + ":" + last, nil
+}
+
+// loadKnown reads the remembered objects once, and forgets them when a gc
+// ran since they were written.
+func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
+	k := &s.known
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.loaded {
+		return k, nil
+	}
+	if k.sizes == nil {
+		k.sizes = map[string]int64{}
+	}
+	k.loaded = true
+	if s.cacheDir == "" {
+		return k, nil
+	}
+	marker, err := s.gcMarker(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k.marker = marker
+	f, err := os.Open(filepath.Join(s.cacheDir, "known"))
+	if err != nil {
+		return k, nil // no cache yet
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 4096)
+	if !sc.Scan() || sc.Text() != "deltabackup-known 1 "+marker {
+		s.logger.Info("repository changed by gc since the local cache was written; asking storage again")
+		k.changed = true
+		return k, nil
+	}
+	for sc.Scan() {
+		h, size, ok := strings.Cut(sc.Text(), " ")
+		n, err := strconv.ParseInt(size, 10, 64)
+		if !ok || err != nil || !ValidHexdigest(h) {
+			k.changed = true // damaged: what was read so far is still right
+			return k, nil
+		}
+		k.sizes[h] = n
+	}
+	return k, nil
+}
+
+// remember adds loose objects known to be stored.
+func (k *knownObjects) remember(h string, size int64) {
+	k.mu.Lock()
+	if k.sizes == nil {
+		k.sizes = map[string]int64{}
+	}
+	if _, ok := k.sizes[h]; !ok {
+		k.sizes[h] = size
+		k.changed = true
+	}
+	k.mu.Unlock()
+}
+
+func (k *knownObjects) lookup(h string) (int64, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	size, ok := k.sizes[h]
+	return size, ok
+}
+
+// SaveCache writes the remembered objects to the cache directory. Call it
+// after a backup succeeded; it does nothing without a cache directory.
+func (s *Store) SaveCache() error {
+	k := &s.known
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if s.cacheDir == "" || !k.loaded || !k.changed {
+		return nil
+	}
+	if err := os.MkdirAll(s.cacheDir, 0o700); err != nil {
+		return fmt.Errorf("save cache: %w", err)
+	}
+	tmp, err := os.CreateTemp(s.cacheDir, ".tmp-known-*")
+	if err != nil {
+		return fmt.Errorf("save cache: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	w := bufio.NewWriter(tmp)
+	fmt.Fprintf(w, "deltabackup-known 1 %s\n", k.marker)
+	for h, size := range k.sizes {
+		fmt.Fprintf(w, "%s %d\n", h, size)
+	}
+	if err := w.Flush(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save cache: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save cache: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(s.cacheDir, "known")); err != nil {
+		return fmt.Errorf("save cache: %w", err)
+	}
+	k.changed = false
+	return nil
+}
+
+// cachedIndexFile returns an index file from the local cache, checked
+// against its name, or nil.
+func (s *Store) cachedIndexFile(key string) []byte {
+	if s.cacheDir == "" {
+		return nil
+	}
+	name := key[len(key)-64:]
+	data, err := os.ReadFile(filepath.Join(s.cacheDir, "index", name))
+	if err != nil || Hexdigest(data) != name {
+		return nil
+	}
+	return data
+}
+
+func (s *Store) cacheIndexFile(key string, data []byte) {
+	if s.cacheDir == "" {
+		return
+	}
+	dir := filepath.Join(s.cacheDir, "index")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil && cerr == nil {
+		_ = os.Rename(tmp.Name(), filepath.Join(dir, key[len(key)-64:]))
+	}
+	os.Remove(tmp.Name())
+}
+
+// listThreshold: more unknown loose objects than this are found by
+// listing objects/ (1,000 keys a request) rather than one HEAD each.
+const listThreshold = 1000
+
+// lookupLoose finds which of hexdigests are stored as loose objects,
+// remembered ones first; the rest by HEAD each, or by one listing of
+// objects/ when that costs fewer requests.
+func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func(i int, size int64)) error {
+	k, err := s.loadKnown(ctx)
+	if err != nil {
+		return err
+	}
+	var unknown []int
+	for i, h := range hexdigests {
+		// Remembered answers only stand in for remote requests; without
+		// a cache the backend is asked, which is cheap and current.
+		if size, ok := k.lookup(h); ok && s.cacheDir != "" {
+			found(i, size)
+		} else {
+			unknown = append(unknown, i)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	k.mu.Lock()
+	remembered := len(k.sizes)
+	k.mu.Unlock()
+	// A listing costs one request per 1,000 loose objects in the
+	// repository; with no better estimate, the remembered ones count.
+	if len(unknown) > listThreshold && len(unknown) > remembered/1000 {
+		present := map[string]int64{}
+		err := s.backend.List(ctx, "objects/", func(info Info) error {
+			h := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
+			if ValidHexdigest(h) && info.Key == ObjectKey(h) {
+				present[h] = info.Size
+				k.remember(h, info.Size)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list objects: %w", err)
+		}
+		for _, i := range unknown {
+			if size, ok := present[hexdigests[i]]; ok {
+				found(i, size)
+			}
+		}
+		return nil
+	}
+	var mu sync.Mutex
+	errs := make(chan error, 1)
+	sem := make(chan struct{}, s.lookupParallel)
+	var wg sync.WaitGroup
+	for _, i := range unknown {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			info, err := s.backend.Stat(ctx, ObjectKey(hexdigests[i]))
+			switch {
+			case err == nil:
+				k.remember(hexdigests[i], info.Size)
+				mu.Lock()
+				found(i, info.Size)
+				mu.Unlock()
+			case !isNotFound(err):
+				select {
+				case errs <- fmt.Errorf("lookup %s: %w", hexdigests[i], err):
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

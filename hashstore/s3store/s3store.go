@@ -1,0 +1,622 @@
+// Package s3store is a hashstore.Backend on Amazon S3 or any S3-compatible
+// server (MinIO, Ceph RGW, Cloudflare R2, versitygw, GCS's interoperability
+// API), through aws-sdk-go-v2. Credentials come from the SDK's standard
+// chain (environment, shared config and credentials files, profiles, web
+// identity, IMDS) and never appear in logs or errors.
+//
+// Objects up to the part size are stored with one PUT; larger or unsized
+// ones with a multipart upload whose parts go up in parallel, and which is
+// aborted when anything fails, so an incomplete upload is never left
+// behind. Every S3 request is counted by operation (Requests).
+package s3store
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+)
+
+// Errors for conditions a user fixes differently. They wrap
+// hashstore.PermanentError, so retries give up at once.
+var (
+	// ErrBucketMissing: the bucket does not exist.
+	ErrBucketMissing = errors.New("bucket does not exist")
+	// ErrAccessDenied: the credentials are rejected or lack permission.
+	ErrAccessDenied = errors.New("access denied")
+)
+
+// Config describes where and how to store.
+type Config struct {
+	Bucket string
+	// Prefix is prepended to every key ("" or ending in "/").
+	Prefix string
+	// Endpoint is the server's URL; empty means AWS, or the standard
+	// AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL environment variables.
+	Endpoint string
+	// Region; empty takes it from the AWS configuration, else us-east-1.
+	Region string
+	// Profile selects a shared-config profile (AWS_PROFILE works too).
+	Profile string
+	// PathStyle forces path-style ("endpoint/bucket/key") or, when false,
+	// virtual-hosted addressing. Nil: path-style for custom endpoints,
+	// virtual-hosted for AWS.
+	PathStyle *bool
+	// InsecureSkipVerify disables TLS certificate checks (test setups only).
+	InsecureSkipVerify bool
+	// CABundle is a PEM file of extra trusted certificate authorities.
+	CABundle string
+	// ConnectTimeout bounds dialing; ReadTimeout bounds how long a
+	// response may stall (the SDK has none for S3 by default).
+	ConnectTimeout time.Duration
+	ReadTimeout    time.Duration
+	// PartSize is the multipart part size, also the largest object sent
+	// with one PUT; UploadConcurrency the parts in flight per upload.
+	PartSize          int64
+	UploadConcurrency int
+	// StorageClass for new objects (STANDARD, STANDARD_IA, ...); empty is
+	// the bucket's default.
+	StorageClass string
+	// CreateBucket creates a missing bucket when the backend opens.
+	CreateBucket bool
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultPartSize          = 8 << 20
+	DefaultUploadConcurrency = 4
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultReadTimeout       = 60 * time.Second
+	minPartSize              = 5 << 20 // S3's minimum for all parts but the last
+)
+
+// Backend stores objects in one bucket under a prefix.
+type Backend struct {
+	client   *s3.Client
+	cfg      Config
+	endpoint string
+	counts   *requestCounts
+	// parts bounds part buffers in flight across all uploads, so memory
+	// stays at about PartSize x (UploadConcurrency+1) however many objects
+	// are uploaded at once.
+	parts chan struct{}
+	pool  sync.Pool
+}
+
+var _ hashstore.Backend = (*Backend)(nil)
+
+// requestCounts counts S3 requests by operation, retries included.
+type requestCounts struct {
+	mu sync.Mutex
+	m  map[string]*atomic.Int64
+}
+
+func (c *requestCounts) BeforeTransmit(ctx context.Context, in *smithyhttp.InterceptorContext) error {
+	op := strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", in.Input), "*s3."), "Input")
+	c.mu.Lock()
+	n := c.m[op]
+	if n == nil {
+		n = new(atomic.Int64)
+		c.m[op] = n
+	}
+	c.mu.Unlock()
+	n.Add(1)
+	return nil
+}
+
+// Requests returns the number of S3 requests sent so far, by operation
+// (PutObject, UploadPart, HeadObject, ListObjectsV2, ...).
+func (b *Backend) Requests() map[string]int64 {
+	b.counts.mu.Lock()
+	defer b.counts.mu.Unlock()
+	out := make(map[string]int64, len(b.counts.m))
+	for op, n := range b.counts.m {
+		out[op] = n.Load()
+	}
+	return out
+}
+
+// String names the backend without credentials.
+func (b *Backend) String() string {
+	s := "s3://" + b.cfg.Bucket + "/" + strings.TrimSuffix(b.cfg.Prefix, "/")
+	if b.endpoint != "" {
+		s += " at " + b.endpoint
+	}
+	return strings.TrimSuffix(s, "/")
+}
+
+// Open connects to the bucket in cfg and checks it exists and is reachable
+// with the credentials at hand (creating it if cfg.CreateBucket).
+func Open(ctx context.Context, cfg Config) (*Backend, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("s3: no bucket given")
+	}
+	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
+		cfg.Prefix += "/"
+	}
+	if cfg.PartSize == 0 {
+		cfg.PartSize = DefaultPartSize
+	}
+	if cfg.PartSize < minPartSize {
+		return nil, fmt.Errorf("s3: part size %d is below S3's minimum of 5 MiB", cfg.PartSize)
+	}
+	if cfg.UploadConcurrency <= 0 {
+		cfg.UploadConcurrency = DefaultUploadConcurrency
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL_S3")
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	pathStyle := endpoint != ""
+	if cfg.PathStyle != nil {
+		pathStyle = *cfg.PathStyle
+	}
+
+	httpClient := awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = cfg.ConnectTimeout }).
+		WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConnsPerHost = 64
+			if cfg.InsecureSkipVerify {
+				if t.TLSClientConfig == nil {
+					t.TLSClientConfig = &tls.Config{}
+				}
+				t.TLSClientConfig.InsecureSkipVerify = true
+			}
+		}).
+		WithReadTimeout(cfg.ReadTimeout)
+	opts := []func(*config.LoadOptions) error{
+		config.WithHTTPClient(httpClient),
+		// Requests (and each part) are retried by the SDK, with backoff;
+		// whole operations by hashstore.WithRetry on top.
+		config.WithRetryMaxAttempts(5),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.Profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(cfg.Profile))
+	}
+	if cfg.CABundle != "" {
+		pem, err := os.ReadFile(cfg.CABundle)
+		if err != nil {
+			return nil, fmt.Errorf("s3: CA bundle: %w", err)
+		}
+		opts = append(opts, config.WithCustomCABundle(bytes.NewReader(pem)))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3: load AWS configuration: %w", err)
+	}
+	if awsCfg.Region == "" {
+		awsCfg.Region = "us-east-1"
+	}
+	counts := &requestCounts{m: map[string]*atomic.Int64{}}
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+		o.UsePathStyle = pathStyle
+		// Checksums only where S3 requires them: every byte is verified
+		// by BLAKE3 anyway, some servers refuse multipart completions that
+		// carry per-part CRCs, and ranged GETs have no whole-object CRC.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		o.DisableLogOutputChecksumValidationSkipped = true
+		o.Interceptors.AddBeforeTransmit(counts)
+	})
+	b := &Backend{client: client, cfg: cfg, endpoint: endpoint, counts: counts,
+		parts: make(chan struct{}, cfg.UploadConcurrency+1)}
+	b.pool.New = func() any { buf := make([]byte, cfg.PartSize); return &buf }
+	if err := b.checkBucket(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// checkBucket tells a missing bucket from refused credentials.
+func (b *Backend) checkBucket(ctx context.Context) error {
+	_, err := b.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.cfg.Bucket)})
+	if err == nil {
+		return nil
+	}
+	if statusCode(err) == http.StatusNotFound || isCode(err, "NoSuchBucket", "NotFound") {
+		if !b.cfg.CreateBucket {
+			return hashstore.Permanent(fmt.Errorf("s3 bucket %q: %w; create it, or pass --create-bucket", b.cfg.Bucket, ErrBucketMissing))
+		}
+		in := &s3.CreateBucketInput{Bucket: aws.String(b.cfg.Bucket)}
+		if region := b.client.Options().Region; region != "" && region != "us-east-1" {
+			in.CreateBucketConfiguration = &types.CreateBucketConfiguration{LocationConstraint: types.BucketLocationConstraint(region)}
+		}
+		if _, err := b.client.CreateBucket(ctx, in); err != nil && !isCode(err, "BucketAlreadyOwnedByYou") {
+			return b.mapErr("create bucket", b.cfg.Bucket, err)
+		}
+		return nil
+	}
+	if statusCode(err) == http.StatusForbidden {
+		// HEAD answers carry no body, so "wrong credentials" and "no
+		// permission" look alike; a one-key listing says which it is.
+		_, lerr := b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(b.cfg.Bucket), MaxKeys: aws.Int32(1)})
+		if lerr != nil {
+			return b.mapErr("open bucket", b.cfg.Bucket, lerr)
+		}
+	}
+	return b.mapErr("open bucket", b.cfg.Bucket, err)
+}
+
+func (b *Backend) key(k string) string { return b.cfg.Prefix + k }
+
+func statusCode(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+func isCode(err error, codes ...string) bool {
+	var ae smithy.APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	for _, c := range codes {
+		if ae.ErrorCode() == c {
+			return true
+		}
+	}
+	return false
+}
+
+// mapErr turns SDK errors into the hashstore vocabulary, with one line a
+// user can act on. The SDK's messages carry no credentials; request IDs
+// and the key are kept.
+func (b *Backend) mapErr(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	switch code := statusCode(err); {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case code == http.StatusNotFound && isCode(err, "NoSuchBucket"):
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: bucket %q: %w", op, key, b.cfg.Bucket, ErrBucketMissing))
+	case code == http.StatusNotFound, isCode(err, "NoSuchKey", "NotFound"):
+		return fmt.Errorf("%s: %w", key, hashstore.ErrNotFound)
+	case code == http.StatusRequestedRangeNotSatisfiable, isCode(err, "InvalidRange"):
+		return fmt.Errorf("s3 %s %s: %w", op, key, hashstore.ErrInvalidRange)
+	case isCode(err, "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: the server rejected the credentials (%s): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile: %w",
+			op, key, apiCode(err), ErrAccessDenied))
+	case code == http.StatusForbidden, isCode(err, "AccessDenied"):
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: access denied to bucket %q: check the credentials and the bucket policy: %w", op, key, b.cfg.Bucket, ErrAccessDenied))
+	case code == http.StatusMovedPermanently, isCode(err, "PermanentRedirect", "AuthorizationHeaderMalformed"):
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: bucket %q is in another region; set --s3-region or AWS_REGION (%s)", op, key, b.cfg.Bucket, apiCode(err)))
+	}
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	switch {
+	case errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial":
+		return fmt.Errorf("s3 %s %s: cannot reach %s: %w", op, key, b.describeEndpoint(), rootCause(err))
+	case errors.As(err, &opErr):
+		return fmt.Errorf("s3 %s %s: connection to %s failed: %w", op, key, b.describeEndpoint(), rootCause(err))
+	}
+	return fmt.Errorf("s3 %s %s: %w", op, key, err)
+}
+
+// rootCause strips the SDK's layers (operation, attempts, URL) down to the
+// network error, for a message that fits on a line.
+func rootCause(err error) error {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr
+	}
+	return err
+}
+
+func apiCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return "unknown"
+}
+
+func (b *Backend) describeEndpoint() string {
+	if b.endpoint != "" {
+		return b.endpoint
+	}
+	return "AWS S3"
+}
+
+// Put implements hashstore.Backend: one PUT for objects up to the part
+// size, a multipart upload above (or when the size is unknown and turns
+// out larger).
+func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if size >= 0 && size <= b.cfg.PartSize {
+		if rs, ok := r.(io.ReadSeeker); ok {
+			return b.putSingle(ctx, key, rs, size)
+		}
+	}
+	// Read the first part: if that is all there is, one PUT does.
+	buf := b.getPart()
+	n, err := io.ReadFull(r, *buf)
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		defer b.putPart(buf)
+		if size >= 0 && int64(n) != size {
+			return fmt.Errorf("put %s: got %d bytes, expected %d", key, n, size)
+		}
+		return b.putSingle(ctx, key, bytes.NewReader((*buf)[:n]), int64(n))
+	case err != nil:
+		b.putPart(buf)
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return b.putMultipart(ctx, key, r, size, buf)
+}
+
+func (b *Backend) putSingle(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	in := &s3.PutObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), Body: body, ContentLength: aws.Int64(size)}
+	if b.cfg.StorageClass != "" {
+		in.StorageClass = types.StorageClass(b.cfg.StorageClass)
+	}
+	_, err := b.client.PutObject(ctx, in)
+	return b.mapErr("put", key, err)
+}
+
+func (b *Backend) getPart() *[]byte {
+	b.parts <- struct{}{}
+	return b.pool.Get().(*[]byte)
+}
+
+func (b *Backend) putPart(buf *[]byte) {
+	b.pool.Put(buf)
+	<-b.parts
+}
+
+// putMultipart uploads first (a full part already read) and the rest of r
+// in parts, at most UploadConcurrency at once, and aborts the upload if
+// anything fails, the context included.
+func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, size int64, first *[]byte) (err error) {
+	create := &s3.CreateMultipartUploadInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key))}
+	if b.cfg.StorageClass != "" {
+		create.StorageClass = types.StorageClass(b.cfg.StorageClass)
+	}
+	out, cerr := b.client.CreateMultipartUpload(ctx, create)
+	if cerr != nil {
+		b.putPart(first)
+		return b.mapErr("put", key, cerr)
+	}
+	uploadID := out.UploadId
+	defer func() {
+		if err != nil {
+			// The caller's context may be what failed: clean up anyway.
+			abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_, _ = b.client.AbortMultipartUpload(abortCtx, &s3.AbortMultipartUploadInput{
+				Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), UploadId: uploadID})
+		}
+	}()
+	var (
+		mu    sync.Mutex
+		parts []types.CompletedPart
+		total int64
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(b.cfg.UploadConcurrency)
+	buf, n := first, len(*first)
+	for number := int32(1); ; number++ {
+		if number > 10000 {
+			b.putPart(buf)
+			g.Wait()
+			return fmt.Errorf("put %s: more than 10,000 parts; raise the part size", key)
+		}
+		part, partNumber := buf, number
+		body := (*part)[:n]
+		total += int64(n)
+		g.Go(func() error {
+			defer b.putPart(part)
+			res, err := b.client.UploadPart(gctx, &s3.UploadPartInput{
+				Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), UploadId: uploadID,
+				PartNumber: aws.Int32(partNumber), Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
+			})
+			if err != nil {
+				return b.mapErr("put part of", key, err)
+			}
+			mu.Lock()
+			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(partNumber)})
+			mu.Unlock()
+			return nil
+		})
+		if gctx.Err() != nil {
+			break
+		}
+		buf = b.getPart()
+		var rerr error
+		n, rerr = io.ReadFull(r, *buf)
+		if rerr == io.EOF || (rerr == io.ErrUnexpectedEOF && n == 0) {
+			b.putPart(buf)
+			break
+		}
+		if rerr != nil && rerr != io.ErrUnexpectedEOF {
+			b.putPart(buf)
+			g.Wait()
+			return fmt.Errorf("put %s: %w", key, rerr)
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if size >= 0 && total != size {
+		return fmt.Errorf("put %s: got %d bytes, expected %d", key, total, size)
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	_, err = b.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), UploadId: uploadID,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	})
+	return b.mapErr("complete upload of", key, err)
+}
+
+// Get implements hashstore.Backend.
+func (b *Backend) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	return b.get(ctx, key, nil)
+}
+
+// GetRange implements hashstore.Backend.
+func (b *Backend) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if offset < 0 {
+		return nil, fmt.Errorf("get %s: negative offset %d: %w", key, offset, hashstore.ErrInvalidRange)
+	}
+	if length == 0 {
+		// S3 has no empty range: check the offset against the size.
+		info, err := b.Stat(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if offset > info.Size {
+			return nil, fmt.Errorf("get %s: offset %d beyond size %d: %w", key, offset, info.Size, hashstore.ErrInvalidRange)
+		}
+		return io.NopCloser(bytes.NewReader(nil)), nil
+	}
+	rng := fmt.Sprintf("bytes=%d-", offset)
+	if length > 0 {
+		rng = fmt.Sprintf("bytes=%d-%d", offset, offset+length-1)
+	}
+	rc, err := b.get(ctx, key, &rng)
+	if errors.Is(err, hashstore.ErrInvalidRange) {
+		// A range starting exactly at the end is empty, not invalid.
+		if info, serr := b.Stat(ctx, key); serr == nil && offset == info.Size {
+			return io.NopCloser(bytes.NewReader(nil)), nil
+		}
+	}
+	return rc, err
+}
+
+func (b *Backend) get(ctx context.Context, key string, rng *string) (io.ReadCloser, error) {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return nil, err
+	}
+	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), Range: rng})
+	if err != nil {
+		return nil, b.mapErr("get", key, err)
+	}
+	return out.Body, nil
+}
+
+// Stat implements hashstore.Backend with HEAD.
+func (b *Backend) Stat(ctx context.Context, key string) (hashstore.Info, error) {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return hashstore.Info{}, err
+	}
+	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key))})
+	if err != nil {
+		return hashstore.Info{}, b.mapErr("stat", key, err)
+	}
+	return hashstore.Info{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
+}
+
+// List implements hashstore.Backend with ListObjectsV2, 1,000 keys a page.
+func (b *Backend) List(ctx context.Context, prefix string, fn func(hashstore.Info) error) error {
+	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{Bucket: aws.String(b.cfg.Bucket), Prefix: aws.String(b.key(prefix))})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return b.mapErr("list", prefix, err)
+		}
+		for _, o := range page.Contents {
+			key := strings.TrimPrefix(aws.ToString(o.Key), b.cfg.Prefix)
+			if err := fn(hashstore.Info{Key: key, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements hashstore.Backend.
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return err
+	}
+	_, err := b.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key))})
+	return b.mapErr("delete", key, err)
+}
+
+// DeleteMany removes keys with DeleteObjects, 1,000 per request.
+func (b *Backend) DeleteMany(ctx context.Context, keys []string) error {
+	for start := 0; start < len(keys); start += 1000 {
+		batch := keys[start:min(start+1000, len(keys))]
+		objs := make([]types.ObjectIdentifier, len(batch))
+		for i, k := range batch {
+			if err := hashstore.ValidateKey(k); err != nil {
+				return err
+			}
+			objs[i] = types.ObjectIdentifier{Key: aws.String(b.key(k))}
+		}
+		out, err := b.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{Bucket: aws.String(b.cfg.Bucket),
+			Delete: &types.Delete{Objects: objs, Quiet: aws.Bool(true)}})
+		if err != nil {
+			return b.mapErr("delete", fmt.Sprintf("%d keys", len(batch)), err)
+		}
+		if len(out.Errors) > 0 {
+			e := out.Errors[0]
+			return fmt.Errorf("s3 delete %s: %s (%d keys failed)", aws.ToString(e.Key), aws.ToString(e.Code), len(out.Errors))
+		}
+	}
+	return nil
+}
+
+// IncompleteUploads lists multipart uploads under the prefix that were
+// neither completed nor aborted.
+func (b *Backend) IncompleteUploads(ctx context.Context) ([]string, error) {
+	out, err := b.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String(b.cfg.Bucket), Prefix: aws.String(b.cfg.Prefix)})
+	if err != nil {
+		return nil, b.mapErr("list uploads", b.cfg.Prefix, err)
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, aws.ToString(u.Key))
+	}
+	return keys, nil
+}
