@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // A Store on remote storage can keep a local cache so that a nightly
@@ -93,7 +95,7 @@ func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
 	for sc.Scan() {
 		h, size, ok := strings.Cut(sc.Text(), " ")
 		n, err := strconv.ParseInt(size, 10, 64)
-		if !ok || err != nil || !ValidHexdigest(h) {
+		if !ok || err != nil || !snapshot.ValidHexdigest(h) {
 			k.changed = true // damaged: what was read so far is still right
 			return k, nil
 		}
@@ -225,7 +227,7 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 		present := map[string]int64{}
 		err := s.backend.List(ctx, "objects/", func(info Info) error {
 			h := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
-			if ValidHexdigest(h) && info.Key == ObjectKey(h) {
+			if snapshot.ValidHexdigest(h) && info.Key == ObjectKey(h) {
 				present[h] = info.Size
 				k.remember(h, info.Size)
 			}

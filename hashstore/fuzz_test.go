@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"testing"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 func FuzzParseObjectHeader(f *testing.F) {
@@ -61,7 +63,7 @@ func FuzzDecodeBackupRecord(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if ValidateBackupName(rec.Name) != nil || !ValidHexdigest(rec.RootHexdigest) {
+		if ValidateBackupName(rec.Name) != nil || !snapshot.ValidHexdigest(rec.RootHexdigest) {
 			t.Fatalf("accepted record %+v", rec)
 		}
 	})

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // Reads of packed objects are coalesced: neighbours in one pack closer than
@@ -40,7 +42,7 @@ func (s *Store) GetMany(ctx context.Context, hexdigests []string, fn func(hexdig
 		}
 		seen[h] = true
 		var id [32]byte
-		if !ValidHexdigest(h) {
+		if !snapshot.ValidHexdigest(h) {
 			ix.mu.RUnlock()
 			return fmt.Errorf("get: invalid hexdigest %q", h)
 		}

@@ -119,21 +119,6 @@ func ParseObjectHeader(b []byte) (ObjectHeader, error) {
 	return ObjectHeader{Codec: c, DecodedSize: int64(size)}, nil
 }
 
-// ValidHexdigest reports whether s is a lower-case 64-character BLAKE3-256
-// hexdigest.
-func ValidHexdigest(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
 // Hexdigest returns the BLAKE3-256 hexdigest of data.
 func Hexdigest(data []byte) string {
 	sum := blake3.Sum256(data)
@@ -244,3 +229,52 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 }
 
 func (v *verifyingReader) Close() error { return v.closer() }
+
+// VerifyReader passes on the bytes of r and, where they end, fails with a
+// CorruptObjectError (instead of io.EOF) unless there were exactly size of
+// them and they hash to hexdigest. For content from sources that are not
+// trusted, such as peers.
+func VerifyReader(r io.Reader, hexdigest string, size int64) io.Reader {
+	src := &sourceReader{r: r}
+	v := &verifyingReader{decoded: io.LimitReader(src, size+1), source: src, hexdigest: hexdigest, want: size, hasher: GetHasher()}
+	return &releasingReader{v: v}
+}
+
+// Verifying is a reader that checks, where its content ends, that it was
+// exactly the content of one object, and fails instead of ending when it
+// was not. Readers of the content can then skip hashing it again.
+type Verifying interface {
+	io.Reader
+	// Verifies returns the hexdigest and size the reader checks.
+	Verifies() (hexdigest string, size int64)
+}
+
+// IsVerifying reports whether r checks that its content is exactly size
+// bytes hashing to hexdigest.
+func IsVerifying(r io.Reader, hexdigest string, size int64) bool {
+	v, ok := r.(Verifying)
+	if !ok {
+		return false
+	}
+	h, n := v.Verifies()
+	return h == hexdigest && n == size
+}
+
+// Verifies implements Verifying.
+func (v *verifyingReader) Verifies() (string, int64) { return v.hexdigest, v.want }
+
+// releasingReader gives the hasher back once the verdict is in.
+type releasingReader struct{ v *verifyingReader }
+
+// Verifies implements Verifying.
+func (r *releasingReader) Verifies() (string, int64) { return r.v.Verifies() }
+
+func (r *releasingReader) Read(p []byte) (int, error) {
+	n, err := r.v.Read(p)
+	if err != nil && r.v.hasher != nil {
+		PutHasher(r.v.hasher)
+		r.v.hasher = nil
+		r.v.err = err // later reads repeat the verdict
+	}
+	return n, err
+}

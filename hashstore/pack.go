@@ -15,6 +15,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // Packs hold many small objects in one stored file, so that a backup of
@@ -326,7 +328,7 @@ func (p *Packer) AddHashed(ctx context.Context, hexdigest string, content []byte
 	if len(content) > 1<<30 {
 		return PutResult{}, fmt.Errorf("pack %s: %d bytes is too large for a pack", hexdigest, len(content))
 	}
-	if !ValidHexdigest(hexdigest) {
+	if !snapshot.ValidHexdigest(hexdigest) {
 		return PutResult{}, fmt.Errorf("pack: invalid hexdigest %q", hexdigest)
 	}
 	var id [32]byte
@@ -493,7 +495,7 @@ type Location struct {
 
 // Locate returns where the object hexdigest is stored, or ErrNotFound.
 func (s *Store) Locate(ctx context.Context, hexdigest string) (Location, error) {
-	if !ValidHexdigest(hexdigest) {
+	if !snapshot.ValidHexdigest(hexdigest) {
 		return Location{}, fmt.Errorf("locate: invalid hexdigest %q", hexdigest)
 	}
 	pack, loc, packed, err := s.lookupPacked(ctx, hexdigest)

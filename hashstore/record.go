@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // ErrBackupExists is returned by PutBackup when the name is taken.
@@ -65,7 +67,7 @@ func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return err
 	}
-	if !ValidHexdigest(rec.RootHexdigest) {
+	if !snapshot.ValidHexdigest(rec.RootHexdigest) {
 		return fmt.Errorf("backup %s: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
 	}
 	if _, err := s.backend.Stat(ctx, backupKey(rec.Name)); err == nil {
@@ -100,7 +102,7 @@ func DecodeBackupRecord(data []byte) (BackupRecord, error) {
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return BackupRecord{}, err
 	}
-	if !ValidHexdigest(rec.RootHexdigest) {
+	if !snapshot.ValidHexdigest(rec.RootHexdigest) {
 		return BackupRecord{}, fmt.Errorf("backup record %q: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
 	}
 	return rec, nil

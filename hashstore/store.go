@@ -17,6 +17,8 @@ import (
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
+
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // Repository format errors, for callers that branch on them.
@@ -175,7 +177,7 @@ const (
 // hexdigest or its length is not size, nothing is stored and the error
 // wraps ErrContentMismatch.
 func (s *Store) Put(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
-	if !ValidHexdigest(hexdigest) {
+	if !snapshot.ValidHexdigest(hexdigest) {
 		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
 	}
 	if size < 0 || size > maxDecodedSize {
@@ -210,7 +212,7 @@ func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, 
 // PutBytes stores content, which must hash to hexdigest, as a loose
 // object. Content that does not match is refused with ErrContentMismatch.
 func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
-	if !ValidHexdigest(hexdigest) {
+	if !snapshot.ValidHexdigest(hexdigest) {
 		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
 	}
 	if got := Hexdigest(content); got != hexdigest {
@@ -428,7 +430,7 @@ func (o *ObjectReader) Size() int64 { return o.header.DecodedSize }
 // object is ErrNotFound; damaged bytes are a CorruptObjectError
 // (ErrCorrupt), from Get or from a Read.
 func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error) {
-	if !ValidHexdigest(hexdigest) {
+	if !snapshot.ValidHexdigest(hexdigest) {
 		return nil, fmt.Errorf("get: invalid hexdigest %q", hexdigest)
 	}
 	pack, loc, packed, err := s.lookupPacked(ctx, hexdigest)
@@ -559,7 +561,7 @@ func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInf
 	ix.mu.RLock()
 	for i, h := range hexdigests {
 		var id [32]byte
-		if !ValidHexdigest(h) {
+		if !snapshot.ValidHexdigest(h) {
 			ix.mu.RUnlock()
 			return nil, fmt.Errorf("lookup: invalid hexdigest %q", h)
 		}

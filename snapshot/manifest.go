@@ -142,7 +142,9 @@ func ValidatePath(p string) error {
 	return nil
 }
 
-func validHexdigest(s string) bool {
+// ValidHexdigest reports whether s is a lower-case 64-character BLAKE3-256
+// hexdigest.
+func ValidHexdigest(s string) bool {
 	if len(s) != 64 {
 		return false
 	}
@@ -178,7 +180,7 @@ func (m *Manifest) Validate() error {
 	}
 	sizes := make(map[string]int64, len(m.Hashes))
 	for _, h := range m.Hashes {
-		if !validHexdigest(h.Hexdigest) {
+		if !ValidHexdigest(h.Hexdigest) {
 			return fmt.Errorf("manifest hash %q: not a hexdigest", h.Hexdigest)
 		}
 		if h.Size < 0 || h.Size > maxFileSize {
@@ -270,7 +272,7 @@ func (f File) validate(sizes map[string]int64) error {
 	if f.ContentB64 != "" {
 		return errors.New("has both a hexdigest and embedded content")
 	}
-	if !validHexdigest(f.Hexdigest) {
+	if !ValidHexdigest(f.Hexdigest) {
 		return fmt.Errorf("invalid hexdigest %q", f.Hexdigest)
 	}
 	size, ok := sizes[f.Hexdigest]

@@ -1,0 +1,141 @@
+package snapshot
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/zeebo/blake3"
+)
+
+// ErrUnavailable is what Objects.Open returns for content it does not
+// know, or whose file changed since it was hashed.
+var ErrUnavailable = errors.New("object not available")
+
+// Objects serves the contents of a directory by hexdigest, using a
+// snapshot of it to know which file holds which content: what a node
+// offers its peers. A file is served only while its size and mtime are
+// those of the snapshot, and its bytes are hashed while they are read, so
+// a file that changed is answered "unavailable" or its transfer fails;
+// wrong bytes are never passed on as good.
+type Objects struct {
+	mu     sync.RWMutex
+	root   string
+	byHash map[string]objectFile
+}
+
+type objectFile struct {
+	rel     string
+	size    int64
+	mtimeNs int64
+}
+
+// NewObjects indexes the files of a snapshot result.
+func NewObjects(res *Result) *Objects {
+	o := &Objects{}
+	o.Update(res)
+	return o
+}
+
+// Update replaces the index with a newer snapshot of the same directory.
+func (o *Objects) Update(res *Result) {
+	byHash := make(map[string]objectFile, len(res.Manifest.Hashes))
+	for _, f := range res.Manifest.Files {
+		if f.Embedded() {
+			continue
+		}
+		if _, dup := byHash[f.Hexdigest]; !dup {
+			byHash[f.Hexdigest] = objectFile{rel: f.RelativePath, size: f.FileSize, mtimeNs: f.MtimeNs}
+		}
+	}
+	o.mu.Lock()
+	o.root, o.byHash = res.ReadRoot, byHash
+	o.mu.Unlock()
+}
+
+// Name describes the directory.
+func (o *Objects) Name() string {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return "directory " + o.root
+}
+
+// Count is the number of distinct contents known.
+func (o *Objects) Count() int64 {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return int64(len(o.byHash))
+}
+
+// Has returns the sizes of the hexdigests the snapshot knows.
+func (o *Objects) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	out := map[string]int64{}
+	for _, h := range hexdigests {
+		if f, ok := o.byHash[h]; ok {
+			out[h] = f.size
+		}
+	}
+	return out, nil
+}
+
+// Open returns a reader of the content hexdigest from the file that held
+// it, and its size. The reader fails, rather than ends, if what it read
+// does not hash to hexdigest or the file changed meanwhile.
+func (o *Objects) Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
+	o.mu.RLock()
+	f, ok := o.byHash[hexdigest]
+	root := o.root
+	o.mu.RUnlock()
+	if !ok {
+		return nil, 0, ErrUnavailable
+	}
+	file, err := openNoFollow(filepath.Join(root, filepath.FromSlash(f.rel)))
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %s: %v", ErrUnavailable, f.rel, unwrapPathError(err))
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(file.Fd()), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
+		st.Size != f.size || st.Mtim.Nano() != f.mtimeNs {
+		file.Close()
+		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
+	}
+	return &checkedFile{f: file, want: hexdigest, size: f.size, h: blake3.New()}, f.size, nil
+}
+
+// checkedFile hashes what it reads and turns the end into an error when
+// the content was not the one promised.
+type checkedFile struct {
+	f    *os.File
+	want string
+	size int64
+	read int64
+	h    *blake3.Hasher
+}
+
+func (c *checkedFile) Read(p []byte) (int, error) {
+	if int64(len(p)) > c.size-c.read+1 {
+		p = p[:c.size-c.read+1]
+	}
+	n, err := c.f.Read(p)
+	c.h.Write(p[:n])
+	c.read += int64(n)
+	if c.read > c.size {
+		return n, fmt.Errorf("%w: file grew while it was read", ErrUnavailable)
+	}
+	if err == io.EOF {
+		if c.read != c.size || hex.EncodeToString(c.h.Sum(nil)) != c.want {
+			return n, fmt.Errorf("%w: file changed while it was read", ErrUnavailable)
+		}
+	}
+	return n, err
+}
+
+func (c *checkedFile) Close() error { return c.f.Close() }
