@@ -2,16 +2,18 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // Source is somewhere objects can be fetched from by hexdigest: a
-// repository, or (later) a live peer.
+// repository (StoreSource) or a live peer (hashstore/peer.Client).
 type Source interface {
 	// String names the source in plans and messages; it must not reveal
 	// credentials.
@@ -59,8 +61,13 @@ type Plan struct {
 	Holders map[string][]int
 	// Bytes is the number of content bytes assigned to each source.
 	Bytes []int64
+	// Objects is the number of contents assigned to each source.
+	Objects []int
 	// Unavailable contents are held by no source.
 	Unavailable []snapshot.Hash
+	// SourceErrors holds, per source, why it could not be asked what it
+	// holds (nil when it answered); such a source gets no work.
+	SourceErrors []error
 }
 
 // MakePlan asks every source which of needed it holds and assigns each
@@ -73,25 +80,51 @@ func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*P
 	for i, h := range needed {
 		hexdigests[i] = h.Hexdigest
 	}
-	holders := make(map[string][]int, len(needed))
+	// Sources are asked at once: a slow or dead peer costs its timeout
+	// once, not once per source after it.
+	sourceErrors := make([]error, len(sources))
+	lacking := make([]map[string]bool, len(sources))
+	var wg sync.WaitGroup
 	for i, src := range sources {
-		missing, err := src.Missing(ctx, hexdigests)
-		if err != nil {
-			return nil, fmt.Errorf("ask %s which contents it holds: %w", src, err)
+		wg.Go(func() {
+			missing, err := src.Missing(ctx, hexdigests)
+			if err != nil {
+				// A dead peer must not stop the restore: the others may
+				// hold everything.
+				sourceErrors[i] = fmt.Errorf("ask %s which contents it holds: %w", src, err)
+				return
+			}
+			lacks := make(map[string]bool, len(missing))
+			for _, h := range missing {
+				lacks[h] = true
+			}
+			lacking[i] = lacks
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	holders := make(map[string][]int, len(needed))
+	answered := 0
+	for i := range sources {
+		if sourceErrors[i] != nil {
+			continue
 		}
-		lacks := make(map[string]bool, len(missing))
-		for _, h := range missing {
-			lacks[h] = true
-		}
+		answered++
 		for _, h := range hexdigests {
-			if !lacks[h] {
+			if !lacking[i][h] {
 				holders[h] = append(holders[h], i)
 			}
 		}
 	}
+	if answered == 0 {
+		return nil, errors.Join(sourceErrors...)
+	}
 	order := append([]snapshot.Hash(nil), needed...)
 	sort.SliceStable(order, func(i, j int) bool { return order[i].Size > order[j].Size })
-	plan := &Plan{Sources: sources, Holders: make(map[string][]int, len(needed)), Bytes: make([]int64, len(sources))}
+	plan := &Plan{Sources: sources, Holders: make(map[string][]int, len(needed)), Bytes: make([]int64, len(sources)),
+		Objects: make([]int, len(sources)), SourceErrors: sourceErrors}
 	for _, h := range order {
 		hs := holders[h.Hexdigest]
 		if len(hs) == 0 {
@@ -107,6 +140,7 @@ func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*P
 		hs[0], hs[best] = hs[best], hs[0]
 		plan.Holders[h.Hexdigest] = hs
 		plan.Bytes[hs[0]] += h.Size
+		plan.Objects[hs[0]]++
 	}
 	return plan, nil
 }

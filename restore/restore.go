@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/deltabackup/deltabackup/hashstore"
@@ -34,8 +35,12 @@ type Options struct {
 	// Target is the directory to restore into; it is created if missing
 	// and may hold a partial earlier restore.
 	Target string
-	// Parallel bounds concurrent downloads and file checks.
+	// Parallel bounds concurrent file checks and embedded-file writes, and
+	// is the default for PerSource.
 	Parallel int
+	// PerSource bounds concurrent downloads from each source; sources
+	// download in parallel with each other.
+	PerSource int
 	// Progress counts files and bytes restored.
 	Progress *progress.Progress
 	// Logger receives per-file failures.
@@ -165,6 +170,9 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
 	}
+	if opts.PerSource <= 0 {
+		opts.PerSource = opts.Parallel
+	}
 	if opts.Target == "" {
 		return nil, errors.New("restore: no target directory given")
 	}
@@ -202,6 +210,13 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		return nil, err
 	}
 	r.res.Plan = plan
+	for i, err := range plan.SourceErrors {
+		if err != nil {
+			r.logger.Warn("source left out of the restore", "err", err)
+			continue
+		}
+		r.logger.Info("restore plan", "source", sources[i].String(), "objects", plan.Objects[i], "bytes", plan.Bytes[i])
+	}
 	r.perSrc = make([]atomic.Int64, len(sources))
 	for _, h := range plan.Unavailable {
 		where := make([]string, len(sources))
@@ -458,130 +473,10 @@ const (
 	batchObjectMax = 1 << 20
 )
 
-func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string]*group, embedded []snapshot.File) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.opts.Parallel)
-	for _, f := range embedded {
-		g.Go(func() error {
-			content, _ := f.Content()
-			if err := r.writeEmbedded(f, content); err != nil {
-				if gctx.Err() != nil {
-					return gctx.Err()
-				}
-				r.fail(f.RelativePath, "", err)
-				return nil
-			}
-			atomic.AddInt64(&r.res.FilesWritten, 1)
-			r.done(f.FileSize)
-			return nil
-		})
-	}
-	// Large objects one by one, largest first so none starts last and runs
-	// alone; small objects in batches per source, in path order, so that
-	// neighbours in a pack are read together.
-	var singles []*group
-	batches := make(map[int][]*group)
-	for _, gr := range groups {
-		first := plan.Holders[gr.hexdigest][0]
-		if _, ok := plan.Sources[first].(BatchSource); ok && gr.size <= batchObjectMax {
-			batches[first] = append(batches[first], gr)
-		} else {
-			singles = append(singles, gr)
-		}
-	}
-	sort.Slice(singles, func(i, j int) bool { return singles[i].size > singles[j].size })
-	for _, gr := range singles {
-		g.Go(func() error { return r.restoreGroup(gctx, plan, gr) })
-	}
-	for si, grs := range batches {
-		sort.Slice(grs, func(i, j int) bool { return grs[i].paths[0] < grs[j].paths[0] })
-		for start := 0; start < len(grs); {
-			end, bytes := start, int64(0)
-			for end < len(grs) && end-start < batchObjects && (bytes < batchBytes || end == start) {
-				bytes += grs[end].size
-				end++
-			}
-			batch := grs[start:end]
-			start = end
-			g.Go(func() error { return r.restoreBatch(gctx, plan, si, batch) })
-		}
-	}
-	return g.Wait()
-}
-
-// restoreBatch fetches a batch of small objects from one source; an object
-// that fails there is tried again from every holder, one by one.
-func (r *restorer) restoreBatch(ctx context.Context, plan *Plan, si int, batch []*group) error {
-	byHash := make(map[string]*group, len(batch))
-	hexdigests := make([]string, len(batch))
-	for i, gr := range batch {
-		byHash[gr.hexdigest] = gr
-		hexdigests[i] = gr.hexdigest
-	}
-	src := plan.Sources[si].(BatchSource)
-	var retry []*group
-	err := src.GetMany(ctx, hexdigests, func(h string, rd io.Reader, err error) error {
-		gr := byHash[h]
-		if gr == nil {
-			return nil
-		}
-		delete(byHash, h)
-		var tmp *tempFile
-		if err == nil {
-			tmp, err = r.fetchInto(ctx, rd, gr)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r.logger.Warn("download failed", "object", h, "source", src.String(), "err", err)
-			retry = append(retry, gr)
-			return nil
-		}
-		r.perSrc[si].Add(gr.size)
-		r.finishGroup(gr, tmp)
-		return nil
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.logger.Warn("batch download failed", "source", src.String(), "err", err)
-	}
-	for _, gr := range byHash { // never handed to fn
-		retry = append(retry, gr)
-	}
-	for _, gr := range retry {
-		if err := r.restoreGroup(ctx, plan, gr); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// restoreGroup fetches one content, trying the sources that hold it in
-// plan order, and writes it to every path that needs it. Only
-// cancellation is returned; failures are recorded per file.
-func (r *restorer) restoreGroup(ctx context.Context, plan *Plan, gr *group) error {
-	var errs []error
-	for _, si := range plan.Holders[gr.hexdigest] {
-		tmp, err := r.download(ctx, plan.Sources[si], gr)
-		if err == nil {
-			r.perSrc[si].Add(gr.size)
-			r.finishGroup(gr, tmp)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.logger.Warn("download failed", "object", gr.hexdigest, "source", plan.Sources[si].String(), "err", err)
-		errs = append(errs, fmt.Errorf("from %s: %w", plan.Sources[si], err))
-	}
-	err := errors.Join(errs...)
-	for _, rel := range gr.paths {
-		r.fail(rel, gr.hexdigest, err)
-	}
-	return nil
+// written counts one file written.
+func (r *restorer) written(size int64) {
+	atomic.AddInt64(&r.res.FilesWritten, 1)
+	r.done(size)
 }
 
 // finishGroup writes a downloaded content, in temporary file tmp, to every
@@ -599,15 +494,13 @@ func (r *restorer) finishGroup(gr *group, tmp *tempFile) {
 			r.fail(f.RelativePath, gr.hexdigest, err)
 			continue
 		}
-		atomic.AddInt64(&r.res.FilesWritten, 1)
-		r.done(f.FileSize)
+		r.written(f.FileSize)
 	}
 	if err := r.commit(tmp, gr.files[0]); err != nil {
 		r.fail(gr.files[0].RelativePath, gr.hexdigest, err)
 		return
 	}
-	atomic.AddInt64(&r.res.FilesWritten, 1)
-	r.done(gr.size)
+	r.written(gr.size)
 }
 
 func (r *restorer) tempName(rel string) string {
@@ -651,35 +544,32 @@ func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
 	return r.commit(t, f)
 }
 
-// download fetches the content of gr from src into a temporary file next
-// to its first path.
-func (r *restorer) download(ctx context.Context, src Source, gr *group) (*tempFile, error) {
-	rc, err := src.Get(ctx, gr.hexdigest)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return r.fetchInto(ctx, rc, gr)
-}
-
 // fetchInto writes the content read from rd into a temporary file next to
 // the first path of gr, checking size and BLAKE3 before it is kept: restore
-// verifies every byte whatever the source promises.
+// verifies every byte whatever the source promises. A reader that checks
+// the content itself (hashstore.Verifying, from a repository or a peer
+// client) fails instead of ending when it is wrong, so the bytes are not
+// hashed twice.
 func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tempFile, error) {
 	t, err := r.createTemp(gr.paths[0])
 	if err != nil {
 		return nil, err
 	}
 	preallocate(t.f, gr.size)
-	h := hashstore.GetHasher()
-	defer hashstore.PutHasher(h)
+	var h *blake3.Hasher
+	var w io.Writer = t.f
+	if !hashstore.IsVerifying(rd, gr.hexdigest, gr.size) {
+		h = hashstore.GetHasher()
+		defer hashstore.PutHasher(h)
+		w = io.MultiWriter(t.f, h)
+	}
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	n, err := io.CopyBuffer(io.MultiWriter(t.f, h), io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
+	n, err := io.CopyBuffer(w, io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
 	if err == nil && n != gr.size {
 		err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: fmt.Sprintf("source sent %d bytes or more, want %d", n, gr.size)}
 	}
-	if err == nil {
+	if err == nil && h != nil {
 		if got := hex.EncodeToString(h.Sum(nil)); got != gr.hexdigest {
 			err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: "content hashes to " + got}
 		}
