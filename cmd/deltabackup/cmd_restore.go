@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/restore"
 )
@@ -40,16 +44,25 @@ type failedFile struct {
 }
 
 func newRestoreCommand(g *globals) *cobra.Command {
-	var parallel int
+	var parallel, perSource int
+	var from []string
+	var noRepoSource bool
+	var peerToken, peerCA string
 	cmd := &cobra.Command{
-		Use:   "restore --repo PATH [flags] BACKUP TARGET",
+		Use:   "restore --repo URL [--from URL]... [flags] BACKUP TARGET",
 		Short: "Restore a backup (a name or 'latest') into a directory",
 		Long: `restore writes BACKUP into TARGET, which is created if missing. Every
 content is verified before it is written, written to a temporary name and
 renamed into place; modes, mtimes, symlinks and empty directories are
 restored. Running restore again after an interruption or a failure only
 fetches files that are missing or differ. Files that cannot be restored are
-listed and the exit code is 1; all other files are restored.`,
+listed and the exit code is 1; all other files are restored.
+
+With --from, contents also come from peers (nodes running 'deltabackup
+serve') and other repositories: each source is asked which contents it
+holds, contents are assigned largest first to the least-loaded source
+holding them, and sources download in parallel. A source that fails or
+falls behind hands its work to the others; -v shows bytes per source.`,
 		Args: exactArgs(2, "a backup name (or 'latest') and a target directory"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -65,9 +78,27 @@ listed and the exit code is 1; all other files are restored.`,
 			if err != nil {
 				return err
 			}
+			var sources []restore.Source
+			if !noRepoSource {
+				sources = append(sources, restore.StoreSource(store))
+			}
+			token, err := readToken(peerToken)
+			if err != nil {
+				return err
+			}
+			for _, location := range from {
+				src, err := openSource(ctx, g, location, peer.ClientOptions{Token: token, CABundle: peerCA})
+				if err != nil {
+					return err
+				}
+				sources = append(sources, src)
+			}
+			if len(sources) == 0 {
+				return usagef("--no-repo-source needs at least one --from source")
+			}
 			ps, stopProgress := g.showProgress(ctx, "restore")
-			res, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{
-				Target: args[1], Parallel: parallel, Progress: ps[0], Logger: g.logger,
+			res, err := restore.Restore(ctx, m, sources, restore.Options{
+				Target: args[1], Parallel: parallel, PerSource: perSource, Progress: ps[0], Logger: g.logger,
 			})
 			stopProgress()
 			var incomplete *restore.IncompleteError
@@ -110,6 +141,48 @@ listed and the exit code is 1; all other files are restored.`,
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&parallel, "parallel", restore.DefaultParallel, "objects downloaded and files checked at once")
+	fl := cmd.Flags()
+	fl.IntVar(&parallel, "parallel", restore.DefaultParallel, "files checked and written at once")
+	fl.IntVar(&perSource, "per-source", 0, "downloads at once from each source (default: --parallel)")
+	fl.StringArrayVar(&from, "from", nil, "another source of contents (repeatable): a peer running 'deltabackup serve' (http://host:port, https://host:port) or another repository")
+	fl.BoolVar(&noRepoSource, "no-repo-source", false, "take only the backup's manifest from --repo, and every content from the --from sources")
+	fl.StringVar(&peerToken, "peer-token-file", "", "file holding the bearer token for peers")
+	fl.StringVar(&peerCA, "peer-ca-bundle", "", "PEM file of extra certificate authorities for https peers")
 	return cmd
+}
+
+// openSource turns a --from location into a restore source: a peer for
+// http(s) URLs, a repository otherwise.
+func openSource(ctx context.Context, g *globals, location string, opts peer.ClientOptions) (restore.Source, error) {
+	if strings.HasPrefix(location, "http://") || strings.HasPrefix(location, "https://") {
+		c, err := peer.NewClient(location, opts)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		if _, err := c.Health(ctx); err != nil {
+			g.logger.Warn("peer does not answer; its share goes to the other sources", "peer", location, "err", err)
+		}
+		return c, nil
+	}
+	s, err := openStoreAt(ctx, g, location)
+	if err != nil {
+		return nil, fmt.Errorf("--from %s: %w", location, err)
+	}
+	return restore.StoreSource(s), nil
+}
+
+// readToken reads a bearer token from a file ("" for none).
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return token, nil
 }

@@ -1,6 +1,3 @@
-// Command deltabackup backs up data directories to a content-addressed
-// repository and restores them. The logic lives in the library packages;
-// this command owns flags, repository URLs, output and exit codes.
 package main
 
 import (
@@ -126,7 +123,7 @@ could not be read (they are listed), 130 interrupted.`,
 	pf.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile (go tool pprof) to this file at the end")
 	_ = pf.MarkHidden("cpu-profile")
 	_ = pf.MarkHidden("mem-profile")
-	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g))
+	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g))
 	return root
 }
 

@@ -20,7 +20,11 @@ import (
 // needed. s3://bucket/prefix is S3 or an S3-compatible server, wrapped in
 // retries.
 func (g *globals) openBackend(ctx context.Context) (hashstore.Backend, error) {
-	location := g.repo
+	return g.openBackendAt(ctx, g.repo)
+}
+
+// openBackendAt opens the backend of a repository location.
+func (g *globals) openBackendAt(ctx context.Context, location string) (hashstore.Backend, error) {
 	if location == "" {
 		return nil, usagef("no repository given: use --repo PATH or set DELTABACKUP_REPO")
 	}
@@ -96,14 +100,19 @@ func redact(u *url.URL) string {
 // openStore opens an existing repository, with a message that says what
 // to do when there is none.
 func openStore(ctx context.Context, g *globals) (*hashstore.Store, error) {
-	b, err := g.openBackend(ctx)
+	return openStoreAt(ctx, g, g.repo)
+}
+
+// openStoreAt opens the repository at location.
+func openStoreAt(ctx context.Context, g *globals, location string) (*hashstore.Store, error) {
+	b, err := g.openBackendAt(ctx, location)
 	if err != nil {
 		return nil, err
 	}
 	if l, ok := b.(*hashstore.Local); ok {
 		fi, err := os.Stat(l.Root())
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("repository %s does not exist; create it with 'deltabackup init --repo %s'", l.Root(), g.repo)
+			return nil, fmt.Errorf("repository %s does not exist; create it with 'deltabackup init --repo %s'", l.Root(), location)
 		}
 		if err == nil && !fi.IsDir() {
 			return nil, fmt.Errorf("repository %s is a file, not a directory", l.Root())
@@ -111,7 +120,7 @@ func openStore(ctx context.Context, g *globals) (*hashstore.Store, error) {
 	}
 	s, err := hashstore.Open(ctx, b, g.logger)
 	if err != nil {
-		return nil, hint(err, g.repo)
+		return nil, hint(err, location)
 	}
 	if _, local := b.(*hashstore.Local); !local {
 		// Remote storage: index files and known objects are cached so an

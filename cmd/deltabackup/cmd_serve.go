@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deltabackup/deltabackup/hashstore/peer"
+	"github.com/deltabackup/deltabackup/snapshot"
+)
+
+type serveFlags struct {
+	listen, source, tokenFile, tlsCert, tlsKey, node string
+	rescan                                           time.Duration
+	perClient                                        int
+	throttle                                         sizeValue
+	corruptForTesting                                bool
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve [--listen ADDR] [--repo URL] [--source DIR] [--token-file F] [--tls-cert F --tls-key F]",
+		Short: "Serve objects by hexdigest to peers restoring from this node",
+		Long: `serve answers other nodes' restores (restore --from http://this-node:7333)
+with the contents of a repository (--repo) and/or of a live data directory
+(--source DIR: the directory is snapshotted at start, and again every
+--rescan, to know which file holds which content). Files that changed since
+are answered "not available", never with wrong bytes. It serves nothing
+else: no paths, no listings.
+
+It listens on 127.0.0.1 unless told otherwise; on any other address it
+requires --token-file (clients send the token with --peer-token-file).`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd.Context(), g, &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:7333", "address to listen on")
+	fl.StringVar(&f.source, "source", "", "a data directory whose contents to serve")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token clients must present")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM); with --tls-key, serve https")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	fl.StringVar(&f.node, "node", "", "name of this node in health answers (default: the host name)")
+	fl.DurationVar(&f.rescan, "rescan", 10*time.Minute, "snapshot --source again this often, to serve new and changed files (0: only at start)")
+	fl.IntVar(&f.perClient, "per-client", 8, "requests served at once for one client address")
+	fl.Var(&f.throttle, "throttle", "send at most this many bytes per second, all transfers together (for tests and benchmarks)")
+	fl.BoolVar(&f.corruptForTesting, "corrupt-for-testing", false, "flip a byte of everything served (to test clients)")
+	_ = fl.MarkHidden("throttle")
+	_ = fl.MarkHidden("corrupt-for-testing")
+	return cmd
+}
+
+func runServe(ctx context.Context, g *globals, f *serveFlags) error {
+	if g.repo == "" && f.source == "" {
+		return usagef("serve needs --repo, --source, or both")
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	token, err := readToken(f.tokenFile)
+	if err != nil {
+		return err
+	}
+	host, _, err := net.SplitHostPort(f.listen)
+	if err != nil {
+		return usagef("--listen %q: %v", f.listen, err)
+	}
+	if ip := net.ParseIP(host); token == "" && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+		return usagef("--listen %s is not a loopback address: anyone who can reach it could read your data; give a --token-file", f.listen)
+	}
+	node := f.node
+	if node == "" {
+		node, _ = os.Hostname()
+	}
+	var providers []peer.Provider
+	if f.source != "" {
+		objects, err := g.snapshotForServing(ctx, f.source)
+		if err != nil {
+			return err
+		}
+		providers = append(providers, objects)
+		if f.rescan > 0 {
+			go g.rescanLoop(ctx, f.source, f.rescan, objects)
+		}
+	}
+	if g.repo != "" {
+		store, err := openStore(ctx, g)
+		if err != nil {
+			return err
+		}
+		providers = append(providers, peer.StoreProvider{Store: store})
+	}
+	srv := peer.NewServer(peer.ServerOptions{Node: node, Token: token, PerClient: f.perClient,
+		Throttle: int64(f.throttle), CorruptForTesting: f.corruptForTesting, Logger: g.logger}, providers...)
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	scheme := "http"
+	if f.tlsCert != "" {
+		scheme = "https"
+	}
+	httpServer := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	var count int64
+	for _, p := range providers {
+		count += p.Count()
+	}
+	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	if g.json {
+		_ = g.printJSON(map[string]any{"message_type": "serving", "url": url, "objects": count, "node": node})
+	} else {
+		g.printf("serving %d objects on %s\n", count, url)
+	}
+	// A signal is how a server is meant to stop: requests in flight get
+	// a few seconds to finish, then serve exits 0.
+	stopped := make(chan error, 1)
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopped <- httpServer.Shutdown(shutdown)
+	}()
+	if f.tlsCert != "" {
+		err = httpServer.ServeTLS(ln, f.tlsCert, f.tlsKey)
+	} else {
+		err = httpServer.Serve(ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	if err := <-stopped; err != nil {
+		g.logger.Warn("requests still running when serve stopped", "err", err)
+	}
+	g.logger.Info("serve stopped")
+	return nil
+}
+
+// snapshotForServing snapshots dir (with a stat cache of its own, so a
+// restart is quick) and indexes its contents.
+func (g *globals) snapshotForServing(ctx context.Context, dir string) (*snapshot.Objects, error) {
+	res, err := g.snapshotDir(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot.NewObjects(res), nil
+}
+
+func (g *globals) snapshotDir(ctx context.Context, dir string) (*snapshot.Result, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	opts := snapshot.DefaultOptions(abs)
+	opts.Logger = g.logger
+	if base := g.cacheBase(); base != "" {
+		cache, err := snapshot.OpenStatCache(snapshot.StatCachePath(filepath.Join(base, "serve"), "serve", abs))
+		if err != nil {
+			g.logger.Warn("stat cache unusable", "err", err)
+		}
+		opts.Cache = cache
+	}
+	s, err := snapshot.New(opts)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res, err := s.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Cache != nil {
+		if err := opts.Cache.Save(); err != nil {
+			g.logger.Warn("stat cache not saved", "err", err)
+		}
+	}
+	g.logger.Info("snapshot of the served directory", "dir", s.Src(), "files", len(res.Manifest.Files), "read_bytes", res.HashedBytes, "seconds", time.Since(start).Seconds())
+	return res, nil
+}
+
+func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duration, objects *snapshot.Objects) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			res, err := g.snapshotDir(ctx, dir)
+			if err != nil {
+				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
+				continue
+			}
+			objects.Update(res)
+		}
+	}
+}
