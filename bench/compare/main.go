@@ -1,15 +1,3 @@
-// Command compare measures deltabackup against restic, kopia and borg on the
-// same machine in one run: full backup, no-change backup, incremental after
-// a 1% change, and restore, each with wall time, CPU time and peak RSS from
-// /usr/bin/time -v, plus repository size and file count. It writes a
-// Markdown table and a JSON file with every run.
-//
-//	go run ./bench/compare -small                # quick: 1/10 of each data set
-//	go run ./bench/compare -install -go-peers    # apt peers + restic 0.18.1 and kopia 0.22.3
-//
-// Data sets are generated deterministically under -work: src (a copy of
-// $(go env GOROOT)), tiny (200,000 files of 1-4 KiB in 400 dirs) and big
-// (4 x 1 GiB random + 1 GiB compressible text).
 package main
 
 import (
@@ -29,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/deltabackup/deltabackup/bench/internal/benchutil"
 )
 
 type config struct {
@@ -91,7 +81,7 @@ func run(c config) error {
 	}
 	bin := filepath.Join(c.work, "bin")
 	os.MkdirAll(bin, 0o755)
-	if err := buildDeltabackup(bin); err != nil {
+	if _, err := benchutil.BuildDeltabackup(bin); err != nil {
 		return err
 	}
 	if c.install {
@@ -102,7 +92,7 @@ func run(c config) error {
 			return err
 		}
 	}
-	res := results{Machine: machine(), Datasets: map[string]string{}}
+	res := results{Machine: benchutil.Machine(), Datasets: map[string]string{}}
 	for _, ds := range c.datasets {
 		dir, desc, err := generate(c, ds)
 		if err != nil {
@@ -110,7 +100,7 @@ func run(c config) error {
 		}
 		res.Datasets[ds] = desc
 		log.Printf("data set %s: %s", ds, desc)
-		warm(dir)
+		benchutil.Warm(dir)
 		for _, name := range c.tools {
 			t := findTool(name, bin, c.work)
 			if t == nil {
@@ -129,15 +119,6 @@ func run(c config) error {
 		writeOutputs(c, res) // after every data set, so a long run leaves partial results
 	}
 	return writeOutputs(c, res)
-}
-
-func buildDeltabackup(bin string) error {
-	cmd := exec.Command("go", "build", "-o", filepath.Join(bin, "deltabackup"), "./cmd/deltabackup")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build deltabackup (run from the repository root): %w", err)
-	}
-	return nil
 }
 
 func installDebianPeers() {
@@ -192,25 +173,6 @@ func buildGoPeers(work, bin string) error {
 		}
 	}
 	return nil
-}
-
-func machine() map[string]string {
-	m := map[string]string{"date": time.Now().UTC().Format(time.RFC3339)}
-	if out, err := exec.Command("nproc").Output(); err == nil {
-		m["nproc"] = strings.TrimSpace(string(out))
-	}
-	if out, err := exec.Command("uname", "-r").Output(); err == nil {
-		m["kernel"] = strings.TrimSpace(string(out))
-	}
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				m["cpu"] = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
-				break
-			}
-		}
-	}
-	return m
 }
 
 // generate creates (once) and returns the directory of a data set.
@@ -354,19 +316,6 @@ func genBig(dir string, scale int) error {
 		}
 	}
 	return write("text.log", func(n int) []byte { return text(r, n) })
-}
-
-// warm reads a data set once so every tool starts with the page cache warm.
-func warm(dir string) {
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if f, err := os.Open(p); err == nil {
-				io.Copy(io.Discard, f)
-				f.Close()
-			}
-		}
-		return nil
-	})
 }
 
 // change rewrites about 1% of the bytes of a data set, differently for
@@ -661,7 +610,7 @@ func hashRows(c config, bin, dir string) []measurement {
 	for _, e := range entries {
 		files = append(files, filepath.Join(dir, e.Name()))
 	}
-	nproc := machine()["nproc"]
+	nproc := benchutil.Machine()["nproc"]
 	b3 := &tool{name: "b3sum"}
 	db := &tool{name: "deltabackup bench"}
 	for _, threads := range []string{"1", nproc} {
@@ -682,18 +631,6 @@ func hashRows(c config, bin, dir string) []measurement {
 		}
 	}
 	return ms
-}
-
-func median(xs []float64) float64 {
-	sort.Float64s(xs)
-	n := len(xs)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return xs[n/2]
-	}
-	return (xs[n/2-1] + xs[n/2]) / 2
 }
 
 type row struct {
@@ -726,7 +663,7 @@ func summarize(ms []measurement) []row {
 				r.repoBytes, r.repoFiles = m.RepoBytes, m.RepoFiles
 			}
 		}
-		r.wall, r.cpu, r.rss = median(wall), median(cpu), median(rss)
+		r.wall, r.cpu, r.rss = benchutil.Median(wall), benchutil.Median(cpu), benchutil.Median(rss)
 		rows = append(rows, r)
 	}
 	return rows
