@@ -31,6 +31,9 @@ type peerFixture struct {
 	mem     *hashstore.Memory
 	m       *snapshot.Manifest
 	objects *snapshot.Objects
+	// warnings counts what the last restore warned about: a restore from
+	// healthy sources warns about nothing.
+	warnings atomic.Int64
 }
 
 // newPeerFixture writes many files of similar sizes (so bytes can be
@@ -110,7 +113,8 @@ func (f *peerFixture) serve(t testing.TB, s *peer.Server, wrap func(http.Handler
 func (f *peerFixture) restore(t testing.TB, sources []restore.Source) (*restore.Result, string, error) {
 	t.Helper()
 	target := filepath.Join(t.TempDir(), "out")
-	res, err := restore.Restore(context.Background(), f.m, sources, restore.Options{Target: target, PerSource: 4, Logger: testLogger(t)})
+	f.warnings.Store(0)
+	res, err := restore.Restore(context.Background(), f.m, sources, restore.Options{Target: target, PerSource: 4, Logger: testLogger(t, &f.warnings)})
 	return res, target, err
 }
 
@@ -141,6 +145,9 @@ func TestRestoreFromThreePeersAndRepository(t *testing.T) {
 			t.Errorf("source %s delivered nothing (plan %v, fetched %v)", sources[i], res.Plan.Bytes, res.BytesPerSource)
 		}
 	}
+	if n := f.warnings.Load(); n != 0 {
+		t.Errorf("a restore from healthy sources logged %d warnings", n)
+	}
 	t.Logf("planned %v, fetched %v", res.Plan.Bytes, res.BytesPerSource)
 }
 
@@ -162,6 +169,9 @@ func TestFastRepositoryTakesOverPeersWork(t *testing.T) {
 		t.Fatalf("the fast repository fetched only %d of its planned %d bytes; it should have taken over peers' work (fetched %v)",
 			res.BytesPerSource[0], res.Plan.Bytes[0], res.BytesPerSource)
 	}
+	if n := f.warnings.Load(); n != 0 {
+		t.Errorf("copies and take-overs among healthy sources logged %d warnings", n)
+	}
 	t.Logf("planned %v, fetched %v", res.Plan.Bytes, res.BytesPerSource)
 }
 
@@ -178,6 +188,9 @@ func TestSlowPeerHandsItsWorkToOthers(t *testing.T) {
 	if res.BytesPerSource[0] >= res.Plan.Bytes[0]/2 {
 		t.Fatalf("the slow peer delivered %d of the %d bytes planned for it; the fast ones should have taken most of it (fetched %v)",
 			res.BytesPerSource[0], res.Plan.Bytes[0], res.BytesPerSource)
+	}
+	if n := f.warnings.Load(); n != 0 {
+		t.Errorf("a slow but healthy peer caused %d warnings", n)
 	}
 	t.Logf("planned %v, fetched %v", res.Plan.Bytes, res.BytesPerSource)
 }
@@ -269,13 +282,35 @@ func TestDeadPeerAtPlanningIsLeftOut(t *testing.T) {
 	}
 }
 
-// testLogger logs through t.Log, with debug messages when DELTABACKUP_TEST_DEBUG is set.
-func testLogger(t testing.TB) *slog.Logger {
+// testLogger logs through t.Log, with debug messages when
+// DELTABACKUP_TEST_DEBUG is set, and counts warnings.
+func testLogger(t testing.TB, warnings *atomic.Int64) *slog.Logger {
 	level := slog.LevelWarn
 	if os.Getenv("DELTABACKUP_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
+	return slog.New(countingHandler{slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}), warnings})
+}
+
+// countingHandler counts the records at warning level and above.
+type countingHandler struct {
+	slog.Handler
+	warnings *atomic.Int64
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warnings.Add(1)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return countingHandler{h.Handler.WithAttrs(attrs), h.warnings}
+}
+
+func (h countingHandler) WithGroup(name string) slog.Handler {
+	return countingHandler{h.Handler.WithGroup(name), h.warnings}
 }
 
 type tWriter struct{ t testing.TB }

@@ -30,7 +30,7 @@ import (
 // So a slow source slows no one, a dead one stops no one, and an object
 // fails only when no source that holds it can deliver it.
 
-// sourceFailures is how many failures in a row drop a source.
+// sourceFailures is how many failed requests in a row drop a source.
 const sourceFailures = 3
 
 // speculateAfter is how long an object must have been in flight before a
@@ -53,7 +53,8 @@ const rateWarmup = 50 * time.Millisecond
 type item struct {
 	gr       *group
 	held     []bool // sources that hold it, per the plan
-	tried    []bool // sources that failed to deliver it
+	tried    []bool // sources that failed to deliver it (and may not retry)
+	retried  []bool // sources given a second try, having been the last hope
 	errs     []error
 	done     bool
 	attempts []*attempt
@@ -67,16 +68,61 @@ type attempt struct {
 	// through is the size of this object and of those before it in its
 	// request: objects arrive in request order.
 	through int64
+	closed  bool
 }
 
 // request is one download call of a worker: one object, or a batch.
 // It is cancelled once none of its objects is still wanted from it.
 type request struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	src    *sourceState
-	open   int // its objects not yet delivered, by it or another source
-	got    atomic.Int64
+	ctx     context.Context
+	cancel  context.CancelFunc
+	src     *sourceState
+	open    int // its objects not yet delivered, by it or another source
+	objects int
+	got     atomic.Int64
+	failed  bool // counted as one failure of its source, however many objects it carried
+}
+
+// settle ends si's attempt on it and returns its request, and whether the
+// scheduler had cancelled it (so a failure is not the source's fault).
+// Called with s.mu held.
+func (s *scheduler) settle(si int, it *item) (req *request, cancelled bool) {
+	st := s.sources[si]
+	for k, a := range it.attempts {
+		if a.source == si {
+			it.attempts = append(it.attempts[:k], it.attempts[k+1:]...)
+			st.inflight -= it.gr.size
+			st.settled += a.got.Load()
+			cancelled = a.req.ctx.Err() != nil
+			a.close()
+			return a.req, cancelled
+		}
+	}
+	return &request{}, false
+}
+
+// markDone records that it arrived; other attempts on it are no longer
+// needed. Called with s.mu held.
+func (s *scheduler) markDone(it *item) {
+	it.done = true
+	delete(s.flying, it)
+	s.pending--
+	for _, a := range it.attempts {
+		a.close()
+	}
+}
+
+// close marks the attempt as no longer needed, once: a request whose
+// objects all arrived, from it or elsewhere, is cancelled, and a batch goes
+// on while it still carries objects nobody else delivered.
+func (a *attempt) close() {
+	if a.closed {
+		return
+	}
+	a.closed = true
+	if a.req.open--; a.req.open == 0 {
+		a.req.cancel()
+	}
 }
 
 // countingReader counts what an attempt, its request and its source have
@@ -185,7 +231,8 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string
 	// in path order, so neighbours in a pack are read together.
 	items := make([]*item, 0, len(groups))
 	for _, gr := range groups {
-		it := &item{gr: gr, held: make([]bool, len(plan.Sources)), tried: make([]bool, len(plan.Sources))}
+		n := len(plan.Sources)
+		it := &item{gr: gr, held: make([]bool, n), tried: make([]bool, n), retried: make([]bool, n)}
 		for _, h := range plan.Holders[gr.hexdigest] {
 			it.held[h] = true
 		}
@@ -509,7 +556,7 @@ func (s *scheduler) start(si int, items []*item, why string) (*request, []*item)
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	st := s.sources[si]
-	req := &request{ctx: ctx, cancel: cancel, src: st, open: len(items)}
+	req := &request{ctx: ctx, cancel: cancel, src: st, open: len(items), objects: len(items)}
 	now := time.Now()
 	if st.started.IsZero() {
 		st.started = now
@@ -583,31 +630,14 @@ func (s *scheduler) progressOf(si int, it *item) *attempt {
 func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 	s.mu.Lock()
 	st := s.sources[si]
-	for k, a := range it.attempts {
-		if a.source == si {
-			it.attempts = append(it.attempts[:k], it.attempts[k+1:]...)
-			st.inflight -= it.gr.size
-			st.settled += a.got.Load()
-			a.req.open--
-			break
-		}
-	}
+	req, cancelled := s.settle(si, it)
 	if err == nil {
 		if it.done { // another source was faster
 			s.mu.Unlock()
 			tmp.abort()
 			return
 		}
-		it.done = true
-		delete(s.flying, it)
-		for _, a := range it.attempts {
-			// The slower copy is not needed; a batch goes on while it
-			// still carries objects nobody else delivered.
-			if a.req.open--; a.req.open == 0 {
-				a.req.cancel()
-			}
-		}
-		s.pending--
+		s.markDone(it)
 		st.failures = 0
 		s.cond.Broadcast()
 		s.mu.Unlock()
@@ -620,10 +650,21 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 	if it.done || s.ctx.Err() != nil {
 		return // cancelled because a copy arrived, or the restore stops
 	}
+	if cancelled {
+		if len(it.attempts) == 0 {
+			s.reassign(it)
+		}
+		return
+	}
 	it.tried[si] = true
 	it.errs = append(it.errs, fmt.Errorf("from %s: %w", st.src, err))
-	st.failures++
-	s.r.logger.Warn("download failed", "object", it.gr.hexdigest, "source", st.src.String(), "err", err)
+	s.r.logger.Debug("download failed", "object", it.gr.hexdigest, "source", st.src.String(), "err", err)
+	if !req.failed && !st.failed {
+		// One broken batch is one failure, and one warning.
+		req.failed = true
+		st.failures++
+		s.r.logger.Warn("download failed; its objects go to other sources", "source", st.src.String(), "objects", req.objects, "err", err)
+	}
 	if st.failures >= sourceFailures && !st.failed {
 		st.failed = true
 		s.r.logger.Warn("source dropped after failing repeatedly; its work moves to the others", "source", st.src.String(), "err", err)
@@ -649,6 +690,18 @@ func (s *scheduler) reassign(it *item) {
 		}
 		if best < 0 || s.sources[h].queued < s.sources[best].queued {
 			best = h
+		}
+	}
+	if best < 0 {
+		// Every holder failed it once: a source still in service gets a
+		// second try, since one broken connection is no verdict on an
+		// object only it holds.
+		for _, h := range s.plan.Holders[it.gr.hexdigest] {
+			if !it.retried[h] && !s.sources[h].failed {
+				it.retried[h], it.tried[h] = true, false
+				best = h
+				break
+			}
 		}
 	}
 	if best >= 0 {

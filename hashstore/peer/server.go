@@ -258,7 +258,12 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
 	if _, err := io.Copy(s.throttled(r.Context(), w), s.corrupt(body)); err != nil {
 		// The bytes sent so far may not be the object's: break the
 		// connection so the client sees an incomplete answer.
-		s.logger.Warn("transfer stopped", "object", hexdigest, "err", err)
+		if r.Context().Err() != nil {
+			// The client hung up: it took the object elsewhere or stopped.
+			s.logger.Debug("transfer stopped: client went away", "object", hexdigest, "err", err)
+		} else {
+			s.logger.Warn("transfer stopped", "object", hexdigest, "err", err)
+		}
 		panic(http.ErrAbortHandler)
 	}
 }
