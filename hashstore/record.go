@@ -122,20 +122,28 @@ func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, erro
 		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
 	}
 	if len(data) > maxRecordSize {
-		return BackupRecord{}, fmt.Errorf("backup record %s is larger than %d bytes", name, maxRecordSize)
+		return BackupRecord{}, &damagedRecordError{fmt.Errorf("backup record %s is larger than %d bytes", name, maxRecordSize)}
 	}
 	rec, err := DecodeBackupRecord(data)
 	if err != nil {
-		return BackupRecord{}, fmt.Errorf("backup %s: %w", name, err)
+		return BackupRecord{}, &damagedRecordError{fmt.Errorf("backup %s: %w", name, err)}
 	}
 	if rec.Name != name {
-		return BackupRecord{}, fmt.Errorf("backup %s: record names itself %q", name, rec.Name)
+		return BackupRecord{}, &damagedRecordError{fmt.Errorf("backup %s: record names itself %q", name, rec.Name)}
 	}
 	return rec, nil
 }
 
+// damagedRecordError is a record that was read but is not a valid record.
+type damagedRecordError struct{ err error }
+
+func (e *damagedRecordError) Error() string { return e.err.Error() }
+func (e *damagedRecordError) Unwrap() error { return e.err }
+
 // Backups returns every backup record, oldest first (by end time, then
-// name). A record that cannot be decoded is an error naming it.
+// name). A record that cannot be read or decoded is left out with a
+// warning naming it, so one damaged record does not hide the others;
+// 'deltabackup verify' reports it. Storage errors are errors.
 func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 	var names []string
 	err := s.backend.List(ctx, "backups/", func(info Info) error {
@@ -151,6 +159,11 @@ func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 	records := make([]BackupRecord, 0, len(names))
 	for _, name := range names {
 		rec, err := s.readBackup(ctx, name)
+		var damaged *damagedRecordError
+		if errors.As(err, &damaged) {
+			s.logger.Warn("backup record is damaged and left out; run 'deltabackup verify'", "backup", name, "err", err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -88,15 +88,8 @@ func LoadManifest(ctx context.Context, store *hashstore.Store, name string) (has
 	if err != nil {
 		return hashstore.BackupRecord{}, nil, err
 	}
-	data, err := store.ReadAll(ctx, rec.RootHexdigest, snapshot.MaxManifestSize)
-	if err != nil {
-		return rec, nil, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
-	}
-	m, err := snapshot.DecodeManifest(data)
-	if err != nil {
-		return rec, nil, fmt.Errorf("backup %s: %w", rec.Name, err)
-	}
-	return rec, m, nil
+	m, err := store.Manifest(ctx, rec)
+	return rec, m, err
 }
 
 const tempPrefix = ".deltabackup-tmp-"

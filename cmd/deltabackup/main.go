@@ -123,7 +123,7 @@ could not be read (they are listed), 130 interrupted.`,
 	pf.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile (go tool pprof) to this file at the end")
 	_ = pf.MarkHidden("cpu-profile")
 	_ = pf.MarkHidden("mem-profile")
-	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g))
+	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g))
 	return root
 }
 
