@@ -523,13 +523,18 @@ func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([
 	if o.Size() > maxSize {
 		return nil, fmt.Errorf("object %s declares %d bytes, more than the limit of %d", hexdigest, o.Size(), maxSize)
 	}
-	data := make([]byte, o.Size())
-	if _, err := io.ReadFull(o, data); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &CorruptObjectError{hexdigest, "decodes to fewer bytes than its header declares"}
-		}
+	// The header's size is untrusted until the content hashes right: the
+	// buffer grows with the bytes that really arrive, so a tiny object
+	// claiming gigabytes costs nothing.
+	buf := bytes.NewBuffer(make([]byte, 0, min(o.Size(), 1<<20)))
+	n, err := io.Copy(buf, io.LimitReader(o, o.Size()))
+	if err != nil {
 		return nil, err
 	}
+	if n < o.Size() {
+		return nil, &CorruptObjectError{hexdigest, "decodes to fewer bytes than its header declares"}
+	}
+	data := buf.Bytes()
 	// The verifying reader checks size and hash when it sees the end.
 	var probe [1]byte
 	if n, err := o.Read(probe[:]); n != 0 || err != io.EOF {

@@ -107,6 +107,11 @@ type restorer struct {
 	mu     sync.Mutex
 	failed []FileError
 
+	// stop ends the whole restore when the target cannot take more (disk
+	// full, quota, read-only): going on would only fail every other file.
+	stop    context.CancelCauseFunc
+	stopped atomic.Pointer[TargetFullError]
+
 	// dirs caches one os.Root per directory, so an operation on a file is
 	// one syscall on its base name instead of a walk over every component
 	// of its path; still confined to that directory.
@@ -178,7 +183,9 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
 	defer root.Close()
-	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}, fresh: fresh}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}, fresh: fresh, stop: stop}
 	defer r.closeDirs()
 	if r.logger == nil {
 		r.logger = slog.New(slog.DiscardHandler)
@@ -222,10 +229,16 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 		delete(groups, h.Hexdigest)
 	}
 	if err := r.writeFiles(ctx, plan, groups, embedded); err != nil {
+		if full := r.stopped.Load(); full != nil {
+			return nil, full
+		}
 		return nil, err
 	}
 	if err := r.makeSymlinks(ctx); err != nil {
 		return nil, err
+	}
+	if full := r.stopped.Load(); full != nil {
+		return nil, full
 	}
 	if err := r.setDirMetadata(); err != nil {
 		return nil, err
@@ -261,6 +274,9 @@ func isEmptyOrMissing(dir string) bool {
 }
 
 func (r *restorer) fail(rel, hexdigest string, err error) {
+	if r.targetFull(rel, err) {
+		return
+	}
 	r.logger.Warn("file not restored", "path", rel, "err", err)
 	r.mu.Lock()
 	r.failed = append(r.failed, FileError{Path: rel, Hexdigest: hexdigest, Err: err})
@@ -508,6 +524,7 @@ type tempFile struct {
 	f    *os.File
 	dir  *os.Root
 	name string
+	rel  string // the entry it will become
 }
 
 // createTemp creates a temporary file next to the entry rel.
@@ -515,9 +532,27 @@ func (r *restorer) createTemp(rel string) (*tempFile, error) {
 	dir, name := r.at(r.tempName(rel))
 	f, err := dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, &TargetError{Path: rel, Err: err}
 	}
-	return &tempFile{f: f, dir: dir, name: name}, nil
+	return &tempFile{f: f, dir: dir, name: name, rel: rel}, nil
+}
+
+// writeHook, for tests on machines that cannot mount a small file system,
+// fails writes into the target as a full disk would.
+var writeHook func(p []byte) error
+
+// Write tags write errors as the target's, not the source's.
+func (t *tempFile) Write(p []byte) (int, error) {
+	if writeHook != nil {
+		if err := writeHook(p); err != nil {
+			return 0, &TargetError{Path: t.rel, Err: err}
+		}
+	}
+	n, err := t.f.Write(p)
+	if err != nil {
+		err = &TargetError{Path: t.rel, Err: err}
+	}
+	return n, err
 }
 
 func (t *tempFile) abort() {
@@ -530,7 +565,7 @@ func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.f.Write(content); err != nil {
+	if _, err := t.Write(content); err != nil {
 		t.abort()
 		return err
 	}
@@ -550,11 +585,11 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tem
 	}
 	preallocate(t.f, gr.size)
 	var h *blake3.Hasher
-	var w io.Writer = t.f
+	var w io.Writer = t
 	if !hashstore.IsVerifying(rd, gr.hexdigest, gr.size) {
 		h = hashstore.GetHasher()
 		defer hashstore.PutHasher(h)
-		w = io.MultiWriter(t.f, h)
+		w = io.MultiWriter(t, h)
 	}
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
@@ -581,7 +616,7 @@ func (r *restorer) copyLocal(from *tempFile, size int64, rel string) (*tempFile,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.Copy(t.f, io.NewSectionReader(from.f, 0, size)); err != nil {
+	if _, err := io.Copy(t, io.NewSectionReader(from.f, 0, size)); err != nil {
 		t.abort()
 		return nil, err
 	}
@@ -698,4 +733,45 @@ func (c contextReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// TargetError is a failure to write into the restore target, as opposed
+// to a failure of a source: it never counts against a source.
+type TargetError struct {
+	Path string
+	Err  error
+}
+
+func (e *TargetError) Error() string { return "restore target: " + e.Path + ": " + e.Err.Error() }
+func (e *TargetError) Unwrap() error { return e.Err }
+
+// TargetFullError ends a restore whose target cannot take more: a full
+// disk, an exhausted quota or a read-only file system.
+type TargetFullError struct {
+	Target string
+	Path   string // the file being written when it happened
+	Err    error
+	Need   int64 // bytes of the backup's files
+}
+
+func (e *TargetFullError) Error() string {
+	return fmt.Sprintf("restore target %s: %v (writing %s); the backup's files need %s: make room and run the same restore again, files already restored are kept and not fetched again",
+		e.Target, e.Err, e.Path, progress.FormatBytes(e.Need))
+}
+
+func (e *TargetFullError) Unwrap() error { return e.Err }
+
+// targetFull stops the restore if err says the target cannot take more,
+// and reports whether it did.
+func (r *restorer) targetFull(rel string, err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) || (errno != syscall.ENOSPC && errno != syscall.EDQUOT && errno != syscall.EROFS) {
+		return false
+	}
+	full := &TargetFullError{Target: r.opts.Target, Path: rel, Err: errno, Need: r.m.TotalBytes()}
+	if r.stopped.CompareAndSwap(nil, full) {
+		r.logger.Error("restore stopped: the target cannot take more", "path", rel, "err", errno)
+		r.stop(full)
+	}
+	return true
 }

@@ -656,6 +656,15 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 		}
 		return
 	}
+	var target *TargetError
+	if errors.As(err, &target) {
+		// The target, not the source, failed: another source would fare
+		// no better, and a full target stops the restore.
+		if !s.r.targetFull(target.Path, err) {
+			s.failAtTarget(it, err)
+		}
+		return
+	}
 	it.tried[si] = true
 	it.errs = append(it.errs, fmt.Errorf("from %s: %w", st.src, err))
 	s.r.logger.Debug("download failed", "object", it.gr.hexdigest, "source", st.src.String(), "err", err)
@@ -727,6 +736,20 @@ func (s *scheduler) giveUp(it *item) {
 		reason = errors.New("every source holding it was dropped after failing")
 	}
 	err := fmt.Errorf("object %s could not be fetched (held by %s): %w", it.gr.hexdigest, strings.Join(where, ", "), reason)
+	for _, rel := range it.gr.paths {
+		s.r.fail(rel, it.gr.hexdigest, err)
+	}
+}
+
+// failAtTarget fails the files of it because the target refused them.
+// Called with s.mu held.
+func (s *scheduler) failAtTarget(it *item, err error) {
+	if it.done {
+		return
+	}
+	it.done = true
+	delete(s.flying, it)
+	s.pending--
 	for _, rel := range it.gr.paths {
 		s.r.fail(rel, it.gr.hexdigest, err)
 	}
