@@ -1,12 +1,14 @@
 package hashstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -99,6 +101,13 @@ func (r *retrying) Unwrap() Backend { return r.Backend }
 // String names the wrapped backend.
 func (r *retrying) String() string { return describe(r.Backend) }
 
+// maxRetryBuffer is the largest streamed body Put holds in memory to be
+// able to retry it: a pack (DefaultPackSize) with room to spare.
+const maxRetryBuffer = 4 * DefaultPackSize
+
+// retryBuffers are reused: a backup stores pack after pack.
+var retryBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // do runs op until it succeeds, fails for good, or the policy is spent.
 func (r *retrying) do(ctx context.Context, what, key string, op func() error) error {
 	start := time.Now()
@@ -132,7 +141,26 @@ func (r *retrying) backoff(attempt int) time.Duration {
 func (r *retrying) Put(ctx context.Context, key string, body io.Reader, size int64) error {
 	seeker, rewindable := body.(io.Seeker)
 	if !rewindable {
-		return r.Backend.Put(ctx, key, body, size)
+		if size > maxRetryBuffer || size > DefaultPackSize {
+			// A large object streamed from its file: one attempt, since
+			// holding it would cost its size in memory (S3 retries each
+			// part of it).
+			return r.Backend.Put(ctx, key, body, size)
+		}
+		// A streamed body (a pack being filled, say) cannot be rewound:
+		// hold it, so a put that fails part way can be made again.
+		buf := retryBuffers.Get().(*bytes.Buffer)
+		defer retryBuffers.Put(buf)
+		buf.Reset()
+		n, err := buf.ReadFrom(io.LimitReader(body, maxRetryBuffer+1))
+		if err != nil {
+			return fmt.Errorf("put %s: read body: %w", key, err)
+		}
+		if n > maxRetryBuffer { // size was unknown and is large
+			return r.Backend.Put(ctx, key, io.MultiReader(bytes.NewReader(buf.Bytes()), body), size)
+		}
+		body, size = bytes.NewReader(buf.Bytes()), n
+		seeker = body.(io.Seeker)
 	}
 	start, err := seeker.Seek(0, io.SeekCurrent)
 	if err != nil {

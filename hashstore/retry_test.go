@@ -79,12 +79,27 @@ func TestRetriedPutRewindsAndShortWritesStoreNothing(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("after retried torn puts the object holds %d bytes, want %d", len(got), len(data))
 	}
-	// A body that cannot be rewound is not retried.
+	// A streamed body (a pack, of unknown size) is held and retried.
 	f.AddRule(faultstore.Rule{Op: faultstore.Put, FailFirst: 1 + f.Calls(faultstore.Put)})
-	if err := b.Put(ctx, "objects/q", io.MultiReader(bytes.NewReader(data)), int64(len(data))); err == nil {
-		t.Fatal("a put whose body cannot be rewound was retried")
+	if err := b.Put(ctx, "packs/q", io.MultiReader(bytes.NewReader(data)), -1); err != nil {
+		t.Fatalf("a streamed pack was not retried: %v", err)
+	}
+	rc, _ = mem.Get(ctx, "packs/q")
+	if got, _ := io.ReadAll(rc); !bytes.Equal(got, data) {
+		t.Fatalf("the retried pack holds %d bytes, want %d", len(got), len(data))
+	}
+	// A large streamed object is not held in memory, so not retried.
+	f.ClearRules()
+	f.AddRule(faultstore.Rule{Op: faultstore.Put, FailFirst: 1 + f.Calls(faultstore.Put)})
+	large := int64(hashstore.DefaultPackSize + 1)
+	if err := b.Put(ctx, "objects/r", io.LimitReader(zeros{}, large), large); err == nil {
+		t.Fatal("a large streamed put was retried (its body must have been held in memory)")
 	}
 }
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 func TestBrokenDownloadsResume(t *testing.T) {
 	ctx := context.Background()

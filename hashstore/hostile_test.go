@@ -1,0 +1,103 @@
+package hashstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/deltabackup/deltabackup/snapshot"
+)
+
+// allocated returns the bytes fn allocates on the heap.
+func allocated(fn func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestUntrustedSizesDoNotDriveAllocation stores tiny objects whose headers
+// claim huge contents, and oversized or deeply nested records: each must
+// be refused as corrupt or invalid without allocating what it claims.
+func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
+	ctx := context.Background()
+	const budget = 80 << 20 // the zstd decoder's window bound, with room
+	var zstdFrame bytes.Buffer
+	enc, _ := zstd.NewWriter(&zstdFrame)
+	enc.Write([]byte("tiny"))
+	enc.Close()
+	objects := map[string][]byte{
+		"raw claiming 4 GiB":  append(ObjectHeader{Codec: CodecRaw, DecodedSize: snapshot.MaxManifestSize}.marshal(), "only ten b"...),
+		"zstd claiming 4 GiB": append(ObjectHeader{Codec: CodecZstd, DecodedSize: snapshot.MaxManifestSize}.marshal(), zstdFrame.Bytes()...),
+		"s2 claiming 1 MiB":   append(ObjectHeader{Codec: CodecS2, DecodedSize: maxS2Size}.marshal(), 0x01, 0x00),
+		"s2 claiming 64 TiB":  append(ObjectHeader{Codec: CodecS2, DecodedSize: maxDecodedSize}.marshal(), 0x01, 0x00),
+		"header only":         ObjectHeader{Codec: CodecRaw, DecodedSize: 1 << 40}.marshal(),
+		"truncated header":    []byte("DBOB\x01"),
+	}
+	for name, stored := range objects {
+		t.Run(name, func(t *testing.T) {
+			mem := NewMemory()
+			s, _ := Init(ctx, mem, nil)
+			key := Hexdigest([]byte(name))
+			mem.Put(ctx, ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
+			var err error
+			n := allocated(func() { _, err = s.ReadAll(ctx, key, snapshot.MaxManifestSize) })
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrCorrupt) && !strings.Contains(err.Error(), "limit") {
+				t.Errorf("error %v is neither corrupt nor over a limit", err)
+			}
+			if !strings.Contains(err.Error(), key) {
+				t.Errorf("error %v does not name the object", err)
+			}
+			if n > budget {
+				t.Errorf("allocated %d bytes for a %d-byte object", n, len(stored))
+			}
+		})
+	}
+
+	records := map[string]string{
+		"oversized":     `{"version":1,"name":"big","node":"` + strings.Repeat("x", maxRecordSize) + `"}`,
+		"deeply nested": `{"version":1,"name":"deep","stats":` + strings.Repeat(`{"a":`, 200000) + `1` + strings.Repeat(`}`, 200000) + `}`,
+		"huge number":   `{"version":1,"name":"num","stats":{"files":1` + strings.Repeat("0", 5000) + `}}`,
+		"not an object": `[` + strings.Repeat(`"x",`, 1000) + `"x"]`,
+		"path name":     `{"version":1,"name":"../../etc/passwd","root_hexdigest":"` + Hexdigest(nil) + `"}`,
+		"invalid UTF-8": "{\"version\":1,\"name\":\"ok\",\"node\":\"\xff\xfe\",\"root_hexdigest\":\"zz\"}",
+	}
+	for name, data := range records {
+		t.Run("record "+name, func(t *testing.T) {
+			mem := NewMemory()
+			s, _ := Init(ctx, mem, nil)
+			recName := strings.Fields(name)[0]
+			mem.Put(ctx, backupKey(recName), strings.NewReader(data), int64(len(data)))
+			var err error
+			n := allocated(func() { _, err = s.Backup(ctx, recName) })
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), recName) {
+				t.Errorf("error %v does not name the record", err)
+			}
+			if n > budget {
+				t.Errorf("allocated %d bytes for a %d-byte record", n, len(data))
+			}
+			// The damaged record is left out of the list, not fatal to it.
+			good := BackupRecord{Name: "good", RootHexdigest: Hexdigest(nil)}
+			if err := s.PutBackup(ctx, good); err != nil {
+				t.Fatal(err)
+			}
+			recs, err := s.Backups(ctx)
+			if err != nil || len(recs) != 1 || recs[0].Name != "good" {
+				t.Errorf("Backups with a damaged record: %v, %v", recs, err)
+			}
+		})
+	}
+}
