@@ -170,11 +170,14 @@ func TestTokenRequired(t *testing.T) {
 	f := newFixture(t)
 	srv := serve(t, peer.ServerOptions{Token: "s3cret-token"}, f.objects)
 	ctx := context.Background()
-	for _, token := range []string{"", "wrong"} {
+	for _, token := range []string{"", "guessed-xyzzy"} {
 		_, err := client(t, srv.URL, token).Health(ctx)
 		var perm *hashstore.PermanentError
 		if err == nil || !errors.As(err, &perm) || !strings.Contains(err.Error(), "token") {
 			t.Fatalf("token %q: %v", token, err)
+		}
+		if strings.Contains(err.Error(), "s3cret-token") || strings.Contains(err.Error(), "xyzzy") {
+			t.Fatalf("a token appears in the error: %v", err)
 		}
 		if _, err := client(t, srv.URL, token).Get(ctx, f.big); err == nil {
 			t.Fatalf("token %q: object served", token)
