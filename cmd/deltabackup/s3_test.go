@@ -130,8 +130,15 @@ func TestS3ServerGoneFailsCleanly(t *testing.T) {
 	c.ok("init", "--create-bucket", "--repo", repo)
 	proxy.SetResetRate(1) // every connection dies: the server is gone
 	o := c.run("backup", "--retry-max-time", "3s", "--repo", repo, src)
-	if o.code != 1 || !strings.Contains(o.stderr, "connection to http://"+proxy.Addr) || strings.Count(strings.TrimSpace(o.stderr), "\n") > 0 {
+	// One error naming the unreachable server, after the retries' warnings.
+	lines := strings.Split(strings.TrimSpace(o.stderr), "\n")
+	if o.code != 1 || !strings.Contains(lines[len(lines)-1], "connection to http://"+proxy.Addr) {
 		t.Fatalf("backup with the server gone: exit %d\n%s", o.code, o.stderr)
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !strings.Contains(l, "retrying") {
+			t.Fatalf("backup with the server gone printed more than retries and one error:\n%s", o.stderr)
+		}
 	}
 	proxy.SetResetRate(0)
 	list := c.ok("list", "--json", "--repo", repo)
