@@ -423,7 +423,12 @@ func (s *Store) openPack(ctx context.Context) *openPack {
 	op.pw = pw
 	go func() {
 		err := s.backend.Put(ctx, packKey(op.id), pr, -1)
-		pr.CloseWithError(errors.New("pack upload ended")) // unblocks writers if the backend stopped early
+		// Unblocks writers if the backend stopped early, telling them why.
+		cause := err
+		if cause == nil {
+			cause = errors.New("pack upload ended before the pack was complete")
+		}
+		pr.CloseWithError(cause)
 		op.stored <- err
 	}()
 	return op

@@ -95,6 +95,20 @@ func WithRetry(b Backend, p RetryPolicy) Backend {
 	return &retrying{Backend: b, p: p}
 }
 
+// DeleteMany deletes keys in batches when the wrapped backend can (S3's
+// DeleteObjects), one by one otherwise; each call is retried.
+func (r *retrying) DeleteMany(ctx context.Context, keys []string) error {
+	if bd, ok := r.Backend.(BatchDeleter); ok {
+		return r.do(ctx, "delete", fmt.Sprintf("%d keys", len(keys)), func() error { return bd.DeleteMany(ctx, keys) })
+	}
+	for _, k := range keys {
+		if err := r.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Unwrap returns the wrapped backend.
 func (r *retrying) Unwrap() Backend { return r.Backend }
 

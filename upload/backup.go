@@ -36,6 +36,11 @@ func (s *Summary) Changed() []snapshot.Problem {
 // stat cache is saved after the record is written, without the files found
 // changed.
 func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Options, opts Options) (*Summary, error) {
+	lk, err := lock(ctx, store, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
 	early := newEarlyUploader(ctx, store, opts.PackSize)
 	snapOpts.OnContent = early.content
 	s, err := snapshot.New(snapOpts)

@@ -40,6 +40,15 @@ type Options struct {
 	Progress *progress.Progress
 	// Logger receives warnings about files that changed after hashing.
 	Logger *slog.Logger
+	// LockWait is how long to wait for a gc holding the repository's
+	// exclusive lock; a backup holds a shared lock while it runs, so gc
+	// never deletes what it is about to reference.
+	LockWait time.Duration
+}
+
+// lock takes the backup's shared lock.
+func lock(ctx context.Context, store *hashstore.Store, opts Options) (*hashstore.Lock, error) {
+	return store.Lock(ctx, hashstore.LockShared, hashstore.LockOptions{Purpose: "backup", Wait: opts.LockWait})
 }
 
 // Result is what one upload did.
@@ -62,6 +71,11 @@ type Result struct {
 // of snap is updated in place: stored sizes are filled in and files that
 // changed since they were hashed are removed.
 func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options) (*Result, error) {
+	lk, err := lock(ctx, store, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
 	return upload(ctx, store, snap, opts, nil)
 }
 

@@ -1,0 +1,276 @@
+package hashstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/faultstore"
+	"github.com/deltabackup/deltabackup/restore"
+	"github.com/deltabackup/deltabackup/restore/restoretest"
+	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
+)
+
+// gcTree writes n small files and a few large ones under dir, with
+// content depending on version for the files selected by changed.
+func gcTree(t *testing.T, dir string, version int, changed func(i int) bool) {
+	t.Helper()
+	for i := range 300 {
+		v := 0
+		if changed(i) {
+			v = version
+		}
+		size := 1000 + i*13
+		if i%100 == 0 {
+			size = 800 << 10
+		}
+		data := make([]byte, size)
+		rand.NewChaCha8([32]byte{byte(i), byte(i >> 8), byte(v)}).Read(data)
+		p := filepath.Join(dir, fmt.Sprintf("d%d/f%03d", i%5, i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type gcFixture struct {
+	store   *hashstore.Store
+	backend hashstore.Backend
+	srcs    map[string]string // backup → a copy of its source
+}
+
+// newGCFixture makes backups b1..b3: b2 rewrites 80% of the files, b3 a
+// few, so forgetting b1 leaves its packs mostly dead.
+func newGCFixture(t *testing.T, backend hashstore.Backend) *gcFixture {
+	ctx := context.Background()
+	store, err := hashstore.Init(ctx, backend, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &gcFixture{store: store, backend: backend, srcs: map[string]string{}}
+	changes := []func(int) bool{
+		func(int) bool { return false },
+		func(i int) bool { return i%5 != 0 },
+		func(i int) bool { return i%5 != 0 && i%7 != 0 },
+	}
+	for n, changed := range changes {
+		name := fmt.Sprintf("b%d", n+1)
+		src := filepath.Join(t.TempDir(), name)
+		gcTree(t, src, n+1, changed)
+		if _, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+		f.srcs[name] = src
+	}
+	return f
+}
+
+func (f *gcFixture) forget(t *testing.T, name string) {
+	if err := f.backend.Delete(context.Background(), "backups/"+name+".json"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// check verifies the repository and restores every remaining backup.
+func (f *gcFixture) check(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	store, err := hashstore.Open(ctx, f.backend, nil) // a fresh reader, no cached index
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := store.Verify(ctx, hashstore.VerifyOptions{ReadData: true, Parallel: 2})
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify: %v %v", err, rep.Problems)
+	}
+	recs, err := store.Backups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range recs {
+		m, err := store.Manifest(ctx, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := t.TempDir()
+		if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
+			t.Fatalf("restore %s: %v", rec.Name, err)
+		}
+		restoretest.CompareTrees(t, f.srcs[rec.Name], target)
+	}
+}
+
+func countKeys(t *testing.T, b hashstore.Backend, prefix string) (n int, bytes int64) {
+	b.List(context.Background(), prefix, func(info hashstore.Info) error {
+		n++
+		bytes += info.Size
+		return nil
+	})
+	return n, bytes
+}
+
+func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
+	ctx := context.Background()
+	f := newGCFixture(t, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")))
+	if rep, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || rep.DeletedObjects+rep.DeletedPacks+rep.RepackedPacks != 0 {
+		t.Fatalf("gc with every backup alive: %+v, %v", rep, err)
+	}
+	f.forget(t, "b1")
+	_, before := countKeys(t, f.backend, "")
+
+	dry, err := f.store.GC(ctx, hashstore.GCOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, same := countKeys(t, f.backend, ""); same != before || dry.DeletedBytes == 0 {
+		t.Fatalf("dry run: %+v; repository changed from %d to %d bytes", dry, before, same)
+	}
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after := countKeys(t, f.backend, "")
+	t.Logf("gc: %+v; repository %d → %d bytes", rep, before, after)
+	if rep.DeletedObjects == 0 || rep.RepackedPacks+rep.DeletedPacks == 0 || after >= before {
+		t.Fatalf("gc after forgetting b1 freed nothing: %+v", rep)
+	}
+	if rep.DeletedObjects != dry.DeletedObjects || rep.RepackedPacks != dry.RepackedPacks || rep.DeletedPacks != dry.DeletedPacks {
+		t.Errorf("dry run said %+v, gc did %+v", dry, rep)
+	}
+	delete(f.srcs, "b1")
+	f.check(t)
+	if again, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
+		t.Fatalf("second gc: %+v, %v", again, err)
+	}
+}
+
+// TestGCNeverDeletesWhatARunningBackupNeeds runs gc while a backup is
+// uploading to slow storage: gc does not run beside it (it waits for the
+// backup's lock), and the backup restores byte for byte afterwards.
+func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
+	ctx := context.Background()
+	slow := faultstore.New(hashstore.NewMemory())
+	f := newGCFixture(t, slow)
+	f.forget(t, "b1")
+	f.forget(t, "b2")
+	delete(f.srcs, "b1")
+	delete(f.srcs, "b2")
+
+	// b4 re-adds b1's content: objects gc would delete if it ran now.
+	src := filepath.Join(t.TempDir(), "b4")
+	gcTree(t, src, 1, func(int) bool { return false })
+	f.srcs["b4"] = src
+	slow.Delay(30 * time.Millisecond)
+	before := slow.Calls(faultstore.Put)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(src), upload.Options{Name: "b4"})
+		backupDone <- err
+	}()
+	for slow.Calls(faultstore.Put) < before+2 { // its lock and an object: the backup is under way
+		time.Sleep(time.Millisecond)
+	}
+
+	_, err := f.store.GC(ctx, hashstore.GCOptions{})
+	if !errors.Is(err, hashstore.ErrLocked) || !strings.Contains(err.Error(), "shared lock for backup") {
+		t.Fatalf("gc during a backup: %v, want ErrLocked naming the backup", err)
+	}
+	gcDone := make(chan *hashstore.GCReport, 1)
+	go func() {
+		rep, err := f.store.GC(ctx, hashstore.GCOptions{LockWait: time.Minute})
+		if err != nil {
+			t.Error(err)
+		}
+		gcDone <- rep
+	}()
+	select {
+	case <-gcDone:
+		t.Fatal("gc ran while the backup was still running")
+	case err := <-backupDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	slow.Delay(0)
+	rep := <-gcDone
+	t.Logf("gc after the backup: %+v", rep)
+	f.check(t)
+}
+
+func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	f := newGCFixture(t, mem)
+	old := time.Now().Add(-2 * time.Hour).UTC()
+	stale := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":"gone","pid":1,"created":%q,"refreshed":%q}`, old.Format(time.RFC3339), old.Format(time.RFC3339))
+	mem.Put(ctx, "locks/stale.json", strings.NewReader(stale), int64(len(stale)))
+	mem.Put(ctx, "locks/garbage.json", strings.NewReader("{"), 1)
+	// A fresh lock of a process of this host that has exited (a killed
+	// backup) is stale at once.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	now := time.Now().UTC().Format(time.RFC3339)
+	crashed := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"pid":%d,"created":%q,"refreshed":%q}`, host, gone.Process.Pid, now, now)
+	mem.Put(ctx, "locks/crashed.json", strings.NewReader(crashed), int64(len(crashed)))
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{})
+	if err != nil {
+		t.Fatalf("gc with stale locks: %v", err)
+	}
+	if len(rep.StaleLocks) != 3 {
+		t.Fatalf("stale locks removed: %v", rep.StaleLocks)
+	}
+	if n, _ := countKeys(t, mem, "locks/"); n != 0 {
+		t.Fatalf("%d locks left", n)
+	}
+}
+
+// TestInterruptedGCLeavesAConsistentRepository fails gc's deletes part way
+// at each step: every backup still restores, and the next gc finishes.
+func TestInterruptedGCLeavesAConsistentRepository(t *testing.T) {
+	for _, prefix := range []string{"index/", "packs/", "objects/"} {
+		t.Run(prefix, func(t *testing.T) {
+			ctx := context.Background()
+			faulty := faultstore.New(hashstore.NewMemory())
+			f := newGCFixture(t, faulty)
+			f.forget(t, "b1")
+			delete(f.srcs, "b1")
+			faulty.AddRule(faultstore.Rule{Op: faultstore.Delete, KeyPrefix: prefix, FailAlways: true})
+			if _, err := f.store.GC(ctx, hashstore.GCOptions{}); !errors.Is(err, faultstore.ErrInjected) {
+				t.Fatalf("gc with failing deletes of %s: %v", prefix, err)
+			}
+			faulty.ClearRules()
+			f.check(t)
+			if _, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			f.check(t)
+			if again, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
+				t.Fatalf("gc after the interrupted one left work: %+v, %v", again, err)
+			}
+		})
+	}
+}
+
+func TestGCRefusesWhenABackupCannotBeRead(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	f := newGCFixture(t, mem)
+	mem.Put(ctx, "backups/b2.json", strings.NewReader("{"), 1)
+	_, err := f.store.GC(ctx, hashstore.GCOptions{})
+	if err == nil || !strings.Contains(err.Error(), "gc cannot tell what backup b2 references") {
+		t.Fatalf("gc with a damaged record: %v", err)
+	}
+}
