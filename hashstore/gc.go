@@ -3,8 +3,8 @@ package hashstore
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
