@@ -1,0 +1,170 @@
+package hashstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// CopyOptions selects what Copy copies.
+type CopyOptions struct {
+	// Backups to copy (names or "latest"); all when empty.
+	Backups []string
+	// LockWait is how long to wait for a gc of the target.
+	LockWait time.Duration
+	// Planned, when set, is called with the objects and bytes to copy for
+	// each backup; Copied with each object copied.
+	Planned func(objects int, bytes int64)
+	Copied  func(bytes int64)
+}
+
+// CopyReport is what Copy did.
+type CopyReport struct {
+	Copied         []string `json:"copied"`  // backups whose records were written
+	Present        []string `json:"present"` // backups the target already had
+	Objects        int      `json:"objects"` // objects copied
+	Bytes          int64    `json:"bytes"`   // their content bytes
+	PresentObjects int      `json:"present_objects"`
+}
+
+// Copy copies backups from one repository to another: only the objects
+// the target lacks are read and stored (re-encoded and verified on the
+// way), then the records with their names. Small contents go into packs,
+// as a backup would store them. The target is locked like a backup, so a
+// gc there cannot remove what a copied record is about to reference.
+func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, error) {
+	lk, err := to.Lock(ctx, LockShared, LockOptions{Purpose: "copy", Wait: opts.LockWait})
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
+	var records []BackupRecord
+	if len(opts.Backups) == 0 {
+		if records, err = from.Backups(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, name := range opts.Backups {
+			rec, err := from.Backup(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			records = append(records, rec)
+		}
+	}
+	rep := &CopyReport{Copied: []string{}, Present: []string{}}
+	for _, rec := range records {
+		if have, err := to.readBackup(ctx, rec.Name); err == nil {
+			if have.RootHexdigest != rec.RootHexdigest {
+				return rep, fmt.Errorf("backup %s: the target has a different backup of that name (root %s, source root %s); nothing of it was copied",
+					rec.Name, have.RootHexdigest, rec.RootHexdigest)
+			}
+			rep.Present = append(rep.Present, rec.Name)
+			continue
+		} else if !errors.Is(err, ErrNotFound) {
+			return rep, err
+		}
+		if err := copyBackup(ctx, from, to, rec, opts, rep); err != nil {
+			return rep, fmt.Errorf("copy backup %s: %w", rec.Name, err)
+		}
+		rep.Copied = append(rep.Copied, rec.Name)
+	}
+	if err := to.SaveCache(); err != nil {
+		to.logger.Warn("local repository cache not saved", "err", err)
+	}
+	return rep, lk.Err()
+}
+
+func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts CopyOptions, rep *CopyReport) error {
+	m, err := from.Manifest(ctx, rec)
+	if err != nil {
+		return err
+	}
+	sizes := map[string]int64{rec.RootHexdigest: -1}
+	bundled := map[string]bool{}
+	needed := []string{rec.RootHexdigest}
+	for _, f := range m.Files {
+		if f.Embedded() {
+			continue
+		}
+		if _, seen := sizes[f.Hexdigest]; !seen {
+			needed = append(needed, f.Hexdigest)
+		}
+		sizes[f.Hexdigest] = f.FileSize
+		if f.ShouldBeBundled {
+			bundled[f.Hexdigest] = true
+		}
+	}
+	missing, err := to.Missing(ctx, needed)
+	if err != nil {
+		return err
+	}
+	rep.PresentObjects += len(needed) - len(missing)
+	if opts.Planned != nil {
+		var total int64
+		for _, h := range missing {
+			total += max(sizes[h], 0)
+		}
+		opts.Planned(len(missing), total)
+	}
+	packer := to.NewPacker(ctx, 0)
+	var buf bytes.Buffer
+	err = from.GetMany(ctx, missing, func(h string, r io.Reader, err error) error {
+		if err != nil {
+			return fmt.Errorf("read %s: %w", h, err)
+		}
+		var n int64
+		if bundled[h] {
+			buf.Reset()
+			if _, err := buf.ReadFrom(r); err != nil {
+				return fmt.Errorf("read %s: %w", h, err)
+			}
+			n = int64(buf.Len())
+			_, err = packer.AddHashed(ctx, h, buf.Bytes())
+		} else {
+			cr := &countingReader{r: r}
+			size := sizes[h]
+			if size < 0 { // the manifest: its size is the object's
+				buf.Reset()
+				if _, err := buf.ReadFrom(r); err != nil {
+					return fmt.Errorf("read %s: %w", h, err)
+				}
+				cr, size = &countingReader{r: bytes.NewReader(buf.Bytes())}, int64(buf.Len())
+			}
+			_, err = to.Put(ctx, h, cr, size)
+			n = cr.n
+		}
+		if err != nil {
+			return err
+		}
+		rep.Objects++
+		rep.Bytes += n
+		if opts.Copied != nil {
+			opts.Copied(n)
+		}
+		return nil
+	})
+	if err != nil {
+		packer.Abort()
+		return err
+	}
+	if err := packer.Flush(ctx); err != nil {
+		return err
+	}
+	// The record last: only now is everything it references stored.
+	return to.PutBackup(ctx, rec)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
