@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ type backupFlags struct {
 	stageDir         string
 	noCache          bool
 	compression      string
+	lockWait         time.Duration
 }
 
 // backupSummary is the last line of 'backup --json'.
@@ -70,7 +72,24 @@ Files that cannot be read are listed and the backup goes on; the exit code
 is then 3. A file that keeps changing while it is read is listed as changed
 and left out rather than stored with mixed content.`,
 		Args: exactArgs(1, "one source directory"),
-		RunE: func(cmd *cobra.Command, args []string) error { return runBackup(cmd, g, &f, args[0]) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			start := time.Now()
+			s, err := runBackup(cmd, g, &f, args[0])
+			var incomplete incompleteError
+			ok := err == nil || errors.As(err, &incomplete)
+			g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
+			if ok {
+				g.notify(cmd.Context(), "backup_finished", map[string]any{"backup": s.Name, "root_hash": s.RootHash, "files": s.Files,
+					"total_bytes": s.TotalBytes, "uploaded_objects": s.UploadedObjects, "uploaded_bytes": s.UploadedBytes,
+					"incomplete": len(s.Unreadable) + len(s.Changed), "duration_seconds": s.DurationSeconds})
+				if s.UploadedObjects > 0 {
+					g.notify(cmd.Context(), "objects_created", map[string]any{"backup": s.Name, "objects": s.UploadedObjects, "bytes": s.UploadedBytes})
+				}
+			} else {
+				g.notify(cmd.Context(), "backup_failed", map[string]any{"source": args[0], "error": err.Error()})
+			}
+			return err
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringArrayVar(&f.includes, "include", nil, "doublestar glob of paths to back up, relative to SRC (repeatable; default **); a matching directory includes everything below it")
@@ -82,28 +101,29 @@ and left out rather than stored with mixed content.`,
 	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")
 	fl.StringVar(&f.stageDir, "stage-dir", "", "hard-link files into this directory first and read them from there, so files deleted or replaced during the backup stay readable")
 	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the stat cache")
+	fl.DurationVar(&f.lockWait, "lock-wait", 30*time.Minute, "how long to wait while a gc holds the repository")
 	fl.StringVar(&f.compression, "compression", "fast", "fast (S2 for small contents, zstd's fastest level for large), better (zstd's default level), max, or off")
 	return cmd
 }
 
-func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error {
+func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*backupSummary, error) {
 	ctx := cmd.Context()
 	start := time.Now()
 	if f.parallel < 1 {
-		return usagef("--parallel must be at least 1")
+		return nil, usagef("--parallel must be at least 1")
 	}
 	if f.name != "" {
 		if err := hashstore.ValidateBackupName(f.name); err != nil {
-			return usageError{err}
+			return nil, usageError{err}
 		}
 	}
 	compression, err := hashstore.ParseCompression(f.compression)
 	if err != nil {
-		return usageError{err}
+		return nil, usageError{err}
 	}
 	store, err := openStore(ctx, g)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	store.SetCompression(compression)
 	opts := snapshot.DefaultOptions(src)
@@ -119,7 +139,7 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 	}
 	checked, err := snapshot.New(opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if rel, inside := repositoryInside(store, checked.Src()); inside {
 		// Backing up the repository into itself would grow it every night.
@@ -144,25 +164,26 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) error
 		Parallel: f.parallel,
 		Progress: ps[1],
 		Logger:   g.logger,
+		LockWait: f.lockWait,
 	})
 	stopProgress()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s := summarize(sum, time.Since(start))
 	s.Requests = g.requests()
 	if g.json {
 		if err := g.printJSON(s); err != nil {
-			return err
+			return &s, err
 		}
 	} else {
 		printBackupSummary(g, s)
 	}
 	if sum.Incomplete() {
-		return incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
+		return &s, incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
 			s.Name, len(s.Unreadable)+len(s.Changed))}
 	}
-	return nil
+	return &s, nil
 }
 
 func summarize(sum *upload.Summary, d time.Duration) backupSummary {

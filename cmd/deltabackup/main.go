@@ -48,6 +48,11 @@ type globals struct {
 	logger *slog.Logger
 	// counted is the S3 backend of the run, whose requests are reported.
 	counted interface{ Requests() map[string]int64 }
+
+	metricsFile string
+	notifyURL   string
+	notifier    *notifier
+	openedStore *hashstore.Store
 }
 
 // usageError marks errors in how the command was called (exit code 2).
@@ -119,11 +124,14 @@ could not be read (they are listed), 130 interrupted.`,
 	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
 	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
 	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
+	pf.StringVar(&g.metricsFile, "metrics-file", "", "after a backup, write its metrics here in the Prometheus text format (node_exporter textfile collector)")
+	pf.StringVar(&g.notifyURL, "notify-url", "", "POST a JSON event here when a backup finishes or fails and when gc deletes (in the background; never fails the command)")
 	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) to this file")
 	pf.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile (go tool pprof) to this file at the end")
 	_ = pf.MarkHidden("cpu-profile")
 	_ = pf.MarkHidden("mem-profile")
-	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g))
+	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g),
+		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g))
 	return root
 }
 
@@ -168,6 +176,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	g.drainNotifications()
 	if err == nil {
 		return exitOK
 	}

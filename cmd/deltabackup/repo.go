@@ -122,6 +122,9 @@ func openStoreAt(ctx context.Context, g *globals, location string) (*hashstore.S
 	if err != nil {
 		return nil, hint(err, location)
 	}
+	if g.openedStore == nil {
+		g.openedStore = s
+	}
 	if _, local := b.(*hashstore.Local); !local {
 		// Remote storage: index files and known objects are cached so an
 		// unchanged incremental makes a handful of requests.

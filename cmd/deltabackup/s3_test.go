@@ -157,3 +157,44 @@ func TestS3ServerGoneFailsCleanly(t *testing.T) {
 		t.Fatalf("incomplete multipart uploads left: %v", uploads)
 	}
 }
+
+// TestS3CopyForgetGC copies a local repository to S3, restores from S3,
+// then forgets and collects there: deletes go in batches (DeleteObjects).
+func TestS3CopyForgetGC(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	c := newCLI(t)
+	dir := t.TempDir()
+	local, src := filepath.Join(dir, "local"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", local)
+	c.ok("backup", "--repo", local, "--name", "one", src)
+	os.WriteFile(filepath.Join(src, "data/second.bin"), []byte(strings.Repeat("second ", 300000)), 0o644)
+	os.Remove(filepath.Join(src, "data/big.bin"))
+	os.Remove(filepath.Join(src, "data/big-copy.bin"))
+	c.ok("backup", "--repo", local, "--name", "two", src)
+
+	remote := s3Repo(t, endpoint)
+	c.ok("init", "--create-bucket", "--repo", remote)
+	first := summary(t, c.ok("copy", "--json", "--from", local, "--to", remote, "one"))
+	rest := summary(t, c.ok("copy", "--json", "--from", local, "--to", remote))
+	if first["objects"].(float64) == 0 || rest["present_objects"].(float64) == 0 || len(rest["copied"].([]any)) != 1 {
+		t.Fatalf("copies: %v then %v", first, rest)
+	}
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", remote, "two", out)
+	restoretest.CompareTrees(t, src, out)
+
+	c.ok("forget", "--repo", remote, "--keep-last", "1")
+	gc := summary(t, c.ok("gc", "--json", "--repo", remote))
+	t.Logf("gc on S3: %v", gc)
+	if gc["deleted_objects"].(float64) != 2 || gc["deleted_bytes"].(float64) < 6<<20 {
+		t.Fatalf("gc did not delete the big file's object and one's manifest: %v", gc)
+	}
+	if req := requestsOf(t, gc); req["DeleteObjects"] == 0 || req["DeleteObject"] > 2 {
+		t.Fatalf("gc deletes were not batched: %v", req)
+	}
+	c.ok("verify", "--repo", remote, "--read-data")
+	out2 := filepath.Join(dir, "out2")
+	c.ok("restore", "--repo", remote, "latest", out2)
+	restoretest.CompareTrees(t, src, out2)
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/deltabackup/deltabackup/restore/restoretest"
+)
+
+// TestForgetGCDiffStats runs the lifecycle as a user would: five nightly
+// backups, forget by policy (dry run first), gc, then verify, restore
+// what is kept, and look at stats and diff.
+func TestForgetGCDiffStats(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	for i := 1; i <= 5; i++ {
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("night%d.bin", i)), []byte(strings.Repeat(fmt.Sprintf("night %d ", i), 100000)), 0o644)
+		os.Remove(filepath.Join(src, fmt.Sprintf("night%d.bin", i-1)))
+		c.ok("backup", "--repo", repo, "--name", fmt.Sprintf("n%d", i), src)
+	}
+	o := c.ok("forget", "--repo", repo, "--keep-last", "2", "--dry-run")
+	if !strings.Contains(o.stdout, "keep    n5") || !strings.Contains(o.stdout, "remove  n1") || !strings.Contains(o.stdout, "would remove (dry run) 3 backups") {
+		t.Fatalf("forget --dry-run:\n%s", o.stdout)
+	}
+	var list []any
+	json.Unmarshal([]byte(c.ok("list", "--json", "--repo", repo).stdout), &list)
+	if len(list) != 5 {
+		t.Fatalf("dry run removed backups: %d left", len(list))
+	}
+	var forget struct{ Removed []string }
+	json.Unmarshal([]byte(c.ok("forget", "--json", "--repo", repo, "--keep-last", "2").stdout), &forget)
+	if strings.Join(forget.Removed, ",") != "n3,n2,n1" {
+		t.Fatalf("forget removed %v", forget.Removed)
+	}
+	before := summary(t, c.ok("stats", "--json", "--repo", repo))
+	gc := summary(t, c.ok("gc", "--json", "--repo", repo))
+	after := summary(t, c.ok("stats", "--json", "--repo", repo))
+	t.Logf("gc: %v", gc)
+	if gc["deleted_objects"].(float64) < 3 || after["stored_bytes"].(float64) >= before["stored_bytes"].(float64) {
+		t.Fatalf("gc freed nothing: %v; stored %v → %v", gc, before["stored_bytes"], after["stored_bytes"])
+	}
+	if after["backups"].(float64) != 2 || after["dedup_ratio"].(float64) < 1.5 {
+		t.Fatalf("stats after gc: %v", after)
+	}
+	c.ok("verify", "--repo", repo, "--read-data")
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", repo, "n5", out)
+	restoretest.CompareTrees(t, src, out)
+
+	d := c.ok("diff", "--repo", repo, "n4", "n5")
+	if !strings.Contains(d.stdout, "+ night5.bin") || !strings.Contains(d.stdout, "- night4.bin") || !strings.Contains(d.stdout, "1 added") {
+		t.Fatalf("diff:\n%s", d.stdout)
+	}
+	if o := c.run("forget", "--repo", repo); o.code != 2 || !strings.Contains(o.stderr, "needs a policy") {
+		t.Fatalf("forget without a policy: exit %d %s", o.code, o.stderr)
+	}
+}
+
+// TestMetricsFile writes the metrics of a good and a failed run and
+// parses them as Prometheus does.
+func TestMetricsFile(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src, metrics := filepath.Join(dir, "repo"), filepath.Join(dir, "src"), filepath.Join(dir, "deltabackup.prom")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--metrics-file", metrics, src)
+	good := parseMetrics(t, metrics)
+	if good["deltabackup_backup_success"] != 1 || good["deltabackup_backup_files"] != 125 || good["deltabackup_backup_uploaded_bytes"] <= 0 ||
+		good["deltabackup_backup_failures_total"] != 0 || good["deltabackup_backup_last_success_timestamp_seconds"] <= 0 {
+		t.Fatalf("metrics of a good run: %v", good)
+	}
+	// The repository is gone: the run fails, the last success stays.
+	os.RemoveAll(repo)
+	if o := c.run("backup", "--repo", repo, "--metrics-file", metrics, src); o.code != 1 {
+		t.Fatalf("backup into a missing repository: exit %d", o.code)
+	}
+	bad := parseMetrics(t, metrics)
+	if bad["deltabackup_backup_success"] != 0 || bad["deltabackup_backup_failures_total"] != 1 ||
+		bad["deltabackup_backup_last_success_timestamp_seconds"] != good["deltabackup_backup_last_success_timestamp_seconds"] {
+		t.Fatalf("metrics of a failed run: %v (good run: %v)", bad, good)
+	}
+}
+
+func parseMetrics(t *testing.T, path string) map[string]float64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("metrics file does not parse: %v", err)
+	}
+	out := map[string]float64{}
+	for name, fam := range families {
+		m := fam.GetMetric()[0]
+		if g := m.GetGauge(); g != nil {
+			out[name] = g.GetValue()
+		} else if c := m.GetCounter(); c != nil {
+			out[name] = c.GetValue()
+		}
+	}
+	return out
+}
+
+// TestNotifications posts events to a working endpoint and to one that
+// always fails: the backup succeeds either way.
+func TestNotifications(t *testing.T) {
+	var mu sync.Mutex
+	var events []map[string]any
+	var failing int
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e map[string]any
+		data, _ := io.ReadAll(r.Body)
+		json.Unmarshal(data, &e)
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+	}))
+	defer ok.Close()
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		failing++
+		mu.Unlock()
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+	}))
+	defer broken.Close()
+
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--name", "first", "--notify-url", ok.URL, src)
+	if o := c.run("backup", "--repo", filepath.Join(dir, "none"), "--notify-url", ok.URL, src); o.code != 1 {
+		t.Fatalf("backup into a missing repository: exit %d", o.code)
+	}
+	kinds := map[string]map[string]any{}
+	for _, e := range events {
+		kinds[e["event"].(string)] = e
+	}
+	if f := kinds["backup_finished"]; f == nil || f["backup"] != "first" || f["files"].(float64) != 125 || f["repository"] == nil {
+		t.Fatalf("backup_finished event: %v", events)
+	}
+	if kinds["objects_created"] == nil || kinds["backup_failed"] == nil || !strings.Contains(kinds["backup_failed"]["error"].(string), "does not exist") {
+		t.Fatalf("events: %v", events)
+	}
+
+	o := c.run("backup", "--repo", repo, "--notify-url", broken.URL, src)
+	if o.code != 0 || !strings.Contains(o.stderr, "notification not delivered") {
+		t.Fatalf("backup with a failing endpoint: exit %d\n%s", o.code, o.stderr)
+	}
+	if failing != notifyAttempts {
+		t.Fatalf("the failing endpoint was tried %d times, want %d", failing, notifyAttempts)
+	}
+}
