@@ -22,6 +22,12 @@ import (
 // a pack half dead costs as much storage as its live half again.
 const DefaultRepackBelow = 0.5
 
+// staleTempAge: a temporary file of a local repository this old belongs to
+// a write that was killed; gc holds the exclusive lock, so no backup of a
+// live lock is writing, and the margin covers a holder whose lock went
+// stale while it still wrote.
+const staleTempAge = time.Hour
+
 // GCOptions tunes GC.
 type GCOptions struct {
 	// DryRun reports what would be deleted and repacked, and changes
@@ -46,6 +52,7 @@ type GCReport struct {
 	RepackedObjects int      `json:"repacked_objects"`
 	RepackedBytes   int64    `json:"repacked_bytes"`
 	KeptPacks       int      `json:"kept_packs"`
+	TempFiles       int      `json:"temp_files_removed"` // left by killed writes to a local repository
 	RewrittenIndex  int      `json:"rewritten_index_files"`
 	StaleLocks      []string `json:"stale_locks_removed"`
 }
@@ -188,6 +195,14 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	// 4. Loose objects nobody references.
 	if err := s.deleteKeys(ctx, deadLoose); err != nil {
 		return nil, fmt.Errorf("delete objects: %w", err)
+	}
+	if l, ok := s.backend.(*Local); ok {
+		n, size, err := l.RemoveStaleTemps(staleTempAge)
+		if err != nil {
+			return nil, fmt.Errorf("remove temporary files of unfinished writes: %w", err)
+		}
+		rep.TempFiles = n
+		rep.DeletedBytes += size
 	}
 	s.resetIndex()
 	s.logger.Info("gc done", "deleted_objects", rep.DeletedObjects, "deleted_packs", rep.DeletedPacks,

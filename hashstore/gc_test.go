@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -127,6 +129,12 @@ func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	}
 	f.forget(t, "b1")
 	_, before := countKeys(t, f.backend, "")
+	// Temporary files of writes that were killed, one old, one recent.
+	root := f.backend.(*hashstore.Local).Root()
+	oldTemp, newTemp := filepath.Join(root, "objects", ".tmp-killed"), filepath.Join(root, "packs", ".tmp-writing")
+	os.WriteFile(oldTemp, []byte("half an object"), 0o600)
+	os.WriteFile(newTemp, []byte("being written"), 0o600)
+	os.Chtimes(oldTemp, time.Now().Add(-2*time.Hour), time.Now().Add(-2*time.Hour))
 
 	dry, err := f.store.GC(ctx, hashstore.GCOptions{DryRun: true})
 	if err != nil {
@@ -144,6 +152,12 @@ func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	if rep.DeletedObjects == 0 || rep.RepackedPacks+rep.DeletedPacks == 0 || after >= before {
 		t.Fatalf("gc after forgetting b1 freed nothing: %+v", rep)
 	}
+	if _, err := os.Stat(oldTemp); err == nil || rep.TempFiles != 1 {
+		t.Errorf("an old temporary file was not removed (%d removed)", rep.TempFiles)
+	}
+	if _, err := os.Stat(newTemp); err != nil {
+		t.Errorf("a recent temporary file was removed: %v", err)
+	}
 	if rep.DeletedObjects != dry.DeletedObjects || rep.RepackedPacks != dry.RepackedPacks || rep.DeletedPacks != dry.DeletedPacks {
 		t.Errorf("dry run said %+v, gc did %+v", dry, rep)
 	}
@@ -154,32 +168,49 @@ func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	}
 }
 
-// TestGCNeverDeletesWhatARunningBackupNeeds runs gc while a backup is
-// uploading to slow storage: gc does not run beside it (it waits for the
-// backup's lock), and the backup restores byte for byte afterwards.
+// gate holds every Put of a key under prefix until opened, and says when
+// the first one arrives.
+type gate struct {
+	hashstore.Backend
+	prefix  string
+	arrived chan struct{}
+	open    chan struct{}
+	once    sync.Once
+}
+
+func (g *gate) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if strings.HasPrefix(key, g.prefix) {
+		g.once.Do(func() { close(g.arrived) })
+		<-g.open
+	}
+	return g.Backend.Put(ctx, key, r, size)
+}
+
+// TestGCNeverDeletesWhatARunningBackupNeeds stops a backup just before it
+// writes its record, having found its contents already stored (by a
+// forgotten backup, so gc would delete them), and runs gc then: gc must
+// not run beside the backup; once the backup is done gc runs, and the
+// backup restores byte for byte.
 func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 	ctx := context.Background()
-	slow := faultstore.New(hashstore.NewMemory())
-	f := newGCFixture(t, slow)
+	g := &gate{Backend: hashstore.NewMemory(), prefix: "not-yet/", arrived: make(chan struct{}), open: make(chan struct{})}
+	f := newGCFixture(t, g)
 	f.forget(t, "b1")
 	f.forget(t, "b2")
 	delete(f.srcs, "b1")
 	delete(f.srcs, "b2")
 
-	// b4 re-adds b1's content: objects gc would delete if it ran now.
+	// b4 has b1's content: objects gc would delete if it ran now.
 	src := filepath.Join(t.TempDir(), "b4")
 	gcTree(t, src, 1, func(int) bool { return false })
 	f.srcs["b4"] = src
-	slow.Delay(30 * time.Millisecond)
-	before := slow.Calls(faultstore.Put)
+	g.prefix = "backups/b4"
 	backupDone := make(chan error, 1)
 	go func() {
 		_, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(src), upload.Options{Name: "b4"})
 		backupDone <- err
 	}()
-	for slow.Calls(faultstore.Put) < before+2 { // its lock and an object: the backup is under way
-		time.Sleep(time.Millisecond)
-	}
+	<-g.arrived // the backup is about to write its record
 
 	_, err := f.store.GC(ctx, hashstore.GCOptions{})
 	if !errors.Is(err, hashstore.ErrLocked) || !strings.Contains(err.Error(), "shared lock for backup") {
@@ -193,17 +224,15 @@ func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 		}
 		gcDone <- rep
 	}()
-	select {
-	case <-gcDone:
-		t.Fatal("gc ran while the backup was still running")
-	case err := <-backupDone:
-		if err != nil {
-			t.Fatal(err)
-		}
+	close(g.open)
+	if err := <-backupDone; err != nil {
+		t.Fatal(err)
 	}
-	slow.Delay(0)
 	rep := <-gcDone
 	t.Logf("gc after the backup: %+v", rep)
+	if rep == nil || rep.DeletedObjects+rep.DeletedPacks+rep.RepackedPacks == 0 {
+		t.Fatalf("gc after the backup did nothing: %+v", rep)
+	}
 	f.check(t)
 }
 

@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Local is a Backend on a local directory: the embedded default, no server
@@ -263,4 +264,35 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	return nil
+}
+
+// RemoveStaleTemps deletes temporary files of writes that never finished
+// (the writer was killed) and are older than age, and returns how many it
+// removed and their bytes. gc calls it while it holds the exclusive lock.
+func (l *Local) RemoveStaleTemps(age time.Duration) (int, int64, error) {
+	var n int
+	var bytes int64
+	cutoff := time.Now().Add(-age)
+	err := filepath.WalkDir(l.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tempPrefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || info.ModTime().After(cutoff) {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		n++
+		bytes += info.Size()
+		return nil
+	})
+	return n, bytes, err
 }
