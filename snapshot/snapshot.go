@@ -74,6 +74,14 @@ type Options struct {
 	OnContent func(ctx context.Context, f File, content []byte) error
 	// Logger receives warnings about unreadable and changing files.
 	Logger *slog.Logger
+	// Base and Dirty make an incremental snapshot: Base is the manifest of
+	// the previous snapshot of Src with the same options, Dirty every path
+	// (relative to Src, files or directories) that may have changed since.
+	// Only dirty paths and the directories above them are examined; the
+	// rest is taken from Base. The list must be complete: a path missing
+	// from it keeps its old entry. "." makes the whole tree dirty.
+	Base  *Manifest
+	Dirty []string
 }
 
 // DefaultOptions returns the defaults for snapshotting src.
@@ -166,6 +174,9 @@ func New(opts Options) (*Snapshotter, error) {
 	if opts.ChangeRetries < 0 {
 		opts.ChangeRetries = 0
 	}
+	if opts.Base != nil && opts.Dst != "" {
+		return nil, errors.New("an incremental snapshot (Base) cannot use a staging directory (Dst)")
+	}
 	s := &Snapshotter{opts: opts, src: src, logger: opts.Logger}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -231,9 +242,23 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	jobs := make(chan fileJob, 4096)
 	g, gctx := errgroup.WithContext(ctx)
 	w := &walker{s: s, jobs: jobs, col: col, manifest: m}
+	walk := w.walk
+	if s.opts.Base != nil {
+		d, err := newDirtySet(s.opts.Dirty)
+		if err != nil {
+			return nil, err
+		}
+		if !d.all {
+			w.dirty = d
+			walk = func(ctx context.Context, rel, dir string, included bool) error {
+				_, err := w.walkDirty(ctx, rel, dir, included)
+				return err
+			}
+		}
+	}
 	g.Go(func() error {
 		defer close(jobs)
-		return w.walk(gctx, "", s.src, false)
+		return walk(gctx, "", s.src, false)
 	})
 	workers := make([]*hasher, s.opts.Parallel)
 	for i := range workers {
@@ -254,11 +279,13 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
 	}
-	n := 0
+	n := len(w.kept)
 	for _, h := range workers {
 		n += len(h.files)
 	}
 	m.Files = make([]File, 0, n)
+	m.Files = append(m.Files, w.kept...)
+	w.kept = nil
 	for _, h := range workers {
 		m.Files = append(m.Files, h.files...)
 		h.files = nil

@@ -148,6 +148,14 @@ func (c *StatCache) record(rel string, e cacheEntry) {
 	c.mu.Unlock()
 }
 
+// carry keeps the previous run's entry of rel in this run's generation,
+// for a file an incremental snapshot took over unexamined.
+func (c *StatCache) carry(rel string) {
+	if i, ok := c.prev.index[rel]; ok {
+		c.record(rel, c.prev.entry(i))
+	}
+}
+
 // Forget drops paths from the generation being recorded, for files found
 // to have changed after they were hashed.
 func (c *StatCache) Forget(paths ...string) {

@@ -20,6 +20,8 @@ type walker struct {
 	jobs     chan<- fileJob
 	col      *collector
 	manifest *Manifest // Dirs, EmptyDirs, Symlinks: only the walker writes them
+	dirty    *dirtySet // for an incremental snapshot
+	kept     []File    // files carried over from the base manifest
 }
 
 func matchAny(globs []string, rel string) bool {
@@ -53,84 +55,100 @@ func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (s
 		return false, nil
 	}
 	for _, e := range entries {
-		childRel := path.Join(rel, e.Name())
-		if rel == "" {
-			childRel = e.Name()
-		}
-		if matchAny(w.s.opts.Excludes, childRel) {
-			continue
-		}
-		if err := ValidatePath(childRel); err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
-			continue
-		}
-		child := filepath.Join(dir, e.Name())
-		childIncluded := included || matchAny(w.s.opts.Includes, childRel)
-		if e.Type().IsRegular() {
-			if !childIncluded {
-				continue
-			}
-			// The worker takes the lstat, so stats run on every core.
-			if p := w.s.opts.Progress; p != nil {
-				p.AddTotal(1)
-			}
-			select {
-			case w.jobs <- fileJob{rel: childRel}:
-			case <-ctx.Done():
-				return false, ctx.Err()
-			}
-			selected = true
-			continue
-		}
-		info, err := e.Info() // lstat
+		sel, err := w.entry(ctx, e, rel, dir, included, w.walkDir)
 		if err != nil {
-			if childIncluded {
-				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
-			}
-			continue
+			return false, err
 		}
-		switch mode := info.Mode(); {
-		case mode.IsDir():
-			sub, err := w.walkDir(ctx, childRel, child, childIncluded)
-			if err != nil {
-				return false, err
-			}
-			if !sub && childIncluded && isEmptyDir(child) {
-				w.manifest.EmptyDirs = append(w.manifest.EmptyDirs, childRel)
-				sub = true
-			}
-			if sub {
-				w.manifest.Dirs = append(w.manifest.Dirs, Dir{RelativePath: childRel, Mode: unixMode(info), MtimeNs: info.ModTime().UnixNano()})
-				selected = true
-			}
-		case !childIncluded:
-		case mode&fs.ModeSymlink != 0:
-			target, err := os.Readlink(child)
-			if err != nil {
-				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
-				continue
-			}
-			if !utf8.ValidString(target) {
-				// JSON cannot carry it: stored, it would come back different.
-				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("symlink target %q is not valid UTF-8 and cannot be stored", target)})
-				continue
-			}
-			w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
-			selected = true
-		case mode.IsRegular(): // only when the directory entry did not say
-			if p := w.s.opts.Progress; p != nil {
-				p.AddTotal(1)
-			}
-			select {
-			case w.jobs <- fileJob{rel: childRel}:
-			case <-ctx.Done():
-				return false, ctx.Err()
-			}
-			selected = true
-		default:
-			w.s.logger.Info("special file skipped", "path", childRel, "type", mode.Type().String())
-			w.col.add(&w.col.special, Problem{Path: childRel, Err: fmt.Errorf("special file (%s) skipped", describeType(mode))})
+		selected = selected || sel
+	}
+	return selected, nil
+}
+
+// walkFunc walks a directory below the source: the full walk, or the walk
+// of an incremental snapshot.
+type walkFunc func(ctx context.Context, rel, dir string, included bool) (bool, error)
+
+// entry records one directory entry of dir (rel "" for the root): files go
+// to the hashing workers, symlinks and special files are recorded, and
+// directories are walked with recurse. It reports whether anything was
+// selected.
+func (w *walker) entry(ctx context.Context, e fs.DirEntry, rel, dir string, included bool, recurse walkFunc) (selected bool, err error) {
+	childRel := path.Join(rel, e.Name())
+	if rel == "" {
+		childRel = e.Name()
+	}
+	if matchAny(w.s.opts.Excludes, childRel) {
+		return false, nil
+	}
+	if err := ValidatePath(childRel); err != nil {
+		w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
+		return false, nil
+	}
+	child := filepath.Join(dir, e.Name())
+	childIncluded := included || matchAny(w.s.opts.Includes, childRel)
+	if e.Type().IsRegular() {
+		if !childIncluded {
+			return false, nil
 		}
+		// The worker takes the lstat, so stats run on every core.
+		if p := w.s.opts.Progress; p != nil {
+			p.AddTotal(1)
+		}
+		select {
+		case w.jobs <- fileJob{rel: childRel}:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		return true, nil
+	}
+	info, err := e.Info() // lstat
+	if err != nil {
+		if childIncluded {
+			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+		}
+		return false, nil
+	}
+	switch mode := info.Mode(); {
+	case mode.IsDir():
+		sub, err := recurse(ctx, childRel, child, childIncluded)
+		if err != nil {
+			return false, err
+		}
+		if !sub && childIncluded && isEmptyDir(child) {
+			w.manifest.EmptyDirs = append(w.manifest.EmptyDirs, childRel)
+			sub = true
+		}
+		if sub {
+			w.manifest.Dirs = append(w.manifest.Dirs, Dir{RelativePath: childRel, Mode: unixMode(info), MtimeNs: info.ModTime().UnixNano()})
+			selected = true
+		}
+	case !childIncluded:
+	case mode&fs.ModeSymlink != 0:
+		target, err := os.Readlink(child)
+		if err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+			return selected, nil
+		}
+		if !utf8.ValidString(target) {
+			// JSON cannot carry it: stored, it would come back different.
+			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("symlink target %q is not valid UTF-8 and cannot be stored", target)})
+			return selected, nil
+		}
+		w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
+		selected = true
+	case mode.IsRegular(): // only when the directory entry did not say
+		if p := w.s.opts.Progress; p != nil {
+			p.AddTotal(1)
+		}
+		select {
+		case w.jobs <- fileJob{rel: childRel}:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		selected = true
+	default:
+		w.s.logger.Info("special file skipped", "path", childRel, "type", mode.Type().String())
+		w.col.add(&w.col.special, Problem{Path: childRel, Err: fmt.Errorf("special file (%s) skipped", describeType(mode))})
 	}
 	return selected, nil
 }
