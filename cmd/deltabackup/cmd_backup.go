@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -91,6 +92,14 @@ and left out rather than stored with mixed content.`,
 			return err
 		},
 	}
+	addBackupFlags(cmd, &f)
+	return cmd
+}
+
+// addBackupFlags registers the flags backup and watch share.
+func addBackupFlags(cmd *cobra.Command, f *backupFlags) {
+	f.embedBelow = snapshot.DefaultEmbedThreshold
+	f.minDeltaFileSize = snapshot.DefaultMinDeltaFileSize
 	fl := cmd.Flags()
 	fl.StringArrayVar(&f.includes, "include", nil, "doublestar glob of paths to back up, relative to SRC (repeatable; default **); a matching directory includes everything below it")
 	fl.StringArrayVar(&f.excludes, "exclude", nil, "doublestar glob of paths to leave out (repeatable); a matching directory is not entered")
@@ -103,30 +112,40 @@ and left out rather than stored with mixed content.`,
 	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the stat cache")
 	fl.DurationVar(&f.lockWait, "lock-wait", 30*time.Minute, "how long to wait while a gc holds the repository")
 	fl.StringVar(&f.compression, "compression", "fast", "fast (S2 for small contents, zstd's fastest level for large), better (zstd's default level), max, or off")
-	return cmd
 }
 
 func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*backupSummary, error) {
 	ctx := cmd.Context()
-	start := time.Now()
+	store, opts, err := prepareBackup(ctx, g, f, src)
+	if err != nil {
+		return nil, err
+	}
+	s, _, err := backupOnce(ctx, g, f, store, opts)
+	return s, err
+}
+
+// prepareBackup checks the flags, opens the repository and the stat cache
+// and returns the snapshot options of SRC.
+func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) (*hashstore.Store, snapshot.Options, error) {
+	var opts snapshot.Options
 	if f.parallel < 1 {
-		return nil, usagef("--parallel must be at least 1")
+		return nil, opts, usagef("--parallel must be at least 1")
 	}
 	if f.name != "" {
 		if err := hashstore.ValidateBackupName(f.name); err != nil {
-			return nil, usageError{err}
+			return nil, opts, usageError{err}
 		}
 	}
 	compression, err := hashstore.ParseCompression(f.compression)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, opts, usageError{err}
 	}
 	store, err := openStore(ctx, g)
 	if err != nil {
-		return nil, err
+		return nil, opts, err
 	}
 	store.SetCompression(compression)
-	opts := snapshot.DefaultOptions(src)
+	opts = snapshot.DefaultOptions(src)
 	opts.Includes, opts.Excludes = f.includes, f.excludes
 	opts.EmbedThreshold = int64(f.embedBelow)
 	opts.MinDeltaFileSize = int64(f.minDeltaFileSize)
@@ -139,8 +158,9 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 	}
 	checked, err := snapshot.New(opts)
 	if err != nil {
-		return nil, err
+		return nil, opts, err
 	}
+	opts.Src = checked.Src()
 	if rel, inside := repositoryInside(store, checked.Src()); inside {
 		// Backing up the repository into itself would grow it every night.
 		g.logger.Warn("the repository lies inside the source; leaving it out", "path", rel)
@@ -157,6 +177,12 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 			opts.Cache = cache
 		}
 	}
+	return store, opts, nil
+}
+
+// backupOnce runs one backup with opts and prints its summary.
+func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options) (*backupSummary, *upload.Summary, error) {
+	start := time.Now()
 	ps, stopProgress := g.showProgress(ctx, "hash", "upload")
 	opts.Progress = ps[0]
 	sum, err := upload.Backup(ctx, store, opts, upload.Options{
@@ -168,22 +194,22 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 	})
 	stopProgress()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s := summarize(sum, time.Since(start))
 	s.Requests = g.requests()
 	if g.json {
 		if err := g.printJSON(s); err != nil {
-			return &s, err
+			return &s, sum, err
 		}
 	} else {
 		printBackupSummary(g, s)
 	}
 	if sum.Incomplete() {
-		return &s, incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
+		return &s, sum, incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
 			s.Name, len(s.Unreadable)+len(s.Changed))}
 	}
-	return &s, nil
+	return &s, sum, nil
 }
 
 func summarize(sum *upload.Summary, d time.Duration) backupSummary {

@@ -131,7 +131,7 @@ could not be read (they are listed), 130 interrupted.`,
 	_ = pf.MarkHidden("cpu-profile")
 	_ = pf.MarkHidden("mem-profile")
 	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g),
-		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g))
+		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g), newWatchCommand(g))
 	return root
 }
 

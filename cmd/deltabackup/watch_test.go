@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/deltabackup/deltabackup/restore/restoretest"
+)
+
+// TestWatchBacksUpWhatChanged runs 'watch' as a user would: the first
+// backup scans everything, later ones read only what changed, every backup
+// restores to the tree as it was, and SIGTERM stops it cleanly.
+func TestWatchBacksUpWhatChanged(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	cmd := exec.Command(binary, "watch", "--repo", repo, "--every", "300ms", "--json", src)
+	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := make(chan map[string]any, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["message_type"] != "status" {
+				lines <- m
+			}
+		}
+		close(lines)
+	}()
+	next := func(kind string) map[string]any {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case m, ok := <-lines:
+				if !ok {
+					t.Fatalf("watch ended before a %s line", kind)
+				}
+				if m["message_type"] == kind || m["event"] == kind {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("no %s line from watch", kind)
+			}
+		}
+	}
+	if b := next("backup"); b["full_scan"] != true {
+		t.Fatalf("first backup was not a full scan: %v", b)
+	}
+	first := next("summary")
+	if first["hashed_files"].(float64) != 125 {
+		t.Fatalf("first backup: %v", first)
+	}
+	// Wait for a quiet backup, then change two files and add one.
+	if b := next("backup"); b["full_scan"] != false {
+		t.Fatalf("second backup scanned everything: %v", b)
+	}
+	next("summary")
+	os.WriteFile(filepath.Join(src, "pkg1/file001.go"), []byte("rewritten while watched\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "pkg2/added.go"), []byte("package pkg2 // added while watched, long enough to be stored as an object\n"), 0o644)
+	os.Remove(filepath.Join(src, "pkg3/file003.go"))
+	var changed map[string]any
+	for changed == nil {
+		b := next("backup")
+		s := next("summary")
+		if b["dirty_paths"].(float64) > 0 {
+			changed = s
+		}
+	}
+	if changed["hashed_files"].(float64) != 2 || changed["files"].(float64) != 125 || changed["cached_files"].(float64) != 123 {
+		t.Fatalf("backup after the changes: %v", changed)
+	}
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", repo, changed["name"].(string), out)
+	restoretest.CompareTrees(t, src, out)
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("watch after SIGTERM: %v", err)
+	}
+	c.ok("verify", "--repo", repo)
+}
