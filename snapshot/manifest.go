@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -296,7 +296,7 @@ func (m *Manifest) SetHashes() {
 			m.Hashes = append(m.Hashes, Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
 		}
 	}
-	sort.Slice(m.Hashes, func(i, j int) bool { return m.Hashes[i].Hexdigest < m.Hashes[j].Hexdigest })
+	slices.SortFunc(m.Hashes, func(a, b Hash) int { return strings.Compare(a.Hexdigest, b.Hexdigest) })
 }
 
 // TotalBytes is the sum of all file sizes.

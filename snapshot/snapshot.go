@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -279,22 +280,21 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
 	}
-	n := len(w.kept)
+	// Each list is sorted on its own (the base's already is), then merged:
+	// at a million files, sorting the whole manifest would move every
+	// entry several times.
+	lists := [][]File{w.kept}
 	for _, h := range workers {
-		n += len(h.files)
-	}
-	m.Files = make([]File, 0, n)
-	m.Files = append(m.Files, w.kept...)
-	w.kept = nil
-	for _, h := range workers {
-		m.Files = append(m.Files, h.files...)
+		slices.SortFunc(h.files, byPath)
+		lists = append(lists, h.files)
 		h.files = nil
 	}
-	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].RelativePath < m.Files[j].RelativePath })
+	w.kept = nil
+	m.Files = mergeSorted(lists)
 	s.logger.Debug("snapshot walked and hashed", "files", len(m.Files), "seconds", time.Since(m.Start).Seconds())
-	sort.Slice(m.Dirs, func(i, j int) bool { return m.Dirs[i].RelativePath < m.Dirs[j].RelativePath })
+	slices.SortFunc(m.Dirs, func(a, b Dir) int { return strings.Compare(a.RelativePath, b.RelativePath) })
 	sort.Strings(m.EmptyDirs)
-	sort.Slice(m.Symlinks, func(i, j int) bool { return m.Symlinks[i].RelativePath < m.Symlinks[j].RelativePath })
+	slices.SortFunc(m.Symlinks, func(a, b Symlink) int { return strings.Compare(a.RelativePath, b.RelativePath) })
 	m.SetHashes()
 	m.End = time.Now().UTC()
 	res := &Result{
@@ -341,3 +341,44 @@ func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, digest [32]b
 }
 
 func (s *Snapshotter) embeds(size int64) bool { return size <= s.opts.EmbedThreshold }
+
+func byPath(a, b File) int { return strings.Compare(a.RelativePath, b.RelativePath) }
+
+// mergeSorted merges lists sorted by path into one.
+func mergeSorted(lists [][]File) []File {
+	n := 0
+	for _, l := range lists {
+		n += len(l)
+	}
+	out := make([]File, 0, n)
+	for {
+		best := -1
+		for i, l := range lists {
+			if len(l) > 0 && (best < 0 || l[0].RelativePath < lists[best][0].RelativePath) {
+				best = i
+			}
+		}
+		if best < 0 {
+			return out
+		}
+		// Take the whole run of the best list that sorts before every
+		// other list's head.
+		l := lists[best]
+		k := 1
+		for k < len(l) {
+			ok := true
+			for i, o := range lists {
+				if i != best && len(o) > 0 && o[0].RelativePath < l[k].RelativePath {
+					ok = false
+					break
+				}
+			}
+			if !ok {
+				break
+			}
+			k++
+		}
+		out = append(out, l[:k]...)
+		lists[best] = l[k:]
+	}
+}
