@@ -58,6 +58,9 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 	if err := early.packer.Flush(ctx); err != nil {
 		return nil, err
 	}
+	if opts.BaseManifest == nil {
+		opts.BaseManifest = snapOpts.Base
+	}
 	up, err := upload(ctx, store, snap, opts, early)
 	if err != nil {
 		return nil, err

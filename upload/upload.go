@@ -40,6 +40,13 @@ type Options struct {
 	Progress *progress.Progress
 	// Logger receives warnings about files that changed after hashing.
 	Logger *slog.Logger
+	// Base is the backup whose manifest an incremental snapshot started
+	// from (snapshot.Options.Base, which Backup passes as BaseManifest).
+	// When its record is still in the repository, its contents are known
+	// to be stored — gc keeps what records reference and cannot run while
+	// this backup holds its lock — so they are not looked up again.
+	Base         *hashstore.BackupRecord
+	BaseManifest *snapshot.Manifest
 	// LockWait is how long to wait for a gc holding the repository's
 	// exclusive lock; a backup holds a shared lock while it runs, so gc
 	// never deletes what it is about to reference.
@@ -95,7 +102,7 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		hexdigests[i] = h.Hexdigest
 	}
 	start := time.Now()
-	stored, err := store.LookupAll(ctx, hexdigests) // aligned with m.Hashes
+	stored, err := lookupContents(ctx, store, m, hexdigests, opts, logger) // aligned with m.Hashes
 	if err != nil {
 		return nil, fmt.Errorf("check which contents %s already holds: %w", store, err)
 	}
@@ -203,6 +210,9 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	// Files whose content could not be stored leave the manifest; the
 	// others learn how many bytes their object occupies.
 	kept := m.Files[:0]
+	if err := fillStoredSizes(ctx, store, m, stored); err != nil {
+		return nil, err
+	}
 	for _, f := range m.Files {
 		switch {
 		case f.Embedded():
@@ -212,7 +222,9 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 			continue
 		default:
 			i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
-			f.StoredFileSize = stored[i].StoredSize
+			if stored[i].StoredSize > 0 || f.StoredFileSize == 0 {
+				f.StoredFileSize = stored[i].StoredSize
+			} // else: carried over from the base backup, as stored then
 		}
 		kept = append(kept, f)
 	}
@@ -351,4 +363,74 @@ func (r fileReader) Read(p []byte) (int, error) {
 		err = fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	return n, err
+}
+
+// lookupContents finds which of m's contents the store holds, asking the
+// store only about those not in a base backup whose record still exists.
+func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, hexdigests []string, opts Options, logger *slog.Logger) ([]hashstore.ObjectInfo, error) {
+	base := opts.BaseManifest
+	if opts.Base == nil || base == nil {
+		return store.LookupAll(ctx, hexdigests)
+	}
+	rec, err := store.Backup(ctx, opts.Base.Name)
+	if err != nil || rec.RootHexdigest != opts.Base.RootHexdigest {
+		logger.Info("the base backup is gone; every content is looked up", "backup", opts.Base.Name, "err", err)
+		return store.LookupAll(ctx, hexdigests)
+	}
+	// Both hash lists are sorted: one pass finds the new ones.
+	infos := make([]hashstore.ObjectInfo, len(m.Hashes))
+	var ask []string
+	var at []int
+	j := 0
+	for i, h := range m.Hashes {
+		for j < len(base.Hashes) && base.Hashes[j].Hexdigest < h.Hexdigest {
+			j++
+		}
+		if j < len(base.Hashes) && base.Hashes[j].Hexdigest == h.Hexdigest {
+			infos[i] = hashstore.ObjectInfo{Found: true}
+			continue
+		}
+		ask = append(ask, h.Hexdigest)
+		at = append(at, i)
+	}
+	found, err := store.LookupAll(ctx, ask)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range at {
+		infos[i] = found[k]
+	}
+	logger.Debug("contents of the base backup not looked up again", "known", len(m.Hashes)-len(ask), "asked", len(ask))
+	return infos, nil
+}
+
+// fillStoredSizes asks the store for the stored size of contents known
+// present through the base backup but used by files examined in this run
+// (a file that now has the content of another): few, so cheap.
+func fillStoredSizes(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, stored []hashstore.ObjectInfo) error {
+	var ask []string
+	var at []int
+	for _, f := range m.Files {
+		if f.Embedded() || f.StoredFileSize > 0 {
+			continue
+		}
+		i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
+		if i < len(stored) && stored[i].Found && stored[i].StoredSize == 0 {
+			ask = append(ask, f.Hexdigest)
+			at = append(at, i)
+		}
+	}
+	if len(ask) == 0 {
+		return nil
+	}
+	found, err := store.LookupAll(ctx, ask)
+	if err != nil {
+		return fmt.Errorf("look up stored sizes: %w", err)
+	}
+	for k, i := range at {
+		if found[k].Found {
+			stored[i].StoredSize = found[k].StoredSize
+		}
+	}
+	return nil
 }

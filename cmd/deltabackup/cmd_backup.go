@@ -120,7 +120,7 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 	if err != nil {
 		return nil, err
 	}
-	s, _, err := backupOnce(ctx, g, f, store, opts)
+	s, _, err := backupOnce(ctx, g, f, store, opts, nil)
 	return s, err
 }
 
@@ -181,7 +181,8 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 }
 
 // backupOnce runs one backup with opts and prints its summary.
-func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options) (*backupSummary, *upload.Summary, error) {
+// base is the backup opts.Base came from, for an incremental backup.
+func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options, base *hashstore.BackupRecord) (*backupSummary, *upload.Summary, error) {
 	start := time.Now()
 	ps, stopProgress := g.showProgress(ctx, "hash", "upload")
 	opts.Progress = ps[0]
@@ -191,6 +192,7 @@ func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstor
 		Progress: ps[1],
 		Logger:   g.logger,
 		LockWait: f.lockWait,
+		Base:     base,
 	})
 	stopProgress()
 	if err != nil {

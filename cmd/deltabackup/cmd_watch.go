@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/watch"
 )
@@ -62,6 +63,7 @@ record. Each backup prints the same summary, metrics and notifications as
 			defer w.Close()
 			g.watchEvent("started", map[string]any{"source": opts.Src, "watched_directories": w.Watched()})
 			var base *snapshot.Manifest
+			var baseRec *hashstore.BackupRecord
 			for {
 				next := nextRun(time.Now(), every, atTime)
 				g.logger.Info("next backup", "at", next.Format(time.DateTime))
@@ -73,8 +75,9 @@ record. Each backup prints the same summary, metrics and notifications as
 				case <-time.After(time.Until(next)):
 				}
 				dirty, full := w.Take()
-				o := opts
+				o, oRec := opts, (*hashstore.BackupRecord)(nil)
 				if full == "" && base != nil {
+					oRec = baseRec
 					o.Base, o.Dirty = base, dirty
 					g.logger.Info("backup of the changed paths", "paths", len(dirty))
 				} else {
@@ -85,7 +88,7 @@ record. Each backup prints the same summary, metrics and notifications as
 				}
 				g.watchEvent("backup", map[string]any{"full_scan": o.Base == nil, "reason": full, "dirty_paths": len(dirty)})
 				start := time.Now()
-				s, sum, err := backupOnce(ctx, g, &f, store, o)
+				s, sum, err := backupOnce(ctx, g, &f, store, o, oRec)
 				var incomplete incompleteError
 				ok := err == nil || errors.As(err, &incomplete)
 				g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
@@ -105,7 +108,7 @@ record. Each backup prints the same summary, metrics and notifications as
 				g.notify(ctx, "backup_finished", map[string]any{"backup": s.Name, "root_hash": s.RootHash, "files": s.Files,
 					"total_bytes": s.TotalBytes, "uploaded_objects": s.UploadedObjects, "uploaded_bytes": s.UploadedBytes,
 					"incomplete": len(s.Unreadable) + len(s.Changed), "duration_seconds": s.DurationSeconds})
-				base = sum.Snapshot.Manifest
+				base, baseRec = sum.Snapshot.Manifest, &sum.Upload.Record
 				var again []string
 				for _, p := range append(append(sum.Snapshot.Unreadable, sum.Changed()...), sum.Snapshot.Special...) {
 					again = append(again, p.Path)
