@@ -116,34 +116,30 @@ func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts Cop
 		if err != nil {
 			return fmt.Errorf("read %s: %w", h, err)
 		}
-		var n int64
-		if bundled[h] {
+		// The reader and Put check every byte against h, so the content
+		// is size bytes once they succeed.
+		size := sizes[h]
+		if bundled[h] || size < 0 { // small, or the manifest, whose size only the object knows
 			buf.Reset()
 			if _, err := buf.ReadFrom(r); err != nil {
 				return fmt.Errorf("read %s: %w", h, err)
 			}
-			n = int64(buf.Len())
-			_, err = packer.AddHashed(ctx, h, buf.Bytes())
-		} else {
-			cr := &countingReader{r: r}
-			size := sizes[h]
-			if size < 0 { // the manifest: its size is the object's
-				buf.Reset()
-				if _, err := buf.ReadFrom(r); err != nil {
-					return fmt.Errorf("read %s: %w", h, err)
-				}
-				cr, size = &countingReader{r: bytes.NewReader(buf.Bytes())}, int64(buf.Len())
+			size = int64(buf.Len())
+			if bundled[h] {
+				_, err = packer.AddHashed(ctx, h, buf.Bytes())
+			} else {
+				_, err = to.PutBytes(ctx, h, buf.Bytes())
 			}
-			_, err = to.Put(ctx, h, cr, size)
-			n = cr.n
+		} else {
+			_, err = to.Put(ctx, h, r, size)
 		}
 		if err != nil {
 			return err
 		}
 		rep.Objects++
-		rep.Bytes += n
+		rep.Bytes += size
 		if opts.Copied != nil {
-			opts.Copied(n)
+			opts.Copied(size)
 		}
 		return nil
 	})
@@ -156,15 +152,4 @@ func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts Cop
 	}
 	// The record last: only now is everything it references stored.
 	return to.PutBackup(ctx, rec)
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -145,19 +145,15 @@ func (e *damagedRecordError) Unwrap() error { return e.err }
 // warning naming it, so one damaged record does not hide the others;
 // 'deltabackup verify' reports it. Storage errors are errors.
 func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
-	var names []string
-	err := s.backend.List(ctx, "backups/", func(info Info) error {
-		name, ok := strings.CutSuffix(strings.TrimPrefix(info.Key, "backups/"), ".json")
-		if ok && ValidateBackupName(name) == nil {
-			names = append(names, name)
-		}
-		return nil
-	})
+	names, err := s.backupNames(ctx)
 	if err != nil {
 		return nil, err
 	}
 	records := make([]BackupRecord, 0, len(names))
 	for _, name := range names {
+		if ValidateBackupName(name) != nil {
+			continue
+		}
 		rec, err := s.readBackup(ctx, name)
 		var damaged *damagedRecordError
 		if errors.As(err, &damaged) {
@@ -176,6 +172,23 @@ func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 		return records[i].Name < records[j].Name
 	})
 	return records, nil
+}
+
+// backupNames lists the names of every record file, sorted, valid names
+// or not.
+func (s *Store) backupNames(ctx context.Context) ([]string, error) {
+	var names []string
+	err := s.backend.List(ctx, "backups/", func(info Info) error {
+		if name, ok := strings.CutSuffix(strings.TrimPrefix(info.Key, "backups/"), ".json"); ok {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // Backup returns the record called name, or the newest one for "latest".

@@ -210,18 +210,7 @@ func (s *Store) verifyNames(ctx context.Context, given []string) ([]string, erro
 		}
 		return names, nil
 	}
-	var names []string
-	err := s.backend.List(ctx, "backups/", func(info Info) error {
-		if name, ok := strings.CutSuffix(strings.TrimPrefix(info.Key, "backups/"), ".json"); ok {
-			names = append(names, name)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
-	}
-	sort.Strings(names)
-	return names, nil
+	return s.backupNames(ctx)
 }
 
 // verifyPresence marks the objects that are not stored, or whose pack is
@@ -280,9 +269,9 @@ func (s *Store) verifyData(ctx context.Context, found []string, opts VerifyOptio
 	g, gctx := errgroup.WithContext(ctx)
 	// Contiguous slices of the sorted list keep each worker's packed
 	// objects together, so GetMany coalesces their reads.
-	per := (len(found) + parallel - 1) / max(parallel, 1)
-	for start := 0; start < len(found); start += max(per, 1) {
-		part := found[start:min(start+max(per, 1), len(found))]
+	per := max((len(found)+parallel-1)/parallel, 1)
+	for start := 0; start < len(found); start += per {
+		part := found[start:min(start+per, len(found))]
 		g.Go(func() error {
 			return s.GetMany(gctx, part, func(h string, r io.Reader, err error) error {
 				var n int64

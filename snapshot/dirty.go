@@ -3,7 +3,6 @@ package snapshot
 import (
 	"context"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -48,17 +47,9 @@ func newDirtySet(paths []string) (*dirtySet, error) {
 // walkDirty lists dir again and examines its dirty entries and those on
 // the way to one; the others come from the base manifest.
 func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) (bool, error) {
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	entries, err := os.ReadDir(dir)
+	entries, err := w.readDir(ctx, rel, dir)
 	if err != nil {
-		if rel == "" {
-			return false, fmt.Errorf("read source directory: %w", err)
-		}
-		w.s.logger.Warn("directory unreadable, skipped", "path", rel, "err", err)
-		w.col.add(&w.col.unreadable, Problem{Path: rel, Err: unwrapPathError(err)})
-		return false, nil
+		return false, err
 	}
 	selected := false
 	for _, e := range entries {
@@ -83,39 +74,34 @@ func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) 
 	return selected, nil
 }
 
-// under returns the entries of a list sorted by path that are at or below
-// p: p itself, then the range of paths starting with p+"/" (which ends
-// before p+"0", '0' being the byte after '/').
-func under[T any](list []T, key func(T) string, p string) []T {
+// appendUnder appends to dst the entries of a list sorted by path that are
+// at or below p: p itself, then the range of paths starting with p+"/"
+// (which ends before p+"0", '0' being the byte after '/').
+func appendUnder[T any](dst, list []T, key func(T) string, p string) []T {
 	find := func(k string) int { return sort.Search(len(list), func(i int) bool { return key(list[i]) >= k }) }
-	var out []T
 	if i := find(p); i < len(list) && key(list[i]) == p {
-		out = append(out, list[i])
+		dst = append(dst, list[i])
 	}
-	return append(out, list[find(p+"/"):find(p+"0")]...)
+	return append(dst, list[find(p+"/"):find(p+"0")]...)
 }
 
 // keepBase carries over the base manifest's entries at and below p, with
 // their stat cache entries, and reports whether there were any.
 func (w *walker) keepBase(p string) bool {
-	m := w.s.opts.Base
-	files := under(m.Files, func(f File) string { return f.RelativePath }, p)
-	links := under(m.Symlinks, func(s Symlink) string { return s.RelativePath }, p)
-	empty := under(m.EmptyDirs, func(d string) string { return d }, p)
-	dirs := under(m.Dirs, func(d Dir) string { return d.RelativePath }, p)
-	w.kept = append(w.kept, files...)
-	w.manifest.Symlinks = append(w.manifest.Symlinks, links...)
-	w.manifest.EmptyDirs = append(w.manifest.EmptyDirs, empty...)
-	w.manifest.Dirs = append(w.manifest.Dirs, dirs...)
+	m, out := w.s.opts.Base, w.manifest
+	nFiles, nLinks, nEmpty, nDirs := len(w.kept), len(out.Symlinks), len(out.EmptyDirs), len(out.Dirs)
+	w.kept = appendUnder(w.kept, m.Files, func(f File) string { return f.RelativePath }, p)
+	out.Symlinks = appendUnder(out.Symlinks, m.Symlinks, func(s Symlink) string { return s.RelativePath }, p)
+	out.EmptyDirs = appendUnder(out.EmptyDirs, m.EmptyDirs, func(d string) string { return d }, p)
+	out.Dirs = appendUnder(out.Dirs, m.Dirs, func(d Dir) string { return d.RelativePath }, p)
+	files := w.kept[nFiles:]
 	if c := w.s.opts.Cache; c != nil {
-		for _, f := range files {
-			c.carry(f.RelativePath)
-		}
+		c.carry(files)
 	}
 	w.col.cachedFiles.Add(int64(len(files)))
 	if pr := w.s.opts.Progress; pr != nil && len(files) > 0 {
 		pr.AddTotal(int64(len(files)))
 		pr.AddSuccess(int64(len(files)))
 	}
-	return len(files)+len(links)+len(empty)+len(dirs) > 0
+	return len(files)+len(out.Symlinks)-nLinks+len(out.EmptyDirs)-nEmpty+len(out.Dirs)-nDirs > 0
 }

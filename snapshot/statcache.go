@@ -148,11 +148,15 @@ func (c *StatCache) record(rel string, e cacheEntry) {
 	c.mu.Unlock()
 }
 
-// carry keeps the previous run's entry of rel in this run's generation,
-// for a file an incremental snapshot took over unexamined.
-func (c *StatCache) carry(rel string) {
-	if i, ok := c.prev.index[rel]; ok {
-		c.record(rel, c.prev.entry(i))
+// carry keeps the previous run's entries of files in this run's
+// generation, for files an incremental snapshot took over unexamined.
+func (c *StatCache) carry(files []File) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range files {
+		if i, ok := c.prev.index[f.RelativePath]; ok {
+			c.next = append(c.next, cacheRecord{f.RelativePath, c.prev.entry(i)})
+		}
 	}
 }
 

@@ -42,17 +42,9 @@ func (w *walker) walk(ctx context.Context, rel, dir string, included bool) error
 // below it was selected. included is true when a directory above matched
 // an include glob, which selects everything below it.
 func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (selected bool, err error) {
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	entries, err := os.ReadDir(dir)
+	entries, err := w.readDir(ctx, rel, dir)
 	if err != nil {
-		if rel == "" {
-			return false, fmt.Errorf("read source directory: %w", err)
-		}
-		w.s.logger.Warn("directory unreadable, skipped", "path", rel, "err", err)
-		w.col.add(&w.col.unreadable, Problem{Path: rel, Err: unwrapPathError(err)})
-		return false, nil
+		return false, err
 	}
 	for _, e := range entries {
 		sel, err := w.entry(ctx, e, rel, dir, included, w.walkDir)
@@ -62,6 +54,38 @@ func (w *walker) walkDir(ctx context.Context, rel, dir string, included bool) (s
 		selected = selected || sel
 	}
 	return selected, nil
+}
+
+// readDir lists dir. An unreadable directory below the root is reported
+// and yields no entries; an unreadable root fails the snapshot.
+func (w *walker) readDir(ctx context.Context, rel, dir string) ([]fs.DirEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if rel == "" {
+			return nil, fmt.Errorf("read source directory: %w", err)
+		}
+		w.s.logger.Warn("directory unreadable, skipped", "path", rel, "err", err)
+		w.col.add(&w.col.unreadable, Problem{Path: rel, Err: unwrapPathError(err)})
+		return nil, nil
+	}
+	return entries, nil
+}
+
+// sendFile hands a regular file to the hashing workers, which take its
+// lstat, so stats run on every core.
+func (w *walker) sendFile(ctx context.Context, rel string) error {
+	if p := w.s.opts.Progress; p != nil {
+		p.AddTotal(1)
+	}
+	select {
+	case w.jobs <- fileJob{rel: rel}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // walkFunc walks a directory below the source: the full walk, or the walk
@@ -90,16 +114,7 @@ func (w *walker) entry(ctx context.Context, e fs.DirEntry, rel, dir string, incl
 		if !childIncluded {
 			return false, nil
 		}
-		// The worker takes the lstat, so stats run on every core.
-		if p := w.s.opts.Progress; p != nil {
-			p.AddTotal(1)
-		}
-		select {
-		case w.jobs <- fileJob{rel: childRel}:
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-		return true, nil
+		return true, w.sendFile(ctx, childRel)
 	}
 	info, err := e.Info() // lstat
 	if err != nil {
@@ -137,13 +152,8 @@ func (w *walker) entry(ctx context.Context, e fs.DirEntry, rel, dir string, incl
 		w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
 		selected = true
 	case mode.IsRegular(): // only when the directory entry did not say
-		if p := w.s.opts.Progress; p != nil {
-			p.AddTotal(1)
-		}
-		select {
-		case w.jobs <- fileJob{rel: childRel}:
-		case <-ctx.Done():
-			return false, ctx.Err()
+		if err := w.sendFile(ctx, childRel); err != nil {
+			return false, err
 		}
 		selected = true
 	default:

@@ -210,9 +210,11 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	// Files whose content could not be stored leave the manifest; the
 	// others learn how many bytes their object occupies.
 	kept := m.Files[:0]
-	if err := fillStoredSizes(ctx, store, m, stored); err != nil {
-		return nil, err
-	}
+	// Contents known present through the base backup have no stored size
+	// here; files carried over keep theirs, and the few files examined in
+	// this run that have such a content (a file that now holds another's)
+	// are asked for after the loop.
+	var unsized []int
 	for _, f := range m.Files {
 		switch {
 		case f.Embedded():
@@ -222,13 +224,19 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 			continue
 		default:
 			i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
-			if stored[i].StoredSize > 0 || f.StoredFileSize == 0 {
+			switch {
+			case stored[i].StoredSize > 0:
 				f.StoredFileSize = stored[i].StoredSize
-			} // else: carried over from the base backup, as stored then
+			case f.StoredFileSize == 0:
+				unsized = append(unsized, len(kept))
+			}
 		}
 		kept = append(kept, f)
 	}
 	m.Files = kept
+	if err := fillStoredSizes(ctx, store, m.Files, unsized); err != nil {
+		return nil, err
+	}
 	m.SetHashes()
 	res.Changed = changed
 
@@ -404,33 +412,22 @@ func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Man
 	return infos, nil
 }
 
-// fillStoredSizes asks the store for the stored size of contents known
-// present through the base backup but used by files examined in this run
-// (a file that now has the content of another): few, so cheap.
-func fillStoredSizes(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, stored []hashstore.ObjectInfo) error {
-	var ask []string
-	var at []int
-	for _, f := range m.Files {
-		if f.Embedded() || f.StoredFileSize > 0 {
-			continue
-		}
-		i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
-		if i < len(stored) && stored[i].Found && stored[i].StoredSize == 0 {
-			ask = append(ask, f.Hexdigest)
-			at = append(at, i)
-		}
-	}
-	if len(ask) == 0 {
+// fillStoredSizes asks the store for the stored sizes of the files at
+// the given indexes.
+func fillStoredSizes(ctx context.Context, store *hashstore.Store, files []snapshot.File, at []int) error {
+	if len(at) == 0 {
 		return nil
+	}
+	ask := make([]string, len(at))
+	for k, i := range at {
+		ask[k] = files[i].Hexdigest
 	}
 	found, err := store.LookupAll(ctx, ask)
 	if err != nil {
 		return fmt.Errorf("look up stored sizes: %w", err)
 	}
 	for k, i := range at {
-		if found[k].Found {
-			stored[i].StoredSize = found[k].StoredSize
-		}
+		files[i].StoredFileSize = found[k].StoredSize
 	}
 	return nil
 }

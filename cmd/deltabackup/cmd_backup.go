@@ -79,16 +79,7 @@ and left out rather than stored with mixed content.`,
 			var incomplete incompleteError
 			ok := err == nil || errors.As(err, &incomplete)
 			g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
-			if ok {
-				g.notify(cmd.Context(), "backup_finished", map[string]any{"backup": s.Name, "root_hash": s.RootHash, "files": s.Files,
-					"total_bytes": s.TotalBytes, "uploaded_objects": s.UploadedObjects, "uploaded_bytes": s.UploadedBytes,
-					"incomplete": len(s.Unreadable) + len(s.Changed), "duration_seconds": s.DurationSeconds})
-				if s.UploadedObjects > 0 {
-					g.notify(cmd.Context(), "objects_created", map[string]any{"backup": s.Name, "objects": s.UploadedObjects, "bytes": s.UploadedBytes})
-				}
-			} else {
-				g.notify(cmd.Context(), "backup_failed", map[string]any{"source": args[0], "error": err.Error()})
-			}
+			g.notifyBackup(cmd.Context(), args[0], s, ok, err)
 			return err
 		},
 	}

@@ -98,16 +98,14 @@ record. Each backup prints the same summary, metrics and notifications as
 					return nil
 				case !ok:
 					g.logger.Error("backup failed; its paths go to the next one", "err", err)
-					g.notify(ctx, "backup_failed", map[string]any{"source": opts.Src, "error": err.Error()})
+					g.notifyBackup(ctx, opts.Src, s, false, err)
 					w.Requeue(dirty, full)
 					if o.Base == nil {
 						w.Requeue(nil, "the last full scan failed")
 					}
 					continue
 				}
-				g.notify(ctx, "backup_finished", map[string]any{"backup": s.Name, "root_hash": s.RootHash, "files": s.Files,
-					"total_bytes": s.TotalBytes, "uploaded_objects": s.UploadedObjects, "uploaded_bytes": s.UploadedBytes,
-					"incomplete": len(s.Unreadable) + len(s.Changed), "duration_seconds": s.DurationSeconds})
+				g.notifyBackup(ctx, opts.Src, s, true, nil)
 				base, baseRec = sum.Snapshot.Manifest, &sum.Upload.Record
 				var again []string
 				for _, p := range append(append(sum.Snapshot.Unreadable, sum.Changed()...), sum.Snapshot.Special...) {

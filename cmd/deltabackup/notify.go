@@ -60,6 +60,22 @@ func (g *globals) notify(ctx context.Context, event string, fields map[string]an
 	}()
 }
 
+// notifyBackup posts the events of one backup run of src: backup_finished
+// and objects_created when ok (s is then its summary), backup_failed with
+// err otherwise.
+func (g *globals) notifyBackup(ctx context.Context, src string, s *backupSummary, ok bool, err error) {
+	if !ok {
+		g.notify(ctx, "backup_failed", map[string]any{"source": src, "error": err.Error()})
+		return
+	}
+	g.notify(ctx, "backup_finished", map[string]any{"backup": s.Name, "root_hash": s.RootHash, "files": s.Files,
+		"total_bytes": s.TotalBytes, "uploaded_objects": s.UploadedObjects, "uploaded_bytes": s.UploadedBytes,
+		"incomplete": len(s.Unreadable) + len(s.Changed), "duration_seconds": s.DurationSeconds})
+	if s.UploadedObjects > 0 {
+		g.notify(ctx, "objects_created", map[string]any{"backup": s.Name, "objects": s.UploadedObjects, "bytes": s.UploadedBytes})
+	}
+}
+
 func (n *notifier) post(ctx context.Context, data []byte) error {
 	var err error
 	for attempt := 1; attempt <= notifyAttempts; attempt++ {
