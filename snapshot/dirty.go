@@ -45,12 +45,13 @@ func newDirtySet(paths []string) (*dirtySet, error) {
 }
 
 // walkDirty lists dir again and examines its dirty entries and those on
-// the way to one; the others come from the base manifest.
+// the way to one; the others are carried over from the base manifest.
 func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) (bool, error) {
 	entries, err := w.readDir(ctx, rel, dir)
 	if err != nil {
 		return false, err
 	}
+	var inBase map[string]bool // names below dir that the base has entries at or below
 	selected := false
 	for _, e := range entries {
 		childRel := e.Name()
@@ -64,7 +65,12 @@ func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) 
 		case w.dirty.onPath[childRel]:
 			sel, err = w.entry(ctx, e, rel, dir, included, w.walkDirty)
 		default:
-			sel = w.keepBase(childRel)
+			if inBase == nil {
+				inBase = w.baseChildren(rel)
+			}
+			// Carried over later, in one pass over the base (finishIncremental).
+			w.kept = append(w.kept, childRel)
+			sel = inBase[e.Name()]
 		}
 		if err != nil {
 			return false, err
@@ -74,34 +80,38 @@ func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) 
 	return selected, nil
 }
 
-// appendUnder appends to dst the entries of a list sorted by path that are
-// at or below p: p itself, then the range of paths starting with p+"/"
-// (which ends before p+"0", '0' being the byte after '/').
-func appendUnder[T any](dst, list []T, key func(T) string, p string) []T {
-	find := func(k string) int { return sort.Search(len(list), func(i int) bool { return key(list[i]) >= k }) }
-	if i := find(p); i < len(list) && key(list[i]) == p {
-		dst = append(dst, list[i])
-	}
-	return append(dst, list[find(p+"/"):find(p+"0")]...)
+// baseChildren returns the names in directory rel ("" for the root) that
+// the base manifest has an entry at or below. Each list is sorted by path,
+// so the entries below rel are one range, and a child's subtree is skipped
+// with one search.
+func (w *walker) baseChildren(rel string) map[string]bool {
+	names := map[string]bool{}
+	m := w.s.opts.Base
+	childrenIn(names, m.Files, filePath, rel)
+	childrenIn(names, m.Dirs, dirPath, rel)
+	childrenIn(names, m.EmptyDirs, func(s *string) string { return *s }, rel)
+	childrenIn(names, m.Symlinks, symlinkPath, rel)
+	return names
 }
 
-// keepBase carries over the base manifest's entries at and below p, with
-// their stat cache entries, and reports whether there were any.
-func (w *walker) keepBase(p string) bool {
-	m, out := w.s.opts.Base, w.manifest
-	nFiles, nLinks, nEmpty, nDirs := len(w.kept), len(out.Symlinks), len(out.EmptyDirs), len(out.Dirs)
-	w.kept = appendUnder(w.kept, m.Files, func(f File) string { return f.RelativePath }, p)
-	out.Symlinks = appendUnder(out.Symlinks, m.Symlinks, func(s Symlink) string { return s.RelativePath }, p)
-	out.EmptyDirs = appendUnder(out.EmptyDirs, m.EmptyDirs, func(d string) string { return d }, p)
-	out.Dirs = appendUnder(out.Dirs, m.Dirs, func(d Dir) string { return d.RelativePath }, p)
-	files := w.kept[nFiles:]
-	if c := w.s.opts.Cache; c != nil {
-		c.carry(files)
+func childrenIn[T any](names map[string]bool, list []T, key func(*T) string, rel string) {
+	find := func(from int, k string) int {
+		return from + sort.Search(len(list)-from, func(i int) bool { return key(&list[from+i]) >= k })
 	}
-	w.col.cachedFiles.Add(int64(len(files)))
-	if pr := w.s.opts.Progress; pr != nil && len(files) > 0 {
-		pr.AddTotal(int64(len(files)))
-		pr.AddSuccess(int64(len(files)))
+	prefix, lo, hi := "", 0, len(list)
+	if rel != "" {
+		prefix = rel + "/"
+		lo, hi = find(0, prefix), find(0, rel+"0")
 	}
-	return len(files)+len(out.Symlinks)-nLinks+len(out.EmptyDirs)-nEmpty+len(out.Dirs)-nDirs > 0
+	for i := lo; i < hi; {
+		name := key(&list[i])[len(prefix):]
+		slash := strings.IndexByte(name, '/')
+		if slash < 0 {
+			names[name] = true
+			i++
+			continue
+		}
+		names[name[:slash]] = true
+		i = find(i, prefix+name[:slash]+"0")
+	}
 }

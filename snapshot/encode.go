@@ -98,7 +98,25 @@ func (m *Manifest) encode(buf []byte, flush func(buf []byte, final bool) ([]byte
 		buf = h.appendJSON(buf)
 		step()
 	}
-	buf = append(buf, "]}"...)
+	buf = append(buf, ']')
+	if m.BaseManifest != "" {
+		buf = append(buf, `,"base_manifest":`...)
+		buf = appendString(buf, m.BaseManifest)
+		buf = append(buf, `,"chain_depth":`...)
+		buf = strconv.AppendInt(buf, int64(m.ChainDepth), 10)
+		if r := m.Removed; r != nil {
+			buf = append(buf, `,"removed":{"files":`...)
+			buf = appendStrings(buf, r.Files)
+			buf = append(buf, `,"dirs":`...)
+			buf = appendStrings(buf, r.Dirs)
+			buf = append(buf, `,"empty_dirs":`...)
+			buf = appendStrings(buf, r.EmptyDirs)
+			buf = append(buf, `,"symlinks":`...)
+			buf = appendStrings(buf, r.Symlinks)
+			buf = append(buf, '}')
+		}
+	}
+	buf = append(buf, '}')
 	if flush != nil && err == nil {
 		buf, err = flush(buf, true)
 	}

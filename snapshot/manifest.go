@@ -39,7 +39,30 @@ type Manifest struct {
 	EmptyDirs []string  `json:"empty_dirs"`
 	Symlinks  []Symlink `json:"symlinks"`
 	Hashes    []Hash    `json:"hashes"`
+	// BaseManifest makes this an incremental manifest: it holds only what
+	// changed since the manifest object with that hexdigest — entries new
+	// or different in Files, Dirs, EmptyDirs and Symlinks (Hashes lists
+	// the contents of those Files) and, in Removed, the paths gone from
+	// each list. Apply makes the whole manifest of it. ChainDepth counts
+	// the manifests down to a whole one; a manifest read through Apply
+	// keeps it, so the next incremental one can be numbered.
+	BaseManifest string   `json:"base_manifest,omitempty"`
+	ChainDepth   int      `json:"chain_depth,omitempty"`
+	Removed      *Removed `json:"removed,omitempty"`
 }
+
+// Removed lists, per list of a manifest, the paths an incremental manifest
+// drops from its base. Each list is sorted.
+type Removed struct {
+	Files     []string `json:"files,omitempty"`
+	Dirs      []string `json:"dirs,omitempty"`
+	EmptyDirs []string `json:"empty_dirs,omitempty"`
+	Symlinks  []string `json:"symlinks,omitempty"`
+}
+
+// MaxChainDepth bounds how many incremental manifests a reader follows
+// down to a whole one.
+const MaxChainDepth = 64
 
 // File is one regular file of a snapshot. Embedded files (at most the embed
 // threshold) carry their content and have no hexdigest and no object.
@@ -113,6 +136,9 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
+	}
+	if m.BaseManifest == "" && (m.ChainDepth != 0 || m.Removed != nil) {
+		return nil, errors.New("manifest has chain_depth or removed but no base_manifest")
 	}
 	return &m, nil
 }
@@ -227,6 +253,9 @@ func (m *Manifest) Validate() error {
 		if d.Mode > 0o7777 {
 			return fmt.Errorf("manifest dir %q: invalid mode %o", d.RelativePath, d.Mode)
 		}
+	}
+	if err := m.validateIncremental(); err != nil {
+		return err
 	}
 	if m.Root != nil && (m.Root.RelativePath != "." || m.Root.Mode > 0o7777) {
 		return fmt.Errorf("manifest root entry must have relative_path \".\" and a valid mode, has %q and %o", m.Root.RelativePath, m.Root.Mode)

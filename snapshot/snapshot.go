@@ -134,6 +134,13 @@ type Result struct {
 	Changed []Problem
 	// Special files (sockets, devices, FIFOs) are skipped.
 	Special []Problem
+	// Delta is set for an incremental snapshot (Options.Base with a dirty
+	// list): the incremental manifest of what changed since Base, whose
+	// BaseManifest the caller fills in with the hexdigest Base is stored
+	// under. Manifest is the whole manifest either way.
+	Delta *Manifest
+	// Base is the manifest Delta is relative to (Options.Base).
+	Base *Manifest
 }
 
 // Snapshotter takes snapshots of one source directory.
@@ -251,11 +258,15 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		}
 		if !d.all {
 			w.dirty = d
+
 			walk = func(ctx context.Context, rel, dir string, included bool) error {
 				_, err := w.walkDirty(ctx, rel, dir, included)
 				return err
 			}
 		}
+	}
+	if s.opts.Cache != nil {
+		s.opts.Cache.begin(w.dirty != nil)
 	}
 	g.Go(func() error {
 		defer close(jobs)
@@ -280,23 +291,40 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
 	}
-	// Each list is sorted on its own (the base's already is), then merged:
-	// at a million files, sorting the whole manifest would move every
-	// entry several times.
-	lists := [][]File{w.kept}
+	// Each list is sorted on its own, then merged: at a million files,
+	// sorting the whole manifest would move every entry several times.
+	var lists [][]File
 	for _, h := range workers {
 		slices.SortFunc(h.files, byPath)
 		lists = append(lists, h.files)
 		h.files = nil
 	}
-	w.kept = nil
 	m.Files = mergeSorted(lists)
 	s.logger.Debug("snapshot walked and hashed", "files", len(m.Files), "seconds", time.Since(m.Start).Seconds())
 	slices.SortFunc(m.Dirs, func(a, b Dir) int { return strings.Compare(a.RelativePath, b.RelativePath) })
 	sort.Strings(m.EmptyDirs)
 	slices.SortFunc(m.Symlinks, func(a, b Symlink) int { return strings.Compare(a.RelativePath, b.RelativePath) })
-	m.SetHashes()
+	var delta *Manifest
+	if w.dirty != nil {
+		var carried int
+		delta, carried = finishIncremental(m, s.opts.Base, m.Files, w.kept)
+		w.kept = nil
+		col.cachedFiles.Add(int64(carried))
+		if c := s.opts.Cache; c != nil && len(delta.Removed.Files) > 0 {
+			c.Forget(delta.Removed.Files...)
+		}
+		if pr := s.opts.Progress; pr != nil && carried > 0 {
+			pr.AddTotal(int64(carried))
+			pr.AddSuccess(int64(carried))
+		}
+		s.logger.Debug("incremental snapshot merged with its base", "carried", carried, "changed_files", len(delta.Files), "seconds", time.Since(m.Start).Seconds())
+	} else {
+		m.SetHashes()
+	}
 	m.End = time.Now().UTC()
+	if delta != nil {
+		delta.End = m.End
+	}
 	res := &Result{
 		Manifest:    m,
 		ReadRoot:    s.src,
@@ -306,6 +334,10 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		Unreadable:  sortProblems(col.unreadable),
 		Changed:     sortProblems(col.changed),
 		Special:     sortProblems(col.special),
+		Delta:       delta,
+	}
+	if delta != nil {
+		res.Base = s.opts.Base
 	}
 	if s.dst != "" {
 		res.ReadRoot = s.dst

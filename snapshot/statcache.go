@@ -21,6 +21,10 @@ import (
 //
 // A run reads the previous generation and records a new one holding only
 // the files seen in this run; Save replaces the file on disk atomically.
+// An incremental snapshot sees only what changed, so its run keeps the
+// previous generation and lays its records over it (newer); Keep makes
+// them the ones lookups use without the O(files) work of a Save, which a
+// long-running watcher does only now and then.
 // The cache is an optimisation: a missing or damaged cache file only costs
 // re-reading, never a wrong hash, because the file carries a checksum.
 //
@@ -28,12 +32,22 @@ import (
 // string of all paths and parallel arrays, and the next generation a list
 // of records that share the manifest's path strings.
 type StatCache struct {
-	path string
-	prev cacheTable
+	path  string
+	prev  cacheTable
+	newer map[string]newerEntry // replaces prev's entries; read-only during a run
 
 	mu        sync.Mutex
 	next      []cacheRecord
 	forgotten map[string]bool
+	ran       bool // a run started since the last rotation
+	keepPrev  bool // that run is incremental: what it does not record stays
+}
+
+// newerEntry is an entry recorded after prev was loaded, or the mark of
+// one that is gone.
+type newerEntry struct {
+	entry cacheEntry
+	gone  bool
 }
 
 // fileStat is the part of a stat that decides whether content may have
@@ -128,13 +142,22 @@ func (c *StatCache) Len() int {
 	return len(c.next)
 }
 
-// has reports whether the previous run recorded rel.
+// has reports whether an earlier run recorded rel.
 func (c *StatCache) has(rel string) bool {
+	if e, ok := c.newer[rel]; ok {
+		return !e.gone
+	}
 	_, ok := c.prev.index[rel]
 	return ok
 }
 
 func (c *StatCache) lookup(rel string, st fileStat) (cacheEntry, bool) {
+	if e, ok := c.newer[rel]; ok {
+		if e.gone || e.entry.stat != st {
+			return cacheEntry{}, false
+		}
+		return e.entry, true
+	}
 	i, ok := c.prev.index[rel]
 	if !ok || c.prev.stats[i] != st {
 		return cacheEntry{}, false
@@ -148,20 +171,19 @@ func (c *StatCache) record(rel string, e cacheEntry) {
 	c.mu.Unlock()
 }
 
-// carry keeps the previous run's entries of files in this run's
-// generation, for files an incremental snapshot took over unexamined.
-func (c *StatCache) carry(files []File) {
+// begin marks the start of a run. The generation an incremental run
+// records is the previous one with its records laid over it.
+func (c *StatCache) begin(incremental bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, f := range files {
-		if i, ok := c.prev.index[f.RelativePath]; ok {
-			c.next = append(c.next, cacheRecord{f.RelativePath, c.prev.entry(i)})
-		}
-	}
+	// Runs since the last rotation share one generation; one full run
+	// among them has seen every file.
+	c.keepPrev = incremental && (!c.ran || c.keepPrev)
+	c.ran = true
+	c.mu.Unlock()
 }
 
 // Forget drops paths from the generation being recorded, for files found
-// to have changed after they were hashed.
+// to have changed after they were hashed or to be gone.
 func (c *StatCache) Forget(paths ...string) {
 	c.mu.Lock()
 	if c.forgotten == nil {
@@ -173,25 +195,64 @@ func (c *StatCache) Forget(paths ...string) {
 	c.mu.Unlock()
 }
 
-// Save writes the generation recorded in this run and makes it the one the
-// next lookups use. A cache from NewMemoryStatCache is only rotated.
-func (c *StatCache) Save() error {
+// Keep makes the generation recorded in this run the one the next lookups
+// use, without writing it. After an incremental run it costs what the run
+// recorded, not what the cache holds.
+func (c *StatCache) Keep() {
 	c.mu.Lock()
-	records := c.next
-	c.next = nil
-	if len(c.forgotten) > 0 {
+	defer c.mu.Unlock()
+	if !c.ran {
+		return // nothing recorded since the last rotation
+	}
+	records, forgotten := c.next, c.forgotten
+	c.next, c.forgotten, c.ran = nil, nil, false
+	if !c.keepPrev {
+		// Several runs may have recorded a path: the latest counts.
+		sort.SliceStable(records, func(i, j int) bool { return records[i].rel < records[j].rel })
 		kept := records[:0]
-		for _, r := range records {
-			if !c.forgotten[r.rel] {
+		for i, r := range records {
+			if !forgotten[r.rel] && (i+1 == len(records) || records[i+1].rel != r.rel) {
 				kept = append(kept, r)
 			}
 		}
-		records = kept
-		c.forgotten = nil
+		c.prev, c.newer = buildTable(kept), nil
+		return
+	}
+	c.keepPrev = false
+	if c.newer == nil {
+		c.newer = make(map[string]newerEntry, len(records)+len(forgotten))
+	}
+	for _, r := range records {
+		c.newer[r.rel] = newerEntry{entry: r.entry}
+	}
+	for p := range forgotten {
+		c.newer[p] = newerEntry{gone: true}
+	}
+}
+
+// Save writes the generation recorded in this run (with, after incremental
+// runs, the earlier entries it kept) and makes it the one the next lookups
+// use. A cache from NewMemoryStatCache is only rotated.
+func (c *StatCache) Save() error {
+	c.Keep()
+	c.mu.Lock()
+	records := make([]cacheRecord, 0, c.prev.len()+len(c.newer))
+	for i := 0; i < c.prev.len(); i++ {
+		p := c.prev.path(i)
+		if _, ok := c.newer[p]; !ok {
+			records = append(records, cacheRecord{p, c.prev.entry(int32(i))})
+		}
+	}
+	if len(c.newer) > 0 {
+		for p, e := range c.newer {
+			if !e.gone {
+				records = append(records, cacheRecord{p, e.entry})
+			}
+		}
+		sort.Slice(records, func(i, j int) bool { return records[i].rel < records[j].rel })
+		c.prev, c.newer = buildTable(records), nil
 	}
 	c.mu.Unlock()
-	sort.Slice(records, func(i, j int) bool { return records[i].rel < records[j].rel })
-	c.prev = buildTable(records)
 	if c.path == "" {
 		return nil
 	}

@@ -21,7 +21,7 @@ type walker struct {
 	col      *collector
 	manifest *Manifest // Dirs, EmptyDirs, Symlinks: only the walker writes them
 	dirty    *dirtySet // for an incremental snapshot
-	kept     []File    // files carried over from the base manifest
+	kept     []string  // paths whose base entries (at and below) an incremental snapshot carries over
 }
 
 func matchAny(globs []string, rel string) bool {
