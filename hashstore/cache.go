@@ -59,6 +59,36 @@ func (s *Store) gcMarker(ctx context.Context) (string, error) {
 	return strconv.Itoa(n) + ":" + last, nil
 }
 
+// Refresh makes a Store that lives across operations (watch) forget what
+// it remembers of the repository's objects — the pack index and the loose
+// objects seen stored — when a gc ran since it last looked, so it never
+// takes an object gc removed for present. Call it under a lock that keeps
+// gc out (a backup's shared lock) before relying on what the Store knows.
+func (s *Store) Refresh(ctx context.Context) error {
+	marker, err := s.gcMarker(ctx)
+	if err != nil {
+		return err
+	}
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	if s.refreshed && s.refreshMarker == marker {
+		return nil
+	}
+	if s.refreshed {
+		s.logger.Info("repository changed by gc; pack index and known objects read again")
+	}
+	s.refreshMarker, s.refreshed = marker, true
+	ix := &s.index
+	ix.mu.Lock()
+	ix.loaded, ix.packs, ix.packNum, ix.entries = false, nil, nil, nil
+	ix.mu.Unlock()
+	k := &s.known
+	k.mu.Lock()
+	k.loaded, k.sizes, k.changed = false, nil, false
+	k.mu.Unlock()
+	return nil
+}
+
 // loadKnown reads the remembered objects once, and forgets them when a gc
 // ran since they were written.
 func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {

@@ -79,13 +79,19 @@ func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, 
 }
 
 func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts CopyOptions, rep *CopyReport) error {
-	m, err := from.Manifest(ctx, rec)
+	m, chain, err := from.ManifestChain(ctx, rec)
 	if err != nil {
 		return err
 	}
-	sizes := map[string]int64{rec.RootHexdigest: -1}
+	sizes := map[string]int64{}
 	bundled := map[string]bool{}
-	needed := []string{rec.RootHexdigest}
+	var needed []string
+	for _, h := range chain {
+		if _, seen := sizes[h]; !seen {
+			sizes[h] = -1
+			needed = append(needed, h)
+		}
+	}
 	for _, f := range m.Files {
 		if f.Embedded() {
 			continue

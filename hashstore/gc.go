@@ -223,11 +223,13 @@ func (s *Store) liveObjects(ctx context.Context) (map[string]bool, int, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w; delete its record (backups/%s.json) or restore it from a copy, then run gc again", name, err, name)
 		}
-		m, err := s.Manifest(ctx, rec)
+		m, chain, err := s.ManifestChain(ctx, rec)
 		if err != nil {
 			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w; run 'deltabackup verify', and forget the backup if it cannot be repaired", name, err)
 		}
-		live[rec.RootHexdigest] = true
+		for _, h := range chain {
+			live[h] = true
+		}
 		for _, f := range m.Files {
 			if !f.Embedded() {
 				live[f.Hexdigest] = true

@@ -86,11 +86,14 @@ func (s *Store) Stats(ctx context.Context) (*RepoStats, error) {
 	perBackup := make([]map[string]bool, len(records))
 	contents := map[string]int64{}
 	for i, rec := range records {
-		m, err := s.Manifest(ctx, rec)
+		m, chain, err := s.ManifestChain(ctx, rec)
 		if err != nil {
 			return nil, err
 		}
-		refs := map[string]bool{rec.RootHexdigest: true}
+		refs := map[string]bool{}
+		for _, h := range chain {
+			refs[h] = true
+		}
 		use := BackupUse{Name: rec.Name, Files: len(m.Files)}
 		for _, f := range m.Files {
 			use.TotalBytes += f.FileSize

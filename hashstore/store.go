@@ -60,6 +60,10 @@ type Store struct {
 	// the loose objects seen stored.
 	cacheDir string
 	known    knownObjects
+	// refreshMarker is the gc marker at the last Refresh.
+	refreshMu     sync.Mutex
+	refreshMarker string
+	refreshed     bool
 }
 
 // SetCompression chooses how objects written from now on are compressed.

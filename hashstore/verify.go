@@ -125,20 +125,24 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			continue
 		}
 		rep.Backups++
-		u := use(rec.RootHexdigest)
-		u.manifestOf = append(u.manifestOf, rec.Name)
-		m, err := s.Manifest(ctx, rec)
+		m, chain, err := s.ManifestChain(ctx, rec)
+		for _, h := range chain {
+			u := use(h)
+			u.manifestOf = append(u.manifestOf, rec.Name)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			// A missing or corrupt manifest object is reported with the
-			// objects, once for every backup that shares it.
+			// A missing or corrupt manifest object (the record's or a base
+			// of it, the last one read) is reported with the objects, once
+			// for every backup that shares it.
+			last := chain[len(chain)-1]
 			switch {
 			case errors.Is(err, ErrNotFound):
-				bad[rec.RootHexdigest], errs[rec.RootHexdigest] = ProblemMissing, err.Error()
+				bad[last], errs[last] = ProblemMissing, err.Error()
 			case errors.Is(err, ErrCorrupt):
-				bad[rec.RootHexdigest], errs[rec.RootHexdigest] = ProblemCorrupt, err.Error()
+				bad[last], errs[last] = ProblemCorrupt, err.Error()
 			default:
 				rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: rec.Name, Hexdigest: rec.RootHexdigest, Err: err.Error()})
 			}
@@ -303,15 +307,53 @@ func (s *Store) verifyData(ctx context.Context, found []string, opts VerifyOptio
 	return total, err
 }
 
-// Manifest reads and validates the manifest of rec.
+// Manifest reads and validates the manifest of rec, applying incremental
+// manifests to their bases.
 func (s *Store) Manifest(ctx context.Context, rec BackupRecord) (*snapshot.Manifest, error) {
-	data, err := s.ReadAll(ctx, rec.RootHexdigest, snapshot.MaxManifestSize)
-	if err != nil {
-		return nil, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
+	m, _, err := s.ManifestChain(ctx, rec)
+	return m, err
+}
+
+// ManifestChain is Manifest that also returns the hexdigests of every
+// manifest object it read: the record's, then each base down to the
+// whole manifest. All of them must stay stored for rec to restore.
+func (s *Store) ManifestChain(ctx context.Context, rec BackupRecord) (*snapshot.Manifest, []string, error) {
+	var chain []*snapshot.Manifest
+	keys := []string{rec.RootHexdigest}
+	for {
+		key := keys[len(keys)-1]
+		data, err := s.ReadAll(ctx, key, snapshot.MaxManifestSize)
+		if err != nil {
+			if len(keys) > 1 {
+				return nil, keys, fmt.Errorf("backup %s: read base manifest %s (%d down the chain): %w", rec.Name, key, len(keys)-1, err)
+			}
+			return nil, keys, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
+		}
+		m, err := snapshot.DecodeManifest(data)
+		if err != nil {
+			return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, key, err)
+		}
+		chain = append(chain, m)
+		if m.BaseManifest == "" {
+			break
+		}
+		if len(chain) > snapshot.MaxChainDepth || (len(chain) > 1 && m.ChainDepth != chain[len(chain)-2].ChainDepth-1) {
+			return nil, keys, fmt.Errorf("backup %s: manifest %s: chain of incremental manifests is broken or longer than %d", rec.Name, key, snapshot.MaxChainDepth)
+		}
+		keys = append(keys, m.BaseManifest)
 	}
-	m, err := snapshot.DecodeManifest(data)
-	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", rec.Name, err)
+	m := chain[len(chain)-1]
+	for i := len(chain) - 2; i >= 0; i-- {
+		next, err := snapshot.Apply(m, chain[i])
+		if err != nil {
+			return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, keys[i], err)
+		}
+		m = next
 	}
-	return m, nil
+	if len(chain) > 1 {
+		if err := m.Validate(); err != nil {
+			return nil, keys, fmt.Errorf("backup %s: manifest %s applied to its bases: %w", rec.Name, rec.RootHexdigest, err)
+		}
+	}
+	return m, keys, nil
 }
