@@ -34,7 +34,7 @@ func (s *Summary) Changed() []snapshot.Problem {
 // from the bytes just read, so each is read once; larger ones are read
 // again and re-verified during the upload. When snapOpts.Cache is set, the
 // stat cache is saved after the record is written, without the files found
-// changed.
+// changed (or only kept in memory, with opts.KeepStatCacheInMemory).
 func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Options, opts Options) (*Summary, error) {
 	lk, err := lock(ctx, store, opts)
 	if err != nil {
@@ -72,10 +72,14 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 		for _, p := range up.Changed {
 			cache.Forget(p.Path)
 		}
-		start := time.Now()
+		if opts.KeepStatCacheInMemory {
+			cache.Keep()
+			return &Summary{Snapshot: snap, Upload: up}, nil
+		}
+		start, recorded := time.Now(), cache.Len()
 		err := cache.Save()
 		if opts.Logger != nil {
-			opts.Logger.Debug("saved stat cache", "entries", cache.Len(), "seconds", time.Since(start).Seconds())
+			opts.Logger.Debug("saved stat cache", "recorded", recorded, "seconds", time.Since(start).Seconds())
 		}
 		if err != nil {
 			// The backup is written; a cache that could not be saved only

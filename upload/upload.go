@@ -47,6 +47,20 @@ type Options struct {
 	// this backup holds its lock — so they are not looked up again.
 	Base         *hashstore.BackupRecord
 	BaseManifest *snapshot.Manifest
+	// BaseManifestKey is the hexdigest BaseManifest is stored under when
+	// it is not the base record's root: a checkpoint stored with
+	// StoreManifest (then BaseManifest.ChainDepth must be 0).
+	BaseManifestKey string
+	// MaxChainDepth bounds how many incremental manifests (holding only
+	// what changed since the base backup's) follow each other before the
+	// whole manifest is stored again; 0 means DefaultMaxChainDepth and a
+	// negative value always stores the whole manifest.
+	MaxChainDepth int
+	// KeepStatCacheInMemory makes Backup keep the stat cache's new
+	// generation for the next run in this process instead of saving it,
+	// which costs time in proportion to the whole tree; the caller saves
+	// it (StatCache.Save) when it sees fit, as watch does now and then.
+	KeepStatCacheInMemory bool
 	// LockWait is how long to wait for a gc holding the repository's
 	// exclusive lock; a backup holds a shared lock while it runs, so gc
 	// never deletes what it is about to reference.
@@ -54,8 +68,18 @@ type Options struct {
 }
 
 // lock takes the backup's shared lock.
+// Under it, the store forgets what it knew of objects if a gc ran since
+// (a Store may live across backups, as in watch).
 func lock(ctx context.Context, store *hashstore.Store, opts Options) (*hashstore.Lock, error) {
-	return store.Lock(ctx, hashstore.LockShared, hashstore.LockOptions{Purpose: "backup", Wait: opts.LockWait})
+	lk, err := store.Lock(ctx, hashstore.LockShared, hashstore.LockOptions{Purpose: "backup", Wait: opts.LockWait})
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Refresh(ctx); err != nil {
+		lk.Unlock()
+		return nil, fmt.Errorf("check %s for a gc since the last backup: %w", store, err)
+	}
+	return lk, nil
 }
 
 // Result is what one upload did.
@@ -69,6 +93,9 @@ type Result struct {
 	UploadedContentBytes int64
 	PresentObjects       int64
 	ManifestBytes        int64
+	// Incremental is set when the manifest stored holds only what changed
+	// since the base backup's (snapshot.Manifest.BaseManifest).
+	Incremental bool
 	// Changed files no longer had the content they were hashed with; they
 	// are not in the backup.
 	Changed []snapshot.Problem
@@ -96,13 +123,20 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m := snap.Manifest
+	full := snap.Manifest
+	baseKept := baseStillStored(ctx, store, opts, logger)
+	// m is the manifest whose contents are looked up and stored and which
+	// is written: the incremental one when it applies, else the whole one.
+	m, delta := full, (*snapshot.Manifest)(nil)
+	if baseKept && writeIncremental(snap, opts) && baseManifestStored(ctx, store, opts, logger) {
+		m, delta = snap.Delta, snap.Delta
+	}
 	hexdigests := make([]string, len(m.Hashes))
 	for i, h := range m.Hashes {
 		hexdigests[i] = h.Hexdigest
 	}
 	start := time.Now()
-	stored, err := lookupContents(ctx, store, m, hexdigests, opts, logger) // aligned with m.Hashes
+	stored, err := lookupContents(ctx, store, m, hexdigests, opts, baseKept, logger) // aligned with m.Hashes
 	if err != nil {
 		return nil, fmt.Errorf("check which contents %s already holds: %w", store, err)
 	}
@@ -215,18 +249,27 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	// this run that have such a content (a file that now holds another's)
 	// are asked for after the loop.
 	var unsized []int
+	var lostPaths []string
+	// Stored sizes learned in this run; after an incremental snapshot
+	// these are few, and the others are already in the files.
+	storedSizes := make(map[string]int64)
+	for i, info := range stored {
+		if info.StoredSize > 0 {
+			storedSizes[m.Hashes[i].Hexdigest] = info.StoredSize
+		}
+	}
 	for _, f := range m.Files {
 		switch {
 		case f.Embedded():
 		case lost[f.Hexdigest]:
 			logger.Warn("file changed after it was hashed, left out of the backup", "path", f.RelativePath)
 			changed = appendUnique(changed, f.RelativePath)
+			lostPaths = append(lostPaths, f.RelativePath)
 			continue
 		default:
-			i := sort.Search(len(m.Hashes), func(i int) bool { return m.Hashes[i].Hexdigest >= f.Hexdigest })
-			switch {
-			case stored[i].StoredSize > 0:
-				f.StoredFileSize = stored[i].StoredSize
+			switch size := storedSizes[f.Hexdigest]; {
+			case size > 0:
+				f.StoredFileSize = size
 			case f.StoredFileSize == 0:
 				unsized = append(unsized, len(kept))
 			}
@@ -237,8 +280,14 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	if err := fillStoredSizes(ctx, store, m.Files, unsized); err != nil {
 		return nil, err
 	}
-	m.SetHashes()
+	if len(lostPaths) > 0 {
+		m.SetHashes()
+	}
 	res.Changed = changed
+	full.ChainDepth = 0
+	if delta != nil {
+		completeIncremental(full, delta, opts, lostPaths)
+	}
 
 	start = time.Now()
 	root, put, err := store.PutGenerated(ctx, m.WriteJSON)
@@ -246,7 +295,9 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	res.ManifestBytes = put.StoredSize
-	logger.Debug("stored manifest", "bytes", put.StoredSize, "seconds", time.Since(start).Seconds())
+	res.Incremental = delta != nil
+	logger.Debug("stored manifest", "bytes", put.StoredSize, "incremental", delta != nil, "entries", len(m.Files), "seconds", time.Since(start).Seconds())
+	m = full
 
 	rec := hashstore.BackupRecord{
 		Name:          opts.Name,
@@ -373,27 +424,142 @@ func (r fileReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// lookupContents finds which of m's contents the store holds, asking the
-// store only about those not in a base backup whose record still exists.
-func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, hexdigests []string, opts Options, logger *slog.Logger) ([]hashstore.ObjectInfo, error) {
-	base := opts.BaseManifest
-	if opts.Base == nil || base == nil {
-		return store.LookupAll(ctx, hexdigests)
+// baseStillStored reports whether opts names a base backup whose record
+// is still in the repository, so that its contents are known to be stored
+// and its manifest can be the base of an incremental one: gc keeps what
+// records reference and cannot run while this backup holds its lock.
+func baseStillStored(ctx context.Context, store *hashstore.Store, opts Options, logger *slog.Logger) bool {
+	if opts.Base == nil || opts.BaseManifest == nil {
+		return false
 	}
 	rec, err := store.Backup(ctx, opts.Base.Name)
 	if err != nil || rec.RootHexdigest != opts.Base.RootHexdigest {
-		logger.Info("the base backup is gone; every content is looked up", "backup", opts.Base.Name, "err", err)
+		logger.Info("the base backup is gone; every content is looked up and the whole manifest stored", "backup", opts.Base.Name, "err", err)
+		return false
+	}
+	return true
+}
+
+// baseManifestStored reports whether the manifest an incremental one
+// would name as its base is stored: the base record's, which the record
+// keeps, or a checkpoint (Options.BaseManifestKey), which nothing keeps
+// from gc until this backup's record names it. The backup's shared lock
+// keeps gc out from here on.
+func baseManifestStored(ctx context.Context, store *hashstore.Store, opts Options, logger *slog.Logger) bool {
+	if opts.BaseManifestKey == "" {
+		return true
+	}
+	has, err := store.Has(ctx, opts.BaseManifestKey)
+	if err != nil || !has {
+		logger.Info("the checkpoint manifest is gone; the whole manifest is stored", "manifest", opts.BaseManifestKey, "err", err)
+		return false
+	}
+	return true
+}
+
+// StoreManifest stores m, a whole manifest, as an object and returns its
+// hexdigest, for Options.BaseManifestKey: a checkpoint that the next
+// incremental manifests build on, so that their chain stays short without
+// a backup having to store the whole manifest itself. A long-running
+// process (watch) does this while idle. Nothing references the object
+// until a backup's manifest does; gc may remove it before, and the backup
+// then stores a whole manifest instead.
+func StoreManifest(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, opts Options) (string, int64, error) {
+	if m.BaseManifest != "" {
+		return "", 0, errors.New("store manifest: not a whole manifest")
+	}
+	lk, err := lock(ctx, store, opts)
+	if err != nil {
+		return "", 0, err
+	}
+	defer lk.Unlock()
+	key, put, err := store.PutGenerated(ctx, m.WriteJSON)
+	if err != nil {
+		return "", 0, fmt.Errorf("store manifest: %w", err)
+	}
+	return key, put.StoredSize, nil
+}
+
+// DefaultMaxChainDepth is how many incremental manifests may follow each
+// other before a whole one is stored again.
+const DefaultMaxChainDepth = 16
+
+// writeIncremental decides whether the incremental manifest of snap is
+// stored instead of the whole one: when the chain down to a whole
+// manifest stays short (readers apply every link) and the change is small
+// enough that it saves more than it costs a reader.
+func writeIncremental(snap *snapshot.Result, opts Options) bool {
+	d := snap.Delta
+	if d == nil || opts.MaxChainDepth < 0 || opts.BaseManifest != snap.Base {
+		return false
+	}
+	limit := opts.MaxChainDepth
+	if limit == 0 {
+		limit = DefaultMaxChainDepth
+	}
+	if opts.BaseManifest.ChainDepth+1 > min(limit, snapshot.MaxChainDepth) {
+		return false
+	}
+	changes := len(d.Files) + len(d.Dirs) + len(d.EmptyDirs) + len(d.Symlinks)
+	if r := d.Removed; r != nil {
+		changes += len(r.Files) + len(r.Dirs) + len(r.EmptyDirs) + len(r.Symlinks)
+	}
+	m := snap.Manifest
+	return changes < (len(m.Files)+len(m.Dirs)+len(m.EmptyDirs)+len(m.Symlinks))/2
+}
+
+// completeIncremental brings what the upload learned about the files of
+// the incremental manifest delta (stored sizes, files lost because they
+// changed) into the whole manifest, and names delta's base.
+func completeIncremental(full, delta *snapshot.Manifest, opts Options, lost []string) {
+	byPath := func(files []snapshot.File, p string) (int, bool) {
+		i := sort.Search(len(files), func(i int) bool { return files[i].RelativePath >= p })
+		return i, i < len(files) && files[i].RelativePath == p
+	}
+	for _, f := range delta.Files {
+		if i, ok := byPath(full.Files, f.RelativePath); ok {
+			full.Files[i].StoredFileSize = f.StoredFileSize
+		}
+	}
+	if len(lost) > 0 {
+		gone := make(map[string]bool, len(lost))
+		for _, p := range lost {
+			gone[p] = true
+			if _, ok := byPath(opts.BaseManifest.Files, p); ok {
+				// Left out of this backup: the base's version must not show through.
+				delta.Removed.Files = append(delta.Removed.Files, p)
+			}
+		}
+		sort.Strings(delta.Removed.Files)
+		kept := full.Files[:0]
+		for _, f := range full.Files {
+			if !gone[f.RelativePath] {
+				kept = append(kept, f)
+			}
+		}
+		full.Files = kept
+		full.SetHashes()
+	}
+	delta.BaseManifest = opts.Base.RootHexdigest
+	if opts.BaseManifestKey != "" {
+		delta.BaseManifest = opts.BaseManifestKey
+	}
+	delta.ChainDepth = opts.BaseManifest.ChainDepth + 1
+	full.ChainDepth = delta.ChainDepth
+}
+
+// lookupContents finds which of m's contents the store holds, asking the
+// store only about those not in a base backup whose record still exists.
+func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, hexdigests []string, opts Options, baseKept bool, logger *slog.Logger) ([]hashstore.ObjectInfo, error) {
+	if !baseKept {
 		return store.LookupAll(ctx, hexdigests)
 	}
-	// Both hash lists are sorted: one pass finds the new ones.
+	base := opts.BaseManifest
 	infos := make([]hashstore.ObjectInfo, len(m.Hashes))
 	var ask []string
 	var at []int
-	j := 0
 	for i, h := range m.Hashes {
-		for j < len(base.Hashes) && base.Hashes[j].Hexdigest < h.Hexdigest {
-			j++
-		}
+		j := sort.Search(len(base.Hashes), func(j int) bool { return base.Hashes[j].Hexdigest >= h.Hexdigest })
 		if j < len(base.Hashes) && base.Hashes[j].Hexdigest == h.Hexdigest {
 			infos[i] = hashstore.ObjectInfo{Found: true}
 			continue
