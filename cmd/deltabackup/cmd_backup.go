@@ -35,26 +35,29 @@ type backupFlags struct {
 
 // backupSummary is the last line of 'backup --json'.
 type backupSummary struct {
-	MessageType     string             `json:"message_type"`
-	Name            string             `json:"name"`
-	RootHash        string             `json:"root_hash"`
-	Files           int64              `json:"files"`
-	TotalBytes      int64              `json:"total_bytes"`
-	HashedFiles     int64              `json:"hashed_files"`
-	HashedBytes     int64              `json:"hashed_bytes"`
-	CachedFiles     int64              `json:"cached_files"`
-	Objects         int64              `json:"objects"`
-	UploadedObjects int64              `json:"uploaded_objects"`
-	UploadedBytes   int64              `json:"uploaded_bytes"`
-	UploadedContent int64              `json:"uploaded_content_bytes"`
-	PresentObjects  int64              `json:"present_objects"`
-	ManifestBytes   int64              `json:"manifest_bytes"`
-	Unreadable      []string           `json:"unreadable"`
-	Changed         []string           `json:"changed"`
-	Special         []string           `json:"special"`
-	Problems        []snapshot.Problem `json:"problems"`
-	DurationSeconds float64            `json:"duration_seconds"`
-	Requests        map[string]int64   `json:"requests,omitempty"`
+	MessageType     string `json:"message_type"`
+	Name            string `json:"name"`
+	RootHash        string `json:"root_hash"`
+	Files           int64  `json:"files"`
+	TotalBytes      int64  `json:"total_bytes"`
+	HashedFiles     int64  `json:"hashed_files"`
+	HashedBytes     int64  `json:"hashed_bytes"`
+	CachedFiles     int64  `json:"cached_files"`
+	Objects         int64  `json:"objects"`
+	UploadedObjects int64  `json:"uploaded_objects"`
+	UploadedBytes   int64  `json:"uploaded_bytes"`
+	UploadedContent int64  `json:"uploaded_content_bytes"`
+	PresentObjects  int64  `json:"present_objects"`
+	ManifestBytes   int64  `json:"manifest_bytes"`
+	// IncrementalManifest: the stored manifest holds only what changed
+	// since the previous backup's (watch).
+	IncrementalManifest bool               `json:"incremental_manifest"`
+	Unreadable          []string           `json:"unreadable"`
+	Changed             []string           `json:"changed"`
+	Special             []string           `json:"special"`
+	Problems            []snapshot.Problem `json:"problems"`
+	DurationSeconds     float64            `json:"duration_seconds"`
+	Requests            map[string]int64   `json:"requests,omitempty"`
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
@@ -111,7 +114,7 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 	if err != nil {
 		return nil, err
 	}
-	s, _, err := backupOnce(ctx, g, f, store, opts, nil)
+	s, _, err := backupOnce(ctx, g, f, store, opts, upload.Options{})
 	return s, err
 }
 
@@ -171,20 +174,15 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 	return store, opts, nil
 }
 
-// backupOnce runs one backup with opts and prints its summary.
-// base is the backup opts.Base came from, for an incremental backup.
-func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options, base *hashstore.BackupRecord) (*backupSummary, *upload.Summary, error) {
+// backupOnce runs one backup with opts and prints its summary. up carries
+// what an incremental backup knows of its base (watch); backupOnce fills
+// in the rest from the flags.
+func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options, up upload.Options) (*backupSummary, *upload.Summary, error) {
 	start := time.Now()
 	ps, stopProgress := g.showProgress(ctx, "hash", "upload")
 	opts.Progress = ps[0]
-	sum, err := upload.Backup(ctx, store, opts, upload.Options{
-		Name:     f.name,
-		Parallel: f.parallel,
-		Progress: ps[1],
-		Logger:   g.logger,
-		LockWait: f.lockWait,
-		Base:     base,
-	})
+	up.Name, up.Parallel, up.Progress, up.Logger, up.LockWait = f.name, f.parallel, ps[1], g.logger, f.lockWait
+	sum, err := upload.Backup(ctx, store, opts, up)
 	stopProgress()
 	if err != nil {
 		return nil, nil, err
@@ -224,11 +222,13 @@ func summarize(sum *upload.Summary, d time.Duration) backupSummary {
 		UploadedContent: sum.Upload.UploadedContentBytes,
 		PresentObjects:  sum.Upload.PresentObjects,
 		ManifestBytes:   sum.Upload.ManifestBytes,
-		Unreadable:      problemPaths(sum.Snapshot.Unreadable),
-		Changed:         problemPaths(sum.Changed()),
-		Special:         problemPaths(sum.Snapshot.Special),
-		Problems:        problems,
-		DurationSeconds: d.Seconds(),
+
+		IncrementalManifest: sum.Upload.Incremental,
+		Unreadable:          problemPaths(sum.Snapshot.Unreadable),
+		Changed:             problemPaths(sum.Changed()),
+		Special:             problemPaths(sum.Snapshot.Special),
+		Problems:            problems,
+		DurationSeconds:     d.Seconds(),
 	}
 }
 
@@ -240,6 +240,9 @@ func printBackupSummary(g *globals, s backupSummary) {
 	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", progress.FormatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)
 	g.printf("  stored %d new objects (%s of content in %s); %d already in the repository\n",
 		s.UploadedObjects, progress.FormatBytes(s.UploadedContent), progress.FormatBytes(s.UploadedBytes), s.PresentObjects)
+	if s.IncrementalManifest {
+		g.printf("  manifest: %s, only what changed since the previous backup\n", progress.FormatBytes(s.ManifestBytes))
+	}
 	if n := len(s.Special); n > 0 {
 		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
 	}

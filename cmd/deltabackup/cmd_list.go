@@ -62,6 +62,9 @@ func newShowCommand(g *globals) *cobra.Command {
 			}
 			g.printf("backup %s (root %s), %d files, %s, taken %s on %s\n", rec.Name, rec.RootHexdigest, len(m.Files),
 				progress.FormatBytes(m.TotalBytes()), m.Start.Local().Format(time.DateTime), m.Node)
+			if m.ChainDepth > 0 {
+				g.printf("  incremental manifest: applied to %d earlier manifests down to a whole one\n", m.ChainDepth)
+			}
 			w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			for _, f := range m.Files {
 				digest := f.Hexdigest

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -10,6 +12,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/watch"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 func newWatchCommand(g *globals) *cobra.Command {
@@ -64,6 +67,18 @@ record. Each backup prints the same summary, metrics and notifications as
 			g.watchEvent("started", map[string]any{"source": opts.Src, "watched_directories": w.Watched()})
 			var base *snapshot.Manifest
 			var baseRec *hashstore.BackupRecord
+			var baseKey string // a checkpoint of base, when one is stored
+			// Saving the stat cache costs time in proportion to the whole
+			// tree, so backups of changed paths keep it in memory; it is
+			// saved by full scans, at least hourly, and on the way out.
+			lastCacheSave, cacheUnsaved := time.Now(), false
+			defer func() {
+				if cacheUnsaved {
+					if err := opts.Cache.Save(); err != nil {
+						g.logger.Warn("stat cache not saved; the next start reads every file again", "err", err)
+					}
+				}
+			}()
 			for {
 				next := nextRun(time.Now(), every, atTime)
 				g.logger.Info("next backup", "at", next.Format(time.DateTime))
@@ -75,9 +90,9 @@ record. Each backup prints the same summary, metrics and notifications as
 				case <-time.After(time.Until(next)):
 				}
 				dirty, full := w.Take()
-				o, oRec := opts, (*hashstore.BackupRecord)(nil)
+				o, up := opts, upload.Options{}
 				if full == "" && base != nil {
-					oRec = baseRec
+					up.Base, up.BaseManifestKey = baseRec, baseKey
 					o.Base, o.Dirty = base, dirty
 					g.logger.Info("backup of the changed paths", "paths", len(dirty))
 				} else {
@@ -88,7 +103,16 @@ record. Each backup prints the same summary, metrics and notifications as
 				}
 				g.watchEvent("backup", map[string]any{"full_scan": o.Base == nil, "reason": full, "dirty_paths": len(dirty)})
 				start := time.Now()
-				s, sum, err := backupOnce(ctx, g, &f, store, o, oRec)
+				keepCache := o.Base != nil && opts.Cache != nil && time.Since(lastCacheSave) < cacheSaveInterval
+				up.KeepStatCacheInMemory = keepCache
+				s, sum, err := backupOnce(ctx, g, &f, store, o, up)
+				if opts.Cache != nil {
+					if keepCache {
+						cacheUnsaved = true
+					} else if err == nil || errors.As(err, new(incompleteError)) {
+						lastCacheSave, cacheUnsaved = time.Now(), false
+					}
+				}
 				var incomplete incompleteError
 				ok := err == nil || errors.As(err, &incomplete)
 				g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
@@ -106,7 +130,14 @@ record. Each backup prints the same summary, metrics and notifications as
 					continue
 				}
 				g.notifyBackup(ctx, opts.Src, s, true, nil)
-				base, baseRec = sum.Snapshot.Manifest, &sum.Upload.Record
+				base, baseRec, baseKey = sum.Snapshot.Manifest, &sum.Upload.Record, ""
+				if base.ChainDepth >= checkpointDepth {
+					baseKey = g.checkpoint(ctx, store, base, f.lockWait)
+				}
+				// Collect garbage now, while idle, rather than during the
+				// next backup: at a million files the heap is over a GB and
+				// marking it would slow that backup down.
+				runtime.GC()
 				var again []string
 				for _, p := range append(append(sum.Snapshot.Unreadable, sum.Changed()...), sum.Snapshot.Special...) {
 					again = append(again, p.Path)
@@ -120,6 +151,33 @@ record. Each backup prints the same summary, metrics and notifications as
 	cmd.Flags().StringVar(&at, "at", "", "back up every day at this local time (HH:MM)")
 	return cmd
 }
+
+// checkpointDepth is the chain depth of incremental manifests at which
+// watch stores the whole manifest while idle, so that later ones build on
+// it: chains stay short for readers, and no scheduled backup has to store
+// the whole manifest itself (upload.DefaultMaxChainDepth).
+const checkpointDepth = 8
+
+// checkpoint stores m as a whole manifest for the next backups to build on
+// and returns its hexdigest, or "" when it could not be stored (the next
+// backup then builds on the last backup's manifest).
+func (g *globals) checkpoint(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, lockWait time.Duration) string {
+	start := time.Now()
+	key, size, err := upload.StoreManifest(ctx, store, m, upload.Options{LockWait: lockWait})
+	if err != nil {
+		g.logger.Warn("checkpoint manifest not stored; the next backup builds on the last one", "err", err)
+		return ""
+	}
+	m.ChainDepth = 0
+	g.logger.Info("stored a checkpoint manifest", "manifest", key, "bytes", size, "seconds", time.Since(start).Seconds())
+	g.watchEvent("checkpoint", map[string]any{"manifest": key, "manifest_bytes": size, "seconds": time.Since(start).Seconds()})
+	return key
+}
+
+// cacheSaveInterval is how often watch writes its stat cache to disk at
+// least; between saves, a crash only costs the next start re-reading the
+// files changed since the last save.
+const cacheSaveInterval = time.Hour
 
 // nextRun is the next scheduled time after now.
 func nextRun(now time.Time, every time.Duration, at time.Time) time.Time {

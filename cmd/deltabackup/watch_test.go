@@ -90,6 +90,10 @@ func TestWatchBacksUpWhatChanged(t *testing.T) {
 			if b["full_scan"] != false {
 				t.Fatalf("a backup after the changes scanned everything: %v", b)
 			}
+			if s["incremental_manifest"] != true || s["manifest_bytes"].(float64)*4 > first["manifest_bytes"].(float64) {
+				t.Fatalf("a backup of 2 changed files stored a manifest of %v bytes (incremental %v); the first one has %v",
+					s["manifest_bytes"], s["incremental_manifest"], first["manifest_bytes"])
+			}
 		}
 		last = s
 	}
@@ -105,4 +109,17 @@ func TestWatchBacksUpWhatChanged(t *testing.T) {
 		t.Fatalf("watch after SIGTERM: %v", err)
 	}
 	c.ok("verify", "--repo", repo)
+	// forget keeps only the last watched backup, whose manifest holds only
+	// what changed: gc keeps the manifests below it, and it restores.
+	c.ok("forget", "--repo", repo, "--keep-last", "1")
+	c.ok("gc", "--repo", repo)
+	out2 := filepath.Join(dir, "out2")
+	c.ok("restore", "--repo", repo, "latest", out2)
+	restoretest.CompareTrees(t, src, out2)
+	c.ok("verify", "--repo", repo, "--read-data")
+	// Watch kept its stat cache in memory and saved it on the way out: a
+	// backup now reads nothing, not even the files changed while watched.
+	if after := summary(t, c.ok("backup", "--json", "--repo", repo, src)); after["hashed_files"].(float64) != 0 {
+		t.Fatalf("backup after watch stopped read %v files; the stat cache was not saved at exit", after["hashed_files"])
+	}
 }
