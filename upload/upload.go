@@ -493,6 +493,11 @@ func writeIncremental(snap *snapshot.Result, opts Options) bool {
 	if d == nil || opts.MaxChainDepth < 0 || opts.BaseManifest != snap.Base {
 		return false
 	}
+	if b := opts.BaseManifest; !b.Start.Equal(opts.Base.Start) || int64(len(b.Files)) != opts.Base.Stats.Files {
+		// Not the manifest of that record: an incremental manifest on it
+		// would describe another tree.
+		return false
+	}
 	limit := opts.MaxChainDepth
 	if limit == 0 {
 		limit = DefaultMaxChainDepth
