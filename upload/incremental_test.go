@@ -134,26 +134,14 @@ func TestIncrementalManifestChain(t *testing.T) {
 		records = append(records, sum.Upload.Record)
 		prev = sum
 	}
-	restoreEquals := func(store *hashstore.Store, rec hashstore.BackupRecord) {
-		t.Helper()
-		_, m, err := restore.LoadManifest(ctx, store, rec.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		target := filepath.Join(t.TempDir(), "out")
-		if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
-			t.Fatal(err)
-		}
-		restoretest.CompareTrees(t, src, target)
-	}
 	last := records[len(records)-1]
-	restoreEquals(store, last)
+	restoreEquals(t, store, last.Name, src)
 
 	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
 	if _, err := hashstore.Copy(ctx, store, other, hashstore.CopyOptions{Backups: []string{last.Name}}); err != nil {
 		t.Fatal(err)
 	}
-	restoreEquals(other, last)
+	restoreEquals(t, other, last.Name, src)
 
 	for _, rec := range append(records[:len(records)-1], prev.Upload.Record) {
 		if rec.Name != last.Name {
@@ -164,7 +152,7 @@ func TestIncrementalManifestChain(t *testing.T) {
 	if _, err := store.GC(ctx, hashstore.GCOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	restoreEquals(store, last)
+	restoreEquals(t, store, last.Name, src)
 	rep, err := store.Verify(ctx, hashstore.VerifyOptions{ReadData: true})
 	if err != nil || len(rep.Problems) > 0 {
 		t.Fatalf("verify after gc: %v %+v", err, rep)
@@ -285,7 +273,14 @@ func TestCheckpointManifest(t *testing.T) {
 	if !sum.Upload.Incremental || sum.Snapshot.Manifest.ChainDepth != 1 {
 		t.Fatalf("after a whole manifest: incremental %v, depth %d", sum.Upload.Incremental, sum.Snapshot.Manifest.ChainDepth)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, "latest")
+	restoreEquals(t, store, "latest", src)
+}
+
+// restoreEquals restores backup name from store and compares it with src.
+func restoreEquals(t *testing.T, store *hashstore.Store, name, src string) {
+	t.Helper()
+	ctx := context.Background()
+	_, m, err := restore.LoadManifest(ctx, store, name)
 	if err != nil {
 		t.Fatal(err)
 	}
