@@ -302,8 +302,8 @@ func carryList[T any](base, walked []T, keep *keepSet, key func(*T) string, same
 	return out, changed, removed, dropped, carried
 }
 
-// sameFile reports whether a walked file is the base's, copying the stored
-// size the walk cannot know.
+// sameFileEntry reports whether a walked file is the base's, copying the
+// stored size the walk cannot know.
 func sameFileEntry(b, w *File) bool {
 	if b.FileSize != w.FileSize || b.MtimeNs != w.MtimeNs || b.Mode != w.Mode || b.Hexdigest != w.Hexdigest ||
 		b.ContentB64 != w.ContentB64 || b.ShouldBeBundled != w.ShouldBeBundled || len(b.Chunks)+len(w.Chunks) > 0 {

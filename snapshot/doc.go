@@ -8,5 +8,11 @@
 // the manifest, and can stage files into a hard-linked directory so that the
 // snapshot stays stable while a database keeps writing. A file that changes
 // while it is read is re-read a few times and then reported; it is never
-// recorded with a hash of mixed content. The package never talks to storage.
+// recorded with a hash of mixed content.
+//
+// An incremental snapshot (Options.Base and Options.Dirty) examines only
+// the paths a watcher or the caller says changed and carries the rest over
+// from the previous manifest; its Result.Delta is the incremental manifest
+// of the difference, which Apply turns back into the whole one. The
+// package never talks to storage.
 package snapshot
