@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -195,5 +196,21 @@ func TestStatCacheKeptInMemoryAcrossIncrementalRuns(t *testing.T) {
 	opts.Cache = reopened
 	if res := run(t, opts); res.HashedFiles != 0 {
 		t.Fatalf("a full run with the saved cache hashed %d files", res.HashedFiles)
+	}
+}
+
+// TestDamagedStatCacheDoesNotAllocateWhatItClaims: a damaged cache file
+// whose zstd frame claims gigabytes allocates no such thing (the fuzzer
+// found one that ended the process where memory was short).
+func TestDamagedStatCacheDoesNotAllocateWhatItClaims(t *testing.T) {
+	data := []byte("DBSC\x0100000000000000N00000000000000000(\xb5/\xfd\x84010[\xcb&N\xaa\xba\xc3\x05\x01\x0020\x05\x10 B_0000000000000000000\x00\x00\x01\x0000")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := decodeStatCache(data); err == nil {
+		t.Fatal("a damaged stat cache decoded")
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+		t.Fatalf("decoding %d bytes allocated %d MB", len(data), n>>20)
 	}
 }

@@ -201,7 +201,7 @@ func (c *StatCache) Forget(paths ...string) {
 func (c *StatCache) Keep() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.ran {
+	if !c.ran && len(c.next) == 0 && len(c.forgotten) == 0 {
 		return // nothing recorded since the last rotation
 	}
 	records, forgotten := c.next, c.forgotten
@@ -342,12 +342,26 @@ func encodeStatCache(records []cacheRecord) []byte {
 	return cacheEncoder.EncodeAll(body.Bytes(), out)
 }
 
-// One encoder and decoder for every cache file: creating them allocates
-// their history buffers, which is most of the memory they use.
-var (
-	cacheEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
-	cacheDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
-)
+// One encoder for every cache file: creating it allocates its history
+// buffers, which is most of the memory it uses.
+var cacheEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+
+// decodeCacheBody decompresses the body of a cache file. It streams, so
+// memory grows with the bytes that really decode: a damaged frame header
+// may claim gigabytes, and DecodeAll would allocate them up front.
+func decodeCacheBody(compressed []byte) ([]byte, error) {
+	dec, err := zstd.NewReader(bytes.NewReader(compressed), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	var body bytes.Buffer
+	body.Grow(min(2*len(compressed), 1<<30))
+	if _, err := body.ReadFrom(dec); err != nil {
+		return nil, err
+	}
+	return body.Bytes(), nil
+}
 
 // errCacheFormat reports a cache file that does not parse.
 var errCacheFormat = errors.New("malformed stat cache")
@@ -360,7 +374,7 @@ func decodeStatCache(data []byte) (cacheTable, error) {
 	if data[4] != statCacheVersion {
 		return cacheTable{}, fmt.Errorf("stat cache version %d is not supported", data[4])
 	}
-	body, err := cacheDecoder.DecodeAll(data[header:], nil)
+	body, err := decodeCacheBody(data[header:])
 	if err != nil {
 		return cacheTable{}, err
 	}
