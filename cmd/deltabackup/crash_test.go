@@ -23,6 +23,17 @@ var (
 	crashSeed   = flag.Uint64("crash-seed", 0, "seed of TestCrashAtRandomPoints (0: from the clock; the test logs it)")
 )
 
+// crashTestSeed is -crash-seed, or one from the clock, logged so that a
+// failing run can be replayed.
+func crashTestSeed(t *testing.T) uint64 {
+	seed := *crashSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (rerun with -crash-seed %d)", seed, seed)
+	return seed
+}
+
 // crashTree is the expected content of a backup: path → hexdigest.
 type crashTree map[string]string
 
@@ -197,11 +208,7 @@ func TestCrashAtRandomPoints(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the crash harness runs ~50 backups")
 	}
-	seed := *crashSeed
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -crash-seed %d)", seed, seed)
+	seed := crashTestSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	c := newCLI(t)
 	dir := t.TempDir()

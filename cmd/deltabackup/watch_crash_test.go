@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -79,11 +77,7 @@ func TestWatchKilledAtRandomPoints(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: runs watch through about 50 backups")
 	}
-	seed := *crashSeed
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -crash-seed %d)", seed, seed)
+	seed := crashTestSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 3))
 	c := newCLI(t)
 	dir := t.TempDir()
@@ -95,24 +89,7 @@ func TestWatchKilledAtRandomPoints(t *testing.T) {
 	var backups, checkpoints, exact int
 
 	runWatch := func(backupsBeforeKill int, change bool) {
-		cmd := exec.Command(binary, "watch", "--repo", repo, "--every", "600ms", "--json", src.root)
-		cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		lines := make(chan map[string]any, 100)
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			sc.Buffer(make([]byte, 1<<20), 1<<20)
-			for sc.Scan() {
-				var m map[string]any
-				if json.Unmarshal(sc.Bytes(), &m) == nil && m["message_type"] != "status" {
-					lines <- m
-				}
-			}
-			close(lines)
-		}()
+		cmd, lines := c.startWatch("--repo", repo, "--every", "600ms", src.root)
 		for n := 0; n < backupsBeforeKill; {
 			select {
 			case m, ok := <-lines:

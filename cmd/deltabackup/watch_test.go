@@ -13,23 +13,17 @@ import (
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 )
 
-// TestWatchBacksUpWhatChanged runs 'watch' as a user would: the first
-// backup scans everything, later ones read only what changed, every backup
-// restores to the tree as it was, and SIGTERM stops it cleanly.
-func TestWatchBacksUpWhatChanged(t *testing.T) {
-	c := newCLI(t)
-	dir := t.TempDir()
-	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
-	makeSource(t, src)
-	c.ok("init", "--repo", repo)
-	cmd := exec.Command(binary, "watch", "--repo", repo, "--every", "300ms", "--json", src)
+// startWatch starts 'watch --json' with args and returns the process and
+// its JSON lines other than progress.
+func (c *cli) startWatch(args ...string) (*exec.Cmd, <-chan map[string]any) {
+	c.t.Helper()
+	cmd := exec.Command(binary, append([]string{"watch", "--json"}, args...)...)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		c.t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
 	lines := make(chan map[string]any, 100)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -42,6 +36,20 @@ func TestWatchBacksUpWhatChanged(t *testing.T) {
 		}
 		close(lines)
 	}()
+	return cmd, lines
+}
+
+// TestWatchBacksUpWhatChanged runs 'watch' as a user would: the first
+// backup scans everything, later ones read only what changed, every backup
+// restores to the tree as it was, and SIGTERM stops it cleanly.
+func TestWatchBacksUpWhatChanged(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	cmd, lines := c.startWatch("--repo", repo, "--every", "300ms", src)
+	defer cmd.Process.Kill()
 	next := func(kind string) map[string]any {
 		t.Helper()
 		timeout := time.After(30 * time.Second)
