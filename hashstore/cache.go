@@ -78,6 +78,13 @@ func (s *Store) Refresh(ctx context.Context) error {
 		s.logger.Info("repository changed by gc; pack index and known objects read again")
 	}
 	s.refreshMarker, s.refreshed = marker, true
+	s.forgetObjects()
+	return nil
+}
+
+// forgetObjects drops the pack index and the known loose objects; both
+// are read again on next use.
+func (s *Store) forgetObjects() {
 	ix := &s.index
 	ix.mu.Lock()
 	ix.loaded, ix.packs, ix.packNum, ix.entries = false, nil, nil, nil
@@ -86,7 +93,6 @@ func (s *Store) Refresh(ctx context.Context) error {
 	k.mu.Lock()
 	k.loaded, k.sizes, k.changed = false, nil, false
 	k.mu.Unlock()
-	return nil
 }
 
 // loadKnown reads the remembered objects once, and forgets them when a gc

@@ -99,6 +99,10 @@ type objectUse struct {
 // It asks the storage, not the local cache of known objects, so call it
 // on a Store without a cache directory.
 func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, error) {
+	// Checked against the repository as it is now: a Store used before
+	// may hold a pack index from before other writers added packs or a
+	// gc removed some.
+	s.forgetObjects()
 	rep := &VerifyReport{Problems: []Problem{}}
 	names, err := s.verifyNames(ctx, opts.Backups)
 	if err != nil {
