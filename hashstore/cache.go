@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 	"sync"
 
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -80,6 +81,22 @@ func (s *Store) Refresh(ctx context.Context) error {
 	s.refreshMarker, s.refreshed = marker, true
 	s.forgetObjects()
 	return nil
+}
+
+// ReloadObjects makes the Store read the pack index and the known loose
+// objects again when it last did so more than olderThan ago, and reports
+// whether it will. A long-running reader (serve) calls it when an object
+// it was asked for is missing: other processes add packs, and gc moves
+// objects between them, after the index was read.
+func (s *Store) ReloadObjects(olderThan time.Duration) bool {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	if !s.objectsRead.IsZero() && time.Since(s.objectsRead) < olderThan {
+		return false
+	}
+	s.objectsRead = time.Now()
+	s.forgetObjects()
+	return true
 }
 
 // forgetObjects drops the pack index and the known loose objects; both

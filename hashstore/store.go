@@ -64,6 +64,7 @@ type Store struct {
 	refreshMu     sync.Mutex
 	refreshMarker string
 	refreshed     bool
+	objectsRead   time.Time // last ReloadObjects
 }
 
 // SetCompression chooses how objects written from now on are compressed.

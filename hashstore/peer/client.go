@@ -399,6 +399,19 @@ func DecodeFrames(r *bufio.Reader, hexdigests []string, fn func(hexdigest string
 // StoreProvider serves the objects of a repository.
 type StoreProvider struct {
 	Store *hashstore.Store
+	// ReloadAfter: when an object asked for is missing, the repository's
+	// pack index is read again if it is older than this (default a
+	// minute), since backups and gc change the repository while a server
+	// runs.
+	ReloadAfter time.Duration
+}
+
+func (p StoreProvider) reload() bool {
+	after := p.ReloadAfter
+	if after <= 0 {
+		after = time.Minute
+	}
+	return p.Store.ReloadObjects(after)
 }
 
 // Name implements Provider.
@@ -406,22 +419,34 @@ func (p StoreProvider) Name() string { return "repository " + p.Store.String() }
 
 // Has implements Provider; sizes are not known without reading.
 func (p StoreProvider) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
-	infos, err := p.Store.LookupAll(ctx, hexdigests)
-	if err != nil {
-		return nil, err
-	}
 	out := map[string]int64{}
-	for i, info := range infos {
-		if info.Found {
-			out[hexdigests[i]] = -1
+	ask := hexdigests
+	for attempt := 0; ; attempt++ {
+		infos, err := p.Store.LookupAll(ctx, ask)
+		if err != nil {
+			return nil, err
 		}
+		var missing []string
+		for i, info := range infos {
+			if info.Found {
+				out[ask[i]] = -1
+			} else {
+				missing = append(missing, ask[i])
+			}
+		}
+		if len(missing) == 0 || attempt > 0 || !p.reload() {
+			return out, nil
+		}
+		ask = missing
 	}
-	return out, nil
 }
 
 // Open implements Provider: the store verifies what it reads.
 func (p StoreProvider) Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
 	o, err := p.Store.Get(ctx, hexdigest)
+	if errors.Is(err, hashstore.ErrNotFound) && p.reload() {
+		o, err = p.Store.Get(ctx, hexdigest)
+	}
 	if err != nil {
 		if errors.Is(err, hashstore.ErrNotFound) {
 			return nil, 0, ErrUnavailable

@@ -357,3 +357,34 @@ func TestBrokenTransferResumesWithRange(t *testing.T) {
 		t.Fatalf("get through three resets: %v after %d requests", err, len(ranges))
 	}
 }
+
+// TestStoreProviderSeesLaterBackups: a server keeps its repository open;
+// objects another process packs into it later are served once asked for
+// (the pack index is read again on a miss).
+func TestStoreProviderSeesLaterBackups(t *testing.T) {
+	ctx := context.Background()
+	backend := hashstore.NewMemory()
+	served, _ := hashstore.Init(ctx, backend, nil)
+	srv := serve(t, peer.ServerOptions{}, peer.StoreProvider{Store: served, ReloadAfter: time.Nanosecond})
+	c := client(t, srv.URL, "")
+	content := bytes.Repeat([]byte("packed later by a backup "), 40)
+	h := hashstore.Hexdigest(content)
+	if missing, err := c.Missing(ctx, []string{h}); err != nil || len(missing) != 1 {
+		t.Fatalf("before the backup: missing %v, %v", missing, err)
+	}
+	writer, _ := hashstore.Open(ctx, backend, nil)
+	pk := writer.NewPacker(ctx, 0)
+	if _, err := pk.Add(ctx, h, content); err != nil {
+		t.Fatal(err)
+	}
+	if err := pk.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := c.Missing(ctx, []string{h}); err != nil || len(missing) != 0 {
+		t.Fatalf("after the backup: missing %v, %v", missing, err)
+	}
+	got, err := readAll(c.Get(ctx, h))
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("get of an object packed after the server started: %v", err)
+	}
+}
