@@ -337,12 +337,15 @@ func (s *Store) ManifestChain(ctx context.Context, rec BackupRecord) (*snapshot.
 		if err != nil {
 			return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, key, err)
 		}
+		// Each link is one shallower than the one above it; since an
+		// incremental manifest is at most MaxChainDepth deep, this also
+		// bounds how many objects are read.
+		if n := len(chain); n > 0 && m.ChainDepth != chain[n-1].ChainDepth-1 {
+			return nil, keys, fmt.Errorf("backup %s: manifest %s: chain depth %d below a manifest of depth %d; the chain of incremental manifests is broken", rec.Name, key, m.ChainDepth, chain[n-1].ChainDepth)
+		}
 		chain = append(chain, m)
 		if m.BaseManifest == "" {
 			break
-		}
-		if len(chain) > snapshot.MaxChainDepth || (len(chain) > 1 && m.ChainDepth != chain[len(chain)-2].ChainDepth-1) {
-			return nil, keys, fmt.Errorf("backup %s: manifest %s: chain of incremental manifests is broken or longer than %d", rec.Name, key, snapshot.MaxChainDepth)
 		}
 		keys = append(keys, m.BaseManifest)
 	}

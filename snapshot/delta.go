@@ -137,9 +137,9 @@ func applyList[T any](base, changed []T, removed []string, key func(*T) string, 
 // without sorting or hashing every file again: only contents that may
 // have lost their last file are looked for among the files.
 func nextHashes(base []Hash, dropped, added, files []File) []Hash {
-	find := func(h string) (int, bool) {
+	inBase := func(h string) bool {
 		i := sort.Search(len(base), func(i int) bool { return base[i].Hexdigest >= h })
-		return i, i < len(base) && base[i].Hexdigest == h
+		return i < len(base) && base[i].Hexdigest == h
 	}
 	addedSet := map[string]bool{}
 	var fresh []Hash
@@ -148,7 +148,7 @@ func nextHashes(base []Hash, dropped, added, files []File) []Hash {
 			continue
 		}
 		addedSet[f.Hexdigest] = true
-		if _, ok := find(f.Hexdigest); !ok {
+		if !inBase(f.Hexdigest) {
 			fresh = append(fresh, Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
 		}
 	}
@@ -162,7 +162,7 @@ func nextHashes(base []Hash, dropped, added, files []File) []Hash {
 		if f.Embedded() || addedSet[f.Hexdigest] {
 			continue
 		}
-		if _, ok := find(f.Hexdigest); ok && !maybeGone[f.Hexdigest] {
+		if inBase(f.Hexdigest) && !maybeGone[f.Hexdigest] {
 			maybeGone[f.Hexdigest] = true
 			b := prefix16(f.Hexdigest)
 			filter[b/64] |= 1 << (b % 64)
@@ -215,7 +215,7 @@ func prefix16(h string) uint32 {
 			v = v<<4 | uint32(c-'0')
 		}
 	}
-	return v & 0xffff
+	return v
 }
 
 // keepSet answers, for paths asked in sorted order, whether a path lies at
@@ -313,12 +313,13 @@ func sameFileEntry(b, w *File) bool {
 	return true
 }
 
-// finishIncremental makes m (holding the entries walked in this run, files
-// in walked) the whole manifest of an incremental snapshot of base, and
-// returns the incremental manifest of the difference and how many files
-// were carried over unexamined.
-func finishIncremental(m, base *Manifest, walked []File, kept []string) (*Manifest, int) {
+// finishIncremental makes m (holding the entries walked in this run) the
+// whole manifest of an incremental snapshot of base, and returns the
+// incremental manifest of the difference and how many files were carried
+// over unexamined.
+func finishIncremental(m, base *Manifest, kept []string) (*Manifest, int) {
 	keep := newKeepSet(kept)
+	walked := m.Files
 	d := *m
 	d.Removed = &Removed{}
 	var droppedFiles []File

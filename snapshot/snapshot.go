@@ -258,7 +258,6 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		}
 		if !d.all {
 			w.dirty = d
-
 			walk = func(ctx context.Context, rel, dir string, included bool) error {
 				_, err := w.walkDirty(ctx, rel, dir, included)
 				return err
@@ -307,7 +306,7 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	var delta *Manifest
 	if w.dirty != nil {
 		var carried int
-		delta, carried = finishIncremental(m, s.opts.Base, m.Files, w.kept)
+		delta, carried = finishIncremental(m, s.opts.Base, w.kept)
 		w.kept = nil
 		col.cachedFiles.Add(int64(carried))
 		if c := s.opts.Cache; c != nil && len(delta.Removed.Files) > 0 {

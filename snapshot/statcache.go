@@ -200,9 +200,15 @@ func (c *StatCache) Forget(paths ...string) {
 // recorded, not what the cache holds.
 func (c *StatCache) Keep() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.keep()
+	c.mu.Unlock()
+}
+
+// keep is Keep with c.mu held. After a full run it returns the records,
+// sorted, that the new generation was built from.
+func (c *StatCache) keep() []cacheRecord {
 	if !c.ran && len(c.next) == 0 && len(c.forgotten) == 0 {
-		return // nothing recorded since the last rotation
+		return nil // nothing recorded since the last rotation
 	}
 	records, forgotten := c.next, c.forgotten
 	c.next, c.forgotten, c.ran = nil, nil, false
@@ -216,7 +222,7 @@ func (c *StatCache) Keep() {
 			}
 		}
 		c.prev, c.newer = buildTable(kept), nil
-		return
+		return kept
 	}
 	c.keepPrev = false
 	if c.newer == nil {
@@ -228,29 +234,34 @@ func (c *StatCache) Keep() {
 	for p := range forgotten {
 		c.newer[p] = newerEntry{gone: true}
 	}
+	return nil
 }
 
 // Save writes the generation recorded in this run (with, after incremental
 // runs, the earlier entries it kept) and makes it the one the next lookups
 // use. A cache from NewMemoryStatCache is only rotated.
 func (c *StatCache) Save() error {
-	c.Keep()
 	c.mu.Lock()
-	records := make([]cacheRecord, 0, c.prev.len()+len(c.newer))
-	for i := 0; i < c.prev.len(); i++ {
-		p := c.prev.path(i)
-		if _, ok := c.newer[p]; !ok {
-			records = append(records, cacheRecord{p, c.prev.entry(int32(i))})
-		}
-	}
-	if len(c.newer) > 0 {
-		for p, e := range c.newer {
-			if !e.gone {
-				records = append(records, cacheRecord{p, e.entry})
+	records := c.keep()
+	if records == nil {
+		// Incremental runs, or none: the previous generation with the
+		// newer entries laid over it, which become one generation again.
+		records = make([]cacheRecord, 0, c.prev.len()+len(c.newer))
+		for i := 0; i < c.prev.len(); i++ {
+			p := c.prev.path(i)
+			if _, ok := c.newer[p]; !ok {
+				records = append(records, cacheRecord{p, c.prev.entry(int32(i))})
 			}
 		}
-		sort.Slice(records, func(i, j int) bool { return records[i].rel < records[j].rel })
-		c.prev, c.newer = buildTable(records), nil
+		if len(c.newer) > 0 {
+			for p, e := range c.newer {
+				if !e.gone {
+					records = append(records, cacheRecord{p, e.entry})
+				}
+			}
+			sort.Slice(records, func(i, j int) bool { return records[i].rel < records[j].rel })
+			c.prev, c.newer = buildTable(records), nil
+		}
 	}
 	c.mu.Unlock()
 	if c.path == "" {

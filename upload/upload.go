@@ -49,7 +49,7 @@ type Options struct {
 	BaseManifest *snapshot.Manifest
 	// BaseManifestKey is the hexdigest BaseManifest is stored under when
 	// it is not the base record's root: a checkpoint stored with
-	// StoreManifest (then BaseManifest.ChainDepth must be 0).
+	// StoreManifest.
 	BaseManifestKey string
 	// MaxChainDepth bounds how many incremental manifests (holding only
 	// what changed since the base backup's) follow each other before the
@@ -458,7 +458,7 @@ func baseManifestStored(ctx context.Context, store *hashstore.Store, opts Option
 }
 
 // StoreManifest stores m, a whole manifest, as an object and returns its
-// hexdigest, for Options.BaseManifestKey: a checkpoint that the next
+// hexdigest, for Options.BaseManifestKey (m's ChainDepth becomes 0): a checkpoint that the next
 // incremental manifests build on, so that their chain stays short without
 // a backup having to store the whole manifest itself. A long-running
 // process (watch) does this while idle. Nothing references the object
@@ -477,6 +477,7 @@ func StoreManifest(ctx context.Context, store *hashstore.Store, m *snapshot.Mani
 	if err != nil {
 		return "", 0, fmt.Errorf("store manifest: %w", err)
 	}
+	m.ChainDepth = 0 // stored whole: the next incremental one is the first link
 	return key, put.StoredSize, nil
 }
 

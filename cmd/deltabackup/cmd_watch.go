@@ -168,7 +168,6 @@ func (g *globals) checkpoint(ctx context.Context, store *hashstore.Store, m *sna
 		g.logger.Warn("checkpoint manifest not stored; the next backup builds on the last one", "err", err)
 		return ""
 	}
-	m.ChainDepth = 0
 	g.logger.Info("stored a checkpoint manifest", "manifest", key, "bytes", size, "seconds", time.Since(start).Seconds())
 	g.watchEvent("checkpoint", map[string]any{"manifest": key, "manifest_bytes": size, "seconds": time.Since(start).Seconds()})
 	return key

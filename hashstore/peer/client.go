@@ -420,25 +420,32 @@ func (p StoreProvider) Name() string { return "repository " + p.Store.String() }
 // Has implements Provider; sizes are not known without reading.
 func (p StoreProvider) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
 	out := map[string]int64{}
-	ask := hexdigests
-	for attempt := 0; ; attempt++ {
-		infos, err := p.Store.LookupAll(ctx, ask)
-		if err != nil {
-			return nil, err
-		}
-		var missing []string
-		for i, info := range infos {
-			if info.Found {
-				out[ask[i]] = -1
-			} else {
-				missing = append(missing, ask[i])
-			}
-		}
-		if len(missing) == 0 || attempt > 0 || !p.reload() {
-			return out, nil
-		}
-		ask = missing
+	missing, err := p.lookup(ctx, hexdigests, out)
+	if err == nil && len(missing) > 0 && p.reload() {
+		_, err = p.lookup(ctx, missing, out)
 	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// lookup adds the hexdigests the store holds to found (size unknown: -1)
+// and returns the others.
+func (p StoreProvider) lookup(ctx context.Context, hexdigests []string, found map[string]int64) ([]string, error) {
+	infos, err := p.Store.LookupAll(ctx, hexdigests)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for i, info := range infos {
+		if info.Found {
+			found[hexdigests[i]] = -1
+		} else {
+			missing = append(missing, hexdigests[i])
+		}
+	}
+	return missing, nil
 }
 
 // Open implements Provider: the store verifies what it reads.
