@@ -57,6 +57,9 @@ func (s *storm) step(files []string, version int) {
 	s.mu.Lock()
 	s.touched[rel] = true
 	s.touched[rel+".new"] = true // the replacement, briefly in the tree
+	// The replacement is written in place before it is renamed: a
+	// snapshot may see it at any stage of that write.
+	s.inPlace[rel+".new"] = true
 	s.operations[op]++
 	if op != "delete" && op != "rename over" {
 		s.inPlace[rel] = true
