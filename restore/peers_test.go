@@ -79,7 +79,12 @@ func newPeerFixture(t testing.TB) *peerFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &peerFixture{src: src, store: store, mem: mem, m: m, objects: snapshot.NewObjects(res)}
+	objects, err := snapshot.NewObjects(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objects.Close() })
+	return &peerFixture{src: src, store: store, mem: mem, m: m, objects: objects}
 }
 
 func (f *peerFixture) peer(t testing.TB, opts peer.ServerOptions, wrap func(http.Handler) http.Handler) (*peer.Client, *httptest.Server) {

@@ -3,10 +3,13 @@ package snapshot
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // An incremental snapshot starts from the manifest of the previous
@@ -46,7 +49,7 @@ func newDirtySet(paths []string) (*dirtySet, error) {
 
 // walkDirty lists dir again and examines its dirty entries and those on
 // the way to one; the others are carried over from the base manifest.
-func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) (bool, error) {
+func (w *walker) walkDirty(ctx context.Context, rel string, dir *beneath.Dir, included bool) (bool, error) {
 	entries, err := w.readDir(ctx, rel, dir)
 	if err != nil {
 		return false, err
@@ -54,13 +57,16 @@ func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) 
 	var inBase map[string]bool // names below dir that the base has entries at or below
 	selected := false
 	for _, e := range entries {
-		childRel := e.Name()
+		if e.Name == "" {
+			continue // the placeholder of an unreadable directory
+		}
+		childRel := e.Name
 		if rel != "" {
-			childRel = rel + "/" + e.Name()
+			childRel = rel + "/" + e.Name
 		}
 		var sel bool
 		switch {
-		case w.dirty.dirty[childRel] || (w.dirty.onPath[childRel] && !e.IsDir()):
+		case w.dirty.dirty[childRel] || (w.dirty.onPath[childRel] && e.Type != fs.ModeDir):
 			sel, err = w.entry(ctx, e, rel, dir, included, w.walkDir)
 		case w.dirty.onPath[childRel]:
 			sel, err = w.entry(ctx, e, rel, dir, included, w.walkDirty)
@@ -70,12 +76,15 @@ func (w *walker) walkDirty(ctx context.Context, rel, dir string, included bool) 
 			}
 			// Carried over later, in one pass over the base (finishIncremental).
 			w.kept = append(w.kept, childRel)
-			sel = inBase[e.Name()]
+			sel = inBase[e.Name]
 		}
 		if err != nil {
 			return false, err
 		}
 		selected = selected || sel
+	}
+	if !selected && len(entries) == 0 && rel != "" {
+		return false, errEmptyDir
 	}
 	return selected, nil
 }

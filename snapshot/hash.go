@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
+
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // readBufferSize is the per-worker read buffer: large reads keep syscalls
@@ -81,44 +82,48 @@ func (w *hasher) handle(ctx context.Context, job fileJob) error {
 // cannot have one.
 func (w *hasher) file(ctx context.Context, job fileJob) (File, error) {
 	s := w.s
-	readPath := filepath.Join(s.src, filepath.FromSlash(job.rel))
+	dir, name := job.dir, job.name
 	w.whole = nil
-	// The lstat is needed only to stage the file or to ask the stat cache;
+	// The stat is needed only to stage the file or to ask the stat cache;
 	// in a first backup the file is just opened (and fstat'ed) once.
-	if s.dst != "" || (s.opts.Cache != nil && s.opts.Cache.has(job.rel)) {
-		info, err := os.Lstat(readPath)
+	if s.stage != nil || (s.opts.Cache != nil && s.opts.Cache.has(job.rel)) {
+		st, err := dir.Fstatat(name)
 		if err != nil {
 			s.logger.Warn("file unreadable, skipped", "path", job.rel, "err", err)
 			w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: unwrapPathError(err)})
 			return File{}, err
 		}
-		if !info.Mode().IsRegular() {
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			err := fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
 			w.col.add(&w.col.changed, Problem{Path: job.rel, Err: err})
 			return File{}, err
 		}
-		if s.dst != "" {
-			staged, err := stage(s.src, s.dst, job.rel, info)
+		if s.stage != nil {
+			staged, err := s.stage.add(job.rel, dir, name, &st)
 			if err != nil {
-				w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: fmt.Errorf("stage into %s: %w", s.dst, unwrapPathError(err))})
+				w.col.add(&w.col.unreadable, Problem{Path: job.rel, Err: fmt.Errorf("stage into %s: %w", s.stage.dir.Name(), unwrapPathError(err))})
 				return File{}, err
 			}
-			readPath, info = filepath.Join(s.dst, filepath.FromSlash(job.rel)), staged
+			st = staged
 		}
-		st := statOf(info)
+		fs := statFromUnix(&st)
 		if s.opts.Cache != nil {
-			if e, ok := s.opts.Cache.lookup(job.rel, st); ok && (!s.embeds(st.size) || int64(len(e.content)) == st.size) {
+			if e, ok := s.opts.Cache.lookup(job.rel, fs); ok && (!s.embeds(fs.size) || int64(len(e.content)) == fs.size) {
 				s.opts.Cache.record(job.rel, e)
 				w.col.cachedFiles.Add(1)
 				if p := s.opts.Progress; p != nil {
-					p.AddTotalBytes(st.size)
+					p.AddTotalBytes(fs.size)
 				}
-				return s.newFile(job.rel, st, unixMode(info), e.digest, e.content), nil
+				return s.newFile(job.rel, fs, st.Mode&0o7777, e.digest, e.content), nil
 			}
 		}
 	}
+	if s.stage != nil {
+		// Read what was staged, not the live file the database may replace.
+		dir, name = s.stage.dir, job.rel
+	}
 	for attempt := 0; ; attempt++ {
-		entry, mode, err := w.read(ctx, readPath, attempt)
+		entry, mode, err := w.read(ctx, dir, name, attempt)
 		if err == nil {
 			if p := s.opts.Progress; p != nil {
 				p.AddTotalBytes(entry.stat.size)
@@ -167,13 +172,15 @@ const (
 
 // read hashes one file, checking with fstat before and after that the
 // content read is the content of one unchanged file.
-func (w *hasher) read(ctx context.Context, path string, attempt int) (cacheEntry, uint32, error) {
+func (w *hasher) read(ctx context.Context, dir *beneath.Dir, name string, attempt int) (cacheEntry, uint32, error) {
+	path := dir.Name() + "/" + name
 	if testHookBeforeOpen != nil {
 		testHookBeforeOpen(path)
 	}
-	f, err := openNoFollow(path)
+	// O_NONBLOCK: a FIFO swapped in must not hang the worker.
+	f, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
+		if errors.Is(err, beneath.ErrSymlink) {
 			return cacheEntry{}, 0, fmt.Errorf("%w: no longer a regular file (a symlink)", ErrChangedWhileReading)
 		}
 		return cacheEntry{}, 0, err
@@ -300,106 +307,4 @@ func (w *hasher) hashMapped(ctx context.Context, f *os.File, attempt int, size i
 		}
 	}
 	return n, nil
-}
-
-// stage makes dst/rel the same file as src/rel: a hard link, or a copy
-// when linking is impossible (another file system, no permission). It
-// returns the lstat of the staged file.
-func stage(src, dst, rel string, srcInfo os.FileInfo) (os.FileInfo, error) {
-	from := filepath.Join(src, filepath.FromSlash(rel))
-	to := filepath.Join(dst, filepath.FromSlash(rel))
-	if existing, err := os.Lstat(to); err == nil {
-		if sameFile(existing, srcInfo) {
-			return existing, nil
-		}
-		if existing.Mode().IsRegular() && existing.Size() == srcInfo.Size() && existing.ModTime().Equal(srcInfo.ModTime()) && unixMode(existing) == unixMode(srcInfo) {
-			return existing, nil // an up-to-date copy from an earlier run
-		}
-		if existing.IsDir() {
-			if err := os.RemoveAll(to); err != nil {
-				return nil, err
-			}
-		} else if err := os.Remove(to); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.Link(from, to); err != nil {
-		if err := copyFile(from, to, srcInfo); err != nil {
-			return nil, err
-		}
-	}
-	return os.Lstat(to)
-}
-
-func copyFile(from, to string, info os.FileInfo) error {
-	in, err := openNoFollow(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := to + ".deltabackup-staging"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Chmod(tmp, os.FileMode(unixMode(info))&os.ModePerm); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Chtimes(tmp, info.ModTime(), info.ModTime()); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, to)
-}
-
-// pruneStaging removes from the staging directory every file and directory
-// that the manifest does not list, so it does not grow with deleted files.
-func pruneStaging(ctx context.Context, dst string, m *Manifest) error {
-	keep := make(map[string]bool, len(m.Files)+len(m.Dirs))
-	for _, f := range m.Files {
-		keep[f.RelativePath] = true
-	}
-	for _, d := range m.Dirs {
-		keep[d.RelativePath] = true
-	}
-	err := filepath.WalkDir(dst, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if p == dst {
-			return nil
-		}
-		rel, _ := filepath.Rel(dst, p)
-		rel = filepath.ToSlash(rel)
-		if keep[rel] {
-			return nil
-		}
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return filepath.SkipDir
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("prune staging directory %s: %w", dst, err)
-	}
-	return nil
 }

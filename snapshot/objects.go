@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // ErrUnavailable is what Objects.Open returns for content it does not
@@ -27,6 +28,7 @@ var ErrUnavailable = errors.New("object not available")
 type Objects struct {
 	mu     sync.RWMutex
 	root   string
+	dir    *beneath.Dir // root, opened at Update; files are opened below it without following links
 	byHash map[string]objectFile
 }
 
@@ -37,14 +39,20 @@ type objectFile struct {
 }
 
 // NewObjects indexes the files of a snapshot result.
-func NewObjects(res *Result) *Objects {
+func NewObjects(res *Result) (*Objects, error) {
 	o := &Objects{}
-	o.Update(res)
-	return o
+	if err := o.Update(res); err != nil {
+		return nil, err
+	}
+	return o, nil
 }
 
 // Update replaces the index with a newer snapshot of the same directory.
-func (o *Objects) Update(res *Result) {
+func (o *Objects) Update(res *Result) error {
+	dir, err := beneath.OpenRoot(res.ReadRoot)
+	if err != nil {
+		return err
+	}
 	byHash := make(map[string]objectFile, len(res.Manifest.Hashes))
 	for _, f := range res.Manifest.Files {
 		if f.Embedded() {
@@ -55,8 +63,25 @@ func (o *Objects) Update(res *Result) {
 		}
 	}
 	o.mu.Lock()
-	o.root, o.byHash = res.ReadRoot, byHash
+	old := o.dir
+	o.root, o.dir, o.byHash = res.ReadRoot, dir, byHash
 	o.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// Close releases the directory handle.
+func (o *Objects) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.dir == nil {
+		return nil
+	}
+	err := o.dir.Close()
+	o.dir = nil
+	return err
 }
 
 // Name describes the directory.
@@ -92,12 +117,18 @@ func (o *Objects) Has(ctx context.Context, hexdigests []string) (map[string]int6
 func (o *Objects) Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
 	o.mu.RLock()
 	f, ok := o.byHash[hexdigest]
-	root := o.root
+	dir := o.dir
+	if ok && dir != nil {
+		dir.Acquire()
+	}
 	o.mu.RUnlock()
-	if !ok {
+	if !ok || dir == nil {
 		return nil, 0, ErrUnavailable
 	}
-	file, err := openNoFollow(filepath.Join(root, filepath.FromSlash(f.rel)))
+	// No symbolic link is followed in any component: a directory swapped
+	// for a link since the snapshot makes the file unavailable.
+	file, err := dir.Open(f.rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	dir.Close()
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %s: %v", ErrUnavailable, f.rel, unwrapPathError(err))
 	}

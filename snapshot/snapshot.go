@@ -20,8 +20,10 @@ import (
 
 	"github.com/bmatcuk/doublestar/v4"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/progress"
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // DefaultEmbedThreshold is rohmu's: files of at most 150 bytes are embedded
@@ -41,7 +43,9 @@ type Options struct {
 	// Dst, when set, is a staging directory: each selected file is
 	// hard-linked there (copied when linking fails) and read from there, so
 	// that files a database deletes or replaces during the backup stay
-	// readable. It must not lie inside Src.
+	// readable. It must not be Src, lie inside it or contain it, and must
+	// be new, empty, or one deltabackup staged into before (it carries a
+	// marker file); only files staged by the previous run are removed.
 	Dst string
 	// Includes are doublestar globs over slash-separated paths relative to
 	// Src; an entry is selected when it, or a directory above it, matches
@@ -148,6 +152,8 @@ type Snapshotter struct {
 	opts     Options
 	src, dst string
 	logger   *slog.Logger
+	// stage is the staging directory of the snapshot under way (Dst).
+	stage *stager
 	// readOnly reads files without hashing them, for Measure.
 	readOnly bool
 }
@@ -194,8 +200,8 @@ func New(opts Options) (*Snapshotter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("staging directory %s: %w", opts.Dst, err)
 		}
-		if rel, err := filepath.Rel(src, dst); err == nil && !strings.HasPrefix(rel, "..") {
-			return nil, fmt.Errorf("staging directory %s lies inside the source %s; choose a directory outside it", dst, src)
+		if err := checkStageDir(src, dst); err != nil {
+			return nil, err
 		}
 		s.dst = dst
 	}
@@ -205,9 +211,13 @@ func New(opts Options) (*Snapshotter, error) {
 // Src returns the absolute source directory.
 func (s *Snapshotter) Src() string { return s.src }
 
-// fileJob is a regular file found by the walk, for a hashing worker.
+// fileJob is a regular file found by the walk, for a hashing worker: its
+// path, and its name in the directory handle dir (a reference the worker
+// releases).
 type fileJob struct {
-	rel string
+	rel  string
+	dir  *beneath.Dir
+	name string
 }
 
 // collector gathers what workers and the walker find.
@@ -240,8 +250,25 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		Node:             s.opts.Node,
 		MinDeltaFileSize: s.opts.MinDeltaFileSize,
 	}
-	if fi, err := os.Lstat(s.src); err == nil {
-		m.Root = &Dir{RelativePath: ".", Mode: unixMode(fi), MtimeNs: fi.ModTime().UnixNano()}
+	root, err := beneath.OpenRoot(s.src)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot source: %w", err)
+	}
+	defer root.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(root.Fd(), &st); err == nil {
+		m.Root = &Dir{RelativePath: ".", Mode: st.Mode & 0o7777, MtimeNs: st.Mtim.Nano()}
+	}
+	if s.dst != "" {
+		if s.stage, err = openStage(s.src, s.dst); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if s.stage != nil {
+				s.stage.dir.Close()
+				s.stage = nil
+			}
+		}()
 	}
 	if m.ExcludeGlobs == nil {
 		m.ExcludeGlobs = []string{}
@@ -258,7 +285,7 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		}
 		if !d.all {
 			w.dirty = d
-			walk = func(ctx context.Context, rel, dir string, included bool) error {
+			walk = func(ctx context.Context, rel string, dir *beneath.Dir, included bool) error {
 				_, err := w.walkDirty(ctx, rel, dir, included)
 				return err
 			}
@@ -269,7 +296,11 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	}
 	g.Go(func() error {
 		defer close(jobs)
-		return walk(gctx, "", s.src, false)
+		err := walk(gctx, "", root, false)
+		if errors.Is(err, errEmptyDir) {
+			err = nil
+		}
+		return err
 	})
 	workers := make([]*hasher, s.opts.Parallel)
 	for i := range workers {
@@ -278,9 +309,14 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 		g.Go(func() error {
 			for job := range jobs {
 				if err := gctx.Err(); err != nil {
+					job.dir.Close()
+					drain(jobs)
 					return err
 				}
-				if err := h.handle(gctx, job); err != nil {
+				err := h.handle(gctx, job)
+				job.dir.Close()
+				if err != nil {
+					drain(jobs)
 					return err
 				}
 			}
@@ -338,9 +374,11 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if delta != nil {
 		res.Base = s.opts.Base
 	}
-	if s.dst != "" {
+	if s.stage != nil {
 		res.ReadRoot = s.dst
-		if err := pruneStaging(ctx, s.dst, m); err != nil {
+		err := s.stage.finish(ctx)
+		s.stage = nil
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -354,12 +392,19 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
+// drain releases the directory references of jobs no worker will take.
+func drain(jobs <-chan fileJob) {
+	for job := range jobs {
+		job.dir.Close()
+	}
+}
+
 func sortProblems(ps []Problem) []Problem {
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Path < ps[j].Path })
 	return ps
 }
 
-// fileFromCache builds the manifest entry of a file whose content is known.
+// newFile builds the manifest entry of a file whose content is known.
 func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, digest [32]byte, content []byte) File {
 	f := File{RelativePath: rel, FileSize: st.size, MtimeNs: st.mtimeNs, Mode: mode}
 	if s.embeds(st.size) {

@@ -359,9 +359,9 @@ func TestUnreadableFilesAreReportedAndSkipped(t *testing.T) {
 }
 
 func TestStagingDirectory(t *testing.T) {
-	src, dst := t.TempDir(), t.TempDir()
-	writeTree(t, src, map[string]string{"keep": strings.Repeat("k", 500), "sub/later-deleted": strings.Repeat("d", 500)})
-	writeTree(t, dst, map[string]string{"stale/old": "from an earlier run"})
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "stage")
+	writeTree(t, src, map[string]string{"keep": strings.Repeat("k", 500), "sub/later-deleted": strings.Repeat("d", 500),
+		"gone/soon": strings.Repeat("g", 500)})
 	opts := DefaultOptions(src)
 	opts.Dst = dst
 	res := run(t, opts)
@@ -373,9 +373,6 @@ func TestStagingDirectory(t *testing.T) {
 	if err != nil || !os.SameFile(a, b) {
 		t.Fatalf("staged file is not a hard link of the source: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dst, "stale")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("a stale entry of the staging directory was not pruned")
-	}
 	// The database deletes a file after the snapshot: the staged copy
 	// still has the content the manifest describes.
 	os.Remove(filepath.Join(src, "sub/later-deleted"))
@@ -383,8 +380,64 @@ func TestStagingDirectory(t *testing.T) {
 	if err != nil || !bytes.Equal(data, []byte(strings.Repeat("d", 500))) {
 		t.Fatalf("staged content lost after the source file was deleted: %v", err)
 	}
-	if _, err := New(Options{Src: src, Dst: filepath.Join(src, "inside")}); err == nil {
-		t.Fatal("a staging directory inside the source was accepted")
+	// A second run prunes what it staged before and is gone now, and
+	// nothing it did not stage: a user's file in the directory stays.
+	os.RemoveAll(filepath.Join(src, "gone"))
+	writeTree(t, dst, map[string]string{"mine/notes": "a user's file", "sub/also-mine": "x"})
+	run(t, opts)
+	for _, gone := range []string{"sub/later-deleted", "gone/soon", "gone"} {
+		if _, err := os.Lstat(filepath.Join(dst, gone)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s, staged by the first run and gone from the source, was not pruned", gone)
+		}
+	}
+	for _, kept := range []string{"keep", "mine/notes", "sub/also-mine"} {
+		if _, err := os.Lstat(filepath.Join(dst, kept)); err != nil {
+			t.Errorf("%s was removed: %v", kept, err)
+		}
+	}
+}
+
+// TestStagingDirectoryNeverDeletesWhatItDoesNotOwn is the audit's H4: a
+// staging directory that is the source, lies above or inside it, or holds
+// data deltabackup did not stage is refused before anything is touched.
+func TestStagingDirectoryNeverDeletesWhatItDoesNotOwn(t *testing.T) {
+	top := t.TempDir()
+	writeTree(t, top, map[string]string{"var/lib/pg/table": strings.Repeat("t", 500), "var/lib/other/keep": "keep",
+		"shared/precious.txt": "precious", "shared/projects/code.go": "work", "data/f": "x"})
+	os.Symlink(filepath.Join(top, "var/lib"), filepath.Join(top, "lib-link"))
+	for name, c := range map[string]struct{ src, dst string }{
+		"the source's parent":       {"var/lib/pg", "var/lib"},
+		"the source's grandparent":  {"var/lib/pg", "var"},
+		"the source itself":         {"var/lib/pg", "var/lib/pg"},
+		"inside the source":         {"var/lib", "var/lib/pg"},
+		"a link to the parent":      {"var/lib/pg", "lib-link"},
+		"a full unmarked directory": {"data", "shared"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			opts := DefaultOptions(filepath.Join(top, c.src))
+			opts.Dst = filepath.Join(top, c.dst)
+			s, err := New(opts)
+			if err == nil {
+				_, err = s.Snapshot(context.Background())
+			}
+			if err == nil || !strings.Contains(err.Error(), "staging directory") {
+				t.Fatalf("staging into %s for %s: %v, want it refused", c.dst, c.src, err)
+			}
+		})
+	}
+	for _, p := range []string{"var/lib/pg/table", "var/lib/other/keep", "shared/precious.txt", "shared/projects/code.go", "data/f"} {
+		if _, err := os.Stat(filepath.Join(top, p)); err != nil {
+			t.Errorf("%s was touched: %v", p, err)
+		}
+	}
+	// An empty directory is taken and marked.
+	empty := filepath.Join(top, "empty")
+	os.Mkdir(empty, 0o700)
+	opts := DefaultOptions(filepath.Join(top, "data"))
+	opts.Dst = empty
+	run(t, opts)
+	if _, err := os.Stat(filepath.Join(empty, ".deltabackup-stage")); err != nil {
+		t.Fatalf("an empty staging directory was not marked: %v", err)
 	}
 }
 

@@ -149,7 +149,7 @@ func (g *globals) snapshotForServing(ctx context.Context, dir string) (*snapshot
 	if err != nil {
 		return nil, err
 	}
-	return snapshot.NewObjects(res), nil
+	return snapshot.NewObjects(res)
 }
 
 func (g *globals) snapshotDir(ctx context.Context, dir string) (*snapshot.Result, error) {
@@ -197,7 +197,9 @@ func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duratio
 				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
 				continue
 			}
-			objects.Update(res)
+			if err := objects.Update(res); err != nil {
+				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
+			}
 		}
 	}
 }

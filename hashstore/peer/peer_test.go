@@ -59,7 +59,11 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.objects = snapshot.NewObjects(res)
+	f.objects, err = snapshot.NewObjects(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.objects.Close() })
 	return f
 }
 
