@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -99,5 +101,41 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 				t.Errorf("Backups with a damaged record: %v, %v", recs, err)
 			}
 		})
+	}
+}
+
+// TestManifestBombIsRefusedCheaply is the audit's M6: a manifest object of
+// a few hundred KB that decodes to 256 MiB of spaces before a valid
+// manifest. Every reader of manifests (show, restore, verify, gc) must
+// refuse it without holding what it decodes to.
+func TestManifestBombIsRefusedCheaply(t *testing.T) {
+	ctx := context.Background()
+	s, _ := Init(ctx, NewMemory(), nil)
+	root, _, err := s.PutGenerated(ctx, func(w io.Writer) error {
+		spaces := bytes.Repeat([]byte{' '}, 1<<20)
+		for range 256 {
+			if _, err := w.Write(spaces); err != nil {
+				return err
+			}
+		}
+		_, err := w.Write([]byte(`{"version":1,"hash_algorithm":"blake3","root_globs":["**"],"exclude_globs":[],"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:00Z","min_delta_file_size":0,"files":[],"dirs":[],"empty_dirs":[],"symlinks":[],"hashes":[]}`))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := BackupRecord{Name: "bomb", RootHexdigest: root, Start: time.Now(), End: time.Now()}
+	if err := s.PutBackup(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	n := allocated(func() { _, err = s.Manifest(ctx, rec) })
+	if err == nil {
+		t.Fatal("the bomb was accepted")
+	}
+	if n > 64<<20 {
+		t.Fatalf("reading the bomb allocated %d MiB", n>>20)
+	}
+	if !strings.Contains(err.Error(), root) {
+		t.Errorf("error %v does not name the object", err)
 	}
 }

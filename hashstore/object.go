@@ -168,11 +168,13 @@ func worthCompressing(raw, compressed int) bool {
 // decode failure can be told apart from an I/O failure.
 type sourceReader struct {
 	r   io.Reader
+	n   int64 // stored bytes read
 	err error
 }
 
 func (s *sourceReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
+	s.n += int64(n)
 	if err != nil && err != io.EOF {
 		s.err = err
 	}
@@ -191,6 +193,9 @@ type verifyingReader struct {
 	hasher    *blake3.Hasher
 	closer    func() error
 	err       error
+	// expansion, when set, bounds the decoded bytes to expansion times
+	// the stored bytes read so far, plus slack (LimitExpansion).
+	expansion, slack int64
 }
 
 func (v *verifyingReader) Read(p []byte) (int, error) {
@@ -205,6 +210,10 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	v.hasher.Write(p[:n])
 	if v.got > v.want {
 		v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to more than the %d bytes its header declares", v.want)}
+		return n, v.err
+	}
+	if v.expansion > 0 && v.got > v.expansion*v.source.n+v.slack {
+		v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to more than %d times its %d stored bytes", v.expansion, v.source.n)}
 		return n, v.err
 	}
 	switch {

@@ -431,6 +431,15 @@ type ObjectReader struct {
 // Size is the decoded size the object's header declares.
 func (o *ObjectReader) Size() int64 { return o.header.DecodedSize }
 
+// LimitExpansion makes reads fail with a CorruptObjectError once the
+// content decoded exceeds ratio times the stored bytes read plus slack:
+// for contents whose honest compression ratio is known to be bounded
+// (manifests), so that a small object claiming gigabytes of decoded
+// content is refused after decoding a little of it, not all of it.
+func (o *ObjectReader) LimitExpansion(ratio, slack int64) {
+	o.expansion, o.slack = ratio, slack
+}
+
 // Get opens the object stored under hexdigest, loose or packed. A missing
 // object is ErrNotFound; damaged bytes are a CorruptObjectError
 // (ErrCorrupt), from Get or from a Read.

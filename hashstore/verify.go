@@ -326,16 +326,16 @@ func (s *Store) ManifestChain(ctx context.Context, rec BackupRecord) (*snapshot.
 	keys := []string{rec.RootHexdigest}
 	for {
 		key := keys[len(keys)-1]
-		data, err := s.ReadAll(ctx, key, snapshot.MaxManifestSize)
+		m, err := s.readManifest(ctx, key)
 		if err != nil {
-			if len(keys) > 1 {
+			var decode *manifestDecodeError
+			switch {
+			case errors.As(err, &decode):
+				return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, key, decode.err)
+			case len(keys) > 1:
 				return nil, keys, fmt.Errorf("backup %s: read base manifest %s (%d down the chain): %w", rec.Name, key, len(keys)-1, err)
 			}
 			return nil, keys, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
-		}
-		m, err := snapshot.DecodeManifest(data)
-		if err != nil {
-			return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, key, err)
 		}
 		// Each link is one shallower than the one above it; since an
 		// incremental manifest is at most MaxChainDepth deep, this also
@@ -363,4 +363,41 @@ func (s *Store) ManifestChain(ctx context.Context, rec BackupRecord) (*snapshot.
 		}
 	}
 	return m, keys, nil
+}
+
+// manifestDecodeError is a manifest object that was read whole and
+// verified but is not a valid manifest.
+type manifestDecodeError struct{ err error }
+
+func (e *manifestDecodeError) Error() string { return e.err.Error() }
+func (e *manifestDecodeError) Unwrap() error { return e.err }
+
+// readManifest reads and decodes one manifest object as it streams in.
+// Its header may not claim more than snapshot.MaxManifestSize, and it may
+// not decode to more than snapshot.MaxManifestExpansion times its stored
+// bytes: a small object claiming gigabytes costs a little decoding, not
+// gigabytes of memory. The object's hash is checked at its end, so a
+// manifest is returned only if its every byte was the stored one.
+func (s *Store) readManifest(ctx context.Context, hexdigest string) (*snapshot.Manifest, error) {
+	o, err := s.Get(ctx, hexdigest)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	if o.Size() > snapshot.MaxManifestSize {
+		return nil, &CorruptObjectError{hexdigest, fmt.Sprintf("declares %d bytes, more than a manifest may hold (%d)", o.Size(), int64(snapshot.MaxManifestSize))}
+	}
+	o.LimitExpansion(snapshot.MaxManifestExpansion, 1<<20)
+	m, err := snapshot.ReadManifest(o)
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) || ctx.Err() != nil {
+			return nil, err
+		}
+		// The JSON may be bad because the bytes are: the hash decides.
+		if _, rerr := io.Copy(io.Discard, o); rerr != nil {
+			return nil, rerr
+		}
+		return nil, &manifestDecodeError{err}
+	}
+	return m, nil
 }

@@ -21,10 +21,12 @@ import (
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // DefaultParallel is the default number of concurrent downloads.
@@ -96,7 +98,7 @@ const tempPrefix = ".deltabackup-tmp-"
 
 // restorer carries the state of one Restore call.
 type restorer struct {
-	root     *os.Root
+	root     *beneath.Dir
 	m        *snapshot.Manifest
 	opts     Options
 	logger   *slog.Logger
@@ -112,40 +114,57 @@ type restorer struct {
 	stop    context.CancelCauseFunc
 	stopped atomic.Pointer[TargetFullError]
 
-	// dirs caches one os.Root per directory, so an operation on a file is
+	// dirs caches one handle per directory, so an operation on a file is
 	// one syscall on its base name instead of a walk over every component
-	// of its path; still confined to that directory.
+	// of its path. Every handle is opened without following a symbolic
+	// link in any component (beneath), so the cache only saves work: a
+	// directory swapped for a link is refused whether or not it is cached.
 	dirsMu sync.Mutex
-	dirs   map[string]*os.Root
+	dirs   map[string]*beneath.Dir
+
+	// start is when the restore began: temporary files of earlier runs
+	// are older.
+	start time.Time
 
 	// fresh is set when the target was empty or missing: nothing in it can
 	// be up to date, so nothing is examined.
 	fresh bool
 }
 
-// maxOpenDirs bounds the cached directory handles; past it, operations go
-// through the target root with the whole path (slower, just as safe).
+// maxOpenDirs bounds the cached directory handles; past it, one is
+// dropped for each new one.
 const maxOpenDirs = 4096
 
-// at returns the root and name to operate on the entry rel.
-func (r *restorer) at(rel string) (*os.Root, string) {
+// at returns the directory handle and name to operate on the entry rel;
+// the caller closes the handle (a reference) when done. A directory that
+// cannot be opened (gone, or a symbolic link now) gives the target root
+// and the whole path, and the operation itself reports the problem.
+func (r *restorer) at(rel string) (*beneath.Dir, string) {
 	dir, name := path.Split(rel)
 	if dir == "" {
+		r.root.Acquire()
 		return r.root, name
 	}
 	r.dirsMu.Lock()
 	defer r.dirsMu.Unlock()
 	if d, ok := r.dirs[dir]; ok {
+		d.Acquire()
 		return d, name
 	}
-	if len(r.dirs) >= maxOpenDirs {
+	d, err := r.root.OpenDir(path.Clean(dir))
+	if err != nil {
+		r.root.Acquire()
 		return r.root, rel
 	}
-	d, err := r.root.OpenRoot(path.Clean(dir))
-	if err != nil {
-		return r.root, rel // the operation itself will report the problem
+	if len(r.dirs) >= maxOpenDirs {
+		for k, old := range r.dirs {
+			old.Close() // in-flight users hold their own references
+			delete(r.dirs, k)
+			break
+		}
 	}
 	r.dirs[dir] = d
+	d.Acquire()
 	return d, name
 }
 
@@ -178,14 +197,15 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 	if err := os.MkdirAll(opts.Target, 0o755); err != nil {
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
-	root, err := os.OpenRoot(opts.Target)
+	root, err := beneath.OpenRoot(opts.Target)
 	if err != nil {
 		return nil, fmt.Errorf("restore target: %w", err)
 	}
 	defer root.Close()
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{}, dirs: map[string]*os.Root{}, fresh: fresh, stop: stop}
+	r := &restorer{root: root, m: m, opts: opts, logger: opts.Logger, progress: opts.Progress, res: &Result{},
+		dirs: map[string]*beneath.Dir{}, fresh: fresh, stop: stop, start: time.Now()}
 	defer r.closeDirs()
 	if r.logger == nil {
 		r.logger = slog.New(slog.DiscardHandler)
@@ -328,16 +348,16 @@ func (r *restorer) makeDirs(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		fi, err := r.root.Lstat(d)
+		st, err := r.root.Lstat(d)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return fmt.Errorf("restore directory %s: %w", d, err)
-		case fi.IsDir():
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 			// A partial earlier restore: make sure we can write into it, and
 			// drop temporary files an interrupted run left behind.
-			if fi.Mode().Perm()&0o700 != 0o700 {
-				if err := r.root.Chmod(d, fi.Mode().Perm()|0o700); err != nil {
+			if st.Mode&0o700 != 0o700 {
+				if err := r.root.Chmod(d, st.Mode&0o7777|0o700); err != nil {
 					return fmt.Errorf("restore directory %s: %w", d, err)
 				}
 			}
@@ -347,7 +367,7 @@ func (r *restorer) makeDirs(ctx context.Context) error {
 			// A file or symlink where the backup has a directory: the backup
 			// wins, and nothing is ever written through a symlink.
 			if err := r.root.Remove(d); err != nil {
-				return fmt.Errorf("restore directory %s: replace %s: %w", d, fi.Mode().Type(), err)
+				return fmt.Errorf("restore directory %s: replace a %s: %w", d, describeType(st.Mode), err)
 			}
 		}
 		if err := r.root.Mkdir(d, 0o700); err != nil {
@@ -358,18 +378,53 @@ func (r *restorer) makeDirs(ctx context.Context) error {
 	return nil
 }
 
+// removeTemps removes the temporary files an interrupted restore left in
+// dir: regular files named exactly as tempName names them, mode 0600, and
+// older than this run. A user's own file that merely starts the same way
+// is left alone.
 func (r *restorer) removeTemps(dir string) {
-	f, err := r.root.Open(dir)
+	d, err := r.root.OpenDir(dir)
 	if err != nil {
 		return
 	}
-	names, _ := f.Readdirnames(-1)
-	f.Close()
-	for _, n := range names {
-		if strings.HasPrefix(n, tempPrefix) {
-			_ = r.root.Remove(path.Join(dir, n))
+	defer d.Close()
+	entries, _ := d.Entries()
+	for _, e := range entries {
+		if !isTempName(e.Name) || !e.Type.IsRegular() {
+			continue
+		}
+		st, err := d.Fstatat(e.Name)
+		if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != 0o600 || st.Nlink != 1 ||
+			!time.Unix(st.Mtim.Unix()).Before(r.start) {
+			continue
+		}
+		_ = d.Remove(e.Name)
+	}
+}
+
+// isTempName reports whether name has the form tempName gives: the prefix
+// and 16 lower-case hex digits.
+func isTempName(name string) bool {
+	suffix, ok := strings.CutPrefix(name, tempPrefix)
+	if !ok || len(suffix) != 16 {
+		return false
+	}
+	for _, c := range suffix {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
 	}
+	return true
+}
+
+func describeType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		return "symlink"
+	case unix.S_IFREG:
+		return "file"
+	}
+	return "special file"
 }
 
 // group is one content and the paths that need it written.
@@ -392,23 +447,17 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 			continue
 		}
 		g.Go(func() error {
-			ok, meta, err := r.upToDate(gctx, f)
-			if err != nil {
+			if err := gctx.Err(); err != nil {
 				return err
 			}
-			if ok {
-				if meta {
-					atomic.AddInt64(&r.res.FilesUpToDate, 1)
-					r.done(f.FileSize)
-					return nil
-				}
-				if err := r.setMetadata(f.RelativePath, f); err != nil {
-					r.fail(f.RelativePath, f.Hexdigest, err)
-					return nil
-				}
+			ok, err := r.upToDate(f)
+			switch {
+			case err != nil:
+				r.fail(f.RelativePath, f.Hexdigest, err)
+			case ok:
 				atomic.AddInt64(&r.res.FilesUpToDate, 1)
 				r.done(f.FileSize)
-			} else {
+			default:
 				needs[i] = true
 			}
 			return nil
@@ -437,41 +486,57 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 	return groups, embedded, nil
 }
 
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
-
-// upToDate reports whether the target already holds f's content.
-// upToDate reports whether the target already holds f's content, and
-// whether its mode and mtime are right too.
-func (r *restorer) upToDate(ctx context.Context, f snapshot.File) (content, meta bool, err error) {
-	if err := ctx.Err(); err != nil {
-		return false, false, err
-	}
+// upToDate reports whether the target already holds f's content. When it
+// does, the file gets f's mode and mtime through the handle opened here,
+// and an error means they could not be set. A file with several links is
+// never up to date: changing it in place would change the other names
+// too, which may lie outside the target.
+func (r *restorer) upToDate(f snapshot.File) (bool, error) {
 	dir, name := r.at(f.RelativePath)
-	fi, err := dir.Lstat(name)
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.FileSize {
-		return false, false, nil
-	}
-	meta = fi.Mode() == fileMode(f.Mode) && fi.ModTime().UnixNano() == f.MtimeNs
-	if f.Embedded() {
-		want, _ := f.Content()
-		have, err := dir.ReadFile(name)
-		return err == nil && bytes.Equal(have, want), meta, nil
-	}
-	file, err := dir.Open(name)
+	defer dir.Close()
+	file, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return false, false, nil
+		return false, nil
 	}
 	defer file.Close()
-	h := hashstore.GetHasher()
-	defer hashstore.PutHasher(h)
-	buf := bufferPool.Get().(*[]byte)
-	defer bufferPool.Put(buf)
-	// Hide the file's WriteTo, which would ignore buf and allocate its own.
-	if _, err := io.CopyBuffer(h, struct{ io.Reader }{file}, *buf); err != nil {
-		return false, false, nil
+	var st unix.Stat_t
+	if err := unix.Fstat(int(file.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
+		st.Size != f.FileSize || st.Nlink != 1 {
+		return false, nil
 	}
-	return hex.EncodeToString(h.Sum(nil)) == f.Hexdigest, meta, nil
+	if f.Embedded() {
+		want, _ := f.Content()
+		have, err := io.ReadAll(io.LimitReader(file, f.FileSize+1))
+		if err != nil || !bytes.Equal(have, want) {
+			return false, nil
+		}
+	} else {
+		h := hashstore.GetHasher()
+		defer hashstore.PutHasher(h)
+		buf := bufferPool.Get().(*[]byte)
+		defer bufferPool.Put(buf)
+		// Hide the file's WriteTo, which would ignore buf and allocate its own.
+		if _, err := io.CopyBuffer(h, struct{ io.Reader }{file}, *buf); err != nil {
+			return false, nil
+		}
+		if hex.EncodeToString(h.Sum(nil)) != f.Hexdigest {
+			return false, nil
+		}
+	}
+	if st.Mode&0o7777 != restoredMode(f.Mode) {
+		if err := file.Chmod(fileMode(restoredMode(f.Mode))); err != nil {
+			return false, err
+		}
+	}
+	if st.Mtim.Nano() != f.MtimeNs {
+		if err := beneath.SetTimes(file, f.MtimeNs); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Small objects from a BatchSource are fetched in batches of at most
 // batchObjects objects and batchBytes bytes, each object at most
@@ -522,16 +587,21 @@ func (r *restorer) tempName(rel string) string {
 // directory of its final path, still open.
 type tempFile struct {
 	f    *os.File
-	dir  *os.Root
+	dir  *beneath.Dir // a reference, released by commit or abort
 	name string
 	rel  string // the entry it will become
+	// size is what the manifest says the file will hold; blocks are
+	// reserved (allocated) a step ahead of what was written, never more,
+	// since the size is a claim until the bytes arrive and verify.
+	size, written, allocated int64
 }
 
 // createTemp creates a temporary file next to the entry rel.
 func (r *restorer) createTemp(rel string) (*tempFile, error) {
 	dir, name := r.at(r.tempName(rel))
-	f, err := dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := dir.Open(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		dir.Close()
 		return nil, &TargetError{Path: rel, Err: err}
 	}
 	return &tempFile{f: f, dir: dir, name: name, rel: rel}, nil
@@ -548,7 +618,13 @@ func (t *tempFile) Write(p []byte) (int, error) {
 			return 0, &TargetError{Path: t.rel, Err: err}
 		}
 	}
+	if end := t.written + int64(len(p)); t.size >= preallocateMin && end > t.allocated {
+		next := min(t.size, end+preallocateStep)
+		preallocate(t.f, t.allocated, next-t.allocated)
+		t.allocated = next
+	}
 	n, err := t.f.Write(p)
+	t.written += int64(n)
 	if err != nil {
 		err = &TargetError{Path: t.rel, Err: err}
 	}
@@ -558,6 +634,7 @@ func (t *tempFile) Write(p []byte) (int, error) {
 func (t *tempFile) abort() {
 	t.f.Close()
 	_ = t.dir.Remove(t.name)
+	t.dir.Close()
 }
 
 func (r *restorer) writeEmbedded(f snapshot.File, content []byte) error {
@@ -583,7 +660,7 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tem
 	if err != nil {
 		return nil, err
 	}
-	preallocate(t.f, gr.size)
+	t.size = gr.size
 	var h *blake3.Hasher
 	var w io.Writer = t
 	if !hashstore.IsVerifying(rd, gr.hexdigest, gr.size) {
@@ -626,16 +703,16 @@ func (r *restorer) copyLocal(from *tempFile, size int64, rel string) (*tempFile,
 // commit gives a finished temporary file its mode and mtime through its
 // descriptor, closes it and renames it over the final path.
 func (r *restorer) commit(t *tempFile, f snapshot.File) error {
-	_, final := r.at(f.RelativePath)
-	err := t.f.Chmod(fileMode(f.Mode))
+	defer t.dir.Close()
+	err := t.f.Chmod(fileMode(restoredMode(f.Mode)))
 	if err == nil {
-		err = setFileMtime(t.f, f.MtimeNs)
+		err = beneath.SetTimes(t.f, f.MtimeNs)
 	}
 	if cerr := t.f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = t.dir.Rename(t.name, final)
+		err = t.dir.Rename(t.name, path.Base(f.RelativePath))
 	}
 	if err != nil {
 		_ = t.dir.Remove(t.name)
@@ -646,14 +723,12 @@ func (r *restorer) commit(t *tempFile, f snapshot.File) error {
 	return err
 }
 
-func (r *restorer) setMetadata(rel string, f snapshot.File) error {
-	dir, name := r.at(rel)
-	if err := dir.Chmod(name, fileMode(f.Mode)); err != nil {
-		return err
-	}
-	mtime := time.Unix(0, f.MtimeNs)
-	return dir.Chtimes(name, mtime, mtime)
-}
+// restoredMode is the mode a restored file gets: the recorded permission
+// bits and sticky bit, without setuid and setgid. Those are restored only
+// together with the file's owner, and this manifest format records no
+// owner: a user's setuid file restored by root would be a setuid root
+// program.
+func restoredMode(mode uint32) uint32 { return mode & 0o1777 }
 
 // fileMode converts Unix permission bits, with setuid, setgid and sticky,
 // to an os.FileMode.
@@ -678,14 +753,14 @@ func (r *restorer) makeSymlinks(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if fi, err := r.root.Lstat(s.RelativePath); err == nil {
-			if fi.Mode()&fs.ModeSymlink != 0 {
+		if st, err := r.root.Lstat(s.RelativePath); err == nil {
+			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 				if target, err := r.root.Readlink(s.RelativePath); err == nil && target == s.Target {
 					r.res.Symlinks++
 					continue
 				}
 			}
-			if fi.IsDir() {
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 				r.fail(s.RelativePath, "", errors.New("target has a directory where the backup has a symlink; move it away and restore again"))
 				continue
 			}
@@ -705,6 +780,8 @@ func (r *restorer) makeSymlinks(ctx context.Context) error {
 
 // setDirMetadata runs last and deepest first: writing into a directory
 // changes its mtime, and a read-only mode would stop the writes.
+// Directories keep setgid (it decides the group of new files, not who
+// runs a program).
 func (r *restorer) setDirMetadata() error {
 	dirs := append([]snapshot.Dir(nil), r.m.Dirs...)
 	sort.Slice(dirs, func(i, j int) bool { return dirs[i].RelativePath > dirs[j].RelativePath })
@@ -712,13 +789,16 @@ func (r *restorer) setDirMetadata() error {
 		dirs = append(dirs, *r.m.Root) // "." sorts last: the target itself
 	}
 	for _, d := range dirs {
-		if err := r.root.Chmod(d.RelativePath, fileMode(d.Mode)); err != nil {
-			return fmt.Errorf("restore directory %s: %w", d.RelativePath, err)
+		err := r.root.Chmod(d.RelativePath, d.Mode)
+		if err == nil {
+			err = r.root.Chtimes(d.RelativePath, d.MtimeNs)
 		}
-		mtime := time.Unix(0, d.MtimeNs)
-		if err := r.root.Chtimes(d.RelativePath, mtime, mtime); err != nil {
-			return fmt.Errorf("restore directory %s: %w", d.RelativePath, err)
+		if err != nil {
+			r.fail(d.RelativePath, "", fmt.Errorf("directory metadata: %w", err))
 		}
+	}
+	if full := r.stopped.Load(); full != nil {
+		return full
 	}
 	return nil
 }

@@ -131,7 +131,7 @@ func TestRestoreResumesAndRepairs(t *testing.T) {
 	data[100] ^= 1
 	os.WriteFile(big, data, 0o600)
 	os.Truncate(filepath.Join(target, "data/b/deep/x.txt"), 10)
-	os.WriteFile(filepath.Join(target, "data/.deltabackup-tmp-0123"), []byte("partial"), 0o600)
+	os.WriteFile(filepath.Join(target, "data/.deltabackup-tmp-0123456789abcdef"), []byte("partial"), 0o600) // left by an interrupted run
 	os.Chmod(filepath.Join(target, "data/b"), 0o500)
 
 	res, err := f.restore(t, target)

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"strings"
@@ -134,13 +135,54 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 	if err := jsonv2.Unmarshal(data, &m, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("manifest is not valid JSON: %w", err)
 	}
+	return m.checked()
+}
+
+// MaxManifestExpansion bounds how many times larger than its stored
+// (compressed) form a manifest may decode: JSON of paths, sizes and
+// random hexdigests compresses about 3 to 10 times. A manifest object
+// expanding further is not one this program wrote.
+const MaxManifestExpansion = 256
+
+// ReadManifest decodes and validates a manifest from untrusted bytes as
+// they are read, without holding the encoded form in memory: memory
+// follows the entries, not the bytes (whitespace costs nothing). It reads
+// r to its end.
+func ReadManifest(r io.Reader) (*Manifest, error) {
+	var m Manifest
+	rd := &stickyReader{r: io.LimitReader(r, MaxManifestSize+1)}
+	if err := jsonv2.UnmarshalRead(rd, &m, jsonv2.RejectUnknownMembers(true)); err != nil {
+		if rd.err != nil {
+			return nil, rd.err // the reader's failure (a corrupt object, say), not the JSON's
+		}
+		return nil, fmt.Errorf("manifest is not valid JSON: %w", err)
+	}
+	return m.checked()
+}
+
+// stickyReader remembers the first error of r other than io.EOF.
+type stickyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *stickyReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// checked validates a decoded manifest.
+func (m *Manifest) checked() (*Manifest, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	if m.BaseManifest == "" && (m.ChainDepth != 0 || m.Removed != nil) {
 		return nil, errors.New("manifest has chain_depth or removed but no base_manifest")
 	}
-	return &m, nil
+	return m, nil
 }
 
 // ValidatePath checks that p is a clean, relative, slash-separated path
@@ -187,11 +229,19 @@ func ValidHexdigest(s string) bool {
 // and unique paths, no entry below a file or symlink, consistent sizes and
 // hexdigests. Errors name the offending entry.
 func (m *Manifest) Validate() error {
+	_, err := m.validate()
+	return err
+}
+
+// validate is Validate that also returns how many directories it looked
+// up to check that no entry lies below a file, for the test that this
+// work stays linear in the length of the paths.
+func (m *Manifest) validate() (steps int, err error) {
 	if m.Version != ManifestVersion {
-		return fmt.Errorf("manifest version %d is not supported (want %d)", m.Version, ManifestVersion)
+		return steps, fmt.Errorf("manifest version %d is not supported (want %d)", m.Version, ManifestVersion)
 	}
 	if m.HashAlgorithm != HashAlgorithm {
-		return fmt.Errorf("manifest hash algorithm %q is not supported", m.HashAlgorithm)
+		return steps, fmt.Errorf("manifest hash algorithm %q is not supported", m.HashAlgorithm)
 	}
 	kind := make(map[string]string, len(m.Files)+len(m.Symlinks)+len(m.EmptyDirs))
 	claim := func(p, k string) error {
@@ -207,69 +257,89 @@ func (m *Manifest) Validate() error {
 	sizes := make(map[string]int64, len(m.Hashes))
 	for _, h := range m.Hashes {
 		if !ValidHexdigest(h.Hexdigest) {
-			return fmt.Errorf("manifest hash %q: not a hexdigest", h.Hexdigest)
+			return steps, fmt.Errorf("manifest hash %q: not a hexdigest", h.Hexdigest)
 		}
 		if h.Size < 0 || h.Size > maxFileSize {
-			return fmt.Errorf("manifest hash %s: invalid size %d", h.Hexdigest, h.Size)
+			return steps, fmt.Errorf("manifest hash %s: invalid size %d", h.Hexdigest, h.Size)
 		}
 		if _, dup := sizes[h.Hexdigest]; dup {
-			return fmt.Errorf("manifest hash %s listed twice", h.Hexdigest)
+			return steps, fmt.Errorf("manifest hash %s listed twice", h.Hexdigest)
 		}
 		sizes[h.Hexdigest] = h.Size
 	}
 	for i, f := range m.Files {
 		if err := claim(f.RelativePath, "file"); err != nil {
-			return err
+			return steps, err
 		}
 		if i > 0 && m.Files[i-1].RelativePath >= f.RelativePath {
-			return fmt.Errorf("manifest files are not sorted at %q", f.RelativePath)
+			return steps, fmt.Errorf("manifest files are not sorted at %q", f.RelativePath)
 		}
 		if err := f.validate(sizes); err != nil {
-			return fmt.Errorf("manifest file %q: %w", f.RelativePath, err)
+			return steps, fmt.Errorf("manifest file %q: %w", f.RelativePath, err)
 		}
 	}
 	for _, s := range m.Symlinks {
 		if err := claim(s.RelativePath, "symlink"); err != nil {
-			return err
+			return steps, err
 		}
 		if s.Target == "" || strings.ContainsRune(s.Target, 0) || len(s.Target) > maxPathLength || !utf8.ValidString(s.Target) {
-			return fmt.Errorf("manifest symlink %q: invalid target %.60q", s.RelativePath, s.Target)
+			return steps, fmt.Errorf("manifest symlink %q: invalid target %.60q", s.RelativePath, s.Target)
 		}
 	}
 	for _, d := range m.EmptyDirs {
 		if err := claim(d, "empty dir"); err != nil {
-			return err
+			return steps, err
 		}
 	}
 	dirSeen := make(map[string]bool, len(m.Dirs))
 	for _, d := range m.Dirs {
 		if err := ValidatePath(d.RelativePath); err != nil {
-			return fmt.Errorf("manifest dir entry: %w", err)
+			return steps, fmt.Errorf("manifest dir entry: %w", err)
 		}
 		if k, ok := kind[d.RelativePath]; (ok && k != "empty dir") || dirSeen[d.RelativePath] {
-			return fmt.Errorf("manifest dir %q is also a %s or listed twice", d.RelativePath, k)
+			return steps, fmt.Errorf("manifest dir %q is also a %s or listed twice", d.RelativePath, k)
 		}
 		dirSeen[d.RelativePath] = true
 		if d.Mode > 0o7777 {
-			return fmt.Errorf("manifest dir %q: invalid mode %o", d.RelativePath, d.Mode)
+			return steps, fmt.Errorf("manifest dir %q: invalid mode %o", d.RelativePath, d.Mode)
 		}
 	}
 	if err := m.validateIncremental(); err != nil {
-		return err
+		return steps, err
 	}
 	if m.Root != nil && (m.Root.RelativePath != "." || m.Root.Mode > 0o7777) {
-		return fmt.Errorf("manifest root entry must have relative_path \".\" and a valid mode, has %q and %o", m.Root.RelativePath, m.Root.Mode)
+		return steps, fmt.Errorf("manifest root entry must have relative_path \".\" and a valid mode, has %q and %o", m.Root.RelativePath, m.Root.Mode)
 	}
 	// No entry may live below a file or a symlink: writing it would mean
-	// writing through that file or link.
-	for p := range kind {
-		for parent := path.Dir(p); parent != "."; parent = path.Dir(parent) {
+	// writing through that file or link. Each directory on the way is
+	// looked at once, so the check is linear in the total length of the
+	// paths, however deep they are.
+	clear := make(map[string]bool, len(m.Dirs))
+	below := func(p string) error {
+		for i := strings.LastIndexByte(p, '/'); i > 0; i = strings.LastIndexByte(p[:i], '/') {
+			parent := p[:i]
+			if clear[parent] {
+				return nil
+			}
+			steps++
 			if k := kind[parent]; k == "file" || k == "symlink" {
 				return fmt.Errorf("manifest entry %q lies below %s %q", p, k, parent)
 			}
+			clear[parent] = true
+		}
+		return nil
+	}
+	for p := range kind {
+		if err := below(p); err != nil {
+			return steps, err
 		}
 	}
-	return nil
+	for _, d := range m.Dirs {
+		if err := below(d.RelativePath); err != nil {
+			return steps, err
+		}
+	}
+	return steps, nil
 }
 
 func (f File) validate(sizes map[string]int64) error {

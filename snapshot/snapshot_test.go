@@ -470,6 +470,7 @@ func TestManifestValidation(t *testing.T) {
 		"duplicate":          {func(m *Manifest) { m.Symlinks = []Symlink{{"c", "x"}} }, "twice"},
 		"below a file":       {func(m *Manifest) { m.EmptyDirs = []string{"c/d"} }, "lies below file"},
 		"below a symlink":    {func(m *Manifest) { m.Symlinks = []Symlink{{"a", "/"}} }, "lies below symlink"},
+		"dir below a file":   {func(m *Manifest) { m.Dirs = []Dir{{RelativePath: "c/sub", Mode: 0o755}} }, "lies below file"},
 		"unsorted":           {func(m *Manifest) { m.Files[0], m.Files[1] = m.Files[1], m.Files[0] }, "not sorted"},
 		"negative size":      {func(m *Manifest) { m.Files[1].FileSize = -1 }, "invalid size"},
 		"huge size":          {func(m *Manifest) { m.Files[0].FileSize = 1 << 62 }, "invalid size"},

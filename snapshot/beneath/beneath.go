@@ -176,6 +176,9 @@ func (d *Dir) Open(rel string, flags int, perm os.FileMode) (*os.File, error) {
 // split returns the handle of rel's directory (d itself, or a new one the
 // caller closes) and rel's last component.
 func (d *Dir) split(rel string) (*Dir, string, func(), error) {
+	if rel == "" || rel == "." {
+		return d, ".", func() {}, nil
+	}
 	i := strings.LastIndexByte(rel, '/')
 	if i < 0 {
 		if err := checkRel(rel); err != nil {
@@ -399,6 +402,56 @@ func (d *Dir) MkdirAll(rel string, perm os.FileMode) error {
 		}
 		cur.Close()
 		cur = next
+	}
+	return nil
+}
+
+// openPath opens rel with O_PATH: a handle on the entry itself, for
+// metadata changes that need no read or write permission on it.
+func (d *Dir) openPath(rel string) (int, error) {
+	fd, err := openat(d.fd, rel, unix.O_PATH, 0)
+	if err != nil {
+		return -1, d.pathErr("open", rel, err)
+	}
+	return fd, nil
+}
+
+// procPath names an open descriptor for the calls that have no
+// descriptor form for O_PATH handles (chmod, utimensat).
+func procPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
+
+// Chmod sets the permission bits (with setuid, setgid and sticky) of the
+// file or directory rel. A symbolic link at rel is refused.
+func (d *Dir) Chmod(rel string, mode uint32) error {
+	fd, err := d.openPath(rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return d.pathErr("chmod", rel, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return d.pathErr("chmod", rel, unix.ELOOP)
+	}
+	if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), mode&0o7777, 0); err != nil {
+		return d.pathErr("chmod", rel, err)
+	}
+	return nil
+}
+
+// Chtimes sets atime and mtime of the file or directory rel (a symbolic
+// link at rel gets its own times, never its target's).
+func (d *Dir) Chtimes(rel string, mtimeNs int64) error {
+	parent, name, done, err := d.split(rel)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ts := []unix.Timespec{unix.NsecToTimespec(mtimeNs), unix.NsecToTimespec(mtimeNs)}
+	if err := unix.UtimesNanoAt(parent.fd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return d.pathErr("chtimes", rel, err)
 	}
 	return nil
 }
