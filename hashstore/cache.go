@@ -36,7 +36,16 @@ type knownObjects struct {
 	marker  string // the gc/ markers the set was built under
 	loaded  bool
 	changed bool
+	// listed is when objects/ was last listed whole: for a while after,
+	// an object not in sizes is taken as absent without asking again, so
+	// that a stream of lookups of unknown objects (a peer's /v1/has) does
+	// not list the repository every time.
+	listed time.Time
 }
+
+// listingFresh is how long a whole listing of objects/ answers for
+// objects it did not find.
+const listingFresh = time.Minute
 
 // SetCacheDir makes the store keep its local cache in dir (one directory
 // per repository). Without it, nothing is cached.
@@ -64,23 +73,20 @@ func (s *Store) gcMarker(ctx context.Context) (string, error) {
 // it remembers of the repository's objects — the pack index and the loose
 // objects seen stored — when a gc ran since it last looked, so it never
 // takes an object gc removed for present. Call it under a lock that keeps
-// gc out (a backup's shared lock) before relying on what the Store knows.
-func (s *Store) Refresh(ctx context.Context) error {
-	marker, err := s.gcMarker(ctx)
-	if err != nil {
-		return err
-	}
+// gc out (a backup's shared lock, lk) before relying on what the Store
+// knows; the lock says which gc markers it saw when it was taken.
+func (s *Store) Refresh(lk *Lock) {
+	marker := lk.GCMarker()
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	if s.refreshed && s.refreshMarker == marker {
-		return nil
+		return
 	}
 	if s.refreshed {
 		s.logger.Info("repository changed by gc; pack index and known objects read again")
 	}
 	s.refreshMarker, s.refreshed = marker, true
 	s.forgetObjects()
-	return nil
 }
 
 // ReloadObjects makes the Store read the pack index and the known loose
@@ -99,6 +105,12 @@ func (s *Store) ReloadObjects(olderThan time.Duration) bool {
 	return true
 }
 
+// ForgetObjects drops what the store remembers of the repository's
+// objects (the pack index and the loose objects seen stored); both are
+// read again on next use. A backup whose lock lapsed calls it, since a gc
+// may have run unseen.
+func (s *Store) ForgetObjects() { s.forgetObjects() }
+
 // forgetObjects drops the pack index and the known loose objects; both
 // are read again on next use.
 func (s *Store) forgetObjects() {
@@ -108,7 +120,7 @@ func (s *Store) forgetObjects() {
 	ix.mu.Unlock()
 	k := &s.known
 	k.mu.Lock()
-	k.loaded, k.sizes, k.changed = false, nil, false
+	k.loaded, k.sizes, k.changed, k.listed = false, nil, false, time.Time{}
 	k.mu.Unlock()
 }
 
@@ -128,9 +140,15 @@ func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
 	if s.cacheDir == "" {
 		return k, nil
 	}
-	marker, err := s.gcMarker(ctx)
-	if err != nil {
-		return nil, err
+	// Under a lock (Refresh) the markers are known; otherwise ask.
+	s.refreshMu.Lock()
+	marker, known := s.refreshMarker, s.refreshed
+	s.refreshMu.Unlock()
+	if !known {
+		var err error
+		if marker, err = s.gcMarker(ctx); err != nil {
+			return nil, err
+		}
 	}
 	k.marker = marker
 	f, err := os.Open(filepath.Join(s.cacheDir, "known"))
@@ -272,8 +290,18 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 		return nil
 	}
 	k.mu.Lock()
-	remembered := len(k.sizes)
+	remembered, listed := len(k.sizes), k.listed
 	k.mu.Unlock()
+	if time.Since(listed) < listingFresh {
+		// A listing moments ago saw every loose object; the ones it did
+		// not see are absent (or were stored since, which costs a copy).
+		for _, i := range unknown {
+			if size, ok := k.lookup(hexdigests[i]); ok {
+				found(i, size)
+			}
+		}
+		return nil
+	}
 	// A listing costs one request per 1,000 loose objects in the
 	// repository; with no better estimate, the remembered ones count.
 	if len(unknown) > listThreshold && len(unknown) > remembered/1000 {
@@ -289,6 +317,9 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 		if err != nil {
 			return fmt.Errorf("list objects: %w", err)
 		}
+		k.mu.Lock()
+		k.listed = time.Now()
+		k.mu.Unlock()
 		for _, i := range unknown {
 			if size, ok := present[hexdigests[i]]; ok {
 				found(i, size)

@@ -295,7 +295,7 @@ func (b *bench) cli(args ...string) error {
 }
 
 func (b *bench) serve(args ...string) (*peer, error) {
-	cmd := exec.Command(b.bin, append([]string{"serve", "--json", "--listen", "127.0.0.1:0", "--rescan", "0"}, args...)...)
+	cmd := exec.Command(b.bin, append([]string{"serve", "--json", "--listen", "127.0.0.1:0", "--rescan", "0", "--no-auth"}, args...)...)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+filepath.Join(b.c.work, "cache"))
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -19,9 +20,10 @@ import (
 type serveFlags struct {
 	listen, source, tokenFile, tlsCert, tlsKey, node string
 	rescan                                           time.Duration
-	perClient                                        int
+	perClient, maxConnections, perClientConnections  int
 	throttle                                         sizeValue
-	corruptForTesting                                bool
+	noAuth, corruptForTesting                        bool
+	spoolDir                                         string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -36,8 +38,10 @@ with the contents of a repository (--repo) and/or of a live data directory
 are answered "not available", never with wrong bytes. It serves nothing
 else: no paths, no listings.
 
-It listens on 127.0.0.1 unless told otherwise; on any other address it
-requires --token-file (clients send the token with --peer-token-file).`,
+Every request must carry the token of --token-file (clients send it with
+--peer-token-file): anyone who could ask could otherwise read, or test for,
+any content served. --no-auth turns that off, on a loopback address only,
+for tests. It listens on 127.0.0.1 unless told otherwise.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd.Context(), g, &f) },
 	}
@@ -50,6 +54,10 @@ requires --token-file (clients send the token with --peer-token-file).`,
 	fl.StringVar(&f.node, "node", "", "name of this node in health answers (default: the host name)")
 	fl.DurationVar(&f.rescan, "rescan", 10*time.Minute, "snapshot --source again this often, to serve new and changed files (0: only at start)")
 	fl.IntVar(&f.perClient, "per-client", 8, "requests served at once for one client address")
+	fl.IntVar(&f.maxConnections, "max-connections", 1024, "connections open at once, all clients together")
+	fl.IntVar(&f.perClientConnections, "per-client-connections", 64, "connections open at once from one client address")
+	fl.BoolVar(&f.noAuth, "no-auth", false, "serve without a token (loopback addresses only; for tests)")
+	fl.StringVar(&f.spoolDir, "spool-dir", "", "where verified copies of large objects are kept while served (default: the system's temporary directory)")
 	fl.Var(&f.throttle, "throttle", "send at most this many bytes per second, all transfers together (for tests and benchmarks)")
 	fl.BoolVar(&f.corruptForTesting, "corrupt-for-testing", false, "flip a byte of everything served (to test clients)")
 	_ = fl.MarkHidden("throttle")
@@ -72,8 +80,27 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 	if err != nil {
 		return usagef("--listen %q: %v", f.listen, err)
 	}
-	if ip := net.ParseIP(host); token == "" && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
-		return usagef("--listen %s is not a loopback address: anyone who can reach it could read your data; give a --token-file", f.listen)
+	loopback := host == "localhost"
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		loopback = true
+	}
+	switch {
+	case token != "" && f.noAuth:
+		return usagef("--token-file and --no-auth exclude each other")
+	case token == "" && !f.noAuth:
+		return usagef("serve needs --token-file: whoever can reach it could otherwise read, or test for, any content it serves (--no-auth serves without one, on loopback, for tests)")
+	case f.noAuth && !loopback:
+		return usagef("--no-auth on %s, which is not a loopback address: anyone who can reach it could read your data; give a --token-file", f.listen)
+	}
+	// Certificates are loaded before anything else is done, so a missing
+	// or broken one is reported at once.
+	var tlsConfig *tls.Config
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	}
 	node := f.node
 	if node == "" {
@@ -97,17 +124,26 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 		}
 		providers = append(providers, peer.StoreProvider{Store: store})
 	}
-	srv := peer.NewServer(peer.ServerOptions{Node: node, Token: token, PerClient: f.perClient,
-		Throttle: int64(f.throttle), CorruptForTesting: f.corruptForTesting, Logger: g.logger}, providers...)
+	srv, err := peer.NewServer(peer.ServerOptions{Node: node, Token: token, NoAuth: f.noAuth, PerClient: f.perClient,
+		Throttle: int64(f.throttle), CorruptForTesting: f.corruptForTesting, Logger: g.logger, SpoolDir: f.spoolDir}, providers...)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
+	ln = peer.LimitListener(ln, f.maxConnections, f.perClientConnections)
 	scheme := "http"
-	if f.tlsCert != "" {
+	if tlsConfig != nil {
 		scheme = "https"
+		ln = tls.NewListener(ln, tlsConfig)
 	}
-	httpServer := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// Short timeouts: a connection that sends nothing, or idles between
+	// requests, is closed before it costs anything.
+	httpServer := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute,
+		IdleTimeout: 30 * time.Second, TLSConfig: tlsConfig}
 	var count int64
 	for _, p := range providers {
 		count += p.Count()
@@ -127,11 +163,7 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 		defer cancel()
 		stopped <- httpServer.Shutdown(shutdown)
 	}()
-	if f.tlsCert != "" {
-		err = httpServer.ServeTLS(ln, f.tlsCert, f.tlsKey)
-	} else {
-		err = httpServer.Serve(ln)
-	}
+	err = httpServer.Serve(ln)
 	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -58,7 +58,20 @@ func newCLI(t *testing.T) *cli {
 
 func (c *cli) run(args ...string) outcome {
 	c.t.Helper()
-	cmd := exec.Command(binary, args...)
+	return c.runWithin(0, args...)
+}
+
+// runWithin is run for commands that might not end by themselves (serve):
+// after d (when not 0) the process is killed and the code is -1.
+func (c *cli) runWithin(d time.Duration, args ...string) outcome {
+	c.t.Helper()
+	ctx := context.Background()
+	if d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -69,6 +82,9 @@ func (c *cli) run(args ...string) outcome {
 	code := 0
 	if exit, ok := err.(*exec.ExitError); ok {
 		code = exit.ExitCode()
+		if ctx.Err() != nil {
+			code = -1
+		}
 	} else if err != nil {
 		c.t.Fatal(err)
 	}

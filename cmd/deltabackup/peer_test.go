@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,9 @@ import (
 // server is stopped with SIGINT when the test ends, and must exit cleanly.
 func (c *cli) serve(args ...string) string {
 	c.t.Helper()
+	if !slices.Contains(args, "--token-file") {
+		args = append(args, "--no-auth")
+	}
 	cmd := exec.Command(binary, append([]string{"serve", "--json", "--listen", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
 	stdout, err := cmd.StdoutPipe()

@@ -34,6 +34,12 @@ type ClientOptions struct {
 	IdleTimeout    time.Duration
 }
 
+// ErrUnauthorized is a peer refusing the token (or its absence).
+var ErrUnauthorized = errors.New("wrong or missing token")
+
+// ErrRedirect is a peer answering with a redirect, which clients refuse.
+var ErrRedirect = errors.New("peer answered with a redirect, which is refused")
+
 // Client fetches objects from one peer. It implements the restore
 // package's Source and BatchSource.
 type Client struct {
@@ -51,7 +57,7 @@ func NewClient(rawURL string, opts ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("peer %q: want http://host:port or https://host:port", rawURL)
 	}
 	if u.User != nil {
-		return nil, errors.New("peer URLs take no credentials: use --peer-token-file")
+		return nil, errors.New("peer URLs take no credentials (give the token as ClientOptions.Token)")
 	}
 	u.Path, u.RawQuery = "", ""
 	if opts.ConnectTimeout <= 0 {
@@ -78,7 +84,10 @@ func NewClient(rawURL string, opts ClientOptions) (*Client, error) {
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &Client{base: u, http: &http.Client{Transport: transport}, token: opts.Token, idle: opts.IdleTimeout}, nil
+	// Redirects are refused: the token is for this peer only, and Go would
+	// send it along to another port of the same host.
+	noRedirects := func(*http.Request, []*http.Request) error { return ErrRedirect }
+	return &Client{base: u, http: &http.Client{Transport: transport, CheckRedirect: noRedirects}, token: opts.Token, idle: opts.IdleTimeout}, nil
 }
 
 // String names the peer.
@@ -115,7 +124,7 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 		return nil, fmt.Errorf("%s: %s: %w", c, path, hashstore.ErrNotFound)
 	case http.StatusUnauthorized:
 		resp.Body.Close()
-		return nil, hashstore.Permanent(fmt.Errorf("%s: refused the request: wrong or missing token (--peer-token-file)", c))
+		return nil, hashstore.Permanent(fmt.Errorf("%s: refused the request: %w", c, ErrUnauthorized))
 	}
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
 	resp.Body.Close()
@@ -204,7 +213,7 @@ func (c *Client) GetRange(ctx context.Context, hexdigest string, offset, length 
 		return nil, fmt.Errorf("%s: object %s: %w", c, hexdigest, hashstore.ErrNotFound)
 	case resp.StatusCode == http.StatusUnauthorized:
 		resp.Body.Close()
-		return nil, hashstore.Permanent(fmt.Errorf("%s: refused the request: wrong or missing token (--peer-token-file)", c))
+		return nil, hashstore.Permanent(fmt.Errorf("%s: refused the request: %w", c, ErrUnauthorized))
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%s: object %s: %w", c, hexdigest, hashstore.ErrInvalidRange)
@@ -417,14 +426,13 @@ func (p StoreProvider) reload() bool {
 // Name implements Provider.
 func (p StoreProvider) Name() string { return "repository " + p.Store.String() }
 
-// Has implements Provider; sizes are not known without reading.
+// Has implements Provider; sizes are not known without reading. What the
+// repository holds is read again at most once per ReloadAfter, whatever
+// the clients ask: lookups of unknown objects cost no listing each.
 func (p StoreProvider) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
+	p.reload()
 	out := map[string]int64{}
-	missing, err := p.lookup(ctx, hexdigests, out)
-	if err == nil && len(missing) > 0 && p.reload() {
-		_, err = p.lookup(ctx, missing, out)
-	}
-	if err != nil {
+	if _, err := p.lookup(ctx, hexdigests, out); err != nil {
 		return nil, err
 	}
 	return out, nil

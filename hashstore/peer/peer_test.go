@@ -67,9 +67,24 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// newServer makes a server; without a token in opts it serves without
+// authentication, as tests of other things than authentication want.
+func newServer(t *testing.T, opts peer.ServerOptions, providers ...peer.Provider) *peer.Server {
+	t.Helper()
+	if opts.Token == "" {
+		opts.NoAuth = true
+	}
+	s, err := peer.NewServer(opts, providers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
 func serve(t *testing.T, opts peer.ServerOptions, providers ...peer.Provider) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(peer.NewServer(opts, providers...).Handler())
+	srv := httptest.NewServer(newServer(t, opts, providers...).Handler())
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -328,7 +343,7 @@ func (c *cutAfter) Flush() { c.ResponseWriter.(http.Flusher).Flush() }
 
 func TestBrokenTransferResumesWithRange(t *testing.T) {
 	f := newFixture(t)
-	h := peer.NewServer(peer.ServerOptions{}, f.objects).Handler()
+	h := newServer(t, peer.ServerOptions{}, f.objects).Handler()
 	var ranges []string
 	cuts := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/deltabackup/deltabackup/snapshot"
 )
 
@@ -45,11 +47,25 @@ type Provider interface {
 type ServerOptions struct {
 	// Node names this peer in health answers.
 	Node string
-	// Token, when set, must be presented as "Authorization: Bearer TOKEN".
-	Token string
+	// Token must be presented as "Authorization: Bearer TOKEN" with every
+	// request. Without one, NoAuth must say that no token is wanted (for
+	// tests): whoever can reach the server could otherwise read, and test
+	// for the presence of, any content it serves.
+	Token  string
+	NoAuth bool
 	// PerClient bounds concurrent requests from one client address
 	// (default 8); further requests wait.
 	PerClient int
+	// HasRate and HasBurst bound, per client address, how many hexdigests
+	// /v1/has answers per second and at once (default 1,000,000 per
+	// second, 2,000,000 at once): enough for any restore, while a token
+	// holder testing guesses of a file's content is slowed down.
+	HasRate, HasBurst int
+	// SpoolDir holds verified copies of objects too large to be served
+	// from memory (default the system's temporary directory), at most
+	// SpoolBytes of them kept for later requests (default 1 GiB).
+	SpoolDir   string
+	SpoolBytes int64
 	// Throttle limits the bytes per second the server sends, all
 	// transfers together (0: no limit); for tests and benchmarks of slow
 	// peers and of peers behind a slow network.
@@ -66,41 +82,84 @@ type Server struct {
 	opts      ServerOptions
 	logger    *slog.Logger
 
-	pace *pacer // nil: no throttle
+	pace  *pacer // nil: no throttle
+	spool *spool
 
 	mu      sync.Mutex
-	clients map[string]chan struct{}
+	clients map[string]*client
 }
 
+// client is what the server keeps per client address.
+type client struct {
+	slots    chan struct{} // PerClient request slots
+	failures *rate.Limiter // failed authentications
+	has      *rate.Limiter // hexdigests asked about
+}
+
+// ErrNoToken is NewServer's answer to options with neither a token nor
+// NoAuth.
+var ErrNoToken = errors.New("a peer server needs a token (or NoAuth, for tests)")
+
 // NewServer serves objects from providers, in order of preference.
-func NewServer(opts ServerOptions, providers ...Provider) *Server {
+func NewServer(opts ServerOptions, providers ...Provider) (*Server, error) {
+	if opts.Token == "" && !opts.NoAuth {
+		return nil, ErrNoToken
+	}
 	if opts.PerClient <= 0 {
 		opts.PerClient = 8
+	}
+	if opts.HasRate <= 0 {
+		opts.HasRate = 1_000_000
+	}
+	if opts.HasBurst <= 0 {
+		opts.HasBurst = 2_000_000
+	}
+	if opts.SpoolBytes <= 0 {
+		opts.SpoolBytes = 1 << 30
 	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{providers: providers, opts: opts, logger: logger, clients: map[string]chan struct{}{}}
+	s := &Server{providers: providers, opts: opts, logger: logger, clients: map[string]*client{},
+		spool: newSpool(opts.SpoolDir, opts.SpoolBytes)}
 	if opts.Throttle > 0 {
 		s.pace = &pacer{rate: float64(opts.Throttle)}
 	}
-	return s
+	return s, nil
 }
+
+// Close releases the verified copies the server keeps.
+func (s *Server) Close() { s.spool.close() }
 
 // Handler returns the HTTP handler of the protocol.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
+// Failed authentications are limited per client address: a few in a row,
+// then one every authRetry; past that the answer is 429 at once.
+const (
+	authBurst = 10
+	authRetry = 6 * time.Second
+)
+
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.opts.Token != "" {
+	c := s.client(r)
+	if !s.opts.NoAuth {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.Token)) != 1 {
+			// The connection of a refused request is closed: an
+			// unauthenticated client holds nothing open.
+			w.Header().Set("Connection", "close")
+			if !c.failures.Allow() {
+				http.Error(w, "too many failed attempts", http.StatusTooManyRequests)
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="deltabackup"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
 	}
-	release, err := s.acquire(r)
+	release, err := s.acquire(r, c)
 	if err != nil {
 		return // the client went away while waiting
 	}
@@ -109,7 +168,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/health":
 		s.health(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/has":
-		s.has(w, r)
+		s.has(w, r, c)
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/objects":
 		s.getMany(w, r)
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/objects/"):
@@ -119,32 +178,53 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// acquire waits for one of the client's request slots.
-func (s *Server) acquire(r *http.Request) (func(), error) {
+// maxClients bounds the per-address state kept; past it, the state of
+// idle addresses is dropped.
+const maxClients = 10000
+
+// client returns the state of the request's client address.
+func (s *Server) client(r *http.Request) *client {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
 	}
 	s.mu.Lock()
-	sem := s.clients[host]
-	if sem == nil {
-		sem = make(chan struct{}, s.opts.PerClient)
-		s.clients[host] = sem
+	defer s.mu.Unlock()
+	c := s.clients[host]
+	if c == nil {
+		if len(s.clients) >= maxClients {
+			for h, old := range s.clients {
+				if len(old.slots) == 0 {
+					delete(s.clients, h)
+				}
+			}
+		}
+		c = &client{slots: make(chan struct{}, s.opts.PerClient),
+			failures: rate.NewLimiter(rate.Every(authRetry), authBurst),
+			has:      rate.NewLimiter(rate.Limit(s.opts.HasRate), s.opts.HasBurst)}
+		s.clients[host] = c
 	}
-	s.mu.Unlock()
+	return c
+}
+
+// acquire waits for one of the client's request slots.
+func (s *Server) acquire(r *http.Request, c *client) (func(), error) {
 	select {
-	case sem <- struct{}{}:
-		return func() { <-sem }, nil
+	case c.slots <- struct{}{}:
+		return func() { <-c.slots }, nil
 	case <-r.Context().Done():
 		return nil, r.Context().Err()
 	}
 }
 
+// health answers with the node's name and how many objects it serves;
+// never with paths or repository locations.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	h := Health{Status: "ok", Node: s.opts.Node, Serves: []string{}}
 	for _, p := range s.providers {
 		h.Objects += p.Count()
-		h.Serves = append(h.Serves, p.Name())
+		kind, _, _ := strings.Cut(p.Name(), " ")
+		h.Serves = append(h.Serves, kind)
 	}
 	writeJSON(w, h)
 }
@@ -174,10 +254,17 @@ func readHexdigests(w http.ResponseWriter, r *http.Request, limit int) ([]string
 	return req.Hexdigests, true
 }
 
-func (s *Server) has(w http.ResponseWriter, r *http.Request) {
+func (s *Server) has(w http.ResponseWriter, r *http.Request, c *client) {
 	hexdigests, ok := readHexdigests(w, r, MaxHasBatch)
 	if !ok {
 		return
+	}
+	if len(hexdigests) > s.opts.HasBurst {
+		http.Error(w, fmt.Sprintf("at most %d hexdigests at once", s.opts.HasBurst), http.StatusTooManyRequests)
+		return
+	}
+	if err := c.has.WaitN(r.Context(), len(hexdigests)); err != nil {
+		return // the client went away while held back
 	}
 	found := map[string]int64{}
 	for _, p := range s.providers {
@@ -219,12 +306,13 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
 		http.NotFound(w, r)
 		return
 	}
-	rc, size, err := s.open(r.Context(), hexdigest)
+	v, release, err := s.verified(r.Context(), hexdigest)
 	if err != nil {
 		http.NotFound(w, r)
 		return
 	}
-	defer rc.Close()
+	defer release()
+	size := v.size
 	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
 	if !ok {
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
@@ -237,38 +325,56 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
-	// Reading through the whole content keeps the provider's verification
-	// meaningful: the bytes before the range are read and hashed too.
-	if start > 0 {
-		if _, err := io.CopyN(io.Discard, rc, start); err != nil {
-			http.Error(w, "object not available", http.StatusNotFound)
-			return
-		}
-	}
 	if partial {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
 		w.WriteHeader(http.StatusPartialContent)
 	} else {
 		w.WriteHeader(http.StatusOK)
 	}
-	body := io.Reader(io.LimitReader(rc, end-start))
-	if end == size {
-		body = rc // to the end, so the provider's final check runs
-	}
-	if _, err := io.Copy(s.throttled(r.Context(), w), s.corrupt(body)); err != nil {
-		// The bytes sent so far may not be the object's: break the
-		// connection so the client sees an incomplete answer.
-		if r.Context().Err() != nil {
-			// The client hung up: it took the object elsewhere or stopped.
-			s.logger.Debug("transfer stopped: client went away", "object", hexdigest, "err", err)
-		} else {
-			s.logger.Warn("transfer stopped", "object", hexdigest, "err", err)
-		}
+	if _, err := io.Copy(s.throttled(r.Context(), w), s.corrupt(v.reader(start, end-start))); err != nil {
+		// The client hung up: it took the object elsewhere or stopped.
+		s.logger.Debug("transfer stopped", "object", hexdigest, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 }
 
-// parseRange reads a single "bytes=a-b" range.
+// verified returns the object hexdigest with every byte checked: from
+// memory when small, else from a verified spool copy.
+func (s *Server) verified(ctx context.Context, hexdigest string) (*verified, func(), error) {
+	if sf, release := s.spool.peek(hexdigest); sf != nil {
+		return &verified{size: sf.size, file: sf}, release, nil
+	}
+	rc, size, err := s.open(ctx, hexdigest)
+	if err != nil {
+		return nil, nil, err
+	}
+	if size <= memoryObjectMax {
+		defer rc.Close()
+		data, err := io.ReadAll(io.LimitReader(rc, size+1))
+		if err != nil || int64(len(data)) != size {
+			return nil, nil, ErrUnavailable // the provider's reader fails on wrong bytes
+		}
+		return &verified{size: size, data: data}, func() {}, nil
+	}
+	first := true
+	sf, release, err := s.spool.get(ctx, hexdigest, func() (io.ReadCloser, int64, error) {
+		if first {
+			first = false
+			return rc, size, nil
+		}
+		return s.open(ctx, hexdigest)
+	})
+	if first {
+		rc.Close() // a copy was there already
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return &verified{size: sf.size, file: sf}, release, nil
+}
+
+// parseRange reads a single "bytes=a-b" range: digits only, last clamped
+// to the object before anything is added to it.
 func parseRange(header string, size int64) (start, end int64, partial, ok bool) {
 	if header == "" {
 		return 0, size, false, true
@@ -278,25 +384,34 @@ func parseRange(header string, size int64) (start, end int64, partial, ok bool) 
 		return 0, 0, false, false
 	}
 	a, b, _ := strings.Cut(spec, "-")
-	var err error
+	number := func(s string) (int64, bool) {
+		if s == "" || len(s) > 19 || strings.TrimLeft(s, "0123456789") != "" {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		return n, err == nil
+	}
 	switch {
 	case a == "": // suffix: the last b bytes
-		var n int64
-		if n, err = strconv.ParseInt(b, 10, 64); err != nil || n <= 0 {
+		n, ok := number(b)
+		if !ok || n <= 0 || size == 0 {
 			return 0, 0, false, false
 		}
 		start, end = max(size-n, 0), size
 	default:
-		if start, err = strconv.ParseInt(a, 10, 64); err != nil || start < 0 || start >= size {
+		var ok bool
+		if start, ok = number(a); !ok || start >= size {
 			return 0, 0, false, false
 		}
 		end = size
 		if b != "" {
-			last, err := strconv.ParseInt(b, 10, 64)
-			if err != nil || last < start {
+			last, ok := number(b)
+			if !ok || last < start {
 				return 0, 0, false, false
 			}
-			end = min(last+1, size)
+			if last < size-1 {
+				end = last + 1
+			}
 		}
 	}
 	return start, end, true, true
