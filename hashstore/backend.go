@@ -52,6 +52,36 @@ type Backend interface {
 	Delete(ctx context.Context, key string) error
 }
 
+// ErrExists is returned (wrapped) by Creator.PutIfAbsent when the key is
+// taken.
+var ErrExists = errors.New("already exists")
+
+// Creator is a Backend that can store a key only if nothing is stored
+// under it yet, atomically: of writers racing for one key, exactly one
+// succeeds and the others get ErrExists. Local directories (link(2)) and
+// S3 (If-None-Match: *) can; backup records are written this way, so two
+// nodes never overwrite each other's records. Wrappers implement it only
+// as far as what they wrap does (CanCreate).
+type Creator interface {
+	PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error
+}
+
+// creatorOf returns b as a Creator, if it (and whatever it wraps) can
+// create keys exclusively.
+func creatorOf(b Backend) (Creator, bool) {
+	if w, ok := b.(interface{ CanCreate() bool }); ok && !w.CanCreate() {
+		return nil, false
+	}
+	c, ok := b.(Creator)
+	return c, ok
+}
+
+// CanCreate reports whether b can create keys only if absent (Creator).
+func CanCreate(b Backend) bool {
+	_, ok := creatorOf(b)
+	return ok
+}
+
 // tempPrefix marks names of files being written by the local backend; no
 // key may have a component starting with it.
 const tempPrefix = ".tmp-"

@@ -17,6 +17,9 @@ type CopyOptions struct {
 	LockWait time.Duration
 	// Planned, when set, is called with the objects and bytes to copy for
 	// each backup; Copied with each object copied.
+	// Filter selects the backups copied when none are named, and which
+	// "latest" a name means.
+	Filter  BackupFilter
 	Planned func(objects int, bytes int64)
 	Copied  func(bytes int64)
 }
@@ -43,12 +46,18 @@ func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, 
 	defer lk.Unlock()
 	var records []BackupRecord
 	if len(opts.Backups) == 0 {
-		if records, err = from.Backups(ctx); err != nil {
+		all, err := from.Backups(ctx)
+		if err != nil {
 			return nil, err
+		}
+		for _, r := range all {
+			if opts.Filter.Match(r) {
+				records = append(records, r)
+			}
 		}
 	} else {
 		for _, name := range opts.Backups {
-			rec, err := from.Backup(ctx, name)
+			rec, err := from.Backup(ctx, name, opts.Filter)
 			if err != nil {
 				return nil, err
 			}

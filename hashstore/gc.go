@@ -213,7 +213,7 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 // liveObjects returns every hexdigest some backup references, manifests
 // included, and the number of backups.
 func (s *Store) liveObjects(ctx context.Context) (map[string]bool, int, error) {
-	names, err := s.verifyNames(ctx, nil)
+	names, err := s.verifyNames(ctx, nil, BackupFilter{})
 	if err != nil {
 		return nil, 0, err
 	}

@@ -251,8 +251,11 @@ func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	ns, _ := os.Readlink("/proc/self/ns/pid")
 	now := time.Now().UTC().Format(time.RFC3339)
-	crashed := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"pid":%d,"created":%q,"refreshed":%q}`, host, gone.Process.Pid, now, now)
+	crashed := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"boot_id":%q,"pid_namespace":%q,"pid":%d,"created":%q,"refreshed":%q}`,
+		host, strings.TrimSpace(string(boot)), ns, gone.Process.Pid, now, now)
 	mem.Put(ctx, "locks/crashed.json", strings.NewReader(crashed), int64(len(crashed)))
 	rep, err := f.store.GC(ctx, hashstore.GCOptions{})
 	if err != nil {
@@ -263,6 +266,33 @@ func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
 	}
 	if n, _ := countKeys(t, mem, "locks/"); n != 0 {
 		t.Fatalf("%d locks left", n)
+	}
+}
+
+// TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID is the audit's H3 (a):
+// a backup in a container on the host network has the host's name but its
+// own PIDs. Its lock must keep gc out while it is refreshed, even when no
+// process of that PID runs in gc's namespace.
+func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	f := newGCFixture(t, mem)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	now := time.Now().UTC().Format(time.RFC3339)
+	for i, ns := range []string{"pid:[4026599999]", ""} { // another namespace; a lock that does not say
+		lock := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"boot_id":%q,"pid_namespace":%q,"pid":%d,"created":%q,"refreshed":%q}`,
+			host, strings.TrimSpace(string(boot)), ns, gone.Process.Pid, now, now)
+		key := fmt.Sprintf("locks/shared/container-%d.json", i)
+		mem.Put(ctx, key, strings.NewReader(lock), int64(len(lock)))
+		if _, err := f.store.GC(ctx, hashstore.GCOptions{}); !errors.Is(err, hashstore.ErrLocked) {
+			t.Fatalf("gc beside a live lock of pid namespace %q: %v, want ErrLocked", ns, err)
+		}
+		mem.Delete(ctx, key)
 	}
 }
 

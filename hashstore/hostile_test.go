@@ -81,7 +81,7 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 			recName := strings.Fields(name)[0]
 			mem.Put(ctx, backupKey(recName), strings.NewReader(data), int64(len(data)))
 			var err error
-			n := allocated(func() { _, err = s.Backup(ctx, recName) })
+			n := allocated(func() { _, err = s.Backup(ctx, recName, BackupFilter{}) })
 			if err == nil {
 				t.Fatal("accepted")
 			}

@@ -41,7 +41,17 @@ func (l *Local) path(key string) (string, error) {
 }
 
 // Put implements Backend.
-func (l *Local) Put(ctx context.Context, key string, r io.Reader, size int64) (err error) {
+func (l *Local) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return l.put(ctx, key, r, size, false)
+}
+
+// PutIfAbsent implements Creator: the finished temporary file is linked
+// to the key, which fails when the key exists, instead of renamed over it.
+func (l *Local) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	return l.put(ctx, key, r, size, true)
+}
+
+func (l *Local) put(ctx context.Context, key string, r io.Reader, size int64, exclusive bool) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -79,7 +89,16 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader, size int64) (e
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
+	if exclusive {
+		err := os.Link(tmp.Name(), final)
+		_ = os.Remove(tmp.Name())
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("put %s: %w", key, ErrExists)
+		}
+		if err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+	} else if err := os.Rename(tmp.Name(), final); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	if err := syncDir(dir); err != nil {

@@ -51,25 +51,41 @@ var ErrLocked = errors.New("repository is locked")
 
 // LockInfo is what a lock file says.
 type LockInfo struct {
-	Kind      LockKind  `json:"kind"`
-	Purpose   string    `json:"purpose"`
-	Host      string    `json:"host"`
-	PID       int       `json:"pid"`
-	Created   time.Time `json:"created"`
-	Refreshed time.Time `json:"refreshed"`
-	Key       string    `json:"-"`
+	Kind    LockKind `json:"kind"`
+	Purpose string   `json:"purpose"`
+	Host    string   `json:"host"`
+	PID     int      `json:"pid"`
+	// BootID and PIDNamespace say which kernel and which PID namespace
+	// PID belongs to: containers on one host share its name, but not its
+	// PIDs.
+	BootID       string    `json:"boot_id,omitempty"`
+	PIDNamespace string    `json:"pid_namespace,omitempty"`
+	Created      time.Time `json:"created"`
+	Refreshed    time.Time `json:"refreshed"`
+	Key          string    `json:"-"`
 }
 
 // Stale reports whether the lock's holder stopped refreshing it, or is a
-// process of this host that no longer runs (a crashed backup need not
-// block gc for lockExpiry).
+// process that no longer runs in this very PID namespace of this boot of
+// this host (a crashed backup need not block gc for lockExpiry). A lock
+// from another namespace, or one that does not say its namespace, is
+// judged by its refresh time only: its PID means nothing here.
 func (l LockInfo) Stale(now time.Time) bool {
 	if now.Sub(l.Refreshed) > lockExpiry {
 		return true
 	}
-	host, _ := os.Hostname()
-	return l.Host == host && l.PID > 0 && l.PID != os.Getpid() && !processRuns(l.PID)
+	me := thisProcess()
+	return l.Host == me.Host && l.BootID != "" && l.BootID == me.BootID && l.PIDNamespace != "" &&
+		l.PIDNamespace == me.PIDNamespace && l.PID > 0 && l.PID != os.Getpid() && !processRuns(l.PID)
 }
+
+// thisProcess returns the identity fields of a lock taken by this process.
+var thisProcess = sync.OnceValue(func() LockInfo {
+	host, _ := os.Hostname()
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return LockInfo{Host: host, PID: os.Getpid(), BootID: strings.TrimSpace(string(boot)), PIDNamespace: ns}
+})
 
 // processRuns reports whether a process with pid exists on this host.
 func processRuns(pid int) bool {
@@ -85,13 +101,28 @@ func (l LockInfo) String() string {
 // Lock is a held lock; Unlock releases it.
 type Lock struct {
 	store *Store
-	info  LockInfo
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
-	mu    sync.Mutex
-	err   error // a refresh that failed: the lock may be lost
+
+	mu   sync.Mutex
+	info LockInfo
+	err  error // a refresh that failed: the lock may be lost
+	// lastOK is when the lock file was last written (with the monotonic
+	// clock reading), lastOKWall the same on the wall clock, which goes on
+	// while the machine is suspended.
+	lastOK     time.Time
+	lastOKWall time.Time
+	// lost is set when the lock file was found gone, or the lock lapsed:
+	// the refresh stops rather than bring it back.
+	lost error
+	// gcMarker is the repository's gc/ markers when the lock was taken.
+	gcMarker string
 }
+
+// ErrLockLost means a lock lapsed or was removed while its holder worked:
+// a gc may have run meanwhile, as if the lock had never been held.
+var ErrLockLost = errors.New("repository lock lost")
 
 // LockOptions tunes Lock.
 type LockOptions struct {
@@ -105,39 +136,65 @@ type LockOptions struct {
 // Lock takes a lock of kind on the repository, waiting up to opts.Wait
 // for conflicting holders, and refreshes it until Unlock.
 func (s *Store) Lock(ctx context.Context, kind LockKind, opts LockOptions) (*Lock, error) {
-	host, _ := os.Hostname()
+	now := time.Now()
+	info := newLockInfo(kind, opts.Purpose, now.UTC())
+	if err := s.acquire(ctx, &info, opts); err != nil {
+		return nil, err
+	}
+	l := &Lock{store: s, info: info, stop: make(chan struct{}), done: make(chan struct{}), lastOK: now, lastOKWall: now.Round(0)}
+	marker, err := s.gcMarker(ctx)
+	if err != nil {
+		_ = s.backend.Delete(context.WithoutCancel(ctx), info.Key)
+		return nil, err
+	}
+	l.gcMarker = marker
+	go l.refresh()
+	return l, nil
+}
+
+// newLockInfo describes a new lock of kind held by this process.
+func newLockInfo(kind LockKind, purpose string, now time.Time) LockInfo {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
-	now := time.Now().UTC()
-	info := LockInfo{Kind: kind, Purpose: opts.Purpose, Host: host, PID: os.Getpid(), Created: now, Refreshed: now,
-		Key: locksPrefix + now.Format("20060102T150405Z") + "-" + hex.EncodeToString(id[:]) + ".json"}
+	me := thisProcess()
+	return LockInfo{Kind: kind, Purpose: purpose, Host: me.Host, PID: me.PID, BootID: me.BootID, PIDNamespace: me.PIDNamespace,
+		Created: now, Refreshed: now, Key: lockKey(kind, now, hex.EncodeToString(id[:]))}
+}
+
+// lockKey names a lock file: the kind is part of the key, so the
+// exclusive locks can be listed without reading every shared one.
+func lockKey(kind LockKind, created time.Time, id string) string {
+	return locksPrefix + string(kind) + "/" + created.Format("20060102T150405Z") + "-" + id + ".json"
+}
+
+// acquire writes the lock info and makes sure no live lock conflicts,
+// waiting up to opts.Wait for conflicting holders.
+func (s *Store) acquire(ctx context.Context, info *LockInfo, opts LockOptions) error {
 	poll := opts.Poll
 	if poll <= 0 {
 		poll = lockPollDefault
 	}
 	deadline := time.Now().Add(opts.Wait)
 	for {
-		if err := s.writeLock(ctx, info); err != nil {
-			return nil, fmt.Errorf("take %s lock: %w", kind, err)
+		if err := s.writeLock(ctx, *info); err != nil {
+			return fmt.Errorf("take %s lock: %w", info.Kind, err)
 		}
-		conflict, err := s.conflictingLock(ctx, info)
+		conflict, err := s.conflictingLock(ctx, *info)
 		if err == nil && conflict == nil {
-			l := &Lock{store: s, info: info, stop: make(chan struct{}), done: make(chan struct{})}
-			go l.refresh()
-			return l, nil
+			return nil
 		}
 		_ = s.backend.Delete(context.WithoutCancel(ctx), info.Key)
 		if err != nil {
-			return nil, fmt.Errorf("take %s lock: %w", kind, err)
+			return fmt.Errorf("take %s lock: %w", info.Kind, err)
 		}
 		if time.Now().Add(poll).After(deadline) {
-			return nil, fmt.Errorf("%w by the %s; wait for it to finish (or use a longer --lock-wait); if its process is gone, the lock expires %s after its last refresh",
+			return fmt.Errorf("%w by the %s; if its process is gone, the lock expires %s after its last refresh",
 				ErrLocked, conflict, lockExpiry)
 		}
 		s.logger.Info("waiting for a lock", "holder", conflict.String())
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-time.After(poll):
 		}
 	}
@@ -154,8 +211,12 @@ func (s *Store) writeLock(ctx context.Context, info LockInfo) error {
 // Locks returns every lock in the repository. Unreadable lock files are
 // returned as stale locks of unknown kind, so they never block forever.
 func (s *Store) Locks(ctx context.Context) ([]LockInfo, error) {
+	return s.locksUnder(ctx, locksPrefix)
+}
+
+func (s *Store) locksUnder(ctx context.Context, prefix string) ([]LockInfo, error) {
 	var keys []string
-	err := s.backend.List(ctx, locksPrefix, func(info Info) error {
+	err := s.backend.List(ctx, prefix, func(info Info) error {
 		if strings.HasSuffix(info.Key, ".json") {
 			keys = append(keys, info.Key)
 		}
@@ -196,9 +257,14 @@ func (s *Store) readLock(ctx context.Context, key string) (LockInfo, error) {
 	return l, nil
 }
 
-// conflictingLock returns a live lock that conflicts with mine, if any.
+// conflictingLock returns a live lock that conflicts with mine, if any: a
+// shared lock conflicts only with exclusive ones, so it lists only those.
 func (s *Store) conflictingLock(ctx context.Context, mine LockInfo) (*LockInfo, error) {
-	locks, err := s.Locks(ctx)
+	prefix := locksPrefix
+	if mine.Kind == LockShared {
+		prefix += string(LockExclusive) + "/"
+	}
+	locks, err := s.locksUnder(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -230,18 +296,66 @@ func (l *Lock) refresh() {
 		case <-l.stop:
 			return
 		case <-t.C:
-			l.info.Refreshed = time.Now().UTC()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			err := l.store.writeLock(ctx, l.info)
-			cancel()
-			if err != nil {
-				l.store.logger.Warn("could not refresh the repository lock", "lock", l.info.Key, "err", err)
-				l.mu.Lock()
-				l.err = err
-				l.mu.Unlock()
-			}
+			l.refreshOnce()
 		}
 	}
+}
+
+// refreshOnce rewrites the lock file with a new refresh time, unless the
+// lock lapsed or its file is gone: then a gc may have judged it stale and
+// run, and writing it again would only hide that.
+func (l *Lock) refreshOnce() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost != nil {
+		return
+	}
+	if err := l.lapsed(time.Now()); err != nil {
+		l.lost = err
+		l.store.logger.Warn("the repository lock lapsed; a gc may have run meanwhile", "lock", l.info.Key, "err", err)
+		return
+	}
+	if _, err := l.store.backend.Stat(ctx, l.info.Key); errors.Is(err, ErrNotFound) {
+		l.lost = fmt.Errorf("%w: lock file %s was removed (judged stale by another process)", ErrLockLost, l.info.Key)
+		l.store.logger.Warn("the repository lock was removed by another process", "lock", l.info.Key)
+		return
+	}
+	info := l.info
+	info.Refreshed = time.Now().UTC()
+	if err := l.store.writeLock(ctx, info); err != nil {
+		l.store.logger.Warn("could not refresh the repository lock", "lock", l.info.Key, "err", err)
+		l.err = err
+		return
+	}
+	l.info, l.err = info, nil
+	l.lastOK = time.Now()
+	l.lastOKWall = l.lastOK.Round(0)
+}
+
+// lapsed reports whether, by this process's clocks, the lock went longer
+// without a successful refresh than others may assume it alive (its expiry
+// less one refresh interval of margin): a process stopped, suspended or
+// cut off from storage for that long may have been taken for dead.
+// Called with l.mu held.
+func (l *Lock) lapsed(now time.Time) error {
+	limit := lockExpiry - lockRefresh
+	if d := now.Sub(l.lastOK); d > limit {
+		return fmt.Errorf("%w: not refreshed for %s (expiry %s)", ErrLockLost, d.Round(time.Second), lockExpiry)
+	}
+	if d := now.Round(0).Sub(l.lastOKWall); d > limit {
+		return fmt.Errorf("%w: not refreshed for %s by the wall clock (expiry %s)", ErrLockLost, d.Round(time.Second), lockExpiry)
+	}
+	return nil
+}
+
+// GCMarker is the summary of the repository's gc/ markers when the lock
+// was taken (or renewed).
+func (l *Lock) GCMarker() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gcMarker
 }
 
 // Err reports a refresh that failed: the lock may have expired and a
@@ -249,7 +363,89 @@ func (l *Lock) refresh() {
 func (l *Lock) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.lost != nil {
+		return l.lost
+	}
 	return l.err
+}
+
+// Check tells whether the lock has been held without a gap, so that
+// nothing a gc deletes can have been relied on: the lock did not lapse
+// (by this process's clocks), no gc ran since it was taken (the gc/
+// markers are unchanged: gc writes one before it deletes anything), and
+// no exclusive lock is live now (a gc that took this lock for stale and
+// has not reached its deletes yet). Two listings, whatever the size of
+// the repository. An error wrapping ErrLockLost means the
+// holder must take the lock again (Renew) and check again everything it
+// relies on before it writes anything that references it.
+func (l *Lock) Check(ctx context.Context) error {
+	l.mu.Lock()
+	info, marker, lost := l.info, l.gcMarker, l.lost
+	if lost == nil {
+		lost = l.lapsed(time.Now())
+	}
+	l.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	s := l.store
+	now, err := s.gcMarker(ctx)
+	if err != nil {
+		return fmt.Errorf("check lock: %w", err)
+	}
+	if now != marker {
+		return fmt.Errorf("%w: a gc ran while the lock was held", ErrLockLost)
+	}
+	if info.Kind == LockShared {
+		conflict, err := s.liveExclusiveLock(ctx)
+		if err != nil {
+			return fmt.Errorf("check lock: %w", err)
+		}
+		if conflict != nil {
+			return fmt.Errorf("%w: the %s is running", ErrLockLost, conflict)
+		}
+	}
+	return nil
+}
+
+// Renew takes the lock again under a new lock file, waiting up to wait
+// for conflicting holders (a gc under way), and drops the old file. The
+// gc marker is read afresh: what the holder relies on must be checked
+// again against the repository as it is now.
+func (l *Lock) Renew(ctx context.Context, wait time.Duration) error {
+	l.mu.Lock()
+	old := l.info
+	l.mu.Unlock()
+	now := time.Now()
+	info := newLockInfo(old.Kind, old.Purpose, now.UTC())
+	if err := l.store.acquire(ctx, &info, LockOptions{Purpose: old.Purpose, Wait: wait}); err != nil {
+		return err
+	}
+	marker, err := l.store.gcMarker(ctx)
+	if err != nil {
+		return err
+	}
+	_ = l.store.backend.Delete(ctx, old.Key)
+	l.mu.Lock()
+	l.info, l.gcMarker, l.lost, l.err = info, marker, nil, nil
+	l.lastOK, l.lastOKWall = now, now.Round(0)
+	l.mu.Unlock()
+	return nil
+}
+
+// liveExclusiveLock returns a live exclusive lock, if any.
+func (s *Store) liveExclusiveLock(ctx context.Context) (*LockInfo, error) {
+	locks, err := s.locksUnder(ctx, locksPrefix+string(LockExclusive)+"/")
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	for _, l := range locks {
+		if l.Kind == LockExclusive && !l.Stale(now) {
+			return &l, nil
+		}
+	}
+	return nil, nil
 }
 
 // Unlock stops refreshing and removes the lock.
@@ -260,7 +456,10 @@ func (l *Lock) Unlock() error {
 		<-l.done
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		err = l.store.backend.Delete(ctx, l.info.Key)
+		l.mu.Lock()
+		key := l.info.Key
+		l.mu.Unlock()
+		err = l.store.backend.Delete(ctx, key)
 	})
 	return err
 }

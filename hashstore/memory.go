@@ -32,6 +32,15 @@ func (m *Memory) String() string { return "mem://" }
 
 // Put implements Backend.
 func (m *Memory) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return m.put(ctx, key, r, size, false)
+}
+
+// PutIfAbsent implements Creator.
+func (m *Memory) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	return m.put(ctx, key, r, size, true)
+}
+
+func (m *Memory) put(ctx context.Context, key string, r io.Reader, size int64, exclusive bool) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
@@ -46,8 +55,11 @@ func (m *Memory) Put(ctx context.Context, key string, r io.Reader, size int64) e
 		return err
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, taken := m.objects[key]; exclusive && taken {
+		return fmt.Errorf("put %s: %w", key, ErrExists)
+	}
 	m.objects[key] = memoryObject{data: data, modTime: time.Now()}
-	m.mu.Unlock()
 	return nil
 }
 

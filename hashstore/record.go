@@ -62,7 +62,11 @@ func ValidateBackupName(name string) error {
 
 func backupKey(name string) string { return "backups/" + name + ".json" }
 
-// PutBackup writes rec. It refuses a name that is already taken.
+// PutBackup writes rec. It refuses a name that is already taken with
+// ErrBackupExists. On a backend that can create keys only if absent
+// (Creator: a local directory, S3), two writers racing for one name never
+// both succeed; elsewhere the name is checked first, which a concurrent
+// writer can race (ExclusiveRecords says which applies).
 func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return err
@@ -70,20 +74,50 @@ func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 	if !snapshot.ValidHexdigest(rec.RootHexdigest) {
 		return fmt.Errorf("backup %s: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
 	}
-	if _, err := s.backend.Stat(ctx, backupKey(rec.Name)); err == nil {
-		return fmt.Errorf("backup %q: %w; choose another --name", rec.Name, ErrBackupExists)
-	} else if !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("write backup %s: %w", rec.Name, err)
-	}
 	rec.Version = recordVersion
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := s.backend.Put(ctx, backupKey(rec.Name), bytes.NewReader(data), int64(len(data))); err != nil {
+	key := backupKey(rec.Name)
+	if c, ok := creatorOf(s.backend); ok {
+		err := c.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(len(data)))
+		if errors.Is(err, ErrExists) {
+			// A retried write may find its own first attempt stored.
+			if stored, rerr := s.readRaw(ctx, key); rerr == nil && bytes.Equal(stored, data) {
+				return nil
+			}
+			return fmt.Errorf("backup %q: %w", rec.Name, ErrBackupExists)
+		}
+		if err != nil {
+			return fmt.Errorf("write backup %s: %w", rec.Name, err)
+		}
+		return nil
+	}
+	if _, err := s.backend.Stat(ctx, key); err == nil {
+		return fmt.Errorf("backup %q: %w", rec.Name, ErrBackupExists)
+	} else if !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("write backup %s: %w", rec.Name, err)
+	}
+	if err := s.backend.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
 		return fmt.Errorf("write backup %s: %w", rec.Name, err)
 	}
 	return nil
+}
+
+// ExclusiveRecords reports whether PutBackup creates records only if
+// absent. When it does not, callers should pick names that cannot
+// collide (upload adds a random suffix to the names it derives).
+func (s *Store) ExclusiveRecords() bool { return CanCreate(s.backend) }
+
+// readRaw reads a small key whole.
+func (s *Store) readRaw(ctx context.Context, key string) ([]byte, error) {
+	rc, err := s.backend.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(io.LimitReader(rc, maxRecordSize+1))
 }
 
 // maxRecordSize bounds how much of a record file is read.
@@ -112,7 +146,7 @@ func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, erro
 	rc, err := s.backend.Get(ctx, backupKey(name))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return BackupRecord{}, fmt.Errorf("backup %q: %w (list backups with 'deltabackup list')", name, ErrNotFound)
+			return BackupRecord{}, fmt.Errorf("backup %q: %w", name, ErrNotFound)
 		}
 		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
 	}
@@ -157,7 +191,7 @@ func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 		rec, err := s.readBackup(ctx, name)
 		var damaged *damagedRecordError
 		if errors.As(err, &damaged) {
-			s.logger.Warn("backup record is damaged and left out; run 'deltabackup verify'", "backup", name, "err", err)
+			s.logger.Warn("backup record is damaged and left out (verify names it)", "backup", name, "err", err)
 			continue
 		}
 		if err != nil {
@@ -191,8 +225,63 @@ func (s *Store) backupNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
-// Backup returns the record called name, or the newest one for "latest".
-func (s *Store) Backup(ctx context.Context, name string) (BackupRecord, error) {
+// BackupFilter selects backups by the node that took them and the
+// source directory; an empty field matches any.
+type BackupFilter struct {
+	Node   string
+	Source string
+}
+
+// Match reports whether r passes the filter.
+func (f BackupFilter) Match(r BackupRecord) bool {
+	return (f.Node == "" || r.Node == f.Node) && (f.Source == "" || r.Source == f.Source)
+}
+
+func (f BackupFilter) String() string {
+	var parts []string
+	if f.Node != "" {
+		parts = append(parts, "node "+f.Node)
+	}
+	if f.Source != "" {
+		parts = append(parts, "source "+f.Source)
+	}
+	if len(parts) == 0 {
+		return "any node and source"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// AmbiguousLatestError is "latest" matching the newest backups of more
+// than one node or source: Candidates holds the newest of each.
+type AmbiguousLatestError struct {
+	Filter     BackupFilter
+	Candidates []BackupRecord
+}
+
+func (e *AmbiguousLatestError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\"latest\" is ambiguous for %s: %d node/source pairs have backups:", e.Filter, len(e.Candidates))
+	for _, c := range e.Candidates {
+		fmt.Fprintf(&b, " %s (node %s, source %s)", c.Name, c.Node, c.Source)
+	}
+	return b.String()
+}
+
+// ErrNoBackups is "latest" matching no backup; it is also ErrNotFound.
+var ErrNoBackups = errors.New("no backups")
+
+type noBackupsError struct{ msg string }
+
+func (e *noBackupsError) Error() string { return e.msg }
+func (e *noBackupsError) Is(target error) bool {
+	return target == ErrNoBackups || target == ErrNotFound
+}
+
+// Backup returns the record called name, or for "latest" the newest backup
+// that matches the filter, which must belong to one node and source: a
+// repository shared by several nodes has one "latest" per node and
+// source, and restoring another node's data by accident must not happen.
+func (s *Store) Backup(ctx context.Context, name string, f BackupFilter) (BackupRecord, error) {
 	if name != LatestBackup {
 		if err := ValidateBackupName(name); err != nil {
 			return BackupRecord{}, err
@@ -203,8 +292,39 @@ func (s *Store) Backup(ctx context.Context, name string) (BackupRecord, error) {
 	if err != nil {
 		return BackupRecord{}, err
 	}
-	if len(records) == 0 {
-		return BackupRecord{}, fmt.Errorf("repository %s has no backups yet: %w", s, ErrNotFound)
+	newest := map[string]BackupRecord{} // per node and source; records are oldest first
+	var groups []string
+	for _, r := range records {
+		if !f.Match(r) {
+			continue
+		}
+		k := RetentionGroup(r)
+		if _, seen := newest[k]; !seen {
+			groups = append(groups, k)
+		}
+		newest[k] = r
 	}
-	return records[len(records)-1], nil
+	switch len(groups) {
+	case 0:
+		var others []string
+		seen := map[string]bool{}
+		for _, r := range records {
+			if !seen[r.Node] {
+				seen[r.Node] = true
+				others = append(others, r.Node)
+			}
+		}
+		if len(others) == 0 {
+			return BackupRecord{}, &noBackupsError{fmt.Sprintf("repository %s has no backups yet", s)}
+		}
+		return BackupRecord{}, &noBackupsError{fmt.Sprintf("repository %s has no backups of %s (it has backups of node %s)", s, f, strings.Join(others, ", "))}
+	case 1:
+		return newest[groups[0]], nil
+	}
+	amb := &AmbiguousLatestError{Filter: f}
+	for _, k := range groups {
+		amb.Candidates = append(amb.Candidates, newest[k])
+	}
+	sort.Slice(amb.Candidates, func(i, j int) bool { return RetentionGroup(amb.Candidates[i]) < RetentionGroup(amb.Candidates[j]) })
+	return BackupRecord{}, amb
 }

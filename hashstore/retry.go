@@ -58,6 +58,7 @@ func Retryable(err error) bool {
 		errors.Is(err, ErrInvalidRange),
 		errors.Is(err, ErrContentMismatch),
 		errors.Is(err, ErrCorrupt),
+		errors.Is(err, ErrExists),
 		errors.Is(err, context.Canceled),
 		errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &perm):
@@ -107,6 +108,27 @@ func (r *retrying) DeleteMany(ctx context.Context, keys []string) error {
 		}
 	}
 	return nil
+}
+
+// CanCreate reports whether the wrapped backend is a Creator.
+func (r *retrying) CanCreate() bool { return CanCreate(r.Backend) }
+
+// PutIfAbsent retries a conditional put. A retry after an attempt whose
+// answer was lost may find the key taken by that very attempt: callers
+// that must tell (records) compare what is stored with what they wrote.
+func (r *retrying) PutIfAbsent(ctx context.Context, key string, body io.Reader, size int64) error {
+	c, ok := creatorOf(r.Backend)
+	if !ok {
+		return fmt.Errorf("put %s only if absent: %s cannot: %w", key, describe(r.Backend), errors.ErrUnsupported)
+	}
+	data, err := io.ReadAll(io.LimitReader(body, maxRetryBuffer+1))
+	if err != nil {
+		return fmt.Errorf("put %s: read body: %w", key, err)
+	}
+	if len(data) > maxRetryBuffer || (size >= 0 && int64(len(data)) != size) {
+		return fmt.Errorf("put %s: got %d bytes, expected %d", key, len(data), size)
+	}
+	return r.do(ctx, "put", key, func() error { return c.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(len(data))) })
 }
 
 // Unwrap returns the wrapped backend.

@@ -265,7 +265,7 @@ func TestInitAndOpen(t *testing.T) {
 func TestBackupRecords(t *testing.T) {
 	ctx := context.Background()
 	s, b := newStore(t)
-	if _, err := s.Backup(ctx, hashstore.LatestBackup); !errors.Is(err, hashstore.ErrNotFound) {
+	if _, err := s.Backup(ctx, hashstore.LatestBackup, hashstore.BackupFilter{}); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("latest of an empty repository: %v, want ErrNotFound", err)
 	}
 	root := hashstore.Hexdigest([]byte("manifest"))
@@ -292,18 +292,18 @@ func TestBackupRecords(t *testing.T) {
 	if len(list) != 3 || list[0].Name != "b-old" || list[2].Name != "a-new" {
 		t.Fatalf("Backups order: %+v", list)
 	}
-	latest, err := s.Backup(ctx, "latest")
+	latest, err := s.Backup(ctx, "latest", hashstore.BackupFilter{})
 	if err != nil || latest.Name != "a-new" || latest.Stats.Files != 1 {
 		t.Fatalf("latest = %+v, %v", latest, err)
 	}
-	if _, err := s.Backup(ctx, "nope"); !errors.Is(err, hashstore.ErrNotFound) {
+	if _, err := s.Backup(ctx, "nope", hashstore.BackupFilter{}); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("unknown backup: %v", err)
 	}
 	bad := `{"version":1,"name":"c-mid","root_hexdigest":"../../etc"}`
 	if err := b.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Backup(ctx, "c-mid"); err == nil || !strings.Contains(err.Error(), "invalid root hexdigest") {
+	if _, err := s.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "invalid root hexdigest") {
 		t.Fatalf("record with a bad root: %v", err)
 	}
 }

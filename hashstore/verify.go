@@ -30,6 +30,9 @@ const maxUsersListed = 100
 type VerifyOptions struct {
 	// Backups to check (names or "latest"); all when empty.
 	Backups []string
+	// Filter limits "all" to the backups of a node or source, and says
+	// which "latest" is meant.
+	Filter BackupFilter
 	// ReadData reads every referenced object and checks that it decodes
 	// and hashes to its key; otherwise only presence is checked.
 	ReadData bool
@@ -104,7 +107,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	// gc removed some.
 	s.forgetObjects()
 	rep := &VerifyReport{Problems: []Problem{}}
-	names, err := s.verifyNames(ctx, opts.Backups)
+	names, err := s.verifyNames(ctx, opts.Backups, opts.Filter)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +123,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 		return u
 	}
 	for _, name := range names {
-		rec, err := s.Backup(ctx, name)
+		rec, err := s.Backup(ctx, name, BackupFilter{})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -199,14 +202,16 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	return rep, nil
 }
 
-// verifyNames resolves the backups to check: the given ones, or every
-// record key in the repository, readable or not.
-func (s *Store) verifyNames(ctx context.Context, given []string) ([]string, error) {
+// verifyNames resolves the backups to check: the given ones ("latest" as
+// the filter says), or every record key in the repository that the filter
+// matches; records that cannot be read are included, since no one can
+// tell whose they are.
+func (s *Store) verifyNames(ctx context.Context, given []string, f BackupFilter) ([]string, error) {
 	if len(given) > 0 {
 		names := make([]string, 0, len(given))
 		for _, name := range given {
 			if name == LatestBackup {
-				rec, err := s.Backup(ctx, name)
+				rec, err := s.Backup(ctx, name, f)
 				if err != nil {
 					return nil, err
 				}
@@ -218,7 +223,22 @@ func (s *Store) verifyNames(ctx context.Context, given []string) ([]string, erro
 		}
 		return names, nil
 	}
-	return s.backupNames(ctx)
+	all, err := s.backupNames(ctx)
+	if err != nil || f == (BackupFilter{}) {
+		return all, err
+	}
+	var names []string
+	for _, name := range all {
+		rec, err := s.readBackup(ctx, name)
+		var damaged *damagedRecordError
+		if err != nil && !errors.As(err, &damaged) && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if err != nil || f.Match(rec) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }
 
 // verifyPresence marks the objects that are not stored, or whose pack is

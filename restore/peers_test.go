@@ -70,7 +70,7 @@ func newPeerFixture(t testing.TB) *peerFixture {
 	if _, err := upload.Backup(ctx, store, opts, upload.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, "latest")
+	_, m, err := restore.LoadManifest(ctx, store, "latest", hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +89,29 @@ func newPeerFixture(t testing.TB) *peerFixture {
 
 func (f *peerFixture) peer(t testing.TB, opts peer.ServerOptions, wrap func(http.Handler) http.Handler) (*peer.Client, *httptest.Server) {
 	t.Helper()
-	return f.serve(t, peer.NewServer(opts, f.objects), wrap)
+	return f.serve(t, newServer(t, opts, f.objects), wrap)
+}
+
+// newServer makes a peer server; without a token in opts it serves
+// without authentication.
+func newServer(t testing.TB, opts peer.ServerOptions, providers ...peer.Provider) *peer.Server {
+	t.Helper()
+	if opts.Token == "" {
+		opts.NoAuth = true
+	}
+	s, err := peer.NewServer(opts, providers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }
 
 // repositoryPeer serves the fixture's repository over the peer protocol,
 // so it is exactly as fast as a live peer.
 func (f *peerFixture) repositoryPeer(t testing.TB) *peer.Client {
 	t.Helper()
-	c, _ := f.serve(t, peer.NewServer(peer.ServerOptions{}, peer.StoreProvider{Store: f.store}), nil)
+	c, _ := f.serve(t, newServer(t, peer.ServerOptions{}, peer.StoreProvider{Store: f.store}), nil)
 	return c
 }
 

@@ -83,10 +83,10 @@ type Result struct {
 	Failed         []FileError
 }
 
-// LoadManifest reads the record of a backup (a name or "latest") and its
-// validated manifest.
-func LoadManifest(ctx context.Context, store *hashstore.Store, name string) (hashstore.BackupRecord, *snapshot.Manifest, error) {
-	rec, err := store.Backup(ctx, name)
+// LoadManifest reads the record of a backup (a name, or "latest" of the
+// node and source the filter selects) and its validated manifest.
+func LoadManifest(ctx context.Context, store *hashstore.Store, name string, f hashstore.BackupFilter) (hashstore.BackupRecord, *snapshot.Manifest, error) {
+	rec, err := store.Backup(ctx, name, f)
 	if err != nil {
 		return hashstore.BackupRecord{}, nil, err
 	}

@@ -89,7 +89,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, "latest")
+	_, m, err := restore.LoadManifest(ctx, store, "latest", hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +404,7 @@ func TestReadOnlyDirectories(t *testing.T) {
 	if _, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(f.src), upload.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	_, m, _ := restore.LoadManifest(ctx, f.store, "latest")
+	_, m, _ := restore.LoadManifest(ctx, f.store, "latest", hashstore.BackupFilter{})
 	target := t.TempDir()
 	for range 2 {
 		if _, err := restore.Restore(ctx, m, f.source, restore.Options{Target: target}); err != nil {

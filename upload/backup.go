@@ -61,7 +61,7 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 	if opts.BaseManifest == nil {
 		opts.BaseManifest = snapOpts.Base
 	}
-	up, err := upload(ctx, store, snap, opts, early)
+	up, err := upload(ctx, store, lk, snap, opts, early)
 	if err != nil {
 		return nil, err
 	}

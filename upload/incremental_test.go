@@ -208,7 +208,7 @@ func TestIncrementalManifestLeavesOutAFileThatChangedAfterHashing(t *testing.T) 
 	if !res.Incremental || len(res.Changed) != 1 || res.Changed[0].Path != "changes" {
 		t.Fatalf("incremental %v, changed %v; want an incremental manifest without 'changes'", res.Incremental, res.Changed)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, res.Record.Name)
+	_, m, err := restore.LoadManifest(ctx, store, res.Record.Name, hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func TestCheckpointManifest(t *testing.T) {
 func restoreEquals(t *testing.T, store *hashstore.Store, name, src string) {
 	t.Helper()
 	ctx := context.Background()
-	_, m, err := restore.LoadManifest(ctx, store, name)
+	_, m, err := restore.LoadManifest(ctx, store, name, hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}

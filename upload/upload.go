@@ -3,17 +3,22 @@ package upload
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 
 	"golang.org/x/sync/errgroup"
 
@@ -75,10 +80,7 @@ func lock(ctx context.Context, store *hashstore.Store, opts Options) (*hashstore
 	if err != nil {
 		return nil, err
 	}
-	if err := store.Refresh(ctx); err != nil {
-		lk.Unlock()
-		return nil, fmt.Errorf("check %s for a gc since the last backup: %w", store, err)
-	}
+	store.Refresh(lk)
 	return lk, nil
 }
 
@@ -110,12 +112,20 @@ func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 		return nil, err
 	}
 	defer lk.Unlock()
-	return upload(ctx, store, snap, opts, nil)
+	return upload(ctx, store, lk, snap, opts, nil)
 }
 
+// maxRevalidations bounds how often a backup whose lock lapsed checks its
+// contents again before it gives up.
+const maxRevalidations = 3
+
 // upload is Upload after some contents may already have been stored while
-// the snapshot was taken (early); their counts join the result.
-func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options, early *earlyUploader) (*Result, error) {
+// the snapshot was taken (early); their counts join the result. lk is the
+// backup's lock: before the record is written it must have been held
+// without a gap, or else (a gc may have run and deleted what the backup
+// relies on) the lock is taken again and every content is looked up and
+// stored again where missing.
+func upload(ctx context.Context, store *hashstore.Store, lk *hashstore.Lock, snap *snapshot.Result, opts Options, early *earlyUploader) (*Result, error) {
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
 	}
@@ -123,12 +133,94 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	full := snap.Manifest
+	u := &uploader{store: store, snap: snap, opts: opts, logger: logger, res: &Result{}}
+	if early != nil {
+		// Stored during the snapshot: uploaded by this run, not present before.
+		u.res.UploadedObjects = early.objects.Load()
+		u.res.UploadedBytes = early.storedBytes.Load()
+		u.res.UploadedContentBytes = early.contentBytes.Load()
+	}
 	baseKept := baseStillStored(ctx, store, opts, logger)
+	incremental := baseKept && writeIncremental(snap, opts) && baseManifestStored(ctx, store, opts, logger)
+	var root string
+	for round := 0; ; round++ {
+		var err error
+		root, err = u.store1(ctx, baseKept, incremental)
+		if err != nil {
+			return nil, err
+		}
+		err = lk.Check(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, hashstore.ErrLockLost) || round+1 >= maxRevalidations {
+			return nil, fmt.Errorf("before writing the record: %w", err)
+		}
+		logger.Warn("the backup's lock was not held throughout; taking it again and checking every content", "err", err)
+		if err := lk.Renew(ctx, opts.LockWait); err != nil {
+			return nil, fmt.Errorf("take the lock again: %w", err)
+		}
+		store.ForgetObjects()
+		// Nothing known before counts now: no base, no incremental manifest.
+		baseKept, incremental = false, false
+		u.res.PresentObjects = 0
+	}
+	if early != nil {
+		u.res.PresentObjects -= early.objects.Load()
+		u.res.PresentObjects = max(u.res.PresentObjects, 0)
+	}
+	m := snap.Manifest
+	rec := hashstore.BackupRecord{
+		Name:          opts.Name,
+		RootHexdigest: root,
+		Node:          m.Node,
+		Source:        opts.Source,
+		Start:         m.Start,
+		End:           time.Now().UTC(),
+		Stats: hashstore.BackupStats{
+			Files:           int64(len(m.Files)),
+			TotalBytes:      m.TotalBytes(),
+			Objects:         int64(len(m.Hashes)),
+			HashedBytes:     snap.HashedBytes,
+			UploadedObjects: u.res.UploadedObjects,
+			UploadedBytes:   u.res.UploadedBytes,
+			PresentObjects:  u.res.PresentObjects,
+			Unreadable:      int64(len(snap.Unreadable) + len(snap.Changed) + len(u.res.Changed)),
+		},
+	}
+	for _, f := range m.Files {
+		if f.Embedded() {
+			rec.Stats.EmbeddedFiles++
+		}
+	}
+	if err := putRecord(ctx, store, &rec, opts.Name == ""); err != nil {
+		return nil, err
+	}
+	u.res.Record = rec
+	return u.res, nil
+}
+
+// uploader carries one upload's state across the rounds of store1.
+type uploader struct {
+	store  *hashstore.Store
+	snap   *snapshot.Result
+	opts   Options
+	logger *slog.Logger
+	res    *Result
+}
+
+// store1 stores every content of the snapshot the repository lacks, then
+// the manifest (the incremental one when incremental is set), and returns
+// the manifest's hexdigest. Contents of the base backup are taken for
+// stored when baseKept. Files whose content could not be stored leave the
+// manifest.
+func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (string, error) {
+	store, snap, opts, logger, res := u.store, u.snap, u.opts, u.logger, u.res
+	full := snap.Manifest
 	// m is the manifest whose contents are looked up and stored and which
 	// is written: the incremental one when it applies, else the whole one.
 	m, delta := full, (*snapshot.Manifest)(nil)
-	if baseKept && writeIncremental(snap, opts) && baseManifestStored(ctx, store, opts, logger) {
+	if incremental {
 		m, delta = snap.Delta, snap.Delta
 	}
 	hexdigests := make([]string, len(m.Hashes))
@@ -138,7 +230,7 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	start := time.Now()
 	stored, err := lookupContents(ctx, store, m, hexdigests, opts, baseKept, logger) // aligned with m.Hashes
 	if err != nil {
-		return nil, fmt.Errorf("check which contents %s already holds: %w", store, err)
+		return "", fmt.Errorf("check which contents %s already holds: %w", store, err)
 	}
 	logger.Debug("looked up contents", "contents", len(hexdigests), "seconds", time.Since(start).Seconds())
 	missingIndex := make(map[string]int) // hexdigest -> index in m.Hashes, for missing ones only
@@ -150,6 +242,7 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 			missingIndex[m.Hashes[i].Hexdigest] = i
 		}
 	}
+	res.PresentObjects = int64(presentCount)
 	// Missing contents in path order: neighbouring files end up next to
 	// each other in packs, and a restore reads them with one request. Each
 	// lists the files that hold it, so another can stand in if the first
@@ -175,14 +268,6 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	if p != nil {
 		p.Start(int64(len(missing)))
 		p.AddTotalBytes(missingBytes)
-	}
-	res := &Result{PresentObjects: int64(presentCount)}
-	if early != nil {
-		// Stored during the snapshot: uploaded by this run, not present before.
-		res.PresentObjects -= early.objects.Load()
-		res.UploadedObjects = early.objects.Load()
-		res.UploadedBytes = early.storedBytes.Load()
-		res.UploadedContentBytes = early.contentBytes.Load()
 	}
 	var (
 		mu      sync.Mutex
@@ -229,10 +314,10 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	}
 	if err := g.Wait(); err != nil {
 		packer.Abort()
-		return nil, err
+		return "", err
 	}
 	if err := packer.Flush(ctx); err != nil {
-		return nil, err
+		return "", err
 	}
 	if p != nil {
 		p.Done()
@@ -278,12 +363,16 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	}
 	m.Files = kept
 	if err := fillStoredSizes(ctx, store, m.Files, unsized); err != nil {
-		return nil, err
+		return "", err
 	}
 	if len(lostPaths) > 0 {
 		m.SetHashes()
 	}
-	res.Changed = changed
+	for _, c := range changed {
+		if !slices.ContainsFunc(res.Changed, func(p snapshot.Problem) bool { return p.Path == c.Path }) {
+			res.Changed = append(res.Changed, c)
+		}
+	}
 	full.ChainDepth = 0
 	if delta != nil {
 		completeIncremental(full, delta, opts, lostPaths)
@@ -292,41 +381,12 @@ func upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, 
 	start = time.Now()
 	root, put, err := store.PutGenerated(ctx, m.WriteJSON)
 	if err != nil {
-		return nil, fmt.Errorf("store manifest: %w", err)
+		return "", fmt.Errorf("store manifest: %w", err)
 	}
 	res.ManifestBytes = put.StoredSize
 	res.Incremental = delta != nil
 	logger.Debug("stored manifest", "bytes", put.StoredSize, "incremental", delta != nil, "entries", len(m.Files), "seconds", time.Since(start).Seconds())
-	m = full
-
-	rec := hashstore.BackupRecord{
-		Name:          opts.Name,
-		RootHexdigest: root,
-		Node:          m.Node,
-		Source:        opts.Source,
-		Start:         m.Start,
-		End:           time.Now().UTC(),
-		Stats: hashstore.BackupStats{
-			Files:           int64(len(m.Files)),
-			TotalBytes:      m.TotalBytes(),
-			Objects:         int64(len(m.Hashes)),
-			HashedBytes:     snap.HashedBytes,
-			UploadedObjects: res.UploadedObjects,
-			UploadedBytes:   res.UploadedBytes,
-			PresentObjects:  res.PresentObjects,
-			Unreadable:      int64(len(snap.Unreadable) + len(snap.Changed) + len(changed)),
-		},
-	}
-	for _, f := range m.Files {
-		if f.Embedded() {
-			rec.Stats.EmbeddedFiles++
-		}
-	}
-	if err := putRecord(ctx, store, &rec, opts.Name == ""); err != nil {
-		return nil, err
-	}
-	res.Record = rec
-	return res, nil
+	return root, nil
 }
 
 func appendUnique(ps []snapshot.Problem, path string) []snapshot.Problem {
@@ -339,12 +399,20 @@ func appendUnique(ps []snapshot.Problem, path string) []snapshot.Problem {
 }
 
 // putRecord writes the record, deriving a free name from the start time
-// when none was given.
+// and the node when none was given: nodes whose schedules fire in the same
+// second get different names, and two backups of one node in one second
+// get "-2", "-3". On storage that cannot create records only if absent,
+// a derived name also gets a random suffix, so that it cannot collide.
 func putRecord(ctx context.Context, store *hashstore.Store, rec *hashstore.BackupRecord, derive bool) error {
 	if !derive {
 		return store.PutBackup(ctx, *rec)
 	}
-	base := rec.Start.UTC().Format("2006-01-02T15-04-05Z")
+	base := DerivedName(rec.Start, rec.Node)
+	if !store.ExclusiveRecords() {
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		base += "-" + hex.EncodeToString(b[:])
+	}
 	for i := 1; ; i++ {
 		rec.Name = base
 		if i > 1 {
@@ -355,6 +423,29 @@ func putRecord(ctx context.Context, store *hashstore.Store, rec *hashstore.Backu
 			return err
 		}
 	}
+}
+
+// DerivedName is the record name of a backup that was given none: its
+// start time in UTC and the node, with characters a name cannot hold
+// replaced ("2026-11-24T03-00-00Z-db-1").
+func DerivedName(start time.Time, node string) string {
+	name := start.UTC().Format("2006-01-02T15-04-05Z")
+	if node == "" {
+		return name
+	}
+	var b strings.Builder
+	for _, r := range node {
+		if r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '_' || r == '-') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('-')
+		}
+	}
+	clean := b.String()
+	if len(clean) > 100 {
+		clean = clean[:100]
+	}
+	return name + "-" + clean
 }
 
 // putFromAnyFile stores content h, read from the first file (of indexes)
@@ -432,7 +523,7 @@ func baseStillStored(ctx context.Context, store *hashstore.Store, opts Options, 
 	if opts.Base == nil || opts.BaseManifest == nil {
 		return false
 	}
-	rec, err := store.Backup(ctx, opts.Base.Name)
+	rec, err := store.Backup(ctx, opts.Base.Name, hashstore.BackupFilter{})
 	if err != nil || rec.RootHexdigest != opts.Base.RootHexdigest {
 		logger.Info("the base backup is gone; every content is looked up and the whole manifest stored", "backup", opts.Base.Name, "err", err)
 		return false

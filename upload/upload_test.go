@@ -95,7 +95,7 @@ func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	}
 
 	// Every record restores to the state it was taken from.
-	_, m, err := restore.LoadManifest(ctx, store, third.Upload.Record.Name)
+	_, m, err := restore.LoadManifest(ctx, store, third.Upload.Record.Name, hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestFileChangedAfterHashingIsNotStoredUnderItsKey(t *testing.T) {
 	if strings.Join(changed, ",") != "changes" {
 		t.Fatalf("changed = %v, want [changes]", changed)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, res.Record.Name)
+	_, m, err := restore.LoadManifest(ctx, store, res.Record.Name, hashstore.BackupFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -234,7 +234,7 @@ func summarize(sum *upload.Summary, d time.Duration) backupSummary {
 
 func printBackupSummary(g *globals, s backupSummary) {
 	for _, p := range s.Problems {
-		fmt.Fprintf(g.stderr, "  %s\n", p.Error())
+		fmt.Fprintf(g.stderr, "  %s\n", quoteProblem(p))
 	}
 	g.printf("backup %s: %d files, %s, root %s\n", s.Name, s.Files, progress.FormatBytes(s.TotalBytes), s.RootHash)
 	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", progress.FormatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -24,7 +25,7 @@ type forgetSummary struct {
 
 func newForgetCommand(g *globals) *cobra.Command {
 	var policy hashstore.RetentionPolicy
-	var node string
+	var sel selection
 	var dryRun bool
 	cmd := &cobra.Command{
 		Use:   "forget --repo URL --keep-last N [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--node NAME] [--dry-run]",
@@ -51,7 +52,7 @@ with what keeps it. Objects are deleted by 'deltabackup gc'.`,
 			groups := map[string][]hashstore.BackupRecord{}
 			var order []string
 			for _, r := range records {
-				if node != "" && r.Node != node {
+				if !sel.filter().Match(r) {
 					continue
 				}
 				k := hashstore.RetentionGroup(r)
@@ -106,7 +107,7 @@ with what keeps it. Objects are deleted by 'deltabackup gc'.`,
 	fl.IntVar(&policy.Daily, "keep-daily", 0, "keep the newest backup of each of the N most recent days with backups")
 	fl.IntVar(&policy.Weekly, "keep-weekly", 0, "keep the newest backup of each of the N most recent ISO weeks with backups")
 	fl.IntVar(&policy.Monthly, "keep-monthly", 0, "keep the newest backup of each of the N most recent months with backups")
-	fl.StringVar(&node, "node", "", "apply the policy only to the backups of this node")
+	addSelectionFlags(fl, &sel, false)
 	fl.BoolVar(&dryRun, "dry-run", false, "print what would be removed, remove nothing")
 	return cmd
 }
@@ -180,7 +181,8 @@ type diffSummary struct {
 }
 
 func newDiffCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var sel selection
+	cmd := &cobra.Command{
 		Use:   "diff --repo URL A B",
 		Short: "Show the files added, removed and changed from backup A to backup B",
 		Args:  exactArgs(2, "two backup names (or 'latest')"),
@@ -190,11 +192,15 @@ func newDiffCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ra, a, err := restore.LoadManifest(ctx, store, args[0])
+			filter, err := sel.latest()
 			if err != nil {
 				return err
 			}
-			rb, b, err := restore.LoadManifest(ctx, store, args[1])
+			ra, a, err := restore.LoadManifest(ctx, store, args[0], filter)
+			if err != nil {
+				return err
+			}
+			rb, b, err := restore.LoadManifest(ctx, store, args[1], filter)
 			if err != nil {
 				return err
 			}
@@ -203,13 +209,13 @@ func newDiffCommand(g *globals) *cobra.Command {
 				return g.printJSON(diffSummary{MessageType: "summary", From: ra.Name, To: rb.Name, Diff: d})
 			}
 			for _, c := range d.Added {
-				g.printf("+ %s\n", c.Path)
+				g.printf("+ %s\n", quoteName(c.Path))
 			}
 			for _, c := range d.Removed {
-				g.printf("- %s\n", c.Path)
+				g.printf("- %s\n", quoteName(c.Path))
 			}
 			for _, c := range d.Changed {
-				g.printf("M %s (%s)\n", c.Path, strings.Join(c.What, ", "))
+				g.printf("M %s (%s)\n", quoteName(c.Path), strings.Join(c.What, ", "))
 			}
 			g.printf("%s → %s: %d added (%s), %d removed (%s), %d changed; %s of new content\n", ra.Name, rb.Name,
 				len(d.Added), progress.FormatBytes(d.AddedBytes), len(d.Removed), progress.FormatBytes(d.RemovedBytes),
@@ -217,6 +223,8 @@ func newDiffCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addSelectionFlags(cmd.Flags(), &sel, true)
+	return cmd
 }
 
 type statsSummary struct {
@@ -271,6 +279,7 @@ type copySummary struct {
 func newCopyCommand(g *globals) *cobra.Command {
 	var from, to string
 	var lockWait time.Duration
+	var sel selection
 	cmd := &cobra.Command{
 		Use:   "copy --from URL --to URL [BACKUP...]",
 		Short: "Copy backups between repositories, storing only the objects the target lacks",
@@ -285,6 +294,13 @@ target is skipped; a different backup under the same name is an error.`,
 			if from == "" || to == "" {
 				return usagef("copy needs --from and --to")
 			}
+			filter := sel.filter()
+			if slices.Contains(args, hashstore.LatestBackup) {
+				var err error
+				if filter, err = sel.latest(); err != nil {
+					return err
+				}
+			}
 			src, err := openStoreAt(ctx, g, from)
 			if err != nil {
 				return fmt.Errorf("--from: %w", err)
@@ -295,7 +311,7 @@ target is skipped; a different backup under the same name is an error.`,
 			}
 			ps, stopProgress := g.showProgress(ctx, "copy")
 			rep, err := hashstore.Copy(ctx, src, dst, hashstore.CopyOptions{
-				Backups: args, LockWait: lockWait,
+				Backups: args, LockWait: lockWait, Filter: filter,
 				Planned: func(objects int, bytes int64) { ps[0].AddTotal(int64(objects)); ps[0].AddTotalBytes(bytes) },
 				Copied:  func(n int64) { ps[0].AddBytes(n); ps[0].AddSuccess(1) },
 			})
@@ -318,5 +334,6 @@ target is skipped; a different backup under the same name is an error.`,
 	fl.StringVar(&from, "from", "", "repository to copy from")
 	fl.StringVar(&to, "to", "", "repository to copy to (initialised with 'deltabackup init')")
 	fl.DurationVar(&lockWait, "lock-wait", 0, "how long to wait for a gc of the target")
+	addSelectionFlags(fl, &sel, true)
 	return cmd
 }

@@ -13,8 +13,9 @@ import (
 )
 
 func newListCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list --repo PATH",
+	var sel selection
+	cmd := &cobra.Command{
+		Use:   "list --repo PATH [--node NAME] [--source DIR]",
 		Short: "List the backups in a repository, oldest first",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -22,9 +23,15 @@ func newListCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			records, err := store.Backups(cmd.Context())
+			all, err := store.Backups(cmd.Context())
 			if err != nil {
 				return err
+			}
+			var records []hashstore.BackupRecord
+			for _, r := range all {
+				if sel.filter().Match(r) {
+					records = append(records, r)
+				}
 			}
 			if g.json {
 				if records == nil {
@@ -41,10 +48,13 @@ func newListCommand(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
+	addSelectionFlags(cmd.Flags(), &sel, false)
+	return cmd
 }
 
 func newShowCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var sel selection
+	cmd := &cobra.Command{
 		Use:   "show --repo PATH BACKUP",
 		Short: "Show the files of a backup (a name or 'latest'): mode, size, hexdigest, path",
 		Args:  exactArgs(1, "a backup name or 'latest'"),
@@ -53,7 +63,11 @@ func newShowCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rec, m, err := restore.LoadManifest(cmd.Context(), store, args[0])
+			filter, err := sel.latest()
+			if err != nil {
+				return err
+			}
+			rec, m, err := restore.LoadManifest(cmd.Context(), store, args[0], filter)
 			if err != nil {
 				return err
 			}
@@ -71,15 +85,17 @@ func newShowCommand(g *globals) *cobra.Command {
 				if f.Embedded() {
 					digest = "(embedded)"
 				}
-				fmt.Fprintf(w, "%04o\t%d\t%s\t%s\n", f.Mode, f.FileSize, digest, f.RelativePath)
+				fmt.Fprintf(w, "%04o\t%d\t%s\t%s\n", f.Mode, f.FileSize, digest, quoteName(f.RelativePath))
 			}
 			for _, s := range m.Symlinks {
-				fmt.Fprintf(w, "%s\t\t\t%s -> %s\n", "symlink", s.RelativePath, s.Target)
+				fmt.Fprintf(w, "%s\t\t\t%s -> %s\n", "symlink", quoteName(s.RelativePath), quoteName(s.Target))
 			}
 			for _, d := range m.EmptyDirs {
-				fmt.Fprintf(w, "%s\t\t\t%s/\n", "dir", d)
+				fmt.Fprintf(w, "%s\t\t\t%s/\n", "dir", quoteName(d))
 			}
 			return w.Flush()
 		},
 	}
+	addSelectionFlags(cmd.Flags(), &sel, true)
+	return cmd
 }

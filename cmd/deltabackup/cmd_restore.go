@@ -48,9 +48,10 @@ func newRestoreCommand(g *globals) *cobra.Command {
 	var from []string
 	var noRepoSource bool
 	var peerToken, peerCA string
+	var sel selection
 	cmd := &cobra.Command{
 		Use:   "restore --repo URL [--from URL]... [flags] BACKUP TARGET",
-		Short: "Restore a backup (a name or 'latest') into a directory",
+		Short: "Restore a backup (a name, or 'latest' of this node) into a directory",
 		Long: `restore writes BACKUP into TARGET, which is created if missing. Every
 content is verified before it is written, written to a temporary name and
 renamed into place; modes, mtimes, symlinks and empty directories are
@@ -74,7 +75,11 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 			if err != nil {
 				return err
 			}
-			rec, m, err := restore.LoadManifest(ctx, store, args[0])
+			filter, err := sel.latest()
+			if err != nil {
+				return err
+			}
+			rec, m, err := restore.LoadManifest(ctx, store, args[0], filter)
 			if err != nil {
 				return err
 			}
@@ -123,7 +128,7 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 				}
 			} else {
 				for _, fe := range s.Failed {
-					fmt.Fprintf(g.stderr, "  not restored: %s: %s\n", fe.Path, fe.Error)
+					fmt.Fprintf(g.stderr, "  not restored: %s: %s\n", quoteName(fe.Path), fe.Error)
 				}
 				g.printf("restored backup %s into %s: %d files written, %d already up to date; %d objects (%s) fetched\n",
 					s.Name, s.Target, s.FilesWritten, s.FilesUpToDate, s.ObjectsDownloaded, progress.FormatBytes(s.BytesDownloaded))
@@ -148,6 +153,7 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 	fl.BoolVar(&noRepoSource, "no-repo-source", false, "take only the backup's manifest from --repo, and every content from the --from sources")
 	fl.StringVar(&peerToken, "peer-token-file", "", "file holding the bearer token for peers")
 	fl.StringVar(&peerCA, "peer-ca-bundle", "", "PEM file of extra certificate authorities for https peers")
+	addSelectionFlags(fl, &sel, true)
 	return cmd
 }
 

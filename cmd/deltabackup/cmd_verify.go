@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,7 @@ type verifySummary struct {
 func newVerifyCommand(g *globals) *cobra.Command {
 	var readData bool
 	var parallel int
+	var sel selection
 	cmd := &cobra.Command{
 		Use:   "verify --repo URL [--read-data] [BACKUP...]",
 		Short: "Check that backups are complete, and with --read-data intact",
@@ -45,7 +47,13 @@ Every missing or corrupt object is named with the files that use it
 			// The cache of known objects would answer for the storage;
 			// verify asks the storage itself.
 			store.SetCacheDir("")
-			opts := hashstore.VerifyOptions{Backups: args, ReadData: readData, Parallel: parallel}
+			filter := sel.filter()
+			if slices.Contains(args, hashstore.LatestBackup) {
+				if filter, err = sel.latest(); err != nil {
+					return err
+				}
+			}
+			opts := hashstore.VerifyOptions{Backups: args, Filter: filter, ReadData: readData, Parallel: parallel}
 			stopProgress, finish := func() {}, func() {}
 			if readData {
 				var ps []*progress.Progress
@@ -67,6 +75,9 @@ Every missing or corrupt object is named with the files that use it
 				}
 			} else {
 				for _, p := range rep.Problems {
+					for i, f := range p.Files {
+						p.Files[i] = quoteName(f)
+					}
 					fmt.Fprintf(g.stderr, "  %s\n", p)
 				}
 				what := "present"
@@ -91,5 +102,6 @@ Every missing or corrupt object is named with the files that use it
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "read every object and check that it decodes and hashes to its key")
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "objects read at once with --read-data")
+	addSelectionFlags(cmd.Flags(), &sel, true)
 	return cmd
 }

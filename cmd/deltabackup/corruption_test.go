@@ -47,7 +47,7 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 	}
 	f.store = store
 	for _, b := range []string{"b1", "b2"} {
-		rec, err := store.Backup(context.Background(), b)
+		rec, err := store.Backup(context.Background(), b, hashstore.BackupFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}

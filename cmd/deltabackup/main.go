@@ -180,6 +180,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	err = advise(err)
 	code := exitCode(ctx, err)
 	if g.json {
 		_ = json.NewEncoder(stderr).Encode(map[string]any{"message_type": "exit_error", "code": code, "message": err.Error()})
@@ -229,6 +230,24 @@ func hint(err error, repo string) error {
 	switch {
 	case errors.Is(err, hashstore.ErrNotRepository):
 		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, repo)
+	}
+	return err
+}
+
+// advise adds, to an error about to be printed, what the user can do
+// about it with this program's flags and commands. The library states
+// facts; advice that names a flag belongs here.
+func advise(err error) error {
+	var amb *hashstore.AmbiguousLatestError
+	switch {
+	case errors.As(err, &amb):
+		return fmt.Errorf("%w; name the backup, or pick one with --source (and --node)", err)
+	case errors.Is(err, hashstore.ErrNoBackups):
+		return fmt.Errorf("%w; 'latest' is the newest backup of this host: give --node NAME, or --all-nodes", err)
+	case errors.Is(err, hashstore.ErrBackupExists):
+		return fmt.Errorf("%w; choose another --name", err)
+	case errors.Is(err, hashstore.ErrNotFound) && strings.HasPrefix(err.Error(), "backup "):
+		return fmt.Errorf("%w; list backups with 'deltabackup list'", err)
 	}
 	return err
 }

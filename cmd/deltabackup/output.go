@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -33,4 +37,20 @@ func problemPaths(ps []snapshot.Problem) []string {
 		out = append(out, p.Path)
 	}
 	return out
+}
+
+// quoteName returns a file name as it can be printed on a terminal: as it
+// is, or, when it holds control characters (a newline would fake a line,
+// an escape sequence would drive the terminal) or is not valid UTF-8,
+// quoted with Go escapes, as ls -b does.
+func quoteName(name string) string {
+	if !utf8.ValidString(name) || strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return strconv.Quote(name)
+	}
+	return name
+}
+
+// quoteProblem is a snapshot problem whose path is printable.
+func quoteProblem(p snapshot.Problem) string {
+	return quoteName(p.Path) + ": " + p.Err.Error()
 }

@@ -63,8 +63,8 @@ func TestS3BackupIncrementalRestore(t *testing.T) {
 	for _, n := range req {
 		total += n
 	}
-	// Writing the manifest and the record: one PUT each, and one HEAD to
-	// check the record's name is free.
+	// Writing the manifest and the record (created only if absent): one
+	// PUT each, and the PUT of the backup's lock.
 	others := total - 3
 	t.Logf("full backup: %v files, requests %v; no-change backup requests %v", full["files"], full["requests"], req)
 	fullReq := requestsOf(t, full)

@@ -3,6 +3,7 @@ package faultstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -143,6 +144,21 @@ func (f *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 		return io.ErrShortWrite
 	}
 	return f.Backend.Put(ctx, key, r, size)
+}
+
+// CanCreate reports whether the wrapped backend is a hashstore.Creator.
+func (f *Backend) CanCreate() bool { return hashstore.CanCreate(f.Backend) }
+
+// PutIfAbsent implements hashstore.Creator, with the faults of Put.
+func (f *Backend) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := f.check(ctx, Put, key); err != nil {
+		return err
+	}
+	c, ok := f.Backend.(hashstore.Creator)
+	if !ok {
+		return fmt.Errorf("put %s only if absent: %w", key, errors.ErrUnsupported)
+	}
+	return c.PutIfAbsent(ctx, key, r, size)
 }
 
 // Get implements hashstore.Backend.

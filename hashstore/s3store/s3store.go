@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -167,6 +168,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if endpoint == "" {
 		endpoint = os.Getenv("AWS_ENDPOINT_URL")
 	}
+	if err := checkEndpoint(endpoint); err != nil {
+		return nil, err
+	}
 	pathStyle := endpoint != ""
 	if cfg.PathStyle != nil {
 		pathStyle = *cfg.PathStyle
@@ -264,6 +268,31 @@ func (b *Backend) checkBucket(ctx context.Context) error {
 }
 
 func (b *Backend) key(k string) string { return b.cfg.Prefix + k }
+
+// ErrEndpointCredentials is an endpoint URL with a user name or password
+// in it: credentials come from the AWS configuration, and a URL is
+// printed in messages.
+var ErrEndpointCredentials = errors.New("the S3 endpoint URL holds credentials")
+
+// checkEndpoint refuses an endpoint URL that is not one, or that holds
+// credentials; the message never repeats them.
+func checkEndpoint(endpoint string) error {
+	if endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return fmt.Errorf("invalid S3 endpoint URL: %v", redactErr(err))
+	}
+	if u.User != nil {
+		u.User = nil
+		return fmt.Errorf("S3 endpoint %s: %w (user name or password removed from this message); take them out of the URL", u, ErrEndpointCredentials)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("S3 endpoint %s: want http:// or https://", u.Redacted())
+	}
+	return nil
+}
 
 func statusCode(err error) int {
 	var re *awshttp.ResponseError
@@ -383,12 +412,40 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 }
 
 func (b *Backend) putSingle(ctx context.Context, key string, body io.ReadSeeker, size int64) error {
+	return b.putObject(ctx, key, body, size, false)
+}
+
+func (b *Backend) putObject(ctx context.Context, key string, body io.ReadSeeker, size int64, exclusive bool) error {
 	in := &s3.PutObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), Body: body, ContentLength: aws.Int64(size)}
 	if b.cfg.StorageClass != "" {
 		in.StorageClass = types.StorageClass(b.cfg.StorageClass)
 	}
+	if exclusive {
+		in.IfNoneMatch = aws.String("*")
+	}
 	_, err := b.client.PutObject(ctx, in)
+	if exclusive && statusCode(err) == http.StatusPreconditionFailed {
+		return fmt.Errorf("put %s: %w", key, hashstore.ErrExists)
+	}
 	return b.mapErr("put", key, err)
+}
+
+// PutIfAbsent implements hashstore.Creator with a conditional PUT
+// (If-None-Match: *), which AWS S3 and versitygw honour: the server
+// refuses it with 412 when the key exists. Only single PUTs (up to the
+// part size) can be conditional here; records are far smaller.
+func (b *Backend) PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return err
+	}
+	data, err := io.ReadAll(io.LimitReader(r, b.cfg.PartSize+1))
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if int64(len(data)) > b.cfg.PartSize || (size >= 0 && int64(len(data)) != size) {
+		return fmt.Errorf("put %s only if absent: %d bytes, more than one part or not the %d expected", key, len(data), size)
+	}
+	return b.putObject(ctx, key, bytes.NewReader(data), int64(len(data)), true)
 }
 
 func (b *Backend) getPart() *[]byte {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
@@ -196,6 +197,29 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("%s accepted", bad)
 		} else if strings.Contains(err.Error(), "secret") && !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY") {
 			t.Errorf("%s: error shows the secret: %v", bad, err)
+		}
+	}
+}
+
+// TestEndpointCredentialsAreRefusedUnprinted is the audit's L7: an
+// endpoint URL holding a user name and password (in the URL's query, a
+// flag, or AWS_ENDPOINT_URL) is refused, and no message repeats it.
+func TestEndpointCredentialsAreRefusedUnprinted(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "test-key")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+	t.Setenv("AWS_REGION", "us-east-1")
+	for _, how := range []string{"config", "environment"} {
+		cfg := s3store.Config{Bucket: "b", ConnectTimeout: time.Second}
+		if how == "config" {
+			cfg.Endpoint = "http://AKIAUSER:PassInUrl@127.0.0.1:1"
+		} else {
+			t.Setenv("AWS_ENDPOINT_URL", "http://AKIAUSER:PassInUrl@127.0.0.1:1")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := s3store.Open(ctx, cfg)
+		cancel()
+		if err == nil || strings.Contains(err.Error(), "PassInUrl") || strings.Contains(err.Error(), "AKIAUSER") {
+			t.Fatalf("%s: %v", how, err)
 		}
 	}
 }

@@ -39,6 +39,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) hashstore.Backend) {
 		{"UnknownSize", testUnknownSize},
 		{"InvalidKeys", testInvalidKeys},
 		{"Cancellation", testCancellation},
+		{"CreateIfAbsent", testCreateIfAbsent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -441,4 +442,51 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 		c.cancel()
 	}
 	return n, err
+}
+
+// testCreateIfAbsent checks a backend that is a hashstore.Creator: of 16
+// writers racing for one key exactly one succeeds, the others get
+// ErrExists, the winner's bytes are stored, and an existing key (written
+// by Put) is never replaced. Backends that cannot create exclusively skip.
+func testCreateIfAbsent(t *testing.T, b hashstore.Backend) {
+	c, ok := b.(hashstore.Creator)
+	if !ok || !hashstore.CanCreate(b) {
+		t.Skip("the backend cannot create keys only if absent")
+	}
+	ctx := context.Background()
+	const writers = 16
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			data := []byte(fmt.Sprintf("writer %02d", i))
+			errs[i] = c.PutIfAbsent(ctx, "backups/race.json", bytes.NewReader(data), int64(len(data)))
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("writers %d and %d both created the key", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, hashstore.ErrExists):
+			t.Fatalf("writer %d: %v, want ErrExists", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no writer created the key")
+	}
+	if got := string(get(t, b, "backups/race.json")); got != fmt.Sprintf("writer %02d", winner) {
+		t.Fatalf("stored %q, but writer %d won", got, winner)
+	}
+	put(t, b, "backups/existing.json", []byte("first"))
+	err := c.PutIfAbsent(ctx, "backups/existing.json", bytes.NewReader([]byte("second")), 6)
+	if !errors.Is(err, hashstore.ErrExists) {
+		t.Fatalf("PutIfAbsent over an existing key: %v, want ErrExists", err)
+	}
+	if got := string(get(t, b, "backups/existing.json")); got != "first" {
+		t.Fatalf("an existing key was replaced: %q", got)
+	}
 }

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+)
+
+// selection is the --node, --source and --all-nodes flags of the commands
+// that pick backups: a repository shared by a fleet has one "latest" per
+// node and source.
+type selection struct {
+	node, source string
+	allNodes     bool
+}
+
+// addSelectionFlags registers the flags; latest says whether the command
+// resolves "latest" (and so takes --all-nodes).
+func addSelectionFlags(fl *pflag.FlagSet, s *selection, latest bool) {
+	if latest {
+		fl.StringVar(&s.node, "node", "", "the node whose backups are meant (default: this host's name); \"latest\" is that node's newest backup")
+		fl.BoolVar(&s.allNodes, "all-nodes", false, "let \"latest\" be the newest backup of any node")
+	} else {
+		fl.StringVar(&s.node, "node", "", "only the backups of this node")
+	}
+	fl.StringVar(&s.source, "source", "", "only the backups of this source directory (as recorded: see 'list')")
+}
+
+// latest is the filter that says which backup "latest" means: the newest
+// of this host (or --node) and, with --source, of that source.
+func (s selection) latest() (hashstore.BackupFilter, error) {
+	f := s.filter()
+	if s.allNodes {
+		if s.node != "" {
+			return f, usagef("--node and --all-nodes exclude each other")
+		}
+		return f, nil
+	}
+	if f.Node == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return f, usagef("cannot tell this host's name (%v): give --node or --all-nodes", err)
+		}
+		f.Node = host
+	}
+	return f, nil
+}
+
+// filter selects backups by the flags given, any node when none is.
+func (s selection) filter() hashstore.BackupFilter {
+	f := hashstore.BackupFilter{Node: s.node, Source: s.source}
+	if f.Source != "" {
+		if abs, err := filepath.Abs(f.Source); err == nil {
+			f.Source = abs // recorded sources are absolute
+		}
+	}
+	return f
+}
