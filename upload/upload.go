@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
 )
 
 // DefaultParallel is the default number of concurrent uploads.
@@ -275,6 +275,15 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 		changed []snapshot.Problem
 	)
 	var uploadedObjects, uploadedBytes, contentBytes atomic.Int64
+	var src *beneath.Dir
+	if len(missing) > 0 {
+		// Files are opened below the source without following a link in
+		// any component, as the snapshot read them.
+		if src, err = beneath.OpenRoot(snap.ReadRoot); err != nil {
+			return "", fmt.Errorf("open the source again: %w", err)
+		}
+		defer src.Close()
+	}
 	// The packer outlives the errgroup, whose context ends with Wait.
 	packer := store.NewPacker(ctx, opts.PackSize)
 	g, gctx := errgroup.WithContext(ctx)
@@ -285,7 +294,7 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 			if bundled[h.Hexdigest] {
 				pk = packer
 			}
-			put, problems, err := putFromAnyFile(gctx, store, pk, snap.ReadRoot, m, candidates[h.Hexdigest], h)
+			put, problems, err := putFromAnyFile(gctx, store, pk, src, m, candidates[h.Hexdigest], h)
 			if err != nil {
 				if p != nil {
 					p.UploadFailure(h.Hexdigest)
@@ -451,11 +460,11 @@ func DerivedName(start time.Time, node string) string {
 // putFromAnyFile stores content h, read from the first file (of indexes)
 // that still holds it. It returns nil and the files' problems when none
 // does; an error means storage failed.
-func putFromAnyFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, root string, m *snapshot.Manifest, indexes []int, h snapshot.Hash) (*hashstore.PutResult, []snapshot.Problem, error) {
+func putFromAnyFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, root *beneath.Dir, m *snapshot.Manifest, indexes []int, h snapshot.Hash) (*hashstore.PutResult, []snapshot.Problem, error) {
 	var problems []snapshot.Problem
 	for _, i := range indexes {
 		rel := m.Files[i].RelativePath
-		put, err := putFile(ctx, store, packer, filepath.Join(root, filepath.FromSlash(rel)), h)
+		put, err := putFile(ctx, store, packer, root, rel, h)
 		if err == nil {
 			return put, nil, nil
 		}
@@ -477,8 +486,8 @@ var errUnavailable = errors.New("source file unavailable")
 
 // putFile stores content h from the file at path: into the packer when
 // one is given (small contents), otherwise as a loose object.
-func putFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, path string, h snapshot.Hash) (*hashstore.PutResult, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+func putFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, root *beneath.Dir, rel string, h snapshot.Hash) (*hashstore.PutResult, error) {
+	f, err := root.Open(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUnavailable, err)
 	}
