@@ -224,12 +224,25 @@ func genSrc(dir string, scale int) error {
 		return err
 	}
 	goroot := strings.TrimSpace(string(out))
-	if scale == 1 {
-		return exec.Command("cp", "-a", goroot, dir).Run()
+	copyTree := func(from, to string) error {
+		if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+			return fmt.Errorf("cp -a %s %s: %w: %s", from, to, err, bytes.TrimSpace(out))
+		}
+		return nil
 	}
-	os.MkdirAll(dir, 0o755)
+	if scale == 1 {
+		// cp -a copies GOROOT to dir itself, so only its parent must exist
+		// (a fresh -work directory has none yet).
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return err
+		}
+		return copyTree(goroot, dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	for _, sub := range []string{"src/net", "src/runtime"} {
-		if err := exec.Command("cp", "-a", filepath.Join(goroot, sub), dir).Run(); err != nil {
+		if err := copyTree(filepath.Join(goroot, sub), dir); err != nil {
 			return err
 		}
 	}
