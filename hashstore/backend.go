@@ -111,8 +111,10 @@ func ValidateKey(key string) error {
 
 func notFound(key string) error { return fmt.Errorf("%s: %w", key, ErrNotFound) }
 
-// contextReader fails reads once ctx is done, so that a long copy into a
-// backend stops promptly on cancellation.
+// ContextReader returns a reader of r whose reads fail once ctx is done,
+// so that a long copy stops promptly on cancellation.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return contextReader{ctx, r} }
+
 type contextReader struct {
 	ctx context.Context
 	r   io.Reader
@@ -123,4 +125,33 @@ func (c contextReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// As finds, in b or the backends it wraps (each wrapper's Unwrap), one
+// that implements T: for optional capabilities that a wrapper does not
+// pass on itself, such as a local directory's root.
+func As[T any](b Backend) (T, bool) {
+	for b != nil {
+		if t, ok := b.(T); ok {
+			return t, true
+		}
+		u, ok := b.(interface{ Unwrap() Backend })
+		if !ok {
+			break
+		}
+		b = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// TempRemover is a backend whose interrupted writes leave temporary files
+// behind (a local directory); gc removes the old ones.
+type TempRemover interface {
+	RemoveStaleTemps(age time.Duration) (files int, bytes int64, err error)
+}
+
+// Rooted is a backend that is a directory of this machine.
+type Rooted interface {
+	Root() string
 }

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 func benchContent(n int, text bool) []byte {
@@ -31,9 +33,9 @@ func BenchmarkObjectEncode(b *testing.B) {
 		text bool
 	}{{4 << 10, true}, {4 << 10, false}, {1 << 20, true}, {1 << 20, false}, {32 << 20, false}} {
 		data := benchContent(c.size, c.text)
-		h := Hexdigest(data)
+		h := digest.Of(data)
 		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
-			s, _ := Init(context.Background(), NewMemory(), nil)
+			s, _ := Init(context.Background(), NewMemory(), Options{})
 			b.SetBytes(int64(len(data)))
 			for range b.N {
 				if _, err := s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
@@ -50,9 +52,9 @@ func BenchmarkObjectDecode(b *testing.B) {
 		text bool
 	}{{4 << 10, true}, {1 << 20, true}, {1 << 20, false}} {
 		data := benchContent(c.size, c.text)
-		h := Hexdigest(data)
+		h := digest.Of(data)
 		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
-			s, _ := Init(context.Background(), NewMemory(), nil)
+			s, _ := Init(context.Background(), NewMemory(), Options{})
 			s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data)))
 			b.SetBytes(int64(len(data)))
 			for range b.N {
@@ -73,21 +75,22 @@ func BenchmarkObjectDecode(b *testing.B) {
 // coalesced read.
 func BenchmarkPackedGetMany(b *testing.B) {
 	ctx := context.Background()
-	s, _ := Init(ctx, NewMemory(), nil)
-	p := s.NewPacker(ctx, 0)
-	var hs []string
+	s, _ := Init(ctx, NewMemory(), Options{})
+	var hs []digest.Digest
 	var total int64
-	for i := range 1000 {
-		data := benchContent(2000+i, i%2 == 0)
-		h := Hexdigest(data)
-		hs = append(hs, h)
-		total += int64(len(data))
-		p.Add(ctx, h, data)
-	}
-	p.Flush(ctx)
+	s.WithPacker(ctx, 0, func(ctx context.Context, p *Packer) error {
+		for i := range 1000 {
+			data := benchContent(2000+i, i%2 == 0)
+			h := digest.Of(data)
+			hs = append(hs, h)
+			total += int64(len(data))
+			p.Add(ctx, h, data)
+		}
+		return nil
+	})
 	b.SetBytes(total)
 	for range b.N {
-		err := s.GetMany(ctx, hs, func(h string, r io.Reader, err error) error {
+		err := s.GetMany(ctx, hs, func(h digest.Digest, r io.Reader, err error) error {
 			if err != nil {
 				return err
 			}

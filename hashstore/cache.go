@@ -12,7 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // A Store on remote storage can keep a local cache so that a nightly
@@ -27,12 +29,11 @@ import (
 // anything; a Store that finds the markers changed since its cache was
 // written forgets every remembered object. A cache is an optimisation: a
 // missing or damaged one costs requests, never correctness.
-const gcPrefix = "gc/"
 
 // knownObjects is the remembered set of loose objects.
 type knownObjects struct {
 	mu      sync.Mutex
-	sizes   map[string]int64
+	sizes   map[digest.Digest]int64
 	marker  string // the gc/ markers the set was built under
 	loaded  bool
 	changed bool
@@ -46,10 +47,6 @@ type knownObjects struct {
 // listingFresh is how long a whole listing of objects/ answers for
 // objects it did not find.
 const listingFresh = time.Minute
-
-// SetCacheDir makes the store keep its local cache in dir (one directory
-// per repository). Without it, nothing is cached.
-func (s *Store) SetCacheDir(dir string) { s.cacheDir = dir }
 
 // gcMarker summarises the gc/ markers: any gc since the cache was written
 // changes it.
@@ -134,7 +131,7 @@ func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
 		return k, nil
 	}
 	if k.sizes == nil {
-		k.sizes = map[string]int64{}
+		k.sizes = map[digest.Digest]int64{}
 	}
 	k.loaded = true
 	if s.cacheDir == "" {
@@ -166,20 +163,21 @@ func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
 	for sc.Scan() {
 		h, size, ok := strings.Cut(sc.Text(), " ")
 		n, err := strconv.ParseInt(size, 10, 64)
-		if !ok || err != nil || !snapshot.ValidHexdigest(h) {
+		id, perr := digest.Parse(h)
+		if !ok || err != nil || perr != nil {
 			k.changed = true // damaged: what was read so far is still right
 			return k, nil
 		}
-		k.sizes[h] = n
+		k.sizes[id] = n
 	}
 	return k, nil
 }
 
 // remember adds loose objects known to be stored.
-func (k *knownObjects) remember(h string, size int64) {
+func (k *knownObjects) remember(h digest.Digest, size int64) {
 	k.mu.Lock()
 	if k.sizes == nil {
-		k.sizes = map[string]int64{}
+		k.sizes = map[digest.Digest]int64{}
 	}
 	if _, ok := k.sizes[h]; !ok {
 		k.sizes[h] = size
@@ -188,7 +186,7 @@ func (k *knownObjects) remember(h string, size int64) {
 	k.mu.Unlock()
 }
 
-func (k *knownObjects) lookup(h string) (int64, bool) {
+func (k *knownObjects) lookup(h digest.Digest) (int64, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	size, ok := k.sizes[h]
@@ -232,20 +230,19 @@ func (s *Store) SaveCache() error {
 }
 
 // cachedIndexFile returns an index file from the local cache, checked
-// against its name, or nil.
-func (s *Store) cachedIndexFile(key string) []byte {
+// against its id, or nil.
+func (s *Store) cachedIndexFile(id digest.Digest) []byte {
 	if s.cacheDir == "" {
 		return nil
 	}
-	name := key[len(key)-64:]
-	data, err := os.ReadFile(filepath.Join(s.cacheDir, "index", name))
-	if err != nil || Hexdigest(data) != name {
+	data, err := os.ReadFile(filepath.Join(s.cacheDir, "index", id.String()))
+	if err != nil || digest.Of(data) != id {
 		return nil
 	}
 	return data
 }
 
-func (s *Store) cacheIndexFile(key string, data []byte) {
+func (s *Store) cacheIndexFile(id digest.Digest, data []byte) {
 	if s.cacheDir == "" {
 		return
 	}
@@ -259,7 +256,7 @@ func (s *Store) cacheIndexFile(key string, data []byte) {
 	}
 	_, err = tmp.Write(data)
 	if cerr := tmp.Close(); err == nil && cerr == nil {
-		_ = os.Rename(tmp.Name(), filepath.Join(dir, key[len(key)-64:]))
+		_ = os.Rename(tmp.Name(), filepath.Join(dir, id.String()))
 	}
 	os.Remove(tmp.Name())
 }
@@ -268,19 +265,19 @@ func (s *Store) cacheIndexFile(key string, data []byte) {
 // listing objects/ (1,000 keys a request) rather than one HEAD each.
 const listThreshold = 1000
 
-// lookupLoose finds which of hexdigests are stored as loose objects,
-// remembered ones first; the rest by HEAD each, or by one listing of
-// objects/ when that costs fewer requests.
-func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func(i int, size int64)) error {
+// lookupLoose finds which of ids are stored as loose objects, remembered
+// ones first; the rest by HEAD each, or by one listing of objects/ when
+// that costs fewer requests.
+func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func(i int, size int64)) error {
 	k, err := s.loadKnown(ctx)
 	if err != nil {
 		return err
 	}
 	var unknown []int
-	for i, h := range hexdigests {
+	for i, id := range ids {
 		// Remembered answers only stand in for remote requests; without
 		// a cache the backend is asked, which is cheap and current.
-		if size, ok := k.lookup(h); ok && s.cacheDir != "" {
+		if size, ok := k.lookup(id); ok && s.cacheDir != "" {
 			found(i, size)
 		} else {
 			unknown = append(unknown, i)
@@ -296,7 +293,7 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 		// A listing moments ago saw every loose object; the ones it did
 		// not see are absent (or were stored since, which costs a copy).
 		for _, i := range unknown {
-			if size, ok := k.lookup(hexdigests[i]); ok {
+			if size, ok := k.lookup(ids[i]); ok {
 				found(i, size)
 			}
 		}
@@ -305,12 +302,11 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 	// A listing costs one request per 1,000 loose objects in the
 	// repository; with no better estimate, the remembered ones count.
 	if len(unknown) > listThreshold && len(unknown) > remembered/1000 {
-		present := map[string]int64{}
-		err := s.backend.List(ctx, "objects/", func(info Info) error {
-			h := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
-			if snapshot.ValidHexdigest(h) && info.Key == ObjectKey(h) {
-				present[h] = info.Size
-				k.remember(h, info.Size)
+		present := map[digest.Digest]int64{}
+		err := s.backend.List(ctx, objectsPrefix, func(info Info) error {
+			if id, ok := parseObjectKey(info.Key); ok {
+				present[id] = info.Size
+				k.remember(id, info.Size)
 			}
 			return nil
 		})
@@ -321,44 +317,29 @@ func (s *Store) lookupLoose(ctx context.Context, hexdigests []string, found func
 		k.listed = time.Now()
 		k.mu.Unlock()
 		for _, i := range unknown {
-			if size, ok := present[hexdigests[i]]; ok {
+			if size, ok := present[ids[i]]; ok {
 				found(i, size)
 			}
 		}
 		return nil
 	}
 	var mu sync.Mutex
-	errs := make(chan error, 1)
-	sem := make(chan struct{}, s.lookupParallel)
-	var wg sync.WaitGroup
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.lookupParallel)
 	for _, i := range unknown {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			info, err := s.backend.Stat(ctx, ObjectKey(hexdigests[i]))
+		g.Go(func() error {
+			info, err := s.backend.Stat(gctx, ObjectKey(ids[i]))
 			switch {
 			case err == nil:
-				k.remember(hexdigests[i], info.Size)
+				k.remember(ids[i], info.Size)
 				mu.Lock()
 				found(i, info.Size)
 				mu.Unlock()
-			case !isNotFound(err):
-				select {
-				case errs <- fmt.Errorf("lookup %s: %w", hexdigests[i], err):
-				default:
-				}
+			case !errors.Is(err, ErrNotFound):
+				return fmt.Errorf("lookup %s: %w", ids[i], err)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
+	return g.Wait()
 }
-
-func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 )
 
@@ -20,12 +22,12 @@ func (l *listCountingBackend) List(ctx context.Context, prefix string, fn func(h
 	return l.countingBackend.List(ctx, prefix, fn)
 }
 
-func putLoose(t *testing.T, s *hashstore.Store, n int) []string {
+func putLoose(t *testing.T, s *hashstore.Store, n int) []digest.Digest {
 	t.Helper()
-	var hs []string
+	var hs []digest.Digest
 	for i := range n {
 		c := []byte(fmt.Sprintf("loose object %d %s", i, strings.Repeat("x", 100)))
-		h := hashstore.Hexdigest(c)
+		h := digest.Of(c)
 		if _, err := s.PutBytes(context.Background(), h, c); err != nil {
 			t.Fatal(err)
 		}
@@ -37,11 +39,11 @@ func putLoose(t *testing.T, s *hashstore.Store, n int) []string {
 func TestManyUnknownObjectsAreListedNotStated(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	hs := putLoose(t, s, 1500)
 	lb := &listCountingBackend{countingBackend: countingBackend{Backend: mem}}
-	fresh, _ := hashstore.Open(ctx, lb, nil)
-	missing := hashstore.Hexdigest([]byte("not there"))
+	fresh, _ := hashstore.Open(ctx, lb, hashstore.Options{})
+	missing := digest.Of([]byte("not there"))
 	infos, err := fresh.LookupAll(ctx, append(hs, missing))
 	if err != nil {
 		t.Fatal(err)
@@ -62,26 +64,23 @@ func TestManyUnknownObjectsAreListedNotStated(t *testing.T) {
 func TestCacheSavesRequestsUntilGC(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	hs := putLoose(t, s, 50)
-	p := s.NewPacker(ctx, 0)
 	packed := []byte(strings.Repeat("packed ", 100))
-	p.Add(ctx, hashstore.Hexdigest(packed), packed)
-	p.Flush(ctx)
+	packAll(t, s, 0, [][]byte{packed})
 	cacheDir := t.TempDir()
 
 	open := func() (*hashstore.Store, *listCountingBackend) {
 		lb := &listCountingBackend{countingBackend: countingBackend{Backend: mem}}
-		st, err := hashstore.Open(ctx, lb, nil)
+		st, err := hashstore.Open(ctx, lb, hashstore.Options{CacheDir: cacheDir})
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.SetCacheDir(cacheDir)
 		return st, lb
 	}
 	first, lb := open()
 	lb.gets.Store(0) // the config read by Open
-	if _, err := first.LookupAll(ctx, append(hs, hashstore.Hexdigest(packed))); err != nil {
+	if _, err := first.LookupAll(ctx, append(hs, digest.Of(packed))); err != nil {
 		t.Fatal(err)
 	}
 	if lb.stats.Load() != 50 || lb.gets.Load() != 1 {
@@ -92,7 +91,7 @@ func TestCacheSavesRequestsUntilGC(t *testing.T) {
 	}
 	second, lb := open()
 	lb.gets.Store(0)
-	infos, err := second.LookupAll(ctx, append(hs, hashstore.Hexdigest(packed)))
+	infos, err := second.LookupAll(ctx, append(hs, digest.Of(packed)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,10 +7,15 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // CopyOptions selects what Copy copies.
 type CopyOptions struct {
+	// Referrer says what each backup references, in the source
+	// repository (required).
+	Referrer Referrer
 	// Backups to copy (names or "latest"); all when empty.
 	Backups []string
 	// LockWait is how long to wait for a gc of the target.
@@ -39,6 +44,9 @@ type CopyReport struct {
 // as a backup would store them. The target is locked like a backup, so a
 // gc there cannot remove what a copied record is about to reference.
 func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, error) {
+	if opts.Referrer == nil {
+		return nil, ErrNoReferrer
+	}
 	lk, err := to.Lock(ctx, LockShared, LockOptions{Purpose: "copy", Wait: opts.LockWait})
 	if err != nil {
 		return nil, err
@@ -67,9 +75,9 @@ func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, 
 	rep := &CopyReport{Copied: []string{}, Present: []string{}}
 	for _, rec := range records {
 		if have, err := to.readBackup(ctx, rec.Name); err == nil {
-			if have.RootHexdigest != rec.RootHexdigest {
+			if have.Root != rec.Root {
 				return rep, fmt.Errorf("backup %s: the target has a different backup of that name (root %s, source root %s); nothing of it was copied",
-					rec.Name, have.RootHexdigest, rec.RootHexdigest)
+					rec.Name, have.Root, rec.Root)
 			}
 			rep.Present = append(rep.Present, rec.Name)
 			continue
@@ -88,30 +96,21 @@ func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, 
 }
 
 func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts CopyOptions, rep *CopyReport) error {
-	m, chain, err := from.ManifestChain(ctx, rec)
+	sizes := map[digest.Digest]int64{}
+	bundled := map[digest.Digest]bool{}
+	var needed []digest.Digest
+	err := opts.Referrer.References(ctx, rec, func(r Ref) error {
+		if _, seen := sizes[r.ID]; !seen {
+			needed = append(needed, r.ID)
+		}
+		sizes[r.ID] = r.Size
+		if r.Bundled {
+			bundled[r.ID] = true
+		}
+		return nil
+	})
 	if err != nil {
 		return err
-	}
-	sizes := map[string]int64{}
-	bundled := map[string]bool{}
-	var needed []string
-	for _, h := range chain {
-		if _, seen := sizes[h]; !seen {
-			sizes[h] = -1
-			needed = append(needed, h)
-		}
-	}
-	for _, f := range m.Files {
-		if f.Embedded() {
-			continue
-		}
-		if _, seen := sizes[f.Hexdigest]; !seen {
-			needed = append(needed, f.Hexdigest)
-		}
-		sizes[f.Hexdigest] = f.FileSize
-		if f.ShouldBeBundled {
-			bundled[f.Hexdigest] = true
-		}
 	}
 	missing, err := to.Missing(ctx, needed)
 	if err != nil {
@@ -125,44 +124,41 @@ func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts Cop
 		}
 		opts.Planned(len(missing), total)
 	}
-	packer := to.NewPacker(ctx, 0)
 	var buf bytes.Buffer
-	err = from.GetMany(ctx, missing, func(h string, r io.Reader, err error) error {
-		if err != nil {
-			return fmt.Errorf("read %s: %w", h, err)
-		}
-		// The reader and Put check every byte against h, so the content
-		// is size bytes once they succeed.
-		size := sizes[h]
-		if bundled[h] || size < 0 { // small, or the manifest, whose size only the object knows
-			buf.Reset()
-			if _, err := buf.ReadFrom(r); err != nil {
+	err = to.WithPacker(ctx, 0, func(ctx context.Context, packer *Packer) error {
+		return from.GetMany(ctx, missing, func(h digest.Digest, r io.Reader, err error) error {
+			if err != nil {
 				return fmt.Errorf("read %s: %w", h, err)
 			}
-			size = int64(buf.Len())
-			if bundled[h] {
-				_, err = packer.AddHashed(ctx, h, buf.Bytes())
+			// The reader and Put check every byte against h, so the
+			// content is size bytes once they succeed.
+			size := sizes[h]
+			if bundled[h] || size < 0 { // small, or metadata, whose size only the object knows
+				buf.Reset()
+				if _, err := buf.ReadFrom(r); err != nil {
+					return fmt.Errorf("read %s: %w", h, err)
+				}
+				size = int64(buf.Len())
+				if bundled[h] {
+					_, err = packer.AddHashed(ctx, h, buf.Bytes())
+				} else {
+					_, err = to.PutBytes(ctx, h, buf.Bytes())
+				}
 			} else {
-				_, err = to.PutBytes(ctx, h, buf.Bytes())
+				_, err = to.Put(ctx, h, r, size)
 			}
-		} else {
-			_, err = to.Put(ctx, h, r, size)
-		}
-		if err != nil {
-			return err
-		}
-		rep.Objects++
-		rep.Bytes += size
-		if opts.Copied != nil {
-			opts.Copied(size)
-		}
-		return nil
+			if err != nil {
+				return err
+			}
+			rep.Objects++
+			rep.Bytes += size
+			if opts.Copied != nil {
+				opts.Copied(size)
+			}
+			return nil
+		})
 	})
 	if err != nil {
-		packer.Abort()
-		return err
-	}
-	if err := packer.Flush(ctx); err != nil {
 		return err
 	}
 	// The record last: only now is everything it references stored.

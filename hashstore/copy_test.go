@@ -15,17 +15,17 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t, hashstore.NewLocal(filepath.Join(t.TempDir(), "from")))
 	target := hashstore.NewMemory()
-	to, err := hashstore.Init(ctx, target, nil)
+	to, err := hashstore.Init(ctx, target, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{Backups: []string{"b1"}})
+	first, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{Referrer: upload.Referrer{Store: f.store}, Backups: []string{"b1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var planned int
 	var copiedBytes int64
-	rest, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{
+	rest, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{Referrer: upload.Referrer{Store: f.store},
 		Planned: func(objects int, _ int64) { planned += objects },
 		Copied:  func(n int64) { copiedBytes += n },
 	})
@@ -39,7 +39,7 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	if rest.PresentObjects == 0 || rest.Objects >= first.Objects*2 || planned != rest.Objects || copiedBytes != rest.Bytes {
 		t.Fatalf("the second copy did not skip what the target had: %+v (planned %d, progress %d bytes)", rest, planned, copiedBytes)
 	}
-	again, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{})
+	again, err := hashstore.Copy(ctx, f.store, to, hashstore.CopyOptions{Referrer: upload.Referrer{Store: f.store}})
 	if err != nil || again.Objects != 0 || len(again.Present) != 3 {
 		t.Fatalf("third copy: %+v, %v", again, err)
 	}
@@ -48,11 +48,11 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	// A different backup under a taken name is refused, not merged.
 	src := filepath.Join(t.TempDir(), "other")
 	gcTree(t, src, 9, func(i int) bool { return i == 1 })
-	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	if _, err := upload.Backup(ctx, other, snapshot.DefaultOptions(src), upload.Options{Name: "b2"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = hashstore.Copy(ctx, f.store, other, hashstore.CopyOptions{Backups: []string{"b2"}})
+	_, err = hashstore.Copy(ctx, f.store, other, hashstore.CopyOptions{Referrer: upload.Referrer{Store: f.store}, Backups: []string{"b2"}})
 	if err == nil || !strings.Contains(err.Error(), "the target has a different backup of that name") {
 		t.Fatalf("copy over a different backup of the same name: %v", err)
 	}
@@ -61,7 +61,7 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 func TestStats(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t, hashstore.NewMemory())
-	st, err := f.store.Stats(ctx)
+	st, err := f.store.Stats(ctx, upload.Referrer{Store: f.store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestStats(t *testing.T) {
 		}
 	}
 	f.forget(t, "b1")
-	rep, err := f.store.GC(ctx, hashstore.GCOptions{RepackBelow: 0.99})
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}, RepackBelow: 0.99})
 	if err != nil {
 		t.Fatal(err)
 	}

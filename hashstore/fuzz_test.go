@@ -6,7 +6,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 func FuzzParseObjectHeader(f *testing.F) {
@@ -33,17 +33,17 @@ func FuzzParseObjectHeader(f *testing.F) {
 func FuzzObjectDecode(f *testing.F) {
 	ctx := context.Background()
 	content := bytes.Repeat([]byte("fuzz me "), 200)
-	key := Hexdigest(content)
+	key := digest.Of(content)
 	for _, c := range [][]byte{content, []byte("x"), bytes.Repeat([]byte("zstd seed "), 10000)} {
-		s, _ := Init(ctx, NewMemory(), nil)
-		s.Put(ctx, Hexdigest(c), bytes.NewReader(c), int64(len(c)))
-		rc, _ := s.backend.Get(ctx, ObjectKey(Hexdigest(c)))
+		s, _ := Init(ctx, NewMemory(), Options{})
+		s.Put(ctx, digest.Of(c), bytes.NewReader(c), int64(len(c)))
+		rc, _ := s.backend.Get(ctx, ObjectKey(digest.Of(c)))
 		stored, _ := io.ReadAll(rc)
 		f.Add(stored)
 	}
 	f.Fuzz(func(t *testing.T, stored []byte) {
 		mem := NewMemory()
-		s, _ := Init(ctx, mem, nil)
+		s, _ := Init(ctx, mem, Options{})
 		mem.Put(ctx, ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
 		got, err := s.ReadAll(ctx, key, 1<<20)
 		if err != nil {
@@ -56,14 +56,14 @@ func FuzzObjectDecode(f *testing.F) {
 }
 
 func FuzzDecodeBackupRecord(f *testing.F) {
-	f.Add([]byte(`{"version":1,"name":"n1","root_hexdigest":"` + Hexdigest(nil) + `","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:01:00Z","stats":{"files":3}}`))
+	f.Add([]byte(`{"version":1,"name":"n1","root_hexdigest":"` + digest.Of(nil).String() + `","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:01:00Z","stats":{"files":3}}`))
 	f.Add([]byte(`{"version":1,"name":"../../x","root_hexdigest":"zz"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rec, err := DecodeBackupRecord(data)
 		if err != nil {
 			return
 		}
-		if ValidateBackupName(rec.Name) != nil || !snapshot.ValidHexdigest(rec.RootHexdigest) {
+		if ValidateBackupName(rec.Name) != nil || rec.Root.IsZero() {
 			t.Fatalf("accepted record %+v", rec)
 		}
 	})
@@ -74,7 +74,7 @@ func FuzzDecodeIndex(f *testing.F) {
 	f.Add(idx)
 	f.Add([]byte("DBIX\x01"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		packs, err := DecodeIndex(data)
+		packs, err := decodeIndex(data)
 		if err != nil {
 			return
 		}

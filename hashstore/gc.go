@@ -9,13 +9,11 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 	"time"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // DefaultRepackBelow is the live share under which gc rewrites a pack:
@@ -30,6 +28,8 @@ const staleTempAge = time.Hour
 
 // GCOptions tunes GC.
 type GCOptions struct {
+	// Referrer says what each backup references (required).
+	Referrer Referrer
 	// DryRun reports what would be deleted and repacked, and changes
 	// nothing.
 	DryRun bool
@@ -57,26 +57,50 @@ type GCReport struct {
 	StaleLocks      []string `json:"stale_locks_removed"`
 }
 
+// packFate is what gc does with a pack.
+type packFate int
+
+const (
+	keepPack packFate = iota
+	repackPack
+	deletePack
+)
+
 // gcPack is one pack as gc sees it.
 type gcPack struct {
-	id         [32]byte
+	id         digest.Digest
 	key        string
-	size       int64 // stored size, from the listing
-	entries    []PackEntry
+	size       int64 // stored size, from the listing (-1: listed by an index only)
 	liveBytes  int64
-	live       []string // hexdigests to carry over when repacked
+	live       []digest.Digest // to carry over when repacked
 	indexFiles []string
-	fate       string // "keep", "repack", "delete"
+	fate       packFate
+	decided    bool
+}
+
+// gcPlan is what a gc will delete and rewrite, decided under its lock
+// before anything is changed.
+type gcPlan struct {
+	backups    int
+	live       map[digest.Digest]bool
+	packs      map[digest.Digest]*gcPack
+	indexFiles map[string][]packEntries
+	deadLoose  []string
+	deadBytes  int64
 }
 
 // GC deletes every object no backup record references and rewrites packs
 // whose live share fell under opts.RepackBelow. It holds the repository's
 // exclusive lock, so no backup runs meanwhile; it refuses to run when a
-// record or a manifest cannot be read, since it could not tell what that
-// backup references. Each step leaves a consistent repository if gc is
-// interrupted: new packs and index files are written before the old ones
-// are deleted, and a pack left without an index is deleted by the next gc.
+// record or what it references cannot be read, since it could not tell
+// what that backup references. Each step leaves a consistent repository
+// if gc is interrupted: new packs and index files are written before the
+// old ones are deleted, and a pack left without an index is deleted by
+// the next gc.
 func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
+	if opts.Referrer == nil {
+		return nil, ErrNoReferrer
+	}
 	if opts.RepackBelow == 0 {
 		opts.RepackBelow = DefaultRepackBelow
 	}
@@ -96,73 +120,94 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 			rep.StaleLocks = append(rep.StaleLocks, l.Key)
 		}
 	}
-
-	live, backups, err := s.liveObjects(ctx)
+	plan, err := s.planGC(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	rep.Backups, rep.LiveObjects = backups, len(live)
+	plan.report(rep)
+	if opts.DryRun {
+		return rep, nil
+	}
+	if err := s.executeGC(ctx, plan, rep); err != nil {
+		return nil, err
+	}
+	s.logger.Info("gc done", "deleted_objects", rep.DeletedObjects, "deleted_packs", rep.DeletedPacks,
+		"repacked_packs", rep.RepackedPacks, "freed_bytes", rep.DeletedBytes)
+	return rep, lk.Err()
+}
 
+// planGC finds what every backup references and decides the fate of
+// every pack and loose object.
+func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
+	live, backups, err := s.liveObjects(ctx, opts.Referrer)
+	if err != nil {
+		return nil, err
+	}
 	// Everything is decided on a fresh reading of the index.
 	s.resetIndex()
 	packs, indexFiles, err := s.gcPacks(ctx, live, opts.RepackBelow)
 	if err != nil {
 		return nil, err
 	}
-	var deadLoose []string
-	var deadLooseBytes int64
-	err = s.backend.List(ctx, "objects/", func(info Info) error {
-		h := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
-		if snapshot.ValidHexdigest(h) && info.Key == ObjectKey(h) && !live[h] {
-			deadLoose = append(deadLoose, info.Key)
-			deadLooseBytes += info.Size
+	plan := &gcPlan{backups: backups, live: live, packs: packs, indexFiles: indexFiles}
+	err = s.backend.List(ctx, objectsPrefix, func(info Info) error {
+		if id, ok := parseObjectKey(info.Key); ok && !live[id] {
+			plan.deadLoose = append(plan.deadLoose, info.Key)
+			plan.deadBytes += info.Size
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list objects: %w", err)
 	}
-	rep.DeletedObjects, rep.DeletedBytes = len(deadLoose), deadLooseBytes
-	for _, p := range packs {
-		switch p.fate {
-		case "delete":
+	return plan, nil
+}
+
+// report fills in what the plan will do.
+func (p *gcPlan) report(rep *GCReport) {
+	rep.Backups, rep.LiveObjects = p.backups, len(p.live)
+	rep.DeletedObjects, rep.DeletedBytes = len(p.deadLoose), p.deadBytes
+	for _, pk := range p.packs {
+		switch pk.fate {
+		case deletePack:
 			rep.DeletedPacks++
-			rep.DeletedBytes += p.size
-		case "repack":
+			rep.DeletedBytes += pk.size
+		case repackPack:
 			rep.RepackedPacks++
-			rep.RepackedObjects += len(p.live)
-			rep.RepackedBytes += p.liveBytes
-			rep.DeletedBytes += p.size - p.liveBytes
+			rep.RepackedObjects += len(pk.live)
+			rep.RepackedBytes += pk.liveBytes
+			rep.DeletedBytes += pk.size - pk.liveBytes
 		default:
 			rep.KeptPacks++
 		}
 	}
-	if opts.DryRun {
-		return rep, nil
-	}
-	if err := s.writeGCMarker(ctx); err != nil {
-		return nil, err
-	}
+}
 
+// executeGC carries out a plan, in the order that keeps the repository
+// consistent at every step.
+func (s *Store) executeGC(ctx context.Context, plan *gcPlan, rep *GCReport) error {
+	if err := s.writeGCMarker(ctx); err != nil {
+		return err
+	}
 	// 1. Live objects of packs to rewrite go into new packs, with new
 	// index files.
-	var carry []string
-	for _, p := range packs {
-		if p.fate == "repack" {
+	var carry []digest.Digest
+	for _, p := range plan.packs {
+		if p.fate == repackPack {
 			carry = append(carry, p.live...)
 		}
 	}
 	if err := s.repack(ctx, carry); err != nil {
-		return nil, err
+		return err
 	}
 	// 2. Index files that mention a pack going away are replaced by ones
 	// that list only their remaining packs.
 	var oldIndex []string
-	for key, entries := range indexFiles {
+	for key, entries := range plan.indexFiles {
 		var keep []packEntries
 		touched := false
 		for _, pe := range entries {
-			if packs[pe.id] != nil && packs[pe.id].fate == "keep" {
+			if p := plan.packs[pe.id]; p != nil && p.fate == keepPack {
 				keep = append(keep, pe)
 			} else {
 				touched = true
@@ -173,87 +218,91 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 		}
 		if len(keep) > 0 {
 			if err := s.putIndex(ctx, keep); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		oldIndex = append(oldIndex, key)
 		rep.RewrittenIndex++
 	}
 	if err := s.deleteKeys(ctx, oldIndex); err != nil {
-		return nil, fmt.Errorf("delete old index files: %w", err)
+		return fmt.Errorf("delete old index files: %w", err)
 	}
 	// 3. Only now, with no index pointing at them, packs go.
 	var deadPacks []string
-	for _, p := range packs {
-		if p.fate != "keep" {
+	for _, p := range plan.packs {
+		if p.fate != keepPack {
 			deadPacks = append(deadPacks, p.key)
 		}
 	}
 	if err := s.deleteKeys(ctx, deadPacks); err != nil {
-		return nil, fmt.Errorf("delete packs: %w", err)
+		return fmt.Errorf("delete packs: %w", err)
 	}
 	// 4. Loose objects nobody references.
-	if err := s.deleteKeys(ctx, deadLoose); err != nil {
-		return nil, fmt.Errorf("delete objects: %w", err)
+	if err := s.deleteKeys(ctx, plan.deadLoose); err != nil {
+		return fmt.Errorf("delete objects: %w", err)
 	}
-	if l, ok := s.backend.(*Local); ok {
-		n, size, err := l.RemoveStaleTemps(staleTempAge)
+	if tr, ok := As[TempRemover](s.backend); ok {
+		n, size, err := tr.RemoveStaleTemps(staleTempAge)
 		if err != nil {
-			return nil, fmt.Errorf("remove temporary files of unfinished writes: %w", err)
+			return fmt.Errorf("remove temporary files of unfinished writes: %w", err)
 		}
 		rep.TempFiles = n
 		rep.DeletedBytes += size
 	}
 	s.resetIndex()
-	s.logger.Info("gc done", "deleted_objects", rep.DeletedObjects, "deleted_packs", rep.DeletedPacks,
-		"repacked_packs", rep.RepackedPacks, "freed_bytes", rep.DeletedBytes)
-	return rep, lk.Err()
+	return nil
 }
 
-// liveObjects returns every hexdigest some backup references, manifests
+// liveObjects returns every object some backup references, metadata
 // included, and the number of backups.
-func (s *Store) liveObjects(ctx context.Context) (map[string]bool, int, error) {
+func (s *Store) liveObjects(ctx context.Context, referrer Referrer) (map[digest.Digest]bool, int, error) {
 	names, err := s.verifyNames(ctx, nil, BackupFilter{})
 	if err != nil {
 		return nil, 0, err
 	}
-	live := map[string]bool{}
+	live := map[digest.Digest]bool{}
 	for _, name := range names {
 		rec, err := s.readBackup(ctx, name)
 		if err != nil {
-			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w; delete its record (backups/%s.json) or restore it from a copy, then run gc again", name, err, name)
+			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
 		}
-		m, chain, err := s.ManifestChain(ctx, rec)
+		err = referrer.References(ctx, rec, func(r Ref) error {
+			live[r.ID] = true
+			return nil
+		})
 		if err != nil {
-			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w; run 'deltabackup verify', and forget the backup if it cannot be repaired", name, err)
-		}
-		for _, h := range chain {
-			live[h] = true
-		}
-		for _, f := range m.Files {
-			if !f.Embedded() {
-				live[f.Hexdigest] = true
-			}
+			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
 		}
 	}
 	return live, len(names), nil
 }
 
+// UnreadableBackupError is a backup whose record, or what it references,
+// cannot be read: gc refuses to run beside it, since it could not tell
+// which objects that backup needs.
+type UnreadableBackupError struct {
+	Name string
+	Err  error
+}
+
+func (e *UnreadableBackupError) Error() string { return e.Err.Error() }
+func (e *UnreadableBackupError) Unwrap() error { return e.Err }
+
 // gcPacks reads every index file and the pack listing, and decides each
 // pack's fate. Packs in storage that no index lists are left over from an
 // interrupted backup or gc and are deleted.
-func (s *Store) gcPacks(ctx context.Context, live map[string]bool, repackBelow float64) (map[[32]byte]*gcPack, map[string][]packEntries, error) {
+func (s *Store) gcPacks(ctx context.Context, live map[digest.Digest]bool, repackBelow float64) (map[digest.Digest]*gcPack, map[string][]packEntries, error) {
 	var indexKeys []string
-	if err := s.backend.List(ctx, "index/", func(info Info) error {
+	if err := s.backend.List(ctx, indexPrefix, func(info Info) error {
 		indexKeys = append(indexKeys, info.Key)
 		return nil
 	}); err != nil {
 		return nil, nil, fmt.Errorf("list pack indexes: %w", err)
 	}
 	sort.Strings(indexKeys)
-	packs := map[[32]byte]*gcPack{}
+	packs := map[digest.Digest]*gcPack{}
 	indexFiles := map[string][]packEntries{}
-	claimed := map[[32]byte]bool{} // hexdigests whose live copy is counted
+	claimed := map[digest.Digest]bool{} // ids whose live copy is counted
 	for _, key := range indexKeys {
 		entries, err := s.readIndexFile(ctx, key)
 		if err != nil {
@@ -267,30 +316,24 @@ func (s *Store) gcPacks(ctx context.Context, live map[string]bool, repackBelow f
 				packs[pe.id] = p
 			}
 			p.indexFiles = append(p.indexFiles, key)
-			p.entries = append(p.entries, pe.entries...)
 			for _, e := range pe.entries {
-				h := hex.EncodeToString(e.Hexdigest[:])
-				if live[h] && !claimed[e.Hexdigest] {
-					claimed[e.Hexdigest] = true
-					p.live = append(p.live, h)
+				if live[e.ID] && !claimed[e.ID] {
+					claimed[e.ID] = true
+					p.live = append(p.live, e.ID)
 					p.liveBytes += int64(e.Length)
 				}
 			}
 		}
 	}
-	err := s.backend.List(ctx, "packs/", func(info Info) error {
-		name := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
-		var id [32]byte
-		if len(name) != 64 || info.Key != "packs/"+name[:2]+"/"+name {
-			return nil
-		}
-		if _, err := hex.Decode(id[:], []byte(name)); err != nil {
+	err := s.backend.List(ctx, packsPrefix, func(info Info) error {
+		id, ok := parsePackKey(info.Key)
+		if !ok {
 			return nil
 		}
 		if p := packs[id]; p != nil {
 			p.size = info.Size
 		} else {
-			packs[id] = &gcPack{id: id, key: info.Key, size: info.Size, fate: "delete"} // no index lists it
+			packs[id] = &gcPack{id: id, key: info.Key, size: info.Size, fate: deletePack, decided: true} // no index lists it
 		}
 		return nil
 	})
@@ -298,64 +341,61 @@ func (s *Store) gcPacks(ctx context.Context, live map[string]bool, repackBelow f
 		return nil, nil, fmt.Errorf("list packs: %w", err)
 	}
 	for _, p := range packs {
-		if p.fate != "" {
+		if p.decided {
 			continue
 		}
+		p.decided = true
 		if p.size < 0 {
 			// Listed by an index, missing in storage: nothing to delete,
 			// and its objects are lost (verify names them).
 			p.size = 0
 			if len(p.live) > 0 {
-				return nil, nil, fmt.Errorf("pack %s holds %d objects backups need but is missing; run 'deltabackup verify' to see which files are affected", p.key, len(p.live))
+				return nil, nil, fmt.Errorf("pack %s holds %d objects backups need but is missing: %w", p.key, len(p.live), ErrNotFound)
 			}
-			p.fate = "delete"
+			p.fate = deletePack
 			continue
 		}
 		switch {
 		case p.liveBytes == 0:
-			p.fate = "delete"
+			p.fate = deletePack
 		case repackBelow > 0 && float64(p.liveBytes) < repackBelow*float64(p.size):
-			p.fate = "repack"
+			p.fate = repackPack
 		default:
-			p.fate = "keep"
+			p.fate = keepPack
 		}
 	}
 	return packs, indexFiles, nil
 }
 
-// repack copies the objects hexdigests, read and verified, into new packs.
-func (s *Store) repack(ctx context.Context, hexdigests []string) error {
-	if len(hexdigests) == 0 {
+// repack copies the objects ids, read and verified, into new packs.
+func (s *Store) repack(ctx context.Context, ids []digest.Digest) error {
+	if len(ids) == 0 {
 		return nil
 	}
-	packer := s.NewPacker(ctx, 0)
-	var buf bytes.Buffer
-	err := s.GetMany(ctx, hexdigests, func(h string, r io.Reader, err error) error {
-		if err == nil {
-			buf.Reset()
-			_, err = buf.ReadFrom(r)
-		}
-		if err != nil {
-			return fmt.Errorf("repack: object %s cannot be read, so its pack is kept: %w", h, err)
-		}
-		_, err = packer.AddHashed(ctx, h, buf.Bytes())
-		return err
+	return s.WithPacker(ctx, 0, func(ctx context.Context, packer *Packer) error {
+		var buf bytes.Buffer
+		return s.GetMany(ctx, ids, func(h digest.Digest, r io.Reader, err error) error {
+			if err == nil {
+				buf.Reset()
+				_, err = buf.ReadFrom(r)
+			}
+			if err != nil {
+				return fmt.Errorf("repack: object %s cannot be read, so its pack is kept: %w", h, err)
+			}
+			_, err = packer.AddHashed(ctx, h, buf.Bytes())
+			return err
+		})
 	})
-	if err != nil {
-		packer.Abort()
-		return err
-	}
-	return packer.Flush(ctx)
 }
 
 // putIndex stores an index file listing packs.
 func (s *Store) putIndex(ctx context.Context, packs []packEntries) error {
 	idx := encodeIndex(packs)
-	key := indexKey(blake3.Sum256(idx))
-	if err := s.backend.Put(ctx, key, bytes.NewReader(idx), int64(len(idx))); err != nil {
+	id := digest.Of(idx)
+	if err := s.backend.Put(ctx, indexKey(id), bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("store index: %w", err)
 	}
-	s.cacheIndexFile(key, idx)
+	s.cacheIndexFile(id, idx)
 	return nil
 }
 
@@ -376,7 +416,7 @@ func (s *Store) writeGCMarker(ctx context.Context) error {
 	var id [4]byte
 	_, _ = rand.Read(id[:])
 	data, _ := json.Marshal(map[string]any{"started": now})
-	key := gcPrefix + now.Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(id[:])
+	key := gcMarkerKey(now, hex.EncodeToString(id[:]))
 	if err := s.backend.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
 		return fmt.Errorf("write gc marker: %w", err)
 	}

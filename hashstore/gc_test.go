@@ -55,7 +55,7 @@ type gcFixture struct {
 // few, so forgetting b1 leaves its packs mostly dead.
 func newGCFixture(t *testing.T, backend hashstore.Backend) *gcFixture {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, backend, nil)
+	store, err := hashstore.Init(ctx, backend, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,11 +87,11 @@ func (f *gcFixture) forget(t *testing.T, name string) {
 func (f *gcFixture) check(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	store, err := hashstore.Open(ctx, f.backend, nil) // a fresh reader, no cached index
+	store, err := hashstore.Open(ctx, f.backend, hashstore.Options{}) // a fresh reader, no cached index
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := store.Verify(ctx, hashstore.VerifyOptions{ReadData: true, Parallel: 2})
+	rep, err := store.Verify(ctx, hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, ReadData: true, Parallel: 2})
 	if err != nil || !rep.OK() {
 		t.Fatalf("verify: %v %v", err, rep.Problems)
 	}
@@ -100,7 +100,7 @@ func (f *gcFixture) check(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, rec := range recs {
-		m, err := store.Manifest(ctx, rec)
+		m, err := snapshot.LoadManifest(ctx, store, rec.Root, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func countKeys(t *testing.T, b hashstore.Backend, prefix string) (n int, bytes i
 func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")))
-	if rep, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || rep.DeletedObjects+rep.DeletedPacks+rep.RepackedPacks != 0 {
+	if rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); err != nil || rep.DeletedObjects+rep.DeletedPacks+rep.RepackedPacks != 0 {
 		t.Fatalf("gc with every backup alive: %+v, %v", rep, err)
 	}
 	f.forget(t, "b1")
@@ -136,14 +136,14 @@ func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	os.WriteFile(newTemp, []byte("being written"), 0o600)
 	os.Chtimes(oldTemp, time.Now().Add(-2*time.Hour), time.Now().Add(-2*time.Hour))
 
-	dry, err := f.store.GC(ctx, hashstore.GCOptions{DryRun: true})
+	dry, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, same := countKeys(t, f.backend, ""); same != before || dry.DeletedBytes == 0 {
 		t.Fatalf("dry run: %+v; repository changed from %d to %d bytes", dry, before, same)
 	}
-	rep, err := f.store.GC(ctx, hashstore.GCOptions{})
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestGCDeletesOnlyWhatNoBackupReferences(t *testing.T) {
 	}
 	delete(f.srcs, "b1")
 	f.check(t)
-	if again, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
+	if again, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
 		t.Fatalf("second gc: %+v, %v", again, err)
 	}
 }
@@ -212,13 +212,13 @@ func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 	}()
 	<-g.arrived // the backup is about to write its record
 
-	_, err := f.store.GC(ctx, hashstore.GCOptions{})
+	_, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
 	if !errors.Is(err, hashstore.ErrLocked) || !strings.Contains(err.Error(), "shared lock for backup") {
 		t.Fatalf("gc during a backup: %v, want ErrLocked naming the backup", err)
 	}
 	gcDone := make(chan *hashstore.GCReport, 1)
 	go func() {
-		rep, err := f.store.GC(ctx, hashstore.GCOptions{LockWait: time.Minute})
+		rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}, LockWait: time.Minute})
 		if err != nil {
 			t.Error(err)
 		}
@@ -257,7 +257,7 @@ func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
 	crashed := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"boot_id":%q,"pid_namespace":%q,"pid":%d,"created":%q,"refreshed":%q}`,
 		host, strings.TrimSpace(string(boot)), ns, gone.Process.Pid, now, now)
 	mem.Put(ctx, "locks/crashed.json", strings.NewReader(crashed), int64(len(crashed)))
-	rep, err := f.store.GC(ctx, hashstore.GCOptions{})
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
 	if err != nil {
 		t.Fatalf("gc with stale locks: %v", err)
 	}
@@ -289,7 +289,7 @@ func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
 			host, strings.TrimSpace(string(boot)), ns, gone.Process.Pid, now, now)
 		key := fmt.Sprintf("locks/shared/container-%d.json", i)
 		mem.Put(ctx, key, strings.NewReader(lock), int64(len(lock)))
-		if _, err := f.store.GC(ctx, hashstore.GCOptions{}); !errors.Is(err, hashstore.ErrLocked) {
+		if _, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); !errors.Is(err, hashstore.ErrLocked) {
 			t.Fatalf("gc beside a live lock of pid namespace %q: %v, want ErrLocked", ns, err)
 		}
 		mem.Delete(ctx, key)
@@ -307,16 +307,16 @@ func TestInterruptedGCLeavesAConsistentRepository(t *testing.T) {
 			f.forget(t, "b1")
 			delete(f.srcs, "b1")
 			faulty.AddRule(faultstore.Rule{Op: faultstore.Delete, KeyPrefix: prefix, FailAlways: true})
-			if _, err := f.store.GC(ctx, hashstore.GCOptions{}); !errors.Is(err, faultstore.ErrInjected) {
+			if _, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); !errors.Is(err, faultstore.ErrInjected) {
 				t.Fatalf("gc with failing deletes of %s: %v", prefix, err)
 			}
 			faulty.ClearRules()
 			f.check(t)
-			if _, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil {
+			if _, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); err != nil {
 				t.Fatal(err)
 			}
 			f.check(t)
-			if again, err := f.store.GC(ctx, hashstore.GCOptions{}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
+			if again, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
 				t.Fatalf("gc after the interrupted one left work: %+v, %v", again, err)
 			}
 		})
@@ -328,7 +328,7 @@ func TestGCRefusesWhenABackupCannotBeRead(t *testing.T) {
 	mem := hashstore.NewMemory()
 	f := newGCFixture(t, mem)
 	mem.Put(ctx, "backups/b2.json", strings.NewReader("{"), 1)
-	_, err := f.store.GC(ctx, hashstore.GCOptions{})
+	_, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
 	if err == nil || !strings.Contains(err.Error(), "gc cannot tell what backup b2 references") {
 		t.Fatalf("gc with a damaged record: %v", err)
 	}

@@ -2,12 +2,11 @@ package hashstore
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"sort"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Reads of packed objects are coalesced: neighbours in one pack closer than
@@ -19,35 +18,29 @@ const (
 
 // GetMany fetches many objects with as few reads as possible: packed
 // objects that lie near each other in a pack come from one ranged read.
-// fn is called once per distinct hexdigest, in the calling goroutine, with
+// fn is called once per distinct id, in the calling goroutine, with
 // a reader of the verified content (valid only during the call) or with
 // the error that kept the object from being read. A read error reaches fn
 // when fn reads; if fn returns an error, GetMany stops and returns it.
-func (s *Store) GetMany(ctx context.Context, hexdigests []string, fn func(hexdigest string, r io.Reader, err error) error) error {
+func (s *Store) GetMany(ctx context.Context, ids []digest.Digest, fn func(id digest.Digest, r io.Reader, err error) error) error {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return err
 	}
 	type located struct {
-		hexdigest string
-		loc       packLocation
+		id  digest.Digest
+		loc packLocation
 	}
 	byPack := map[uint32][]located{}
-	var loose []string
-	seen := make(map[string]bool, len(hexdigests))
+	var loose []digest.Digest
+	seen := make(map[digest.Digest]bool, len(ids))
 	ix.mu.RLock()
-	for _, h := range hexdigests {
+	for _, h := range ids {
 		if seen[h] {
 			continue
 		}
 		seen[h] = true
-		var id [32]byte
-		if !snapshot.ValidHexdigest(h) {
-			ix.mu.RUnlock()
-			return fmt.Errorf("get: invalid hexdigest %q", h)
-		}
-		hex.Decode(id[:], []byte(h))
-		if loc, ok := ix.entries[id]; ok {
+		if loc, ok := ix.entries[h]; ok {
 			byPack[loc.pack] = append(byPack[loc.pack], located{h, loc})
 		} else {
 			loose = append(loose, h)
@@ -62,7 +55,7 @@ func (s *Store) GetMany(ctx context.Context, hexdigests []string, fn func(hexdig
 	ix.mu.RUnlock()
 	sort.Slice(packs, func(i, j int) bool { return keys[packs[i]] < keys[packs[j]] })
 
-	single := func(h string) error {
+	single := func(h digest.Digest) error {
 		o, err := s.Get(ctx, h)
 		if err != nil {
 			return fn(h, nil, err)
@@ -93,7 +86,7 @@ func (s *Store) GetMany(ctx context.Context, hexdigests []string, fn func(hexdig
 			rc, err := s.backend.GetRange(ctx, keys[n], runStart, runEnd-runStart)
 			if err != nil {
 				for _, o := range run {
-					if err := single(o.hexdigest); err != nil {
+					if err := single(o.id); err != nil {
 						return err
 					}
 				}
@@ -101,11 +94,11 @@ func (s *Store) GetMany(ctx context.Context, hexdigests []string, fn func(hexdig
 			}
 			pos := runStart
 			for i, o := range run {
-				err := s.readRunEntry(rc, &pos, o.loc, o.hexdigest, fn)
+				err := s.readRunEntry(rc, &pos, o.loc, o.id, fn)
 				if err == errRunBroken {
 					// The shared read failed: fetch the rest one by one.
 					for _, rest := range run[i+1:] {
-						if err := single(rest.hexdigest); err != nil {
+						if err := single(rest.id); err != nil {
 							rc.Close()
 							return err
 						}
@@ -132,10 +125,10 @@ var errRunBroken = fmt.Errorf("coalesced read broke off")
 
 // readRunEntry hands the object at loc, read from the shared run reader rc
 // positioned at *pos, to fn and leaves rc at the end of the object.
-func (s *Store) readRunEntry(rc io.Reader, pos *int64, loc packLocation, hexdigest string, fn func(string, io.Reader, error) error) error {
+func (s *Store) readRunEntry(rc io.Reader, pos *int64, loc packLocation, id digest.Digest, fn func(digest.Digest, io.Reader, error) error) error {
 	if gap := int64(loc.offset) - *pos; gap > 0 {
 		if _, err := io.CopyN(io.Discard, rc, gap); err != nil {
-			if ferr := fn(hexdigest, nil, fmt.Errorf("object %s: %w", hexdigest, err)); ferr != nil {
+			if ferr := fn(id, nil, fmt.Errorf("object %s: %w", id, err)); ferr != nil {
 				return ferr
 			}
 			return errRunBroken
@@ -143,12 +136,12 @@ func (s *Store) readRunEntry(rc io.Reader, pos *int64, loc packLocation, hexdige
 	}
 	entry := &io.LimitedReader{R: rc, N: int64(loc.length)}
 	*pos = int64(loc.offset + loc.length)
-	o, err := decodeObject(io.NopCloser(entry), hexdigest)
+	o, err := decodeObject(io.NopCloser(entry), id)
 	var ferr error
 	if err != nil {
-		ferr = fn(hexdigest, nil, err)
+		ferr = fn(id, nil, err)
 	} else {
-		ferr = fn(hexdigest, o, nil)
+		ferr = fn(id, o, nil)
 		o.Close()
 	}
 	if ferr != nil {

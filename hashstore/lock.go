@@ -26,10 +26,7 @@ import (
 // A lock not refreshed within lockExpiry is stale (its holder crashed or
 // lost the storage); stale locks are ignored, named in the log, and
 // removed by gc.
-const (
-	locksPrefix     = "locks/"
-	lockPollDefault = 5 * time.Second
-)
+const lockPollDefault = 5 * time.Second
 
 // Variables, so tests can age locks in seconds.
 var (
@@ -159,12 +156,6 @@ func newLockInfo(kind LockKind, purpose string, now time.Time) LockInfo {
 	me := thisProcess()
 	return LockInfo{Kind: kind, Purpose: purpose, Host: me.Host, PID: me.PID, BootID: me.BootID, PIDNamespace: me.PIDNamespace,
 		Created: now, Refreshed: now, Key: lockKey(kind, now, hex.EncodeToString(id[:]))}
-}
-
-// lockKey names a lock file: the kind is part of the key, so the
-// exclusive locks can be listed without reading every shared one.
-func lockKey(kind LockKind, created time.Time, id string) string {
-	return locksPrefix + string(kind) + "/" + created.Format("20060102T150405Z") + "-" + id + ".json"
 }
 
 // acquire writes the lock info and makes sure no live lock conflicts,

@@ -3,7 +3,6 @@ package hashstore
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // ErrCorrupt is wrapped by every error about an object whose stored bytes do
@@ -25,12 +26,12 @@ var ErrContentMismatch = errors.New("content does not match its hexdigest")
 
 // CorruptObjectError names an object that failed verification on read.
 type CorruptObjectError struct {
-	Hexdigest string
-	Reason    string
+	ID     digest.Digest
+	Reason string
 }
 
 func (e *CorruptObjectError) Error() string {
-	return fmt.Sprintf("object %s is corrupt: %s", e.Hexdigest, e.Reason)
+	return fmt.Sprintf("object %s is corrupt: %s", e.ID, e.Reason)
 }
 
 // Is makes errors.Is(err, ErrCorrupt) true.
@@ -119,12 +120,6 @@ func ParseObjectHeader(b []byte) (ObjectHeader, error) {
 	return ObjectHeader{Codec: c, DecodedSize: int64(size)}, nil
 }
 
-// Hexdigest returns the BLAKE3-256 hexdigest of data.
-func Hexdigest(data []byte) string {
-	sum := blake3.Sum256(data)
-	return hex.EncodeToString(sum[:])
-}
-
 // encoderWindow caps the zstd window: each encoder keeps a history of this
 // size, and 2 MiB loses little ratio on file contents against the default
 // 8 MiB while keeping memory per encoder small.
@@ -185,14 +180,14 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 // turns a mismatch into a CorruptObjectError instead of io.EOF, so a caller
 // that copies to completion never accepts wrong bytes.
 type verifyingReader struct {
-	decoded   io.Reader
-	source    *sourceReader
-	hexdigest string
-	want      int64
-	got       int64
-	hasher    *blake3.Hasher
-	closer    func() error
-	err       error
+	decoded io.Reader
+	source  *sourceReader
+	id      digest.Digest
+	want    int64
+	got     int64
+	hasher  *blake3.Hasher
+	closer  func() error
+	err     error
 	// expansion, when set, bounds the decoded bytes to expansion times
 	// the stored bytes read so far, plus slack (LimitExpansion).
 	expansion, slack int64
@@ -203,34 +198,34 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		return 0, v.err
 	}
 	if v.hasher == nil {
-		return 0, fmt.Errorf("read object %s: %w", v.hexdigest, os.ErrClosed)
+		return 0, fmt.Errorf("read object %s: %w", v.id, os.ErrClosed)
 	}
 	n, err := v.decoded.Read(p)
 	v.got += int64(n)
 	v.hasher.Write(p[:n])
 	if v.got > v.want {
-		v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to more than the %d bytes its header declares", v.want)}
+		v.err = &CorruptObjectError{v.id, fmt.Sprintf("decodes to more than the %d bytes its header declares", v.want)}
 		return n, v.err
 	}
 	if v.expansion > 0 && v.got > v.expansion*v.source.n+v.slack {
-		v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to more than %d times its %d stored bytes", v.expansion, v.source.n)}
+		v.err = &CorruptObjectError{v.id, fmt.Sprintf("decodes to more than %d times its %d stored bytes", v.expansion, v.source.n)}
 		return n, v.err
 	}
 	switch {
 	case err == io.EOF:
 		if v.got != v.want {
-			v.err = &CorruptObjectError{v.hexdigest, fmt.Sprintf("decodes to %d bytes, header declares %d", v.got, v.want)}
-		} else if got := hex.EncodeToString(v.hasher.Sum(nil)); got != v.hexdigest {
-			v.err = &CorruptObjectError{v.hexdigest, "content hashes to " + got}
+			v.err = &CorruptObjectError{v.id, fmt.Sprintf("decodes to %d bytes, header declares %d", v.got, v.want)}
+		} else if got := digest.Digest(v.hasher.Sum(nil)); got != v.id {
+			v.err = &CorruptObjectError{v.id, "content hashes to " + got.String()}
 		} else {
 			v.err = io.EOF
 		}
 		return n, v.err
 	case err != nil:
 		if v.source.err != nil {
-			v.err = fmt.Errorf("read object %s: %w", v.hexdigest, v.source.err)
+			v.err = fmt.Errorf("read object %s: %w", v.id, v.source.err)
 		} else {
-			v.err = &CorruptObjectError{v.hexdigest, "payload does not decode: " + err.Error()}
+			v.err = &CorruptObjectError{v.id, "payload does not decode: " + err.Error()}
 		}
 		return n, v.err
 	}
@@ -243,9 +238,9 @@ func (v *verifyingReader) Close() error { return v.closer() }
 // CorruptObjectError (instead of io.EOF) unless there were exactly size of
 // them and they hash to hexdigest. For content from sources that are not
 // trusted, such as peers.
-func VerifyReader(r io.Reader, hexdigest string, size int64) io.Reader {
+func VerifyReader(r io.Reader, id digest.Digest, size int64) io.Reader {
 	src := &sourceReader{r: r}
-	v := &verifyingReader{decoded: io.LimitReader(src, size+1), source: src, hexdigest: hexdigest, want: size, hasher: GetHasher()}
+	v := &verifyingReader{decoded: io.LimitReader(src, size+1), source: src, id: id, want: size, hasher: GetHasher()}
 	return &releasingReader{v: v}
 }
 
@@ -254,29 +249,29 @@ func VerifyReader(r io.Reader, hexdigest string, size int64) io.Reader {
 // was not. Readers of the content can then skip hashing it again.
 type Verifying interface {
 	io.Reader
-	// Verifies returns the hexdigest and size the reader checks.
-	Verifies() (hexdigest string, size int64)
+	// Verifies returns the id and size the reader checks.
+	Verifies() (id digest.Digest, size int64)
 }
 
 // IsVerifying reports whether r checks that its content is exactly size
 // bytes hashing to hexdigest.
-func IsVerifying(r io.Reader, hexdigest string, size int64) bool {
+func IsVerifying(r io.Reader, id digest.Digest, size int64) bool {
 	v, ok := r.(Verifying)
 	if !ok {
 		return false
 	}
 	h, n := v.Verifies()
-	return h == hexdigest && n == size
+	return h == id && n == size
 }
 
 // Verifies implements Verifying.
-func (v *verifyingReader) Verifies() (string, int64) { return v.hexdigest, v.want }
+func (v *verifyingReader) Verifies() (digest.Digest, int64) { return v.id, v.want }
 
 // releasingReader gives the hasher back once the verdict is in.
 type releasingReader struct{ v *verifyingReader }
 
 // Verifies implements Verifying.
-func (r *releasingReader) Verifies() (string, int64) { return r.v.Verifies() }
+func (r *releasingReader) Verifies() (digest.Digest, int64) { return r.v.Verifies() }
 
 func (r *releasingReader) Read(p []byte) (int, error) {
 	n, err := r.v.Read(p)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,9 +13,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/zeebo/blake3"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Packs hold many small objects in one stored file, so that a backup of
@@ -53,20 +51,10 @@ const DefaultPackSize = 16 << 20
 
 // PackEntry locates one object inside a pack.
 type PackEntry struct {
-	Hexdigest   [32]byte
+	ID          digest.Digest
 	Offset      uint32
 	Length      uint32 // stored bytes: header and payload
 	DecodedSize uint32
-}
-
-func packKey(id [32]byte) string {
-	h := hex.EncodeToString(id[:])
-	return "packs/" + h[:2] + "/" + h
-}
-
-func indexKey(id [32]byte) string {
-	h := hex.EncodeToString(id[:])
-	return "index/" + h[:2] + "/" + h
 }
 
 // packLocation is an entry as kept in memory: the pack by number.
@@ -80,12 +68,12 @@ type packLocation struct {
 type packIndex struct {
 	mu      sync.RWMutex
 	loaded  bool
-	packs   [][32]byte
-	packNum map[[32]byte]uint32
-	entries map[[32]byte]packLocation
+	packs   []digest.Digest
+	packNum map[digest.Digest]uint32
+	entries map[digest.Digest]packLocation
 }
 
-func (ix *packIndex) add(pack [32]byte, entries []PackEntry) {
+func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) {
 	n, ok := ix.packNum[pack]
 	if !ok {
 		n = uint32(len(ix.packs))
@@ -93,8 +81,8 @@ func (ix *packIndex) add(pack [32]byte, entries []PackEntry) {
 		ix.packNum[pack] = n
 	}
 	for _, e := range entries {
-		if _, dup := ix.entries[e.Hexdigest]; !dup {
-			ix.entries[e.Hexdigest] = packLocation{pack: n, offset: e.Offset, length: e.Length}
+		if _, dup := ix.entries[e.ID]; !dup {
+			ix.entries[e.ID] = packLocation{pack: n, offset: e.Offset, length: e.Length}
 		}
 	}
 }
@@ -114,11 +102,11 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		return ix, nil
 	}
 	if ix.entries == nil {
-		ix.entries = make(map[[32]byte]packLocation)
-		ix.packNum = make(map[[32]byte]uint32)
+		ix.entries = make(map[digest.Digest]packLocation)
+		ix.packNum = make(map[digest.Digest]uint32)
 	}
 	var keys []string
-	err := s.backend.List(ctx, "index/", func(info Info) error {
+	err := s.backend.List(ctx, indexPrefix, func(info Info) error {
 		keys = append(keys, info.Key)
 		return nil
 	})
@@ -140,31 +128,36 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 }
 
 type packEntries struct {
-	id      [32]byte
+	id      digest.Digest
 	entries []PackEntry
 }
 
+// readIndexFile reads one index file (from the local cache when it is
+// there), checked against its name.
 func (s *Store) readIndexFile(ctx context.Context, key string) ([]packEntries, error) {
-	name := key[len(key)-64:]
-	data := s.cachedIndexFile(key)
+	id, ok := parseIndexKey(key)
+	if !ok {
+		return nil, fmt.Errorf("read index: %q is not an index key", key)
+	}
+	data := s.cachedIndexFile(id)
 	if data == nil {
 		rc, err := s.backend.Get(ctx, key)
 		if err != nil {
-			return nil, fmt.Errorf("read index %s: %w", name, err)
+			return nil, fmt.Errorf("read index %s: %w", id, err)
 		}
 		data, err = io.ReadAll(io.LimitReader(rc, maxIndexFileSize+1))
 		rc.Close()
 		if err != nil {
-			return nil, fmt.Errorf("read index %s: %w", name, err)
+			return nil, fmt.Errorf("read index %s: %w", id, err)
 		}
-		if got := Hexdigest(data); got != name {
-			return nil, &CorruptObjectError{Hexdigest: name, Reason: "index file hashes to " + got}
+		if got := digest.Of(data); got != id {
+			return nil, &CorruptObjectError{ID: id, Reason: "index file hashes to " + got.String()}
 		}
-		s.cacheIndexFile(key, data)
+		s.cacheIndexFile(id, data)
 	}
-	packs, err := DecodeIndex(data)
+	packs, err := decodeIndex(data)
 	if err != nil {
-		return nil, &CorruptObjectError{Hexdigest: name, Reason: "index file: " + err.Error()}
+		return nil, &CorruptObjectError{ID: id, Reason: "index file: " + err.Error()}
 	}
 	return packs, nil
 }
@@ -178,7 +171,7 @@ func encodeEntries(w *bytes.Buffer, entries []PackEntry) {
 	put := func(v uint64) { w.Write(tmp[:binary.PutUvarint(tmp[:], v)]) }
 	put(uint64(len(entries)))
 	for _, e := range entries {
-		w.Write(e.Hexdigest[:])
+		w.Write(e.ID[:])
 		put(uint64(e.Offset))
 		put(uint64(e.Length))
 		put(uint64(e.DecodedSize))
@@ -197,7 +190,7 @@ func decodeEntries(r *bufio.Reader) ([]PackEntry, error) {
 	var end uint64
 	for range n {
 		var e PackEntry
-		if _, err := io.ReadFull(r, e.Hexdigest[:]); err != nil {
+		if _, err := io.ReadFull(r, e.ID[:]); err != nil {
 			return nil, err
 		}
 		var v [3]uint64
@@ -237,9 +230,9 @@ func encodeIndex(packs []packEntries) []byte {
 	return out.Bytes()
 }
 
-// DecodeIndex parses an index file. Untrusted input: every count and
+// decodeIndex parses an index file. Untrusted input: every count and
 // offset is bounded before anything is allocated for it.
-func DecodeIndex(data []byte) ([]packEntries, error) {
+func decodeIndex(data []byte) ([]packEntries, error) {
 	if len(data) < len(indexMagic)+1 || string(data[:4]) != indexMagic {
 		return nil, errors.New("not an index file")
 	}
@@ -280,59 +273,67 @@ func DecodeIndex(data []byte) ([]packEntries, error) {
 // Packer collects small objects into packs. Each pack is streamed to the
 // backend while it fills, so no pack is ever held in memory; when it
 // reaches the target size it is completed, then its index is stored and its
-// objects become visible. Add is safe for concurrent use.
+// objects become visible. Add is safe for concurrent use. A Packer lives
+// only inside Store.WithPacker.
 type Packer struct {
 	store  *Store
-	ctx    context.Context
+	ctx    context.Context // the uploads of packs run under it
 	target int64
 
 	mu   sync.Mutex
 	cur  *openPack
 	err  error
-	seen map[[32]byte]bool
+	seen map[digest.Digest]bool
 }
 
 // openPack is a pack whose bytes are being streamed to the backend.
 type openPack struct {
-	id      [32]byte
+	id      digest.Digest
 	pw      *io.PipeWriter
 	stored  chan error // result of the backend Put
 	size    int64
 	entries []PackEntry
 }
 
-// NewPacker returns a Packer whose pack uploads run under ctx and that
-// completes packs at about target bytes (DefaultPackSize when target <= 0).
-// Call Flush when done, or Abort to give up.
-func (s *Store) NewPacker(ctx context.Context, target int) *Packer {
+// WithPacker runs fn with a Packer that completes packs at about target
+// bytes (DefaultPackSize when target <= 0). When fn returns nil, the last
+// pack is completed and its index stored before WithPacker returns; when
+// fn fails, the pack under way is given up and leaves nothing. Either
+// way every upload has ended when WithPacker returns.
+func (s *Store) WithPacker(ctx context.Context, target int, fn func(ctx context.Context, p *Packer) error) error {
 	if target <= 0 {
 		target = DefaultPackSize
 	}
-	return &Packer{store: s, ctx: ctx, target: int64(target), seen: map[[32]byte]bool{}}
-}
-
-// Add verifies that content hashes to hexdigest, encodes it and appends it
-// to the current pack. The object is readable from the store once its pack
-// is complete (at the latest after Flush).
-func (p *Packer) Add(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
-	if got := Hexdigest(content); got != hexdigest {
-		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p := &Packer{store: s, ctx: ctx, target: int64(target), seen: map[digest.Digest]bool{}}
+	if err := fn(ctx, p); err != nil {
+		p.abort()
+		return err
 	}
-	return p.AddHashed(ctx, hexdigest, content)
+	return p.flush(ctx)
 }
 
-// AddHashed is Add for content whose hexdigest the caller has just
-// computed from these very bytes (a backup hashing a file it read into
-// memory): hashing it a second time would only cost time.
-func (p *Packer) AddHashed(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
+// Add verifies that content hashes to id, encodes it and appends it to the
+// current pack. The object is readable from the store once its pack is
+// complete (at the latest when WithPacker returns).
+func (p *Packer) Add(ctx context.Context, id digest.Digest, content []byte) (PutResult, error) {
+	if got := digest.Of(content); got != id {
+		return PutResult{}, mismatch(id, "content hashes to "+got.String())
+	}
+	return p.AddHashed(ctx, id, content)
+}
+
+// AddHashed is Add for content whose id the caller has just computed from
+// these very bytes (a backup hashing a file it read into memory): hashing
+// it a second time would only cost time.
+func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte) (PutResult, error) {
 	if len(content) > 1<<30 {
-		return PutResult{}, fmt.Errorf("pack %s: %d bytes is too large for a pack", hexdigest, len(content))
+		return PutResult{}, fmt.Errorf("pack %s: %d bytes is too large for a pack", id, len(content))
 	}
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return PutResult{}, fmt.Errorf("pack: invalid hexdigest %q", hexdigest)
+	if id.IsZero() {
+		return PutResult{}, errors.New("pack: no id")
 	}
-	var id [32]byte
-	hex.Decode(id[:], []byte(hexdigest))
 	encoded := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(encoded)
 	encoded.Reset()
@@ -359,7 +360,7 @@ func (p *Packer) AddHashed(ctx context.Context, hexdigest string, content []byte
 		return PutResult{}, p.err
 	}
 	p.seen[id] = true
-	cur.entries = append(cur.entries, PackEntry{Hexdigest: id, Offset: uint32(cur.size), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
+	cur.entries = append(cur.entries, PackEntry{ID: id, Offset: uint32(cur.size), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
 	cur.size += int64(encoded.Len())
 	full := cur.size >= p.target
 	if full {
@@ -383,8 +384,8 @@ func (p *Packer) fail(err error) {
 	p.mu.Unlock()
 }
 
-// Flush completes the current pack and stores its index.
-func (p *Packer) Flush(ctx context.Context) error {
+// flush completes the current pack and stores its index.
+func (p *Packer) flush(ctx context.Context) error {
 	p.mu.Lock()
 	cur, err := p.cur, p.err
 	p.cur = nil
@@ -398,8 +399,8 @@ func (p *Packer) Flush(ctx context.Context) error {
 	return p.store.completePack(ctx, cur)
 }
 
-// Abort gives up the current pack: its upload fails and leaves nothing.
-func (p *Packer) Abort() {
+// abort gives up the current pack: its upload fails and leaves nothing.
+func (p *Packer) abort() {
 	p.mu.Lock()
 	cur := p.cur
 	p.cur = nil
@@ -453,35 +454,31 @@ func (s *Store) completePack(ctx context.Context, op *openPack) error {
 		return fmt.Errorf("store pack: %w", errors.Join(perr, err))
 	}
 	idx := encodeIndex([]packEntries{{id: op.id, entries: op.entries}})
-	key := indexKey(blake3.Sum256(idx))
-	if err := s.backend.Put(ctx, key, bytes.NewReader(idx), int64(len(idx))); err != nil {
+	id := digest.Of(idx)
+	if err := s.backend.Put(ctx, indexKey(id), bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("store pack index: %w", err)
 	}
-	s.cacheIndexFile(key, idx)
+	s.cacheIndexFile(id, idx)
 	s.index.mu.Lock()
 	if s.index.entries == nil {
-		s.index.entries = make(map[[32]byte]packLocation)
-		s.index.packNum = make(map[[32]byte]uint32)
+		s.index.entries = make(map[digest.Digest]packLocation)
+		s.index.packNum = make(map[digest.Digest]uint32)
 	}
 	s.index.add(op.id, op.entries)
 	s.index.mu.Unlock()
-	s.logger.Debug("stored pack", "pack", hex.EncodeToString(op.id[:]), "objects", len(op.entries), "bytes", op.size)
+	s.logger.Debug("stored pack", "pack", op.id, "objects", len(op.entries), "bytes", op.size)
 	return nil
 }
 
 // lookupPacked returns where a packed object lives.
-func (s *Store) lookupPacked(ctx context.Context, hexdigest string) (string, packLocation, bool, error) {
+func (s *Store) lookupPacked(ctx context.Context, id digest.Digest) (string, packLocation, bool, error) {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return "", packLocation{}, false, err
 	}
-	var id [32]byte
-	if _, err := hex.Decode(id[:], []byte(hexdigest)); err != nil {
-		return "", packLocation{}, false, fmt.Errorf("invalid hexdigest %q", hexdigest)
-	}
 	ix.mu.RLock()
 	loc, ok := ix.entries[id]
-	var pack [32]byte
+	var pack digest.Digest
 	if ok {
 		pack = ix.packs[loc.pack]
 	}
@@ -498,21 +495,18 @@ type Location struct {
 	Length int64
 }
 
-// Locate returns where the object hexdigest is stored, or ErrNotFound.
-func (s *Store) Locate(ctx context.Context, hexdigest string) (Location, error) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return Location{}, fmt.Errorf("locate: invalid hexdigest %q", hexdigest)
-	}
-	pack, loc, packed, err := s.lookupPacked(ctx, hexdigest)
+// Locate returns where the object id is stored, or ErrNotFound.
+func (s *Store) Locate(ctx context.Context, id digest.Digest) (Location, error) {
+	pack, loc, packed, err := s.lookupPacked(ctx, id)
 	if err != nil {
 		return Location{}, err
 	}
 	if packed {
 		return Location{Key: pack, Packed: true, Offset: int64(loc.offset), Length: int64(loc.length)}, nil
 	}
-	info, err := s.backend.Stat(ctx, ObjectKey(hexdigest))
+	info, err := s.backend.Stat(ctx, ObjectKey(id))
 	if err != nil {
-		return Location{}, fmt.Errorf("object %s: %w", hexdigest, err)
+		return Location{}, fmt.Errorf("object %s: %w", id, err)
 	}
 	return Location{Key: info.Key, Length: info.Size}, nil
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 )
 
@@ -67,23 +69,25 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	cb := &countingBackend{Backend: mem}
-	s, _ := hashstore.Init(ctx, cb, nil)
+	s, _ := hashstore.Init(ctx, cb, hashstore.Options{})
 	contents := smallContents(600)
-	p := s.NewPacker(ctx, 256<<10)
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(contents); i += 4 {
-				if _, err := p.Add(ctx, hashstore.Hexdigest(contents[i]), contents[i]); err != nil {
-					t.Error(err)
+	err := s.WithPacker(ctx, 256<<10, func(ctx context.Context, p *hashstore.Packer) error {
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < len(contents); i += 4 {
+					if _, err := p.Add(ctx, digest.Of(contents[i]), contents[i]); err != nil {
+						t.Error(err)
+					}
 				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := p.Flush(ctx); err != nil {
+			}()
+		}
+		wg.Wait()
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	packs, indexes := keysUnder(t, mem, "packs/"), keysUnder(t, mem, "index/")
@@ -95,21 +99,21 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	}
 	check := func(s *hashstore.Store) {
 		t.Helper()
-		var all []string
+		var all []digest.Digest
 		for _, c := range contents {
-			all = append(all, hashstore.Hexdigest(c))
+			all = append(all, digest.Of(c))
 		}
-		found, err := s.Lookup(ctx, all)
+		found, err := s.LookupAll(ctx, all)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, h := range all {
-			if !found[h].Packed || found[h].StoredSize <= 16 {
-				t.Fatalf("Lookup(%s) = %+v", h, found[h])
+		for i, h := range all {
+			if !found[i].Packed || found[i].StoredSize <= 16 {
+				t.Fatalf("LookupAll(%s) = %+v", h, found[i])
 			}
 		}
 		for i, c := range contents {
-			got, err := readObject(t, s, hashstore.Hexdigest(c))
+			got, err := readObject(t, s, digest.Of(c))
 			if err != nil || !bytes.Equal(got, c) {
 				t.Fatalf("object %d: %v", i, err)
 			}
@@ -117,7 +121,7 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	}
 	check(s)
 	// A new Store on the same backend learns the packs from the index files.
-	reopened, err := hashstore.Open(ctx, mem, nil)
+	reopened, err := hashstore.Open(ctx, mem, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,31 +143,28 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 func TestGetManyCoalescesReads(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	contents := smallContents(300)
-	p := s.NewPacker(ctx, 64<<20) // one pack
-	var want []string
+	var want []digest.Digest
 	for _, c := range contents {
-		h := hashstore.Hexdigest(c)
-		want = append(want, h)
-		p.Add(ctx, h, c)
+		want = append(want, digest.Of(c))
 	}
-	p.Flush(ctx)
+	packAll(t, s, 64<<20, contents) // one pack
 	loose := randomContent(77, 3<<20)
-	s.Put(ctx, hashstore.Hexdigest(loose), bytes.NewReader(loose), int64(len(loose)))
-	missing := hashstore.Hexdigest([]byte("not stored"))
+	s.Put(ctx, digest.Of(loose), bytes.NewReader(loose), int64(len(loose)))
+	missing := digest.Of([]byte("not stored"))
 
 	cb := &countingBackend{Backend: mem}
-	s2, _ := hashstore.Open(ctx, cb, nil)
+	s2, _ := hashstore.Open(ctx, cb, hashstore.Options{})
 	// every third object, a duplicate, the loose one and a missing one
-	var ask []string
+	var ask []digest.Digest
 	for i := 0; i < len(want); i += 3 {
 		ask = append(ask, want[i])
 	}
-	ask = append(ask, want[0], hashstore.Hexdigest(loose), missing)
-	got := map[string][]byte{}
-	errs := map[string]error{}
-	err := s2.GetMany(ctx, ask, func(h string, r io.Reader, err error) error {
+	ask = append(ask, want[0], digest.Of(loose), missing)
+	got := map[digest.Digest][]byte{}
+	errs := map[digest.Digest]error{}
+	err := s2.GetMany(ctx, ask, func(h digest.Digest, r io.Reader, err error) error {
 		if _, dup := got[h]; dup {
 			t.Errorf("fn called twice for %s", h)
 		}
@@ -190,7 +191,7 @@ func TestGetManyCoalescesReads(t *testing.T) {
 			t.Fatalf("object %d differs", i)
 		}
 	}
-	if !bytes.Equal(got[hashstore.Hexdigest(loose)], loose) {
+	if !bytes.Equal(got[digest.Of(loose)], loose) {
 		t.Fatal("loose object differs")
 	}
 	if !errors.Is(errs[missing], hashstore.ErrNotFound) {
@@ -204,13 +205,9 @@ func TestGetManyCoalescesReads(t *testing.T) {
 func TestCorruptPackedObjectFailsAlone(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	contents := smallContents(20)
-	p := s.NewPacker(ctx, 0)
-	for _, c := range contents {
-		p.Add(ctx, hashstore.Hexdigest(c), c)
-	}
-	p.Flush(ctx)
+	packAll(t, s, 0, contents)
 	key := keysUnder(t, mem, "packs/")[0]
 	entries, _ := s.ReadPackTrailer(ctx, key)
 	victim := entries[7]
@@ -218,17 +215,17 @@ func TestCorruptPackedObjectFailsAlone(t *testing.T) {
 	data[victim.Offset+victim.Length-2] ^= 0x80
 	mem.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
 
-	var all []string
+	var all []digest.Digest
 	for _, c := range contents {
-		all = append(all, hashstore.Hexdigest(c))
+		all = append(all, digest.Of(c))
 	}
 	bad := 0
-	err := s.GetMany(ctx, all, func(h string, r io.Reader, err error) error {
+	err := s.GetMany(ctx, all, func(h digest.Digest, r io.Reader, err error) error {
 		if err == nil {
 			_, err = io.ReadAll(r)
 		}
 		if err != nil {
-			if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), h) {
+			if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), h.String()) {
 				t.Errorf("%s: %v", h, err)
 			}
 			bad++
@@ -244,26 +241,20 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	cb := &countingBackend{Backend: mem, failPutPrefix: "index/"}
-	s, _ := hashstore.Init(ctx, cb, nil)
+	s, _ := hashstore.Init(ctx, cb, hashstore.Options{})
 	c := []byte(strings.Repeat("lost index ", 100))
-	p := s.NewPacker(ctx, 0)
-	p.Add(ctx, hashstore.Hexdigest(c), c)
-	if err := p.Flush(ctx); err == nil {
-		t.Fatal("Flush succeeded although the index could not be stored")
+	if err := packAll(nil, s, 0, [][]byte{c}); err == nil {
+		t.Fatal("the pack was completed although its index could not be stored")
 	}
 	// The pack exists without an index: the object counts as missing and
 	// is simply stored again.
-	s2, _ := hashstore.Open(ctx, mem, nil)
-	missing, err := s2.Missing(ctx, []string{hashstore.Hexdigest(c)})
+	s2, _ := hashstore.Open(ctx, mem, hashstore.Options{})
+	missing, err := s2.Missing(ctx, []digest.Digest{digest.Of(c)})
 	if err != nil || len(missing) != 1 {
 		t.Fatalf("Missing = %v, %v; want the unindexed object", missing, err)
 	}
-	p2 := s2.NewPacker(ctx, 0)
-	p2.Add(ctx, hashstore.Hexdigest(c), c)
-	if err := p2.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := readObject(t, s2, hashstore.Hexdigest(c)); err != nil || !bytes.Equal(got, c) {
+	packAll(t, s2, 0, [][]byte{c})
+	if got, err := readObject(t, s2, digest.Of(c)); err != nil || !bytes.Equal(got, c) {
 		t.Fatalf("re-stored object: %v", err)
 	}
 }
@@ -271,17 +262,15 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 func TestDamagedIndexIsNamed(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
-	p := s.NewPacker(ctx, 0)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	c := []byte(strings.Repeat("x", 400))
-	p.Add(ctx, hashstore.Hexdigest(c), c)
-	p.Flush(ctx)
+	packAll(t, s, 0, [][]byte{c})
 	key := keysUnder(t, mem, "index/")[0]
 	data := storedBytes(t, mem, key)
 	data[len(data)-1] ^= 1
 	mem.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
-	s2, _ := hashstore.Open(ctx, mem, nil)
-	_, err := s2.Missing(ctx, []string{hashstore.Hexdigest(c)})
+	s2, _ := hashstore.Open(ctx, mem, hashstore.Options{})
+	_, err := s2.Missing(ctx, []digest.Digest{digest.Of(c)})
 	if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), key[len(key)-64:]) {
 		t.Fatalf("damaged index: %v", err)
 	}
@@ -289,8 +278,11 @@ func TestDamagedIndexIsNamed(t *testing.T) {
 
 func TestPackerRefusesWrongContent(t *testing.T) {
 	s, _ := newStore(t)
-	p := s.NewPacker(context.Background(), 0)
-	if _, err := p.Add(context.Background(), hashstore.Hexdigest([]byte("a")), []byte("b")); !errors.Is(err, hashstore.ErrContentMismatch) {
+	err := s.WithPacker(context.Background(), 0, func(ctx context.Context, p *hashstore.Packer) error {
+		_, err := p.Add(ctx, digest.Of([]byte("a")), []byte("b"))
+		return err
+	})
+	if !errors.Is(err, hashstore.ErrContentMismatch) {
 		t.Fatalf("Add with wrong content: %v", err)
 	}
 }
@@ -298,16 +290,40 @@ func TestPackerRefusesWrongContent(t *testing.T) {
 func TestAbortedPackLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, nil)
-	p := s.NewPacker(ctx, 0)
-	for _, c := range smallContents(10) {
-		p.Add(ctx, hashstore.Hexdigest(c), c)
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	var kept *hashstore.Packer
+	errGiveUp := errors.New("give up")
+	err := s.WithPacker(ctx, 0, func(ctx context.Context, p *hashstore.Packer) error {
+		for _, c := range smallContents(10) {
+			p.Add(ctx, digest.Of(c), c)
+		}
+		kept = p
+		return errGiveUp
+	})
+	if !errors.Is(err, errGiveUp) {
+		t.Fatalf("WithPacker returned %v, want fn's error", err)
 	}
-	p.Abort()
 	if keys := append(keysUnder(t, mem, "packs/"), keysUnder(t, mem, "index/")...); len(keys) != 0 {
 		t.Fatalf("an aborted pack left %v", keys)
 	}
-	if _, err := p.Add(ctx, hashstore.Hexdigest([]byte("late")), []byte("late")); err == nil {
-		t.Fatal("Add after Abort succeeded")
+	if _, err := kept.Add(ctx, digest.Of([]byte("late")), []byte("late")); err == nil {
+		t.Fatal("Add after the packer's end succeeded")
 	}
+}
+
+// packAll stores contents in packs of about target bytes; with t, a
+// failure fails the test.
+func packAll(t *testing.T, s *hashstore.Store, target int, contents [][]byte) error {
+	err := s.WithPacker(context.Background(), target, func(ctx context.Context, p *hashstore.Packer) error {
+		for _, c := range contents {
+			if _, err := p.Add(ctx, digest.Of(c), c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && t != nil {
+		t.Fatal(err)
+	}
+	return err
 }

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // ErrBackupExists is returned by PutBackup when the name is taken.
@@ -24,14 +24,15 @@ const LatestBackup = "latest"
 // BackupRecord names one finished backup. It is written only after every
 // object it references, the manifest included, is stored.
 type BackupRecord struct {
-	Version       int         `json:"version"`
-	Name          string      `json:"name"`
-	RootHexdigest string      `json:"root_hexdigest"`
-	Node          string      `json:"node,omitempty"`
-	Source        string      `json:"source,omitempty"`
-	Start         time.Time   `json:"start"`
-	End           time.Time   `json:"end"`
-	Stats         BackupStats `json:"stats"`
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+	// Root is the id of the backup's manifest (its root hash).
+	Root   digest.Digest `json:"root_hexdigest"`
+	Node   string        `json:"node,omitempty"`
+	Source string        `json:"source,omitempty"`
+	Start  time.Time     `json:"start"`
+	End    time.Time     `json:"end"`
+	Stats  BackupStats   `json:"stats"`
 }
 
 // BackupStats are the figures of one backup run.
@@ -60,8 +61,6 @@ func ValidateBackupName(name string) error {
 	return nil
 }
 
-func backupKey(name string) string { return "backups/" + name + ".json" }
-
 // PutBackup writes rec. It refuses a name that is already taken with
 // ErrBackupExists. On a backend that can create keys only if absent
 // (Creator: a local directory, S3), two writers racing for one name never
@@ -71,8 +70,8 @@ func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return err
 	}
-	if !snapshot.ValidHexdigest(rec.RootHexdigest) {
-		return fmt.Errorf("backup %s: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
+	if rec.Root.IsZero() {
+		return fmt.Errorf("backup %s: no root", rec.Name)
 	}
 	rec.Version = recordVersion
 	data, err := json.MarshalIndent(rec, "", "  ")
@@ -136,8 +135,8 @@ func DecodeBackupRecord(data []byte) (BackupRecord, error) {
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return BackupRecord{}, err
 	}
-	if !snapshot.ValidHexdigest(rec.RootHexdigest) {
-		return BackupRecord{}, fmt.Errorf("backup record %q: invalid root hexdigest %q", rec.Name, rec.RootHexdigest)
+	if rec.Root.IsZero() {
+		return BackupRecord{}, fmt.Errorf("backup record %q: no root hexdigest", rec.Name)
 	}
 	return rec, nil
 }
@@ -146,7 +145,7 @@ func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, erro
 	rc, err := s.backend.Get(ctx, backupKey(name))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return BackupRecord{}, fmt.Errorf("backup %q: %w", name, ErrNotFound)
+			return BackupRecord{}, &noSuchBackupError{name: name}
 		}
 		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
 	}
@@ -177,7 +176,7 @@ func (e *damagedRecordError) Unwrap() error { return e.err }
 // Backups returns every backup record, oldest first (by end time, then
 // name). A record that cannot be read or decoded is left out with a
 // warning naming it, so one damaged record does not hide the others;
-// 'deltabackup verify' reports it. Storage errors are errors.
+// Verify reports it. Storage errors are errors.
 func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 	names, err := s.backupNames(ctx)
 	if err != nil {
@@ -212,8 +211,8 @@ func (s *Store) Backups(ctx context.Context) ([]BackupRecord, error) {
 // or not.
 func (s *Store) backupNames(ctx context.Context) ([]string, error) {
 	var names []string
-	err := s.backend.List(ctx, "backups/", func(info Info) error {
-		if name, ok := strings.CutSuffix(strings.TrimPrefix(info.Key, "backups/"), ".json"); ok {
+	err := s.backend.List(ctx, backupsPrefix, func(info Info) error {
+		if name, ok := parseBackupKey(info.Key); ok {
 			names = append(names, name)
 		}
 		return nil
@@ -265,6 +264,16 @@ func (e *AmbiguousLatestError) Error() string {
 		fmt.Fprintf(&b, " %s (node %s, source %s)", c.Name, c.Node, c.Source)
 	}
 	return b.String()
+}
+
+// ErrNoSuchBackup is a backup name with no record; it is also ErrNotFound.
+var ErrNoSuchBackup = errors.New("no such backup")
+
+type noSuchBackupError struct{ name string }
+
+func (e *noSuchBackupError) Error() string { return fmt.Sprintf("backup %q: not found", e.name) }
+func (e *noSuchBackupError) Is(target error) bool {
+	return target == ErrNoSuchBackup || target == ErrNotFound
 }
 
 // ErrNoBackups is "latest" matching no backup; it is also ErrNotFound.

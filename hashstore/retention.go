@@ -99,3 +99,75 @@ func (s *Store) DeleteBackup(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// ForgetOptions say which backups Forget removes.
+type ForgetOptions struct {
+	// Policy decides, per node and source, what is kept (required: an
+	// empty policy is refused).
+	Policy RetentionPolicy
+	// Filter limits forgetting to the backups of a node or source.
+	Filter BackupFilter
+	// DryRun decides and reports, and removes nothing.
+	DryRun bool
+}
+
+// ForgetGroup is the decisions for the backups of one node and source.
+type ForgetGroup struct {
+	Node      string              `json:"node"`
+	Source    string              `json:"source"`
+	Decisions []RetentionDecision `json:"decisions"`
+}
+
+// ForgetReport is what Forget decided and did.
+type ForgetReport struct {
+	DryRun  bool          `json:"dry_run"`
+	Groups  []ForgetGroup `json:"groups"`
+	Removed []string      `json:"removed"`
+}
+
+// ErrEmptyPolicy is Forget's answer to a policy that keeps nothing.
+var ErrEmptyPolicy = errors.New("a retention policy must keep something")
+
+// Forget applies opts.Policy to the backups of each node and source on
+// its own and removes the records of the backups it does not keep. Their
+// objects stay until gc.
+func (s *Store) Forget(ctx context.Context, opts ForgetOptions) (*ForgetReport, error) {
+	if opts.Policy.Empty() {
+		return nil, ErrEmptyPolicy
+	}
+	records, err := s.Backups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[string][]BackupRecord{}
+	var order []string
+	for _, r := range records {
+		if !opts.Filter.Match(r) {
+			continue
+		}
+		k := RetentionGroup(r)
+		if groups[k] == nil {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	sort.Strings(order)
+	rep := &ForgetReport{DryRun: opts.DryRun, Groups: []ForgetGroup{}, Removed: []string{}}
+	for _, k := range order {
+		first := groups[k][0]
+		g := ForgetGroup{Node: first.Node, Source: first.Source, Decisions: ApplyRetention(groups[k], opts.Policy)}
+		rep.Groups = append(rep.Groups, g)
+		for _, d := range g.Decisions {
+			if d.Keep {
+				continue
+			}
+			if !opts.DryRun {
+				if err := s.DeleteBackup(ctx, d.Record.Name); err != nil {
+					return rep, err
+				}
+			}
+			rep.Removed = append(rep.Removed, d.Record.Name)
+		}
+	}
+	return rep, nil
+}

@@ -2,11 +2,10 @@ package hashstore
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"strings"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // RepoStats describes a repository's size and sharing.
@@ -38,24 +37,27 @@ type BackupUse struct {
 	UniqueBytes int64 `json:"unique_bytes"`
 }
 
-// Stats reads every record, manifest and index, and lists the repository.
-func (s *Store) Stats(ctx context.Context) (*RepoStats, error) {
+// Stats lists the repository, reads every record and index, and asks
+// referrer what each backup references.
+func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error) {
+	if referrer == nil {
+		return nil, ErrNoReferrer
+	}
 	st := &RepoStats{PerBackup: []BackupUse{}}
-	stored := map[string]int64{} // hexdigest → stored bytes
+	stored := map[digest.Digest]int64{} // id → stored bytes
 	err := s.backend.List(ctx, "", func(info Info) error {
 		st.StoredBytes += info.Size
 		switch {
-		case strings.HasPrefix(info.Key, "objects/"):
-			h := info.Key[strings.LastIndexByte(info.Key, '/')+1:]
-			if snapshot.ValidHexdigest(h) && info.Key == ObjectKey(h) {
+		case strings.HasPrefix(info.Key, objectsPrefix):
+			if id, ok := parseObjectKey(info.Key); ok {
 				st.LooseObjects++
 				st.LooseBytes += info.Size
-				stored[h] = info.Size
+				stored[id] = info.Size
 			}
-		case strings.HasPrefix(info.Key, "packs/"):
+		case strings.HasPrefix(info.Key, packsPrefix):
 			st.Packs++
 			st.PackBytes += info.Size
-		case strings.HasPrefix(info.Key, "index/"):
+		case strings.HasPrefix(info.Key, indexPrefix):
 			st.IndexFiles++
 		}
 		return nil
@@ -70,9 +72,8 @@ func (s *Store) Stats(ctx context.Context) (*RepoStats, error) {
 	ix.mu.RLock()
 	st.PackedObjects = len(ix.entries)
 	for id, loc := range ix.entries {
-		h := hex.EncodeToString(id[:])
-		if _, loose := stored[h]; !loose {
-			stored[h] = int64(loc.length)
+		if _, loose := stored[id]; !loose {
+			stored[id] = int64(loc.length)
 		}
 	}
 	ix.mu.RUnlock()
@@ -82,26 +83,22 @@ func (s *Store) Stats(ctx context.Context) (*RepoStats, error) {
 		return nil, err
 	}
 	st.Backups = len(records)
-	users := map[string]int{}
-	perBackup := make([]map[string]bool, len(records))
-	contents := map[string]int64{}
+	users := map[digest.Digest]int{}
+	perBackup := make([]map[digest.Digest]bool, len(records))
+	contents := map[digest.Digest]int64{}
 	for i, rec := range records {
-		m, chain, err := s.ManifestChain(ctx, rec)
+		refs := map[digest.Digest]bool{}
+		err := referrer.References(ctx, rec, func(r Ref) error {
+			refs[r.ID] = true
+			if !r.Metadata {
+				contents[r.ID] = r.Size
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		refs := map[string]bool{}
-		for _, h := range chain {
-			refs[h] = true
-		}
-		use := BackupUse{Name: rec.Name, Files: len(m.Files)}
-		for _, f := range m.Files {
-			use.TotalBytes += f.FileSize
-			if !f.Embedded() {
-				refs[f.Hexdigest] = true
-				contents[f.Hexdigest] = f.FileSize
-			}
-		}
+		use := BackupUse{Name: rec.Name, Files: int(rec.Stats.Files), TotalBytes: rec.Stats.TotalBytes}
 		for h := range refs {
 			users[h]++
 		}

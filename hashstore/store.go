@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Repository format errors, for callers that branch on them.
@@ -27,14 +28,13 @@ var (
 	ErrNotRepository = errors.New("not a deltabackup repository")
 	// ErrRepositoryExists: Init found a repository, or other data, there.
 	ErrRepositoryExists = errors.New("repository already exists")
+	// ErrNewerFormat: the repository was written by a newer version.
+	ErrNewerFormat = errors.New("repository format is newer than this program")
 )
 
 // RepositoryVersion is the storage layout version this code writes and
 // reads; see DESIGN.md "Storage layout".
 const RepositoryVersion = 1
-
-// configKey is where Init writes the repository config.
-const configKey = "config"
 
 // Config identifies a repository.
 type Config struct {
@@ -44,8 +44,23 @@ type Config struct {
 	Created       time.Time `json:"created"`
 }
 
-// Store holds objects under their hexdigest on a Backend, encoded and
-// verified as DESIGN.md describes. It is safe for concurrent use.
+// Options configure a Store; zero values mean defaults.
+type Options struct {
+	// Logger receives warnings and debug messages (default: none).
+	Logger *slog.Logger
+	// Compression is used for every object written (default fast).
+	Compression Compression
+	// CacheDir, when set, is where this program keeps its caches: the
+	// store keeps the repository's index files and the loose objects seen
+	// stored under CacheDir/repos/<repository id>, so that a backup to
+	// remote storage makes few requests. Leave it empty for a local
+	// repository, and for a check that must ask the storage (verify).
+	CacheDir string
+}
+
+// Store holds objects under their ids on a Backend, encoded and verified
+// as README "Formats" describes. Its options are fixed at Open; it is
+// safe for concurrent use.
 type Store struct {
 	backend Backend
 	config  Config
@@ -67,9 +82,6 @@ type Store struct {
 	objectsRead   time.Time // last ReloadObjects
 }
 
-// SetCompression chooses how objects written from now on are compressed.
-func (s *Store) SetCompression(c Compression) { s.compression = c }
-
 // describe names a backend in messages without revealing anything secret:
 // backends that know how to present themselves implement fmt.Stringer.
 func describe(b Backend) string {
@@ -81,7 +93,7 @@ func describe(b Backend) string {
 
 // Init writes a new repository config to b. It refuses a backend that
 // already holds a repository or any other data.
-func Init(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
+func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	if _, err := b.Stat(ctx, configKey); err == nil {
 		return nil, fmt.Errorf("%s: %w", describe(b), ErrRepositoryExists)
 	} else if !errors.Is(err, ErrNotFound) {
@@ -94,7 +106,7 @@ func Init(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("init %s: %w", describe(b), err)
 	}
 	if found != "" {
-		return nil, fmt.Errorf("%s is not empty (it holds %q) and is not a repository; choose an empty location: %w",
+		return nil, fmt.Errorf("%s is not empty (it holds %q) and is not a repository: %w",
 			describe(b), found, ErrRepositoryExists)
 	}
 	id := make([]byte, 16)
@@ -109,11 +121,11 @@ func Init(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
 	if err := b.Put(ctx, configKey, bytes.NewReader(data), int64(len(data))); err != nil {
 		return nil, fmt.Errorf("init %s: write config: %w", describe(b), err)
 	}
-	return newStore(b, cfg, logger), nil
+	return newStore(b, cfg, opts), nil
 }
 
 // Open reads the config of the repository on b.
-func Open(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
+func Open(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	rc, err := b.Get(ctx, configKey)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -134,20 +146,25 @@ func Open(ctx context.Context, b Backend, logger *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("%s: config has no id or version: %w", describe(b), ErrNotRepository)
 	}
 	if cfg.Version > RepositoryVersion {
-		return nil, fmt.Errorf("%s: repository format version %d is newer than this deltabackup supports (%d); upgrade deltabackup",
-			describe(b), cfg.Version, RepositoryVersion)
+		return nil, fmt.Errorf("%s: repository format version %d is newer than this program supports (%d): %w",
+			describe(b), cfg.Version, RepositoryVersion, ErrNewerFormat)
 	}
 	if cfg.HashAlgorithm != "blake3" {
 		return nil, fmt.Errorf("%s: unsupported hash algorithm %q", describe(b), cfg.HashAlgorithm)
 	}
-	return newStore(b, cfg, logger), nil
+	return newStore(b, cfg, opts), nil
 }
 
-func newStore(b Backend, cfg Config, logger *slog.Logger) *Store {
+func newStore(b Backend, cfg Config, opts Options) *Store {
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32}
+	s := &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32, compression: opts.Compression}
+	if opts.CacheDir != "" {
+		s.cacheDir = filepath.Join(opts.CacheDir, "repos", cfg.ID)
+	}
+	return s
 }
 
 // Config returns the repository config.
@@ -158,11 +175,6 @@ func (s *Store) Backend() Backend { return s.backend }
 
 // String names the repository for messages.
 func (s *Store) String() string { return describe(s.backend) }
-
-// ObjectKey returns the backend key of an object.
-func ObjectKey(hexdigest string) string {
-	return "objects/" + hexdigest[:2] + "/" + hexdigest
-}
 
 // PutResult describes a stored object.
 type PutResult struct {
@@ -177,69 +189,69 @@ const (
 	compressionSample = 1 << 20
 )
 
-// Put stores the content read from r, exactly size bytes, under hexdigest.
+// Put stores the content read from r, exactly size bytes, under id.
 // The content is hashed while it is encoded; if it does not hash to
-// hexdigest or its length is not size, nothing is stored and the error
+// id or its length is not size, nothing is stored and the error
 // wraps ErrContentMismatch.
-func (s *Store) Put(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
+func (s *Store) Put(ctx context.Context, id digest.Digest, r io.Reader, size int64) (PutResult, error) {
+	if id.IsZero() {
+		return PutResult{}, errors.New("put: no id")
 	}
 	if size < 0 || size > maxDecodedSize {
-		return PutResult{}, fmt.Errorf("put %s: invalid size %d", hexdigest, size)
+		return PutResult{}, fmt.Errorf("put %s: invalid size %d", id, size)
 	}
 	if size <= bufferedPutLimit {
-		return s.putBuffered(ctx, hexdigest, r, size)
+		return s.putBuffered(ctx, id, r, size)
 	}
-	return s.putStreaming(ctx, hexdigest, r, size)
+	return s.putStreaming(ctx, id, r, size)
 }
 
-func mismatch(hexdigest, what string) error {
-	return fmt.Errorf("store %s: %s: %w", hexdigest, what, ErrContentMismatch)
+func mismatch(id digest.Digest, what string) error {
+	return fmt.Errorf("store %s: %s: %w", id, what, ErrContentMismatch)
 }
 
 var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-func (s *Store) putBuffered(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
+func (s *Store) putBuffered(ctx context.Context, id digest.Digest, r io.Reader, size int64) (PutResult, error) {
 	buf := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(buf)
 	buf.Reset()
 	n, err := buf.ReadFrom(io.LimitReader(r, size+1))
 	if err != nil {
-		return PutResult{}, fmt.Errorf("store %s: read content: %w", hexdigest, err)
+		return PutResult{}, fmt.Errorf("store %s: read content: %w", id, err)
 	}
 	if n != size {
-		return PutResult{}, mismatch(hexdigest, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
+		return PutResult{}, mismatch(id, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
 	}
-	return s.PutBytes(ctx, hexdigest, buf.Bytes())
+	return s.PutBytes(ctx, id, buf.Bytes())
 }
 
-// PutBytes stores content, which must hash to hexdigest, as a loose
+// PutBytes stores content, which must hash to id, as a loose
 // object. Content that does not match is refused with ErrContentMismatch.
-func (s *Store) PutBytes(ctx context.Context, hexdigest string, content []byte) (PutResult, error) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return PutResult{}, fmt.Errorf("put: invalid hexdigest %q", hexdigest)
+func (s *Store) PutBytes(ctx context.Context, id digest.Digest, content []byte) (PutResult, error) {
+	if id.IsZero() {
+		return PutResult{}, errors.New("put: no id")
 	}
-	if got := Hexdigest(content); got != hexdigest {
-		return PutResult{}, mismatch(hexdigest, "content hashes to "+got)
+	if got := digest.Of(content); got != id {
+		return PutResult{}, mismatch(id, "content hashes to "+got.String())
 	}
 	out := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(out)
 	out.Reset()
 	codec := encodeObject(out, content, s.compression)
 	stored := int64(out.Len())
-	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), stored); err != nil {
+	if err := s.backend.Put(ctx, ObjectKey(id), bytes.NewReader(out.Bytes()), stored); err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(hexdigest, stored)
+	s.known.remember(id, stored)
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
 // PutGenerated stores the content that write produces, under its
-// hexdigest, which it returns. The content is hashed and compressed as it
+// id, which it returns. The content is hashed and compressed as it
 // is written, so only its compressed form is ever held in memory: for
 // manifests of millions of files.
-func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error) (string, PutResult, error) {
+func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error) (digest.Digest, PutResult, error) {
 	var out bytes.Buffer
 	out.Write(make([]byte, objectHeaderSize)) // the header, once the size is known
 	z := s.compression.zstd()
@@ -250,19 +262,19 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	content := &countingWriter{w: io.MultiWriter(enc, hasher)}
 	if err := write(content); err != nil {
 		enc.Reset(nil)
-		return "", PutResult{}, err
+		return digest.Digest{}, PutResult{}, err
 	}
 	if err := enc.Close(); err != nil {
-		return "", PutResult{}, err
+		return digest.Digest{}, PutResult{}, err
 	}
 	enc.Reset(nil)
 	copy(out.Bytes(), ObjectHeader{Codec: CodecZstd, DecodedSize: content.n}.marshal())
-	hexdigest := hex.EncodeToString(hasher.Sum(nil))
-	if err := s.backend.Put(ctx, ObjectKey(hexdigest), bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
-		return "", PutResult{}, err
+	id := digest.Digest(hasher.Sum(nil))
+	if err := s.backend.Put(ctx, ObjectKey(id), bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
+		return digest.Digest{}, PutResult{}, err
 	}
-	s.known.remember(hexdigest, int64(out.Len()))
-	return hexdigest, PutResult{StoredSize: int64(out.Len()), Codec: CodecZstd}, nil
+	s.known.remember(id, int64(out.Len()))
+	return id, PutResult{StoredSize: int64(out.Len()), Codec: CodecZstd}, nil
 }
 
 // entropySample is how many leading bytes looksIncompressible examines.
@@ -348,15 +360,15 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // samplePool holds the buffers putStreaming reads its first bytes into.
 var samplePool = sync.Pool{New: func() any { b := make([]byte, compressionSample); return &b }}
 
-func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader, size int64) (PutResult, error) {
+func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader, size int64) (PutResult, error) {
 	sampleBuf := samplePool.Get().(*[]byte)
 	defer samplePool.Put(sampleBuf)
 	sample := *sampleBuf
 	if _, err := io.ReadFull(r, sample); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return PutResult{}, mismatch(hexdigest, fmt.Sprintf("content is shorter than %d bytes", size))
+			return PutResult{}, mismatch(id, fmt.Sprintf("content is shorter than %d bytes", size))
 		}
-		return PutResult{}, fmt.Errorf("store %s: read content: %w", hexdigest, err)
+		return PutResult{}, fmt.Errorf("store %s: read content: %w", id, err)
 	}
 	// The entropy of the first bytes decides: a trial compression of the
 	// sample would cost a megabyte of compression per large file.
@@ -373,23 +385,23 @@ func (s *Store) putStreaming(ctx context.Context, hexdigest string, r io.Reader,
 	encodeDone := make(chan struct{})
 	go func() {
 		defer close(encodeDone)
-		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), hexdigest, size, codec, s.compression))
+		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), id, size, codec, s.compression))
 	}()
-	err := s.backend.Put(ctx, ObjectKey(hexdigest), pr, storedSize)
+	err := s.backend.Put(ctx, ObjectKey(id), pr, storedSize)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
 	<-encodeDone
 	if err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(hexdigest, counter.n)
+	s.known.remember(id, counter.n)
 	return PutResult{StoredSize: counter.n, Codec: codec}, nil
 }
 
 // encodeVerified writes header and payload of content to w, hashing the
 // content as it goes. It returns nil only if content is exactly size bytes
-// that hash to hexdigest, and returns before the payload is complete
+// that hash to id, and returns before the payload is complete
 // otherwise, so the backend never commits wrong bytes.
-func encodeVerified(w io.Writer, content io.Reader, hexdigest string, size int64, codec Codec, c Compression) error {
+func encodeVerified(w io.Writer, content io.Reader, id digest.Digest, size int64, codec Codec, c Compression) error {
 	if _, err := w.Write(ObjectHeader{Codec: codec, DecodedSize: size}.marshal()); err != nil {
 		return err
 	}
@@ -406,13 +418,13 @@ func encodeVerified(w io.Writer, content io.Reader, hexdigest string, size int64
 	}
 	n, err := io.Copy(io.MultiWriter(payload, hasher), io.LimitReader(content, size+1))
 	if err != nil {
-		return fmt.Errorf("store %s: %w", hexdigest, err)
+		return fmt.Errorf("store %s: %w", id, err)
 	}
 	if n != size {
-		return mismatch(hexdigest, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
+		return mismatch(id, fmt.Sprintf("read %d bytes or more, expected %d", n, size))
 	}
-	if got := hex.EncodeToString(hasher.Sum(nil)); got != hexdigest {
-		return mismatch(hexdigest, "content hashes to "+got)
+	if got := digest.Digest(hasher.Sum(nil)); got != id {
+		return mismatch(id, "content hashes to "+got.String())
 	}
 	if enc != nil {
 		return enc.Close()
@@ -440,14 +452,14 @@ func (o *ObjectReader) LimitExpansion(ratio, slack int64) {
 	o.expansion, o.slack = ratio, slack
 }
 
-// Get opens the object stored under hexdigest, loose or packed. A missing
+// Get opens the object stored under id, loose or packed. A missing
 // object is ErrNotFound; damaged bytes are a CorruptObjectError
 // (ErrCorrupt), from Get or from a Read.
-func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return nil, fmt.Errorf("get: invalid hexdigest %q", hexdigest)
+func (s *Store) Get(ctx context.Context, id digest.Digest) (*ObjectReader, error) {
+	if id.IsZero() {
+		return nil, errors.New("get: no id")
 	}
-	pack, loc, packed, err := s.lookupPacked(ctx, hexdigest)
+	pack, loc, packed, err := s.lookupPacked(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -455,12 +467,12 @@ func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error
 	if packed {
 		rc, err = s.backend.GetRange(ctx, pack, int64(loc.offset), int64(loc.length))
 	} else {
-		rc, err = s.backend.Get(ctx, ObjectKey(hexdigest))
+		rc, err = s.backend.Get(ctx, ObjectKey(id))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+		return nil, fmt.Errorf("object %s: %w", id, err)
 	}
-	o, err := decodeObject(rc, hexdigest)
+	o, err := decodeObject(rc, id)
 	if err != nil {
 		rc.Close()
 		return nil, err
@@ -470,20 +482,20 @@ func (s *Store) Get(ctx context.Context, hexdigest string) (*ObjectReader, error
 
 // decodeObject reads the header of one encoded object from rc and returns
 // a reader of its verified content; closing it closes rc.
-func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
+func decodeObject(rc io.ReadCloser, id digest.Digest) (*ObjectReader, error) {
 	raw := make([]byte, objectHeaderSize)
 	if _, err := io.ReadFull(rc, raw); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &CorruptObjectError{hexdigest, "shorter than its header"}
+			return nil, &CorruptObjectError{id, "shorter than its header"}
 		}
-		return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+		return nil, fmt.Errorf("object %s: %w", id, err)
 	}
 	header, err := ParseObjectHeader(raw)
 	if err != nil {
-		return nil, &CorruptObjectError{hexdigest, err.Error()}
+		return nil, &CorruptObjectError{id, err.Error()}
 	}
 	source := &sourceReader{r: rc}
-	v := &verifyingReader{source: source, hexdigest: hexdigest, want: header.DecodedSize, hasher: GetHasher()}
+	v := &verifyingReader{source: source, id: id, want: header.DecodedSize, hasher: GetHasher()}
 	v.closer = func() error {
 		if v.hasher != nil {
 			PutHasher(v.hasher)
@@ -499,21 +511,21 @@ func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
 		// one piece.
 		payload, err := io.ReadAll(io.LimitReader(source, int64(s2.MaxEncodedLen(int(header.DecodedSize)))+1))
 		if err != nil {
-			return nil, fmt.Errorf("object %s: %w", hexdigest, err)
+			return nil, fmt.Errorf("object %s: %w", id, err)
 		}
 		if n, err := s2.DecodedLen(payload); err != nil || int64(n) != header.DecodedSize {
-			return nil, &CorruptObjectError{hexdigest, fmt.Sprintf("s2 payload does not decode to the %d bytes its header declares", header.DecodedSize)}
+			return nil, &CorruptObjectError{id, fmt.Sprintf("s2 payload does not decode to the %d bytes its header declares", header.DecodedSize)}
 		}
 		decoded, err := s2.Decode(nil, payload)
 		if err != nil {
-			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
+			return nil, &CorruptObjectError{id, "payload does not decode: " + err.Error()}
 		}
 		v.decoded = bytes.NewReader(decoded)
 	case CodecZstd:
 		dec := decoderPool.Get().(*zstd.Decoder)
 		if err := dec.Reset(source); err != nil {
 			decoderPool.Put(dec)
-			return nil, &CorruptObjectError{hexdigest, "payload does not decode: " + err.Error()}
+			return nil, &CorruptObjectError{id, "payload does not decode: " + err.Error()}
 		}
 		v.decoded = dec
 		closeSource := v.closer
@@ -528,14 +540,14 @@ func decodeObject(rc io.ReadCloser, hexdigest string) (*ObjectReader, error) {
 
 // ReadAll returns the verified content of an object, refusing objects whose
 // header declares more than maxSize bytes before allocating anything.
-func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([]byte, error) {
-	o, err := s.Get(ctx, hexdigest)
+func (s *Store) ReadAll(ctx context.Context, id digest.Digest, maxSize int64) ([]byte, error) {
+	o, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer o.Close()
 	if o.Size() > maxSize {
-		return nil, fmt.Errorf("object %s declares %d bytes, more than the limit of %d", hexdigest, o.Size(), maxSize)
+		return nil, fmt.Errorf("object %s declares %d bytes, more than the limit of %d", id, o.Size(), maxSize)
 	}
 	// The header's size is untrusted until the content hashes right: the
 	// buffer grows with the bytes that really arrive, so a tiny object
@@ -546,14 +558,14 @@ func (s *Store) ReadAll(ctx context.Context, hexdigest string, maxSize int64) ([
 		return nil, err
 	}
 	if n < o.Size() {
-		return nil, &CorruptObjectError{hexdigest, "decodes to fewer bytes than its header declares"}
+		return nil, &CorruptObjectError{id, "decodes to fewer bytes than its header declares"}
 	}
 	data := buf.Bytes()
 	// The verifying reader checks size and hash when it sees the end.
 	var probe [1]byte
 	if n, err := o.Read(probe[:]); n != 0 || err != io.EOF {
 		if err == nil || err == io.EOF {
-			err = &CorruptObjectError{hexdigest, "decodes to more bytes than its header declares"}
+			err = &CorruptObjectError{id, "decodes to more bytes than its header declares"}
 		}
 		return nil, err
 	}
@@ -567,24 +579,19 @@ type ObjectInfo struct {
 	Packed     bool
 }
 
-// LookupAll reports, for each of hexdigests (packed or loose), whether and
-// how it is stored; the result is aligned with hexdigests. Packed objects
-// are answered from memory, loose ones with bounded concurrent Stats.
-func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInfo, error) {
+// LookupAll reports, for each of ids (packed or loose), whether and how
+// it is stored; the result is aligned with ids. Packed objects are
+// answered from memory, loose ones with bounded concurrent Stats (or one
+// listing).
+func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInfo, error) {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return nil, err
 	}
-	infos := make([]ObjectInfo, len(hexdigests))
+	infos := make([]ObjectInfo, len(ids))
 	var loose []int
 	ix.mu.RLock()
-	for i, h := range hexdigests {
-		var id [32]byte
-		if !snapshot.ValidHexdigest(h) {
-			ix.mu.RUnlock()
-			return nil, fmt.Errorf("lookup: invalid hexdigest %q", h)
-		}
-		hex.Decode(id[:], []byte(h))
+	for i, id := range ids {
 		if loc, ok := ix.entries[id]; ok {
 			infos[i] = ObjectInfo{Found: true, StoredSize: int64(loc.length), Packed: true}
 		} else {
@@ -592,11 +599,11 @@ func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInf
 		}
 	}
 	ix.mu.RUnlock()
-	looseHashes := make([]string, len(loose))
+	looseIDs := make([]digest.Digest, len(loose))
 	for j, i := range loose {
-		looseHashes[j] = hexdigests[i]
+		looseIDs[j] = ids[i]
 	}
-	err = s.lookupLoose(ctx, looseHashes, func(j int, size int64) {
+	err = s.lookupLoose(ctx, looseIDs, func(j int, size int64) {
 		infos[loose[j]] = ObjectInfo{Found: true, StoredSize: size}
 	})
 	if err != nil {
@@ -605,54 +612,38 @@ func (s *Store) LookupAll(ctx context.Context, hexdigests []string) ([]ObjectInf
 	return infos, nil
 }
 
-// Lookup returns, for the hexdigests the store holds, what is stored.
-// Absent ones are not in the map.
-func (s *Store) Lookup(ctx context.Context, hexdigests []string) (map[string]ObjectInfo, error) {
-	infos, err := s.LookupAll(ctx, hexdigests)
-	if err != nil {
-		return nil, err
-	}
-	found := make(map[string]ObjectInfo)
-	for i, info := range infos {
-		if info.Found {
-			found[hexdigests[i]] = info
-		}
-	}
-	return found, nil
-}
-
-// Has reports whether the store holds the object hexdigest, packed or
-// loose. Packed objects are answered from memory.
-func (s *Store) Has(ctx context.Context, hexdigest string) (bool, error) {
-	_, _, packed, err := s.lookupPacked(ctx, hexdigest)
+// Has reports whether the store holds the object id, packed or loose.
+// Packed objects are answered from memory.
+func (s *Store) Has(ctx context.Context, id digest.Digest) (bool, error) {
+	_, _, packed, err := s.lookupPacked(ctx, id)
 	if err != nil || packed {
 		return packed, err
 	}
 	has := false
-	err = s.lookupLoose(ctx, []string{hexdigest}, func(int, int64) { has = true })
+	err = s.lookupLoose(ctx, []digest.Digest{id}, func(int, int64) { has = true })
 	return has, err
 }
 
-// HasPacked reports whether the object hexdigest is in a pack, from the
+// HasPacked reports whether the object id is in a pack, from the
 // in-memory index alone.
-func (s *Store) HasPacked(ctx context.Context, hexdigest string) (bool, error) {
-	_, _, packed, err := s.lookupPacked(ctx, hexdigest)
+func (s *Store) HasPacked(ctx context.Context, id digest.Digest) (bool, error) {
+	_, _, packed, err := s.lookupPacked(ctx, id)
 	return packed, err
 }
 
-// Missing returns the hexdigests, in their order and without duplicates,
-// that the store does not hold.
-func (s *Store) Missing(ctx context.Context, hexdigests []string) ([]string, error) {
-	found, err := s.Lookup(ctx, hexdigests)
+// Missing returns the ids, in their order and without duplicates, that
+// the store does not hold.
+func (s *Store) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
+	infos, err := s.LookupAll(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	var missing []string
-	seen := make(map[string]bool)
-	for _, h := range hexdigests {
-		if _, ok := found[h]; !ok && !seen[h] {
-			seen[h] = true
-			missing = append(missing, h)
+	var missing []digest.Digest
+	seen := make(map[digest.Digest]bool)
+	for i, id := range ids {
+		if !infos[i].Found && !seen[id] {
+			seen[id] = true
+			missing = append(missing, id)
 		}
 	}
 	return missing, nil

@@ -10,13 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 )
 
 func newStore(t *testing.T) (*hashstore.Store, *hashstore.Memory) {
 	t.Helper()
 	b := hashstore.NewMemory()
-	s, err := hashstore.Init(context.Background(), b, nil)
+	s, err := hashstore.Init(context.Background(), b, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +38,7 @@ func compressible(n int) []byte {
 	return bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog\n"), n/44+1)[:n]
 }
 
-func readObject(t *testing.T, s *hashstore.Store, h string) ([]byte, error) {
+func readObject(t *testing.T, s *hashstore.Store, h digest.Digest) ([]byte, error) {
 	t.Helper()
 	o, err := s.Get(context.Background(), h)
 	if err != nil {
@@ -73,7 +75,7 @@ func TestPutGetRoundTripAndCodec(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			h := hashstore.Hexdigest(c.content)
+			h := digest.Of(c.content)
 			res, err := s.Put(context.Background(), h, bytes.NewReader(c.content), int64(len(c.content)))
 			if err != nil {
 				t.Fatal(err)
@@ -103,7 +105,7 @@ func TestPutRefusesContentThatDoesNotMatch(t *testing.T) {
 	s, b := newStore(t)
 	for _, n := range []int{100, 10 << 20} {
 		content := randomContent(3, n)
-		h := hashstore.Hexdigest(content)
+		h := digest.Of(content)
 		changed := bytes.Clone(content)
 		changed[n/2] ^= 1
 		cases := map[string]struct {
@@ -141,7 +143,7 @@ func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
 		for dname, fn := range damage {
 			t.Run(cname+"/"+dname, func(t *testing.T) {
 				s, b := newStore(t)
-				h := hashstore.Hexdigest(content)
+				h := digest.Of(content)
 				if _, err := s.Put(context.Background(), h, bytes.NewReader(content), int64(len(content))); err != nil {
 					t.Fatal(err)
 				}
@@ -154,7 +156,7 @@ func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
 				if !errors.Is(err, hashstore.ErrCorrupt) {
 					t.Fatalf("read of a damaged object returned %v, want ErrCorrupt", err)
 				}
-				if !strings.Contains(err.Error(), h) {
+				if !strings.Contains(err.Error(), h.String()) {
 					t.Fatalf("error %q does not name the object", err)
 				}
 			})
@@ -165,9 +167,9 @@ func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
 func TestSwappedObjectIsCorrupt(t *testing.T) {
 	s, b := newStore(t)
 	a, c := []byte(strings.Repeat("a", 500)), []byte(strings.Repeat("c", 500))
-	ha, hc := hashstore.Hexdigest(a), hashstore.Hexdigest(c)
+	ha, hc := digest.Of(a), digest.Of(c)
 	for _, x := range [][]byte{a, c} {
-		if _, err := s.Put(context.Background(), hashstore.Hexdigest(x), bytes.NewReader(x), int64(len(x))); err != nil {
+		if _, err := s.Put(context.Background(), digest.Of(x), bytes.NewReader(x), int64(len(x))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -182,10 +184,10 @@ func TestSwappedObjectIsCorrupt(t *testing.T) {
 
 func TestMissingAndLookup(t *testing.T) {
 	s, _ := newStore(t)
-	var have, all []string
+	var have, all []digest.Digest
 	for i := range 50 {
 		c := randomContent(uint64(100+i), 200)
-		h := hashstore.Hexdigest(c)
+		h := digest.Of(c)
 		all = append(all, h)
 		if i%3 == 0 {
 			have = append(have, h)
@@ -206,17 +208,14 @@ func TestMissingAndLookup(t *testing.T) {
 			t.Fatal("Missing returned a duplicate")
 		}
 	}
-	found, err := s.Lookup(context.Background(), have)
+	found, err := s.LookupAll(context.Background(), have)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range have {
-		if found[h].StoredSize <= 0 {
-			t.Fatalf("Lookup has no stored size for %s", h)
+	for i, h := range have {
+		if found[i].StoredSize <= 0 {
+			t.Fatalf("LookupAll has no stored size for %s", h)
 		}
-	}
-	if _, err := s.Missing(context.Background(), []string{"../../etc/passwd"}); err == nil {
-		t.Fatal("Missing accepted an invalid hexdigest")
 	}
 }
 
@@ -224,17 +223,17 @@ func TestInitAndOpen(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	b := hashstore.NewLocal(dir)
-	if _, err := hashstore.Open(ctx, b, nil); !errors.Is(err, hashstore.ErrNotRepository) {
+	if _, err := hashstore.Open(ctx, b, hashstore.Options{}); !errors.Is(err, hashstore.ErrNotRepository) {
 		t.Fatalf("Open of an empty dir: %v, want ErrNotRepository", err)
 	}
-	s, err := hashstore.Init(ctx, b, nil)
+	s, err := hashstore.Init(ctx, b, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Init(ctx, b, nil); !errors.Is(err, hashstore.ErrRepositoryExists) {
+	if _, err := hashstore.Init(ctx, b, hashstore.Options{}); !errors.Is(err, hashstore.ErrRepositoryExists) {
 		t.Fatalf("second Init: %v, want ErrRepositoryExists", err)
 	}
-	s2, err := hashstore.Open(ctx, b, nil)
+	s2, err := hashstore.Open(ctx, b, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,10 +245,10 @@ func TestInitAndOpen(t *testing.T) {
 	if err := other.Put(ctx, "photos/cat.jpg", strings.NewReader("meow"), 4); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Init(ctx, other, nil); !errors.Is(err, hashstore.ErrRepositoryExists) || !strings.Contains(err.Error(), "not empty") {
+	if _, err := hashstore.Init(ctx, other, hashstore.Options{}); !errors.Is(err, hashstore.ErrRepositoryExists) || !strings.Contains(err.Error(), "not empty") {
 		t.Fatalf("Init over unrelated data: %v", err)
 	}
-	if _, err := hashstore.Open(ctx, other, nil); !errors.Is(err, hashstore.ErrNotRepository) {
+	if _, err := hashstore.Open(ctx, other, hashstore.Options{}); !errors.Is(err, hashstore.ErrNotRepository) {
 		t.Fatalf("Open of unrelated data: %v, want ErrNotRepository", err)
 	}
 	newer := hashstore.NewMemory()
@@ -257,7 +256,7 @@ func TestInitAndOpen(t *testing.T) {
 	if err := newer.Put(ctx, "config", strings.NewReader(cfg), int64(len(cfg))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Open(ctx, newer, nil); err == nil || !strings.Contains(err.Error(), "upgrade deltabackup") {
+	if _, err := hashstore.Open(ctx, newer, hashstore.Options{}); !errors.Is(err, hashstore.ErrNewerFormat) {
 		t.Fatalf("Open of a newer format: %v", err)
 	}
 }
@@ -268,20 +267,20 @@ func TestBackupRecords(t *testing.T) {
 	if _, err := s.Backup(ctx, hashstore.LatestBackup, hashstore.BackupFilter{}); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("latest of an empty repository: %v, want ErrNotFound", err)
 	}
-	root := hashstore.Hexdigest([]byte("manifest"))
+	root := digest.Of([]byte("manifest"))
 	t0 := time.Date(2026, 11, 1, 3, 0, 0, 0, time.UTC)
 	for i, name := range []string{"b-old", "a-new", "c-mid"} {
 		end := t0.Add(time.Duration([]int{0, 2, 1}[i]) * time.Hour)
-		rec := hashstore.BackupRecord{Name: name, RootHexdigest: root, Start: end.Add(-time.Minute), End: end, Stats: hashstore.BackupStats{Files: int64(i)}}
+		rec := hashstore.BackupRecord{Name: name, Root: root, Start: end.Add(-time.Minute), End: end, Stats: hashstore.BackupStats{Files: int64(i)}}
 		if err := s.PutBackup(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: "a-new", RootHexdigest: root}); !errors.Is(err, hashstore.ErrBackupExists) {
+	if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: "a-new", Root: root}); !errors.Is(err, hashstore.ErrBackupExists) {
 		t.Fatalf("duplicate name: %v, want ErrBackupExists", err)
 	}
 	for _, bad := range []string{"latest", "../x", "", ".hidden", strings.Repeat("x", 200), "a/b"} {
-		if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: bad, RootHexdigest: root}); err == nil {
+		if err := s.PutBackup(ctx, hashstore.BackupRecord{Name: bad, Root: root}); err == nil {
 			t.Errorf("PutBackup accepted the name %q", bad)
 		}
 	}
@@ -303,7 +302,7 @@ func TestBackupRecords(t *testing.T) {
 	if err := b.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "invalid root hexdigest") {
+	if _, err := s.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "not a hexdigest") {
 		t.Fatalf("record with a bad root: %v", err)
 	}
 }
@@ -322,7 +321,7 @@ func TestPutGenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h != hashstore.Hexdigest(content) || res.StoredSize >= int64(len(content))/4 {
+	if h != digest.Of(content) || res.StoredSize >= int64(len(content))/4 {
 		t.Fatalf("PutGenerated: key %s, stored %d bytes", h, res.StoredSize)
 	}
 	got, err := readObject(t, s, h)
@@ -338,10 +337,13 @@ func TestCompressionLevels(t *testing.T) {
 	contents := [][]byte{compressible(3000), compressible(300000), compressible(9 << 20), randomContent(8, 70000)}
 	sizes := map[hashstore.Compression]int64{}
 	for _, level := range []hashstore.Compression{hashstore.CompressionOff, hashstore.CompressionFast, hashstore.CompressionBetter, hashstore.CompressionMax} {
-		s, b := newStore(t)
-		s.SetCompression(level)
+		b := hashstore.NewMemory()
+		s, err := hashstore.Init(context.Background(), b, hashstore.Options{Compression: level})
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, c := range contents {
-			h := hashstore.Hexdigest(c)
+			h := digest.Of(c)
 			res, err := s.Put(context.Background(), h, bytes.NewReader(c), int64(len(c)))
 			if err != nil {
 				t.Fatal(err)

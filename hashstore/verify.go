@@ -5,20 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Kinds of problems Verify reports.
 const (
 	ProblemRecord   = "damaged record"   // a backup record cannot be read or decoded
-	ProblemManifest = "damaged manifest" // a record's manifest is missing, corrupt or invalid
-	ProblemMissing  = "missing object"   // an object a manifest references is not stored
+	ProblemManifest = "damaged manifest" // a record's manifest (or tree) is missing, corrupt or invalid
+	ProblemMissing  = "missing object"   // an object a backup references is not stored
 	ProblemCorrupt  = "corrupt object"   // an object does not decode or hash to its key
 )
 
@@ -28,6 +28,8 @@ const maxUsersListed = 100
 
 // VerifyOptions selects what Verify checks.
 type VerifyOptions struct {
+	// Referrer says what each backup references (required).
+	Referrer Referrer
 	// Backups to check (names or "latest"); all when empty.
 	Backups []string
 	// Filter limits "all" to the backups of a node or source, and says
@@ -46,12 +48,13 @@ type VerifyOptions struct {
 
 // Problem is one thing Verify found wrong.
 type Problem struct {
-	Kind      string   `json:"kind"`
-	Backup    string   `json:"backup,omitempty"`    // for damaged records and manifests
-	Hexdigest string   `json:"hexdigest,omitempty"` // the object concerned
-	Files     []string `json:"files,omitempty"`     // "backup:path" of files that use the object
-	MoreFiles int      `json:"more_files,omitempty"`
-	Err       string   `json:"error"`
+	Kind   string        `json:"kind"`
+	Backup string        `json:"backup,omitempty"` // for damaged records and manifests
+	ID     digest.Digest `json:"hexdigest,omitzero"`
+	Files  []string      `json:"files,omitempty"` // "backup:path" of files that use the object
+	// MoreFiles counts the files beyond those listed.
+	MoreFiles int    `json:"more_files,omitempty"`
+	Err       string `json:"error"`
 }
 
 func (p Problem) String() string {
@@ -60,8 +63,8 @@ func (p Problem) String() string {
 	if p.Backup != "" {
 		fmt.Fprintf(&b, " in backup %s", p.Backup)
 	}
-	if p.Hexdigest != "" {
-		fmt.Fprintf(&b, " %s", p.Hexdigest)
+	if !p.ID.IsZero() {
+		fmt.Fprintf(&b, " %s", p.ID)
 	}
 	fmt.Fprintf(&b, ": %s", p.Err)
 	if len(p.Files) > 0 {
@@ -102,6 +105,9 @@ type objectUse struct {
 // It asks the storage, not the local cache of known objects, so call it
 // on a Store without a cache directory.
 func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, error) {
+	if opts.Referrer == nil {
+		return nil, ErrNoReferrer
+	}
 	// Checked against the repository as it is now: a Store used before
 	// may hold a pack index from before other writers added packs or a
 	// gc removed some.
@@ -111,14 +117,14 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	if err != nil {
 		return nil, err
 	}
-	uses := map[string]*objectUse{}
-	bad := map[string]string{} // hexdigest → problem kind
-	errs := map[string]string{}
-	use := func(h string) *objectUse {
-		u := uses[h]
+	uses := map[digest.Digest]*objectUse{}
+	bad := map[digest.Digest]string{} // id → problem kind
+	errs := map[digest.Digest]string{}
+	use := func(id digest.Digest) *objectUse {
+		u := uses[id]
 		if u == nil {
 			u = &objectUse{}
-			uses[h] = u
+			uses[id] = u
 		}
 		return u
 	}
@@ -132,49 +138,45 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			continue
 		}
 		rep.Backups++
-		m, chain, err := s.ManifestChain(ctx, rec)
-		for _, h := range chain {
-			u := use(h)
-			u.manifestOf = append(u.manifestOf, rec.Name)
-		}
+		var lastMetadata digest.Digest
+		err = opts.Referrer.References(ctx, rec, func(r Ref) error {
+			u := use(r.ID)
+			switch {
+			case r.Metadata:
+				lastMetadata = r.ID
+				u.manifestOf = append(u.manifestOf, rec.Name)
+			case len(u.files) < maxUsersListed:
+				u.files = append(u.files, rec.Name+":"+r.Path)
+			default:
+				u.more++
+			}
+			return nil
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			// A missing or corrupt manifest object (the record's or a base
-			// of it, the last one read) is reported with the objects, once
-			// for every backup that shares it.
-			last := chain[len(chain)-1]
+			// A missing or corrupt metadata object (the last one read) is
+			// reported with the objects, once for every backup that
+			// shares it.
 			switch {
-			case errors.Is(err, ErrNotFound):
-				bad[last], errs[last] = ProblemMissing, err.Error()
-			case errors.Is(err, ErrCorrupt):
-				bad[last], errs[last] = ProblemCorrupt, err.Error()
+			case errors.Is(err, ErrNotFound) && !lastMetadata.IsZero():
+				bad[lastMetadata], errs[lastMetadata] = ProblemMissing, err.Error()
+			case errors.Is(err, ErrCorrupt) && !lastMetadata.IsZero():
+				bad[lastMetadata], errs[lastMetadata] = ProblemCorrupt, err.Error()
 			default:
-				rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: rec.Name, Hexdigest: rec.RootHexdigest, Err: err.Error()})
-			}
-			continue
-		}
-		for _, f := range m.Files {
-			if f.Embedded() {
-				continue
-			}
-			u := use(f.Hexdigest)
-			if len(u.files) < maxUsersListed {
-				u.files = append(u.files, rec.Name+":"+f.RelativePath)
-			} else {
-				u.more++
+				rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: rec.Name, ID: rec.Root, Err: err.Error()})
 			}
 		}
 	}
-	hexdigests := make([]string, 0, len(uses))
-	for h := range uses {
-		hexdigests = append(hexdigests, h)
+	ids := make([]digest.Digest, 0, len(uses))
+	for id := range uses {
+		ids = append(ids, id)
 	}
-	sort.Strings(hexdigests)
-	rep.Objects = len(hexdigests)
+	slices.SortFunc(ids, digest.Compare)
+	rep.Objects = len(ids)
 
-	found, packs, err := s.verifyPresence(ctx, hexdigests, bad, errs)
+	found, packs, err := s.verifyPresence(ctx, ids, bad, errs)
 	if err != nil {
 		return nil, err
 	}
@@ -186,17 +188,17 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			return nil, err
 		}
 	}
-	for _, h := range hexdigests {
-		kind, ok := bad[h]
+	for _, id := range ids {
+		kind, ok := bad[id]
 		if !ok {
 			continue
 		}
-		u := uses[h]
+		u := uses[id]
 		for _, b := range u.manifestOf {
-			rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: b, Hexdigest: h, Err: kind + ": " + errs[h]})
+			rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: b, ID: id, Err: kind + ": " + errs[id]})
 		}
 		if len(u.files) > 0 {
-			rep.Problems = append(rep.Problems, Problem{Kind: kind, Hexdigest: h, Files: u.files, MoreFiles: u.more, Err: errs[h]})
+			rep.Problems = append(rep.Problems, Problem{Kind: kind, ID: id, Files: u.files, MoreFiles: u.more, Err: errs[id]})
 		}
 	}
 	return rep, nil
@@ -243,8 +245,8 @@ func (s *Store) verifyNames(ctx context.Context, given []string, f BackupFilter)
 
 // verifyPresence marks the objects that are not stored, or whose pack is
 // missing or too short, and returns those that are there.
-func (s *Store) verifyPresence(ctx context.Context, hexdigests []string, bad, errs map[string]string) (found []string, packs int, err error) {
-	infos, err := s.LookupAll(ctx, hexdigests)
+func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, errs map[digest.Digest]string) (found []digest.Digest, packs int, err error) {
+	infos, err := s.LookupAll(ctx, ids)
 	if err != nil {
 		return nil, 0, fmt.Errorf("look up objects: %w", err)
 	}
@@ -257,7 +259,7 @@ func (s *Store) verifyPresence(ctx context.Context, hexdigests []string, bad, er
 		return nil, 0, fmt.Errorf("list packs: %w", err)
 	}
 	usedPacks := map[string]bool{}
-	for i, h := range hexdigests {
+	for i, h := range ids {
 		if _, known := bad[h]; known {
 			continue
 		}
@@ -287,7 +289,7 @@ func (s *Store) verifyPresence(ctx context.Context, hexdigests []string, bad, er
 }
 
 // verifyData reads every object in found through the verifying readers.
-func (s *Store) verifyData(ctx context.Context, found []string, opts VerifyOptions, bad, errs map[string]string) (int64, error) {
+func (s *Store) verifyData(ctx context.Context, found []digest.Digest, opts VerifyOptions, bad, errs map[digest.Digest]string) (int64, error) {
 	parallel := max(opts.Parallel, 1)
 	if opts.Reading != nil {
 		opts.Reading(len(found))
@@ -301,7 +303,7 @@ func (s *Store) verifyData(ctx context.Context, found []string, opts VerifyOptio
 	for start := 0; start < len(found); start += per {
 		part := found[start:min(start+per, len(found))]
 		g.Go(func() error {
-			return s.GetMany(gctx, part, func(h string, r io.Reader, err error) error {
+			return s.GetMany(gctx, part, func(h digest.Digest, r io.Reader, err error) error {
 				var n int64
 				if err == nil {
 					n, err = io.Copy(io.Discard, r)
@@ -329,95 +331,4 @@ func (s *Store) verifyData(ctx context.Context, found []string, opts VerifyOptio
 	}
 	err := g.Wait()
 	return total, err
-}
-
-// Manifest reads and validates the manifest of rec, applying incremental
-// manifests to their bases.
-func (s *Store) Manifest(ctx context.Context, rec BackupRecord) (*snapshot.Manifest, error) {
-	m, _, err := s.ManifestChain(ctx, rec)
-	return m, err
-}
-
-// ManifestChain is Manifest that also returns the hexdigests of every
-// manifest object it read: the record's, then each base down to the
-// whole manifest. All of them must stay stored for rec to restore.
-func (s *Store) ManifestChain(ctx context.Context, rec BackupRecord) (*snapshot.Manifest, []string, error) {
-	var chain []*snapshot.Manifest
-	keys := []string{rec.RootHexdigest}
-	for {
-		key := keys[len(keys)-1]
-		m, err := s.readManifest(ctx, key)
-		if err != nil {
-			var decode *manifestDecodeError
-			switch {
-			case errors.As(err, &decode):
-				return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, key, decode.err)
-			case len(keys) > 1:
-				return nil, keys, fmt.Errorf("backup %s: read base manifest %s (%d down the chain): %w", rec.Name, key, len(keys)-1, err)
-			}
-			return nil, keys, fmt.Errorf("backup %s: read manifest: %w", rec.Name, err)
-		}
-		// Each link is one shallower than the one above it; since an
-		// incremental manifest is at most MaxChainDepth deep, this also
-		// bounds how many objects are read.
-		if n := len(chain); n > 0 && m.ChainDepth != chain[n-1].ChainDepth-1 {
-			return nil, keys, fmt.Errorf("backup %s: manifest %s: chain depth %d below a manifest of depth %d; the chain of incremental manifests is broken", rec.Name, key, m.ChainDepth, chain[n-1].ChainDepth)
-		}
-		chain = append(chain, m)
-		if m.BaseManifest == "" {
-			break
-		}
-		keys = append(keys, m.BaseManifest)
-	}
-	m := chain[len(chain)-1]
-	for i := len(chain) - 2; i >= 0; i-- {
-		next, err := snapshot.Apply(m, chain[i])
-		if err != nil {
-			return nil, keys, fmt.Errorf("backup %s: manifest %s: %w", rec.Name, keys[i], err)
-		}
-		m = next
-	}
-	if len(chain) > 1 {
-		if err := m.Validate(); err != nil {
-			return nil, keys, fmt.Errorf("backup %s: manifest %s applied to its bases: %w", rec.Name, rec.RootHexdigest, err)
-		}
-	}
-	return m, keys, nil
-}
-
-// manifestDecodeError is a manifest object that was read whole and
-// verified but is not a valid manifest.
-type manifestDecodeError struct{ err error }
-
-func (e *manifestDecodeError) Error() string { return e.err.Error() }
-func (e *manifestDecodeError) Unwrap() error { return e.err }
-
-// readManifest reads and decodes one manifest object as it streams in.
-// Its header may not claim more than snapshot.MaxManifestSize, and it may
-// not decode to more than snapshot.MaxManifestExpansion times its stored
-// bytes: a small object claiming gigabytes costs a little decoding, not
-// gigabytes of memory. The object's hash is checked at its end, so a
-// manifest is returned only if its every byte was the stored one.
-func (s *Store) readManifest(ctx context.Context, hexdigest string) (*snapshot.Manifest, error) {
-	o, err := s.Get(ctx, hexdigest)
-	if err != nil {
-		return nil, err
-	}
-	defer o.Close()
-	if o.Size() > snapshot.MaxManifestSize {
-		return nil, &CorruptObjectError{hexdigest, fmt.Sprintf("declares %d bytes, more than a manifest may hold (%d)", o.Size(), int64(snapshot.MaxManifestSize))}
-	}
-	o.LimitExpansion(snapshot.MaxManifestExpansion, 1<<20)
-	m, err := snapshot.ReadManifest(o)
-	if err != nil {
-		if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) || ctx.Err() != nil {
-			return nil, err
-		}
-		// The JSON may be bad because the bytes are: the hash decides.
-		if _, rerr := io.Copy(io.Discard, o); rerr != nil {
-			return nil, rerr
-		}
-		return nil, &manifestDecodeError{err}
-	}
-	return m, nil
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
@@ -74,7 +76,7 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, data, 0o644)
 	}
-	store, err := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, err := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := store.Manifest(ctx, sum.Upload.Record)
+	m, err := snapshot.LoadManifest(ctx, store, sum.Upload.Record.Root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +104,7 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
-	want := map[string]string{}
+	want := map[string]digest.Digest{}
 	for _, f := range m.Files {
 		want[f.RelativePath] = f.Hexdigest
 	}
@@ -117,7 +119,7 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
-		if hashstore.Hexdigest(data) != want[filepath.ToSlash(rel)] {
+		if digest.Of(data) != want[filepath.ToSlash(rel)] {
 			t.Errorf("%s is under its final name with wrong or partial content", rel)
 		}
 		kept++
@@ -137,7 +139,7 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 	}
 	for _, f := range m.Files {
 		data, err := os.ReadFile(filepath.Join(target, f.RelativePath))
-		if err != nil || hashstore.Hexdigest(data) != f.Hexdigest {
+		if err != nil || digest.Of(data) != f.Hexdigest {
 			t.Errorf("%s after the second restore: %v", f.RelativePath, err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
+	"github.com/deltabackup/deltabackup/hashstore/peer/peertest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -64,7 +65,7 @@ func newPeerFixture(t testing.TB) *peerFixture {
 	}
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	store, _ := hashstore.Init(ctx, mem, nil)
+	store, _ := hashstore.Init(ctx, mem, hashstore.Options{})
 	opts := snapshot.DefaultOptions(src)
 	opts.MinDeltaFileSize = 64 << 10 // the ~150 KB files are loose objects: more to balance
 	if _, err := upload.Backup(ctx, store, opts, upload.Options{}); err != nil {
@@ -241,7 +242,7 @@ func TestPeerKilledMidRestore(t *testing.T) {
 
 func TestPeerSendingWrongBytesIsRejected(t *testing.T) {
 	f := newPeerFixture(t)
-	liar, _ := f.peer(t, peer.ServerOptions{CorruptForTesting: true}, nil)
+	liar, _ := f.peer(t, peer.ServerOptions{}, peertest.Lying)
 	honest, _ := f.peer(t, peer.ServerOptions{}, nil)
 	res, target, err := f.restore(t, []restore.Source{liar, honest})
 	if err != nil {
@@ -278,11 +279,11 @@ func TestObjectOnlyADeadPeerHeld(t *testing.T) {
 	if !errors.As(err, &inc) {
 		t.Fatalf("restore without the only holder: %v", err)
 	}
-	if len(res.Failed) != 1 || res.Failed[0].Hexdigest != lost.Hexdigest {
+	if len(res.Failed) != 1 || res.Failed[0].ID != lost.Hexdigest {
 		t.Fatalf("failed %v, want only the file of %s", res.Failed, lost.Hexdigest)
 	}
 	msg := res.Failed[0].Err.Error()
-	if !strings.Contains(msg, lost.Hexdigest) || !strings.Contains(msg, dead.String()) {
+	if !strings.Contains(msg, lost.Hexdigest.String()) || !strings.Contains(msg, dead.String()) {
 		t.Fatalf("the error does not say what is missing and where it was expected: %s", msg)
 	}
 	restoretest.CompareTrees(t, f.src, target, res.Failed[0].Path)

@@ -10,28 +10,29 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
-// Source is somewhere objects can be fetched from by hexdigest: a
+// Source is somewhere objects can be fetched from by id: a
 // repository (StoreSource) or a live peer (hashstore/peer.Client).
 type Source interface {
 	// String names the source in plans and messages; it must not reveal
 	// credentials.
 	String() string
-	// Missing returns which of hexdigests the source does not hold.
-	Missing(ctx context.Context, hexdigests []string) ([]string, error)
+	// Missing returns which of ids the source does not hold.
+	Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error)
 	// Get opens the content of one object. Restore verifies what it reads
 	// whatever the source promises.
-	Get(ctx context.Context, hexdigest string) (io.ReadCloser, error)
+	Get(ctx context.Context, id digest.Digest) (io.ReadCloser, error)
 }
 
 // BatchSource is a Source that fetches many objects in one call, with as
 // few reads as it can (a repository reads neighbouring packed objects with
 // one ranged get). Restore uses it for small objects. fn is called once per
-// hexdigest with the content or the error that kept it from being read.
+// id with the content or the error that kept it from being read.
 type BatchSource interface {
 	Source
-	GetMany(ctx context.Context, hexdigests []string, fn func(hexdigest string, r io.Reader, err error) error) error
+	GetMany(ctx context.Context, ids []digest.Digest, fn func(id digest.Digest, r io.Reader, err error) error) error
 }
 
 // StoreSource makes a repository a Source.
@@ -41,24 +42,24 @@ type storeSource struct{ s *hashstore.Store }
 
 func (s storeSource) String() string { return s.s.String() }
 
-func (s storeSource) Missing(ctx context.Context, hexdigests []string) ([]string, error) {
-	return s.s.Missing(ctx, hexdigests)
+func (s storeSource) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
+	return s.s.Missing(ctx, ids)
 }
 
-func (s storeSource) Get(ctx context.Context, hexdigest string) (io.ReadCloser, error) {
-	return s.s.Get(ctx, hexdigest)
+func (s storeSource) Get(ctx context.Context, id digest.Digest) (io.ReadCloser, error) {
+	return s.s.Get(ctx, id)
 }
 
-func (s storeSource) GetMany(ctx context.Context, hexdigests []string, fn func(string, io.Reader, error) error) error {
-	return s.s.GetMany(ctx, hexdigests, fn)
+func (s storeSource) GetMany(ctx context.Context, ids []digest.Digest, fn func(digest.Digest, io.Reader, error) error) error {
+	return s.s.GetMany(ctx, ids, fn)
 }
 
 // Plan assigns each needed content to a source.
 type Plan struct {
 	Sources []Source
-	// Holders lists, per hexdigest, the indexes of the sources that hold
+	// Holders lists, per id, the indexes of the sources that hold
 	// it, the assigned one first: the order in which to try them.
-	Holders map[string][]int
+	Holders map[digest.Digest][]int
 	// Bytes is the number of content bytes assigned to each source.
 	Bytes []int64
 	// Objects is the number of contents assigned to each source.
@@ -76,25 +77,25 @@ func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*P
 	if len(sources) == 0 {
 		return nil, fmt.Errorf("restore needs at least one source")
 	}
-	hexdigests := make([]string, len(needed))
+	ids := make([]digest.Digest, len(needed))
 	for i, h := range needed {
-		hexdigests[i] = h.Hexdigest
+		ids[i] = h.Hexdigest
 	}
 	// Sources are asked at once: a slow or dead peer costs its timeout
 	// once, not once per source after it.
 	sourceErrors := make([]error, len(sources))
-	lacking := make([]map[string]bool, len(sources))
+	lacking := make([]map[digest.Digest]bool, len(sources))
 	var wg sync.WaitGroup
 	for i, src := range sources {
 		wg.Go(func() {
-			missing, err := src.Missing(ctx, hexdigests)
+			missing, err := src.Missing(ctx, ids)
 			if err != nil {
 				// A dead peer must not stop the restore: the others may
 				// hold everything.
 				sourceErrors[i] = fmt.Errorf("ask %s which contents it holds: %w", src, err)
 				return
 			}
-			lacks := make(map[string]bool, len(missing))
+			lacks := make(map[digest.Digest]bool, len(missing))
 			for _, h := range missing {
 				lacks[h] = true
 			}
@@ -105,14 +106,14 @@ func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*P
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	holders := make(map[string][]int, len(needed))
+	holders := make(map[digest.Digest][]int, len(needed))
 	answered := 0
 	for i := range sources {
 		if sourceErrors[i] != nil {
 			continue
 		}
 		answered++
-		for _, h := range hexdigests {
+		for _, h := range ids {
 			if !lacking[i][h] {
 				holders[h] = append(holders[h], i)
 			}
@@ -123,7 +124,7 @@ func MakePlan(ctx context.Context, sources []Source, needed []snapshot.Hash) (*P
 	}
 	order := append([]snapshot.Hash(nil), needed...)
 	sort.SliceStable(order, func(i, j int) bool { return order[i].Size > order[j].Size })
-	plan := &Plan{Sources: sources, Holders: make(map[string][]int, len(needed)), Bytes: make([]int64, len(sources)),
+	plan := &Plan{Sources: sources, Holders: make(map[digest.Digest][]int, len(needed)), Bytes: make([]int64, len(sources)),
 		Objects: make([]int, len(sources)), SourceErrors: sourceErrors}
 	for _, h := range order {
 		hs := holders[h.Hexdigest]

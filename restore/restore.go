@@ -27,6 +27,7 @@ import (
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // DefaultParallel is the default number of concurrent downloads.
@@ -51,12 +52,15 @@ type Options struct {
 
 // FileError is a file that could not be restored.
 type FileError struct {
-	Path      string
-	Hexdigest string
-	Err       error
+	Path string
+	ID   digest.Digest // the content it needs
+	Err  error
 }
 
 func (e FileError) Error() string { return e.Path + ": " + e.Err.Error() }
+
+// Unwrap returns why the file could not be restored.
+func (e FileError) Unwrap() error { return e.Err }
 
 // IncompleteError lists the files a restore could not write; every other
 // file was restored.
@@ -66,6 +70,16 @@ type IncompleteError struct {
 
 func (e *IncompleteError) Error() string {
 	return fmt.Sprintf("%d files could not be restored (first: %v)", len(e.Failed), e.Failed[0])
+}
+
+// Unwrap returns the failure of every file, so that errors.Is finds, say,
+// a hashstore.ErrCorrupt among them.
+func (e *IncompleteError) Unwrap() []error {
+	errs := make([]error, len(e.Failed))
+	for i, f := range e.Failed {
+		errs[i] = f
+	}
+	return errs
 }
 
 // Result is what a restore did.
@@ -90,8 +104,11 @@ func LoadManifest(ctx context.Context, store *hashstore.Store, name string, f ha
 	if err != nil {
 		return hashstore.BackupRecord{}, nil, err
 	}
-	m, err := store.Manifest(ctx, rec)
-	return rec, m, err
+	m, err := snapshot.LoadManifest(ctx, store, rec.Root, nil)
+	if err != nil {
+		return rec, nil, fmt.Errorf("backup %s: %w", rec.Name, err)
+	}
+	return rec, m, nil
 }
 
 const tempPrefix = ".deltabackup-tmp-"
@@ -223,7 +240,7 @@ func Restore(ctx context.Context, m *snapshot.Manifest, sources []Source, opts O
 	}
 	needed := make([]snapshot.Hash, 0, len(groups))
 	for _, g := range groups {
-		needed = append(needed, snapshot.Hash{Hexdigest: g.hexdigest, Size: g.size})
+		needed = append(needed, snapshot.Hash{Hexdigest: g.id, Size: g.size})
 	}
 	plan, err := MakePlan(ctx, sources, needed)
 	if err != nil {
@@ -293,13 +310,13 @@ func isEmptyOrMissing(dir string) bool {
 	return len(names) == 0 && errors.Is(err, io.EOF)
 }
 
-func (r *restorer) fail(rel, hexdigest string, err error) {
+func (r *restorer) fail(rel string, id digest.Digest, err error) {
 	if r.targetFull(rel, err) {
 		return
 	}
 	r.logger.Warn("file not restored", "path", rel, "err", err)
 	r.mu.Lock()
-	r.failed = append(r.failed, FileError{Path: rel, Hexdigest: hexdigest, Err: err})
+	r.failed = append(r.failed, FileError{Path: rel, ID: id, Err: err})
 	r.mu.Unlock()
 	if r.progress != nil {
 		r.progress.AddFail(1)
@@ -429,15 +446,15 @@ func describeType(mode uint32) string {
 
 // group is one content and the paths that need it written.
 type group struct {
-	hexdigest string
-	size      int64
-	paths     []string
-	files     []snapshot.File
+	id    digest.Digest
+	size  int64
+	paths []string
+	files []snapshot.File
 }
 
 // examine decides which files must be written: a file already in the
 // target with the right size and content is only given its metadata.
-func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.File, error) {
+func (r *restorer) examine(ctx context.Context) (map[digest.Digest]*group, []snapshot.File, error) {
 	needs := make([]bool, len(r.m.Files))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallel)
@@ -466,7 +483,7 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
-	groups := map[string]*group{}
+	groups := map[digest.Digest]*group{}
 	var embedded []snapshot.File
 	for i, f := range r.m.Files {
 		switch {
@@ -476,7 +493,7 @@ func (r *restorer) examine(ctx context.Context) (map[string]*group, []snapshot.F
 		default:
 			gr := groups[f.Hexdigest]
 			if gr == nil {
-				gr = &group{hexdigest: f.Hexdigest, size: f.FileSize}
+				gr = &group{id: f.Hexdigest, size: f.FileSize}
 				groups[f.Hexdigest] = gr
 			}
 			gr.paths = append(gr.paths, f.RelativePath)
@@ -519,7 +536,7 @@ func (r *restorer) upToDate(f snapshot.File) (bool, error) {
 		if _, err := io.CopyBuffer(h, struct{ io.Reader }{file}, *buf); err != nil {
 			return false, nil
 		}
-		if hex.EncodeToString(h.Sum(nil)) != f.Hexdigest {
+		if digest.Digest(h.Sum(nil)) != f.Hexdigest {
 			return false, nil
 		}
 	}
@@ -565,13 +582,13 @@ func (r *restorer) finishGroup(gr *group, tmp *tempFile) {
 			err = r.commit(copied, f)
 		}
 		if err != nil {
-			r.fail(f.RelativePath, gr.hexdigest, err)
+			r.fail(f.RelativePath, gr.id, err)
 			continue
 		}
 		r.written(f.FileSize)
 	}
 	if err := r.commit(tmp, gr.files[0]); err != nil {
-		r.fail(gr.files[0].RelativePath, gr.hexdigest, err)
+		r.fail(gr.files[0].RelativePath, gr.id, err)
 		return
 	}
 	r.written(gr.size)
@@ -663,20 +680,20 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tem
 	t.size = gr.size
 	var h *blake3.Hasher
 	var w io.Writer = t
-	if !hashstore.IsVerifying(rd, gr.hexdigest, gr.size) {
+	if !hashstore.IsVerifying(rd, gr.id, gr.size) {
 		h = hashstore.GetHasher()
 		defer hashstore.PutHasher(h)
 		w = io.MultiWriter(t, h)
 	}
 	buf := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(buf)
-	n, err := io.CopyBuffer(w, io.LimitReader(contextReader{ctx, rd}, gr.size+1), *buf)
+	n, err := io.CopyBuffer(w, io.LimitReader(hashstore.ContextReader(ctx, rd), gr.size+1), *buf)
 	if err == nil && n != gr.size {
-		err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: fmt.Sprintf("source sent %d bytes or more, want %d", n, gr.size)}
+		err = &hashstore.CorruptObjectError{ID: gr.id, Reason: fmt.Sprintf("source sent %d bytes or more, want %d", n, gr.size)}
 	}
 	if err == nil && h != nil {
-		if got := hex.EncodeToString(h.Sum(nil)); got != gr.hexdigest {
-			err = &hashstore.CorruptObjectError{Hexdigest: gr.hexdigest, Reason: "content hashes to " + got}
+		if got := digest.Digest(h.Sum(nil)); got != gr.id {
+			err = &hashstore.CorruptObjectError{ID: gr.id, Reason: "content hashes to " + got.String()}
 		}
 	}
 	if err != nil {
@@ -761,16 +778,16 @@ func (r *restorer) makeSymlinks(ctx context.Context) error {
 				}
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				r.fail(s.RelativePath, "", errors.New("target has a directory where the backup has a symlink; move it away and restore again"))
+				r.fail(s.RelativePath, digest.Digest{}, errors.New("target has a directory where the backup has a symlink; move it away and restore again"))
 				continue
 			}
 			if err := r.root.Remove(s.RelativePath); err != nil {
-				r.fail(s.RelativePath, "", err)
+				r.fail(s.RelativePath, digest.Digest{}, err)
 				continue
 			}
 		}
 		if err := r.root.Symlink(s.Target, s.RelativePath); err != nil {
-			r.fail(s.RelativePath, "", err)
+			r.fail(s.RelativePath, digest.Digest{}, err)
 			continue
 		}
 		r.res.Symlinks++
@@ -794,25 +811,13 @@ func (r *restorer) setDirMetadata() error {
 			err = r.root.Chtimes(d.RelativePath, d.MtimeNs)
 		}
 		if err != nil {
-			r.fail(d.RelativePath, "", fmt.Errorf("directory metadata: %w", err))
+			r.fail(d.RelativePath, digest.Digest{}, fmt.Errorf("directory metadata: %w", err))
 		}
 	}
 	if full := r.stopped.Load(); full != nil {
 		return full
 	}
 	return nil
-}
-
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // TargetError is a failure to write into the restore target, as opposed

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
@@ -80,7 +82,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	store, err := hashstore.Init(ctx, mem, nil)
+	store, err := hashstore.Init(ctx, mem, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +151,7 @@ func TestRestoreResumesAndRepairs(t *testing.T) {
 
 // flipStoredByte damages the stored payload of one object, loose or
 // packed, and returns a function that repairs it.
-func flipStoredByte(t *testing.T, store *hashstore.Store, mem *hashstore.Memory, hexdigest string) (repair func()) {
+func flipStoredByte(t *testing.T, store *hashstore.Store, mem *hashstore.Memory, hexdigest digest.Digest) (repair func()) {
 	t.Helper()
 	ctx := context.Background()
 	loc, err := store.Locate(ctx, hexdigest)
@@ -182,10 +184,13 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 	if !errors.As(err, &inc) {
 		t.Fatalf("restore with a corrupt object: %v, want an IncompleteError", err)
 	}
+	if !errors.Is(err, hashstore.ErrCorrupt) {
+		t.Errorf("errors.Is(%v, ErrCorrupt) is false: the failures are not reachable", err)
+	}
 	var failed []string
 	for _, fe := range res.Failed {
 		failed = append(failed, fe.Path)
-		if !errors.Is(fe.Err, hashstore.ErrCorrupt) || !strings.Contains(fe.Err.Error(), victim.Hexdigest) {
+		if !errors.Is(fe.Err, hashstore.ErrCorrupt) || !strings.Contains(fe.Err.Error(), victim.Hexdigest.String()) {
 			t.Errorf("failure of %s does not name the corrupt object: %v", fe.Path, fe.Err)
 		}
 	}
@@ -220,7 +225,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 
 func TestMissingObjectIsNamed(t *testing.T) {
 	f := newFixture(t)
-	var h string
+	var h digest.Digest
 	for _, hash := range f.m.Hashes {
 		if hash.Size >= snapshot.DefaultMinDeltaFileSize {
 			h = hash.Hexdigest // a loose object, which can be deleted alone
@@ -231,13 +236,13 @@ func TestMissingObjectIsNamed(t *testing.T) {
 	if err == nil || len(res.Failed) == 0 {
 		t.Fatal("restore with a missing object succeeded")
 	}
-	if !strings.Contains(res.Failed[0].Err.Error(), "in none of the sources") || res.Failed[0].Hexdigest != h {
+	if !strings.Contains(res.Failed[0].Err.Error(), "in none of the sources") || res.Failed[0].ID != h {
 		t.Fatalf("failure: %v", res.Failed[0])
 	}
 }
 
 func TestHostileManifestsWriteNothingOutside(t *testing.T) {
-	h := hashstore.Hexdigest([]byte(strings.Repeat("x", 400)))
+	h := digest.Of([]byte(strings.Repeat("x", 400)))
 	cases := map[string]*snapshot.Manifest{
 		"dot dot":        {Files: []snapshot.File{{RelativePath: "../escape", FileSize: 2, ContentB64: "aGk="}}},
 		"absolute":       {Files: []snapshot.File{{RelativePath: "/tmp/escape", FileSize: 2, ContentB64: "aGk="}}},
@@ -260,7 +265,7 @@ func TestHostileManifestsWriteNothingOutside(t *testing.T) {
 			m.Version, m.HashAlgorithm = snapshot.ManifestVersion, snapshot.HashAlgorithm
 			parent := t.TempDir()
 			target := filepath.Join(parent, "target")
-			store, _ := hashstore.Init(context.Background(), hashstore.NewMemory(), nil)
+			store, _ := hashstore.Init(context.Background(), hashstore.NewMemory(), hashstore.Options{})
 			_, err := restore.Restore(context.Background(), m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target})
 			if err == nil || !strings.Contains(err.Error(), "refusing to restore") {
 				t.Fatalf("hostile manifest: %v, want a refusal", err)
@@ -301,7 +306,7 @@ func TestExistingSymlinkInTargetIsNotFollowed(t *testing.T) {
 // fakeSource holds some hashes, serves them from a store and counts bytes.
 type fakeSource struct {
 	name  string
-	holds map[string]bool
+	holds map[digest.Digest]bool
 	store *hashstore.Store
 	fail  bool
 	lie   bool // serve other bytes than asked for, unverified
@@ -309,8 +314,8 @@ type fakeSource struct {
 
 func (s *fakeSource) String() string { return s.name }
 
-func (s *fakeSource) Missing(ctx context.Context, hs []string) ([]string, error) {
-	var out []string
+func (s *fakeSource) Missing(ctx context.Context, hs []digest.Digest) ([]digest.Digest, error) {
+	var out []digest.Digest
 	for _, h := range hs {
 		if !s.holds[h] {
 			out = append(out, h)
@@ -319,7 +324,7 @@ func (s *fakeSource) Missing(ctx context.Context, hs []string) ([]string, error)
 	return out, nil
 }
 
-func (s *fakeSource) Get(ctx context.Context, h string) (io.ReadCloser, error) {
+func (s *fakeSource) Get(ctx context.Context, h digest.Digest) (io.ReadCloser, error) {
 	if s.fail {
 		return nil, fmt.Errorf("%s: connection refused", s.name)
 	}
@@ -341,9 +346,9 @@ func TestPlanBalancesBytesAcrossSources(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	var needed []snapshot.Hash
 	for i := range 2000 {
-		needed = append(needed, snapshot.Hash{Hexdigest: fmt.Sprintf("%064x", i), Size: int64(r.IntN(1 << 20))})
+		needed = append(needed, snapshot.Hash{Hexdigest: digest.Of([]byte(fmt.Sprint(i))), Size: int64(r.IntN(1 << 20))})
 	}
-	all := map[string]bool{}
+	all := map[digest.Digest]bool{}
 	for _, h := range needed {
 		all[h.Hexdigest] = true
 	}
@@ -361,11 +366,11 @@ func TestPlanBalancesBytesAcrossSources(t *testing.T) {
 		t.Fatalf("bytes per source %v are not balanced", plan.Bytes)
 	}
 	// A content only one source holds goes to that source.
-	only := map[string]bool{needed[0].Hexdigest: true}
+	only := map[digest.Digest]bool{needed[0].Hexdigest: true}
 	sources = append(sources, &fakeSource{name: "d", holds: only})
-	sources[0].(*fakeSource).holds = map[string]bool{}
-	sources[1].(*fakeSource).holds = map[string]bool{}
-	sources[2].(*fakeSource).holds = map[string]bool{}
+	sources[0].(*fakeSource).holds = map[digest.Digest]bool{}
+	sources[1].(*fakeSource).holds = map[digest.Digest]bool{}
+	sources[2].(*fakeSource).holds = map[digest.Digest]bool{}
 	plan, _ = restore.MakePlan(context.Background(), sources, needed[:2])
 	if got := plan.Holders[needed[0].Hexdigest]; len(got) != 1 || got[0] != 3 {
 		t.Fatalf("holders of a content only d has: %v", got)
@@ -377,7 +382,7 @@ func TestPlanBalancesBytesAcrossSources(t *testing.T) {
 
 func TestFailoverToAnotherSource(t *testing.T) {
 	f := newFixture(t)
-	all := map[string]bool{}
+	all := map[digest.Digest]bool{}
 	for _, h := range f.m.Hashes {
 		all[h.Hexdigest] = true
 	}
@@ -420,7 +425,7 @@ func TestReadOnlyDirectories(t *testing.T) {
 
 func TestLyingSourceIsCaught(t *testing.T) {
 	f := newFixture(t)
-	all := map[string]bool{}
+	all := map[digest.Digest]bool{}
 	for _, h := range f.m.Hashes {
 		all[h.Hexdigest] = true
 	}

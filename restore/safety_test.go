@@ -14,6 +14,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/upload"
 )
 
@@ -37,7 +38,7 @@ func backupTree(t *testing.T, files map[string]string, modes map[string]os.FileM
 			}
 		}
 	}
-	store, err := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, err := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,10 +161,10 @@ type blockingSource struct {
 }
 
 func (b *blockingSource) String() string { return "blocking source" }
-func (b *blockingSource) Missing(ctx context.Context, h []string) ([]string, error) {
+func (b *blockingSource) Missing(ctx context.Context, h []digest.Digest) ([]digest.Digest, error) {
 	return nil, nil
 }
-func (b *blockingSource) Get(ctx context.Context, h string) (io.ReadCloser, error) {
+func (b *blockingSource) Get(ctx context.Context, h digest.Digest) (io.ReadCloser, error) {
 	rc, err := b.store.Get(ctx, h)
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // The scheduler runs the downloads of a restore. Every source has a queue,
@@ -133,11 +134,11 @@ type countingReader struct {
 }
 
 // Verifies passes on what the source's reader checks (hashstore.Verifying).
-func (c countingReader) Verifies() (string, int64) {
+func (c countingReader) Verifies() (digest.Digest, int64) {
 	if v, ok := c.r.(hashstore.Verifying); ok {
 		return v.Verifies()
 	}
-	return "", -1
+	return digest.Digest{}, -1
 }
 
 func (c countingReader) Read(p []byte) (int, error) {
@@ -197,7 +198,7 @@ type scheduler struct {
 	flying  map[*item]bool
 }
 
-func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string]*group, embedded []snapshot.File) error {
+func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest.Digest]*group, embedded []snapshot.File) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallel)
 	for _, f := range embedded {
@@ -207,7 +208,7 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string
 				if gctx.Err() != nil {
 					return gctx.Err()
 				}
-				r.fail(f.RelativePath, "", err)
+				r.fail(f.RelativePath, digest.Digest{}, err)
 				return nil
 			}
 			r.written(f.FileSize)
@@ -233,7 +234,7 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string
 	for _, gr := range groups {
 		n := len(plan.Sources)
 		it := &item{gr: gr, held: make([]bool, n), tried: make([]bool, n), retried: make([]bool, n)}
-		for _, h := range plan.Holders[gr.hexdigest] {
+		for _, h := range plan.Holders[gr.id] {
 			it.held[h] = true
 		}
 		items = append(items, it)
@@ -249,7 +250,7 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[string
 		return a.paths[0] < b.paths[0]
 	})
 	for _, it := range items {
-		s.enqueue(plan.Holders[it.gr.hexdigest][0], it)
+		s.enqueue(plan.Holders[it.gr.id][0], it)
 	}
 	s.pending = len(items)
 
@@ -579,7 +580,7 @@ func (s *scheduler) fetch(si int, req *request, items []*item) {
 	if len(items) == 1 && (st.batch == nil || items[0].gr.size > batchObjectMax) {
 		it := items[0]
 		var tmp *tempFile
-		rc, err := st.src.Get(ctx, it.gr.hexdigest)
+		rc, err := st.src.Get(ctx, it.gr.id)
 		if err == nil {
 			tmp, err = s.r.fetchInto(ctx, countingReader{rc, s.progressOf(si, it)}, it.gr)
 			rc.Close()
@@ -587,13 +588,13 @@ func (s *scheduler) fetch(si int, req *request, items []*item) {
 		s.complete(si, it, tmp, err)
 		return
 	}
-	byHash := make(map[string]*item, len(items))
-	hexdigests := make([]string, len(items))
+	byHash := make(map[digest.Digest]*item, len(items))
+	ids := make([]digest.Digest, len(items))
 	for i, it := range items {
-		byHash[it.gr.hexdigest] = it
-		hexdigests[i] = it.gr.hexdigest
+		byHash[it.gr.id] = it
+		ids[i] = it.gr.id
 	}
-	err := st.batch.GetMany(ctx, hexdigests, func(h string, rd io.Reader, err error) error {
+	err := st.batch.GetMany(ctx, ids, func(h digest.Digest, rd io.Reader, err error) error {
 		it := byHash[h]
 		if it == nil {
 			return nil
@@ -667,7 +668,7 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 	}
 	it.tried[si] = true
 	it.errs = append(it.errs, fmt.Errorf("from %s: %w", st.src, err))
-	s.r.logger.Debug("download failed", "object", it.gr.hexdigest, "source", st.src.String(), "err", err)
+	s.r.logger.Debug("download failed", "object", it.gr.id, "source", st.src.String(), "err", err)
 	if !req.failed && !st.failed {
 		// One broken batch is one failure, and one warning.
 		req.failed = true
@@ -693,7 +694,7 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 // failed it, or fails its files when there is none. Called with s.mu held.
 func (s *scheduler) reassign(it *item) {
 	best := -1
-	for _, h := range s.plan.Holders[it.gr.hexdigest] {
+	for _, h := range s.plan.Holders[it.gr.id] {
 		if it.tried[h] || s.sources[h].failed {
 			continue
 		}
@@ -705,7 +706,7 @@ func (s *scheduler) reassign(it *item) {
 		// Every holder failed it once: a source still in service gets a
 		// second try, since one broken connection is no verdict on an
 		// object only it holds.
-		for _, h := range s.plan.Holders[it.gr.hexdigest] {
+		for _, h := range s.plan.Holders[it.gr.id] {
 			if !it.retried[h] && !s.sources[h].failed {
 				it.retried[h], it.tried[h] = true, false
 				best = h
@@ -728,16 +729,16 @@ func (s *scheduler) giveUp(it *item) {
 	delete(s.flying, it)
 	s.pending--
 	var where []string
-	for _, h := range s.plan.Holders[it.gr.hexdigest] {
+	for _, h := range s.plan.Holders[it.gr.id] {
 		where = append(where, s.sources[h].src.String())
 	}
 	reason := errors.Join(it.errs...)
 	if reason == nil {
 		reason = errors.New("every source holding it was dropped after failing")
 	}
-	err := fmt.Errorf("object %s could not be fetched (held by %s): %w", it.gr.hexdigest, strings.Join(where, ", "), reason)
+	err := fmt.Errorf("object %s could not be fetched (held by %s): %w", it.gr.id, strings.Join(where, ", "), reason)
 	for _, rel := range it.gr.paths {
-		s.r.fail(rel, it.gr.hexdigest, err)
+		s.r.fail(rel, it.gr.id, err)
 	}
 }
 
@@ -751,7 +752,7 @@ func (s *scheduler) failAtTarget(it *item, err error) {
 	delete(s.flying, it)
 	s.pending--
 	for _, rel := range it.gr.paths {
-		s.r.fail(rel, it.gr.hexdigest, err)
+		s.r.fail(rel, it.gr.id, err)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // A request must stay open while it carries an object nobody delivered:
@@ -16,7 +18,7 @@ func TestRequestCancelledOnlyWhenAllItsObjectsArrived(t *testing.T) {
 	s.sources = []*sourceState{{}, {}}
 	var items []*item
 	for i := range 5 {
-		items = append(items, &item{gr: &group{hexdigest: fmt.Sprint(i), size: 100}, held: []bool{true, true}, tried: make([]bool, 2)})
+		items = append(items, &item{gr: &group{id: digest.Of([]byte(fmt.Sprint(i))), size: 100}, held: []bool{true, true}, tried: make([]bool, 2)})
 	}
 	s.pending = len(items)
 	batch, _ := s.start(0, items, "planned")

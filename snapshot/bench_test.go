@@ -107,7 +107,7 @@ func benchManifest(files int) *Manifest {
 		m.Files = append(m.Files, File{
 			RelativePath: fmt.Sprintf("dir%03d/sub/file-%07d.dat", i%500, i),
 			FileSize:     int64(1000 + i), MtimeNs: int64(i) * 1e9, Mode: 0o644,
-			Hexdigest: fmt.Sprintf("%x", sum), StoredFileSize: int64(900 + i),
+			Hexdigest: sum, StoredFileSize: int64(900 + i),
 		})
 	}
 	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].RelativePath < m.Files[j].RelativePath })

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Incremental manifests let a backup of a million files whose watcher saw
@@ -16,11 +18,8 @@ import (
 
 // validateIncremental checks the fields only an incremental manifest has.
 func (m *Manifest) validateIncremental() error {
-	if m.BaseManifest == "" {
+	if m.BaseManifest.IsZero() {
 		return nil
-	}
-	if !ValidHexdigest(m.BaseManifest) {
-		return fmt.Errorf("manifest base_manifest %q: not a hexdigest", m.BaseManifest)
 	}
 	if m.ChainDepth < 1 || m.ChainDepth > MaxChainDepth {
 		return fmt.Errorf("manifest chain_depth %d: want 1 to %d", m.ChainDepth, MaxChainDepth)
@@ -59,14 +58,14 @@ func (m *Manifest) validateIncremental() error {
 // header (times, globs, root, node) is delta's. The result is not
 // validated; readers validate it once at the end of a chain.
 func Apply(base, delta *Manifest) (*Manifest, error) {
-	if delta.BaseManifest == "" {
+	if delta.BaseManifest.IsZero() {
 		return nil, errors.New("apply: manifest is not incremental")
 	}
 	if base.ChainDepth != delta.ChainDepth-1 {
 		return nil, fmt.Errorf("incremental manifest of chain depth %d on a base of depth %d", delta.ChainDepth, base.ChainDepth)
 	}
 	out := *delta
-	out.BaseManifest, out.Removed = "", nil
+	out.BaseManifest, out.Removed = digest.Digest{}, nil
 	r := delta.Removed
 	if r == nil {
 		r = &Removed{}
@@ -137,11 +136,11 @@ func applyList[T any](base, changed []T, removed []string, key func(*T) string, 
 // without sorting or hashing every file again: only contents that may
 // have lost their last file are looked for among the files.
 func nextHashes(base []Hash, dropped, added, files []File) []Hash {
-	inBase := func(h string) bool {
-		i := sort.Search(len(base), func(i int) bool { return base[i].Hexdigest >= h })
+	inBase := func(h digest.Digest) bool {
+		i := sort.Search(len(base), func(i int) bool { return digest.Compare(base[i].Hexdigest, h) >= 0 })
 		return i < len(base) && base[i].Hexdigest == h
 	}
-	addedSet := map[string]bool{}
+	addedSet := map[digest.Digest]bool{}
 	var fresh []Hash
 	for _, f := range added {
 		if f.Embedded() || addedSet[f.Hexdigest] {
@@ -152,11 +151,11 @@ func nextHashes(base []Hash, dropped, added, files []File) []Hash {
 			fresh = append(fresh, Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
 		}
 	}
-	slices.SortFunc(fresh, func(a, b Hash) int { return strings.Compare(a.Hexdigest, b.Hexdigest) })
+	slices.SortFunc(fresh, func(a, b Hash) int { return digest.Compare(a.Hexdigest, b.Hexdigest) })
 	// Contents of dropped files that no added file has may be unreferenced
 	// now; a 16-bit filter on the first bytes keeps the scan over every
 	// file to a compare for almost all of them.
-	maybeGone := map[string]bool{}
+	maybeGone := map[digest.Digest]bool{}
 	var filter [1 << 16 / 64]uint64
 	for _, f := range dropped {
 		if f.Embedded() || addedSet[f.Hexdigest] {
@@ -164,17 +163,17 @@ func nextHashes(base []Hash, dropped, added, files []File) []Hash {
 		}
 		if inBase(f.Hexdigest) && !maybeGone[f.Hexdigest] {
 			maybeGone[f.Hexdigest] = true
-			b := prefix16(f.Hexdigest)
+			b := f.Hexdigest.Prefix16()
 			filter[b/64] |= 1 << (b % 64)
 		}
 	}
 	if len(maybeGone) > 0 {
 		for i := range files {
 			h := files[i].Hexdigest
-			if len(h) < 4 {
+			if h.IsZero() {
 				continue
 			}
-			if b := prefix16(h); filter[b/64]&(1<<(b%64)) != 0 && maybeGone[h] {
+			if b := h.Prefix16(); filter[b/64]&(1<<(b%64)) != 0 && maybeGone[h] {
 				delete(maybeGone, h)
 				if len(maybeGone) == 0 {
 					break
@@ -185,7 +184,7 @@ func nextHashes(base []Hash, dropped, added, files []File) []Hash {
 	out := make([]Hash, 0, len(base)+len(fresh)-len(maybeGone))
 	j := 0
 	for _, h := range base {
-		for j < len(fresh) && fresh[j].Hexdigest < h.Hexdigest {
+		for j < len(fresh) && digest.Compare(fresh[j].Hexdigest, h.Hexdigest) < 0 {
 			out = append(out, fresh[j])
 			j++
 		}
@@ -201,21 +200,6 @@ func nilIfEmpty[T any](l []T) []T {
 		return nil
 	}
 	return l
-}
-
-// prefix16 reads the first four hex characters of a hexdigest as a number.
-func prefix16(h string) uint32 {
-	var v uint32
-	for i := 0; i < 4; i++ {
-		c := h[i]
-		switch {
-		case c >= 'a':
-			v = v<<4 | uint32(c-'a'+10)
-		default:
-			v = v<<4 | uint32(c-'0')
-		}
-	}
-	return v
 }
 
 // keepSet answers, for paths asked in sorted order, whether a path lies at

@@ -1,6 +1,10 @@
 package snapshot
 
-import "sort"
+import (
+	"sort"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+)
 
 // Change is one path that differs between two manifests.
 type Change struct {
@@ -34,7 +38,7 @@ type entry struct {
 func entries(m *Manifest) map[string]entry {
 	out := make(map[string]entry, len(m.Files)+len(m.Symlinks)+len(m.EmptyDirs))
 	for _, f := range m.Files {
-		c := f.Hexdigest
+		c := f.Hexdigest.String()
 		if f.Embedded() {
 			c = "embedded:" + f.ContentB64
 		}
@@ -82,7 +86,7 @@ func Compare(old, new *Manifest) Diff {
 			d.RemovedBytes += e.size
 		}
 	}
-	had := make(map[string]bool, len(old.Hashes))
+	had := make(map[digest.Digest]bool, len(old.Hashes))
 	for _, h := range old.Hashes {
 		had[h.Hexdigest] = true
 	}

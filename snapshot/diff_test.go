@@ -6,7 +6,7 @@ import (
 )
 
 func TestCompare(t *testing.T) {
-	h1, h2 := digest(strings.Repeat("1", 500)), digest(strings.Repeat("2", 700))
+	h1, h2 := sum(strings.Repeat("1", 500)), sum(strings.Repeat("2", 700))
 	old := &Manifest{
 		Files: []File{
 			{RelativePath: "a", FileSize: 500, Hexdigest: h1, Mode: 0o644},

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/snapshot/snapshottest"
 )
 
@@ -32,7 +33,7 @@ func checkDelta(t *testing.T, base *Manifest, res *Result, dirty int) {
 		t.Fatal("an incremental snapshot has no incremental manifest")
 	}
 	d := *res.Delta
-	d.BaseManifest, d.ChainDepth = strings.Repeat("ab", 32), base.ChainDepth+1
+	d.BaseManifest, d.ChainDepth = digest.MustParse(strings.Repeat("ab", 32)), base.ChainDepth+1
 	data, err := d.Encode()
 	if err != nil {
 		t.Fatal(err)

@@ -99,9 +99,10 @@ func (m *Manifest) encode(buf []byte, flush func(buf []byte, final bool) ([]byte
 		step()
 	}
 	buf = append(buf, ']')
-	if m.BaseManifest != "" {
-		buf = append(buf, `,"base_manifest":`...)
-		buf = appendString(buf, m.BaseManifest)
+	if !m.BaseManifest.IsZero() {
+		buf = append(buf, `,"base_manifest":"`...)
+		buf = m.BaseManifest.AppendHex(buf)
+		buf = append(buf, '"')
 		buf = append(buf, `,"chain_depth":`...)
 		buf = strconv.AppendInt(buf, int64(m.ChainDepth), 10)
 		if r := m.Removed; r != nil {
@@ -133,7 +134,9 @@ func (f *File) appendJSON(buf []byte) []byte {
 	buf = append(buf, `,"mode":`...)
 	buf = strconv.AppendUint(buf, uint64(f.Mode), 10)
 	buf = append(buf, `,"hexdigest":"`...)
-	buf = append(buf, f.Hexdigest...) // hex: nothing to escape
+	if !f.Embedded() {
+		buf = f.Hexdigest.AppendHex(buf) // hex: nothing to escape
+	}
 	buf = append(buf, '"')
 	if f.ContentB64 != "" {
 		buf = append(buf, `,"content_b64":"`...)
@@ -169,7 +172,7 @@ func (d *Dir) appendJSON(buf []byte) []byte {
 
 func (h *Hash) appendJSON(buf []byte) []byte {
 	buf = append(buf, `{"hexdigest":"`...)
-	buf = append(buf, h.Hexdigest...)
+	buf = h.Hexdigest.AppendHex(buf)
 	buf = append(buf, `","size":`...)
 	buf = strconv.AppendInt(buf, h.Size, 10)
 	return append(buf, '}')

@@ -22,7 +22,7 @@ func FuzzDecodeManifest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if m.BaseManifest != "" {
+		if !m.BaseManifest.IsZero() {
 			// An incremental manifest applied to a base gives a manifest
 			// that validates like any other before anyone uses it.
 			b := *base

@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	jsonv2 "github.com/go-json-experiment/json"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // ManifestVersion is the manifest format this package writes and reads.
@@ -47,9 +49,9 @@ type Manifest struct {
 	// each list. Apply makes the whole manifest of it. ChainDepth counts
 	// the manifests down to a whole one; a manifest read through Apply
 	// keeps it, so the next incremental one can be numbered.
-	BaseManifest string   `json:"base_manifest,omitempty"`
-	ChainDepth   int      `json:"chain_depth,omitempty"`
-	Removed      *Removed `json:"removed,omitempty"`
+	BaseManifest digest.Digest `json:"base_manifest,omitzero"`
+	ChainDepth   int           `json:"chain_depth,omitempty"`
+	Removed      *Removed      `json:"removed,omitempty"`
 }
 
 // Removed lists, per list of a manifest, the paths an incremental manifest
@@ -68,21 +70,21 @@ const MaxChainDepth = 64
 // File is one regular file of a snapshot. Embedded files (at most the embed
 // threshold) carry their content and have no hexdigest and no object.
 type File struct {
-	RelativePath    string `json:"relative_path"`
-	FileSize        int64  `json:"file_size"`
-	MtimeNs         int64  `json:"mtime_ns"`
-	Mode            uint32 `json:"mode"`
-	Hexdigest       string `json:"hexdigest"`
-	ContentB64      string `json:"content_b64,omitempty"`
-	StoredFileSize  int64  `json:"stored_file_size"`
-	ShouldBeBundled bool   `json:"should_be_bundled"`
+	RelativePath    string        `json:"relative_path"`
+	FileSize        int64         `json:"file_size"`
+	MtimeNs         int64         `json:"mtime_ns"`
+	Mode            uint32        `json:"mode"`
+	Hexdigest       digest.Digest `json:"hexdigest"`
+	ContentB64      string        `json:"content_b64,omitempty"`
+	StoredFileSize  int64         `json:"stored_file_size"`
+	ShouldBeBundled bool          `json:"should_be_bundled"`
 	// Chunks is reserved for content-defined chunking and is empty in
 	// version 1.
 	Chunks []Hash `json:"chunks,omitempty"`
 }
 
 // Embedded reports whether the file's content is in the manifest.
-func (f File) Embedded() bool { return f.Hexdigest == "" }
+func (f File) Embedded() bool { return f.Hexdigest.IsZero() }
 
 // Content decodes the content of an embedded file.
 func (f File) Content() ([]byte, error) {
@@ -105,8 +107,8 @@ type Symlink struct {
 // Hash is one distinct content: what must exist in storage for the
 // manifest to restore. Size lets a restore balance sources by bytes.
 type Hash struct {
-	Hexdigest string `json:"hexdigest"`
-	Size      int64  `json:"size"`
+	Hexdigest digest.Digest `json:"hexdigest"`
+	Size      int64         `json:"size"`
 }
 
 // Limits bound what DecodeManifest accepts, so untrusted input cannot
@@ -153,18 +155,25 @@ func ReadManifest(r io.Reader) (*Manifest, error) {
 	rd := &stickyReader{r: io.LimitReader(r, MaxManifestSize+1)}
 	if err := jsonv2.UnmarshalRead(rd, &m, jsonv2.RejectUnknownMembers(true)); err != nil {
 		if rd.err != nil {
-			return nil, rd.err // the reader's failure (a corrupt object, say), not the JSON's
+			return nil, rd // the reader's failure (a corrupt object, say), not the JSON's
 		}
-		return nil, fmt.Errorf("manifest is not valid JSON: %w", err)
+		return nil, fmt.Errorf("%w: %w", errNotJSON, err)
 	}
 	return m.checked()
 }
 
-// stickyReader remembers the first error of r other than io.EOF.
+// errNotJSON marks a manifest that does not decode.
+var errNotJSON = errors.New("manifest is not valid JSON")
+
+// stickyReader remembers the first error of r other than io.EOF; as an
+// error, it is that error.
 type stickyReader struct {
 	r   io.Reader
 	err error
 }
+
+func (s *stickyReader) Error() string { return s.err.Error() }
+func (s *stickyReader) Unwrap() error { return s.err }
 
 func (s *stickyReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
@@ -179,7 +188,7 @@ func (m *Manifest) checked() (*Manifest, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
-	if m.BaseManifest == "" && (m.ChainDepth != 0 || m.Removed != nil) {
+	if m.BaseManifest.IsZero() && (m.ChainDepth != 0 || m.Removed != nil) {
 		return nil, errors.New("manifest has chain_depth or removed but no base_manifest")
 	}
 	return m, nil
@@ -208,21 +217,6 @@ func ValidatePath(p string) error {
 		}
 	}
 	return nil
-}
-
-// ValidHexdigest reports whether s is a lower-case 64-character BLAKE3-256
-// hexdigest.
-func ValidHexdigest(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // Validate checks everything a restore relies on: supported version, safe
@@ -254,10 +248,10 @@ func (m *Manifest) validate() (steps int, err error) {
 		kind[p] = k
 		return nil
 	}
-	sizes := make(map[string]int64, len(m.Hashes))
+	sizes := make(map[digest.Digest]int64, len(m.Hashes))
 	for _, h := range m.Hashes {
-		if !ValidHexdigest(h.Hexdigest) {
-			return steps, fmt.Errorf("manifest hash %q: not a hexdigest", h.Hexdigest)
+		if h.Hexdigest.IsZero() {
+			return steps, errors.New("manifest hash without a hexdigest")
 		}
 		if h.Size < 0 || h.Size > maxFileSize {
 			return steps, fmt.Errorf("manifest hash %s: invalid size %d", h.Hexdigest, h.Size)
@@ -342,7 +336,7 @@ func (m *Manifest) validate() (steps int, err error) {
 	return steps, nil
 }
 
-func (f File) validate(sizes map[string]int64) error {
+func (f File) validate(sizes map[digest.Digest]int64) error {
 	if f.FileSize < 0 || f.FileSize > maxFileSize {
 		return fmt.Errorf("invalid size %d", f.FileSize)
 	}
@@ -371,9 +365,6 @@ func (f File) validate(sizes map[string]int64) error {
 	if f.ContentB64 != "" {
 		return errors.New("has both a hexdigest and embedded content")
 	}
-	if !ValidHexdigest(f.Hexdigest) {
-		return fmt.Errorf("invalid hexdigest %q", f.Hexdigest)
-	}
 	size, ok := sizes[f.Hexdigest]
 	if !ok {
 		return fmt.Errorf("hexdigest %s is not listed in hashes", f.Hexdigest)
@@ -387,7 +378,7 @@ func (f File) validate(sizes map[string]int64) error {
 // SetHashes recomputes Hashes from Files: the distinct contents that have
 // objects, sorted by hexdigest.
 func (m *Manifest) SetHashes() {
-	seen := make(map[string]bool)
+	seen := make(map[digest.Digest]bool)
 	m.Hashes = m.Hashes[:0]
 	for _, f := range m.Files {
 		if !f.Embedded() && !seen[f.Hexdigest] {
@@ -395,7 +386,7 @@ func (m *Manifest) SetHashes() {
 			m.Hashes = append(m.Hashes, Hash{Hexdigest: f.Hexdigest, Size: f.FileSize})
 		}
 	}
-	slices.SortFunc(m.Hashes, func(a, b Hash) int { return strings.Compare(a.Hexdigest, b.Hexdigest) })
+	slices.SortFunc(m.Hashes, func(a, b Hash) int { return digest.Compare(a.Hexdigest, b.Hexdigest) })
 }
 
 // TotalBytes is the sum of all file sizes.

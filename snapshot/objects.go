@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // ErrUnavailable is what Objects.Open returns for content it does not
@@ -29,7 +29,7 @@ type Objects struct {
 	mu     sync.RWMutex
 	root   string
 	dir    *beneath.Dir // root, opened at Update; files are opened below it without following links
-	byHash map[string]objectFile
+	byHash map[digest.Digest]objectFile
 }
 
 type objectFile struct {
@@ -53,7 +53,7 @@ func (o *Objects) Update(res *Result) error {
 	if err != nil {
 		return err
 	}
-	byHash := make(map[string]objectFile, len(res.Manifest.Hashes))
+	byHash := make(map[digest.Digest]objectFile, len(res.Manifest.Hashes))
 	for _, f := range res.Manifest.Files {
 		if f.Embedded() {
 			continue
@@ -99,10 +99,10 @@ func (o *Objects) Count() int64 {
 }
 
 // Has returns the sizes of the hexdigests the snapshot knows.
-func (o *Objects) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
+func (o *Objects) Has(ctx context.Context, hexdigests []digest.Digest) (map[digest.Digest]int64, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	out := map[string]int64{}
+	out := map[digest.Digest]int64{}
 	for _, h := range hexdigests {
 		if f, ok := o.byHash[h]; ok {
 			out[h] = f.size
@@ -114,7 +114,7 @@ func (o *Objects) Has(ctx context.Context, hexdigests []string) (map[string]int6
 // Open returns a reader of the content hexdigest from the file that held
 // it, and its size. The reader fails, rather than ends, if what it read
 // does not hash to hexdigest or the file changed meanwhile.
-func (o *Objects) Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
+func (o *Objects) Open(ctx context.Context, hexdigest digest.Digest) (io.ReadCloser, int64, error) {
 	o.mu.RLock()
 	f, ok := o.byHash[hexdigest]
 	dir := o.dir
@@ -145,7 +145,7 @@ func (o *Objects) Open(ctx context.Context, hexdigest string) (io.ReadCloser, in
 // the content was not the one promised.
 type checkedFile struct {
 	f    *os.File
-	want string
+	want digest.Digest
 	size int64
 	read int64
 	h    *blake3.Hasher
@@ -162,7 +162,7 @@ func (c *checkedFile) Read(p []byte) (int, error) {
 		return n, fmt.Errorf("%w: file grew while it was read", ErrUnavailable)
 	}
 	if err == io.EOF {
-		if c.read != c.size || hex.EncodeToString(c.h.Sum(nil)) != c.want {
+		if c.read != c.size || digest.Digest(c.h.Sum(nil)) != c.want {
 			return n, fmt.Errorf("%w: file changed while it was read", ErrUnavailable)
 		}
 	}

@@ -3,7 +3,6 @@ package snapshot
 import (
 	"context"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // DefaultEmbedThreshold is rohmu's: files of at most 150 bytes are embedded
@@ -108,6 +108,9 @@ type Problem struct {
 }
 
 func (p Problem) Error() string { return p.Path + ": " + p.Err.Error() }
+
+// Unwrap returns why the path could not be taken.
+func (p Problem) Unwrap() error { return p.Err }
 
 // MarshalJSON encodes a Problem as {"path": ..., "error": ...}.
 func (p Problem) MarshalJSON() ([]byte, error) {
@@ -405,13 +408,13 @@ func sortProblems(ps []Problem) []Problem {
 }
 
 // newFile builds the manifest entry of a file whose content is known.
-func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, digest [32]byte, content []byte) File {
+func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, sum digest.Digest, content []byte) File {
 	f := File{RelativePath: rel, FileSize: st.size, MtimeNs: st.mtimeNs, Mode: mode}
 	if s.embeds(st.size) {
 		f.ContentB64 = base64.StdEncoding.EncodeToString(content)
 		return f
 	}
-	f.Hexdigest = hex.EncodeToString(digest[:])
+	f.Hexdigest = sum
 	f.ShouldBeBundled = st.size < s.opts.MinDeltaFileSize
 	return f
 }

@@ -51,7 +51,7 @@ func TestBackupNeverReadsThroughASwappedDirectory(t *testing.T) {
 			if f.Embedded() {
 				b, _ := base64.StdEncoding.DecodeString(f.ContentB64)
 				content = string(b)
-			} else if f.Hexdigest == digest(secret) || f.Hexdigest == digest(big) {
+			} else if f.Hexdigest == sum(secret) || f.Hexdigest == sum(big) {
 				content = "secret"
 			}
 			if content == secret || content == "secret" {

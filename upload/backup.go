@@ -3,12 +3,16 @@ package upload
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Summary is the outcome of a whole backup.
@@ -29,19 +33,36 @@ func (s *Summary) Changed() []snapshot.Problem {
 	return append(append([]snapshot.Problem{}, s.Snapshot.Changed...), s.Upload.Changed...)
 }
 
+// Base returns what a later incremental backup of the same source builds
+// on (Options.Base).
+func (s *Summary) Base() *Base {
+	return &Base{Record: s.Upload.Record, Manifest: s.Snapshot.Manifest}
+}
+
 // Backup snapshots the source described by snapOpts, uploads it to store
 // and writes its backup record. Small files are stored as they are hashed,
 // from the bytes just read, so each is read once; larger ones are read
-// again and re-verified during the upload. When snapOpts.Cache is set, the
-// stat cache is saved after the record is written, without the files found
-// changed (or only kept in memory, with opts.KeepStatCacheInMemory).
+// again and re-verified during the upload. With opts.Base, the snapshot
+// starts from the base's manifest and examines only snapOpts.Dirty. When
+// snapOpts.Cache is set, the stat cache is saved after the record is
+// written, without the files found changed (or only kept in memory, with
+// opts.KeepStatCacheInMemory).
 func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Options, opts Options) (*Summary, error) {
+	opts = opts.withDefaults()
 	lk, err := lock(ctx, store, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer lk.Unlock()
-	early := newEarlyUploader(ctx, store, opts.PackSize)
+	if opts.Base != nil {
+		snapOpts.Base = opts.Base.Manifest
+	}
+	if rel, inside := repositoryInside(store, snapOpts.Src); inside {
+		// Backing up the repository into itself would grow it every night.
+		opts.Logger.Warn("the repository lies inside the source; leaving it out", "path", rel)
+		snapOpts.Excludes = append(slices.Clip(snapOpts.Excludes), rel)
+	}
+	early := newEarlyUploader(store)
 	snapOpts.OnContent = early.content
 	s, err := snapshot.New(snapOpts)
 	if err != nil {
@@ -50,22 +71,20 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 	if opts.Source == "" {
 		opts.Source = s.Src()
 	}
-	snap, err := s.Snapshot(ctx)
+	var snap *snapshot.Result
+	err = store.WithPacker(ctx, opts.PackSize, func(ctx context.Context, packer *hashstore.Packer) error {
+		early.packer = packer // before the snapshot calls early.content
+		snap, err = s.Snapshot(ctx)
+		return err
+	})
 	if err != nil {
-		early.packer.Abort()
 		return nil, err
-	}
-	if err := early.packer.Flush(ctx); err != nil {
-		return nil, err
-	}
-	if opts.BaseManifest == nil {
-		opts.BaseManifest = snapOpts.Base
 	}
 	up, err := upload(ctx, store, lk, snap, opts, early)
 	if err != nil {
 		return nil, err
 	}
-	if err := store.SaveCache(); err != nil && opts.Logger != nil {
+	if err := store.SaveCache(); err != nil {
 		opts.Logger.Warn("local repository cache not saved; the next backup asks storage again", "err", err)
 	}
 	if cache := snapOpts.Cache; cache != nil {
@@ -78,18 +97,49 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 		}
 		start, recorded := time.Now(), cache.Len()
 		err := cache.Save()
-		if opts.Logger != nil {
-			opts.Logger.Debug("saved stat cache", "recorded", recorded, "seconds", time.Since(start).Seconds())
-		}
+		opts.Logger.Debug("saved stat cache", "recorded", recorded, "seconds", time.Since(start).Seconds())
 		if err != nil {
 			// The backup is written; a cache that could not be saved only
 			// costs re-reading next time.
-			if opts.Logger != nil {
-				opts.Logger.Warn("stat cache not saved; the next backup reads every file again", "err", err)
-			}
+			opts.Logger.Warn("stat cache not saved; the next backup reads every file again", "err", err)
 		}
 	}
 	return &Summary{Snapshot: snap, Upload: up}, nil
+}
+
+// repositoryInside reports whether store is a directory inside src, and
+// its path relative to src as a glob that matches only it.
+func repositoryInside(store *hashstore.Store, src string) (string, bool) {
+	local, ok := hashstore.As[hashstore.Rooted](store.Backend())
+	if !ok {
+		return "", false
+	}
+	root, err := filepath.Abs(local.Root())
+	if err != nil {
+		return "", false
+	}
+	src, err = filepath.Abs(src)
+	if err != nil {
+		return "", false
+	}
+	rel, err := filepath.Rel(src, root)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", false
+	}
+	return escapeGlob(filepath.ToSlash(rel)), true
+}
+
+// escapeGlob quotes glob metacharacters so a literal path matches only
+// itself.
+func escapeGlob(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[]{}\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // earlyUploader stores small contents during the snapshot, from the bytes
@@ -97,16 +147,16 @@ func Backup(ctx context.Context, store *hashstore.Store, snapOpts snapshot.Optio
 // each small file once. Contents the repository already holds are skipped.
 type earlyUploader struct {
 	store  *hashstore.Store
-	packer *hashstore.Packer
+	packer *hashstore.Packer // valid while the snapshot runs
 
 	mu   sync.Mutex
-	seen map[string]bool
+	seen map[digest.Digest]bool
 
 	objects, storedBytes, contentBytes atomic.Int64
 }
 
-func newEarlyUploader(ctx context.Context, store *hashstore.Store, packSize int) *earlyUploader {
-	return &earlyUploader{store: store, packer: store.NewPacker(ctx, packSize), seen: map[string]bool{}}
+func newEarlyUploader(store *hashstore.Store) *earlyUploader {
+	return &earlyUploader{store: store, seen: map[digest.Digest]bool{}}
 }
 
 func (u *earlyUploader) content(ctx context.Context, f snapshot.File, content []byte) error {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -24,7 +26,7 @@ type storm struct {
 	mu   sync.Mutex
 	// versions holds every content a path ever had, for paths changed only
 	// atomically (rename over, delete); touched every path changed at all.
-	versions   map[string]map[string]bool
+	versions   map[string]map[digest.Digest]bool
 	inPlace    map[string]bool
 	touched    map[string]bool
 	operations map[string]int
@@ -40,9 +42,9 @@ func stormContent(rel string, version, size int) []byte {
 
 func (s *storm) remember(rel string, data []byte) {
 	if s.versions[rel] == nil {
-		s.versions[rel] = map[string]bool{}
+		s.versions[rel] = map[digest.Digest]bool{}
 	}
-	s.versions[rel][hashstore.Hexdigest(data)] = true
+	s.versions[rel][digest.Of(data)] = true
 }
 
 // step makes one random change to one of files.
@@ -98,12 +100,12 @@ func (s *storm) step(files []string, version int) {
 // only for files that were changed.
 func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")), nil)
+	store, err := hashstore.Init(ctx, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	src := t.TempDir()
-	s := &storm{root: src, rng: rand.New(rand.NewPCG(1, 2)), versions: map[string]map[string]bool{},
+	s := &storm{root: src, rng: rand.New(rand.NewPCG(1, 2)), versions: map[string]map[digest.Digest]bool{},
 		inPlace: map[string]bool{}, touched: map[string]bool{}, operations: map[string]int{}}
 	var all, stormed []string
 	for i := range 120 {
@@ -156,7 +158,7 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 			}
 		}
 		rec := sum.Upload.Record
-		m, err := store.Manifest(ctx, rec)
+		m, err := snapshot.LoadManifest(ctx, store, rec.Root, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +179,7 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 			}
 		}
 		// Every object hashes to its key...
-		rep, err := store.Verify(ctx, hashstore.VerifyOptions{Backups: []string{rec.Name}, ReadData: true, Parallel: 2})
+		rep, err := store.Verify(ctx, hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, Backups: []string{rec.Name}, ReadData: true, Parallel: 2})
 		if err != nil || !rep.OK() {
 			t.Fatalf("round %d: verify: %v %v", round, err, rep.Problems)
 		}
@@ -188,7 +190,7 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 		}
 		for _, f := range m.Files {
 			data, err := os.ReadFile(filepath.Join(target, f.RelativePath))
-			if err != nil || int64(len(data)) != f.FileSize || (!f.Embedded() && hashstore.Hexdigest(data) != f.Hexdigest) {
+			if err != nil || int64(len(data)) != f.FileSize || (!f.Embedded() && digest.Of(data) != f.Hexdigest) {
 				t.Errorf("round %d: %s restored wrong: %v", round, f.RelativePath, err)
 			}
 		}

@@ -38,7 +38,7 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 	mem := hashstore.NewMemory()
 	f := faultstore.New(mem)
 	policy := hashstore.RetryPolicy{MaxAttempts: 30, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxElapsed: time.Minute}
-	store, err := hashstore.Init(ctx, hashstore.WithRetry(f, policy), nil)
+	store, err := hashstore.Init(ctx, hashstore.WithRetry(f, policy), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("backup through flaky storage: %v", err)
 	}
-	m, err := store.Manifest(ctx, sum.Upload.Record)
+	m, err := snapshot.LoadManifest(ctx, store, sum.Upload.Record.Root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 func TestCancelledBackupLeavesNoRecord(t *testing.T) {
 	src := faultySource(t)
 	f := faultstore.New(hashstore.NewMemory())
-	store, err := hashstore.Init(context.Background(), f, nil)
+	store, err := hashstore.Init(context.Background(), f, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestCancelledBackupLeavesNoRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := store.Manifest(context.Background(), sum.Upload.Record)
+	m, _ := snapshot.LoadManifest(context.Background(), store, sum.Upload.Record.Root, nil)
 	target := filepath.Join(t.TempDir(), "out")
 	if _, err := restore.Restore(context.Background(), m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
 		t.Fatal(err)

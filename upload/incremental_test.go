@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
@@ -27,7 +29,7 @@ func TestIncrementalBackupTrustsOnlyAPresentBase(t *testing.T) {
 		write(t, src, fmt.Sprintf("d%d/f%02d", i%4, i), strings.Repeat(fmt.Sprintf("%d ", i), 300+i*10))
 	}
 	write(t, src, "big", strings.Repeat("large content ", 60000))
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	first, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{Name: "b1"})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +40,7 @@ func TestIncrementalBackupTrustsOnlyAPresentBase(t *testing.T) {
 	incremental := func(name string) *upload.Summary {
 		opts := snapshot.DefaultOptions(src)
 		opts.Base, opts.Dirty = first.Snapshot.Manifest, []string{"d0/f00", "d1/copy"}
-		sum, err := upload.Backup(ctx, store, opts, upload.Options{Name: name, Base: &first.Upload.Record})
+		sum, err := upload.Backup(ctx, store, opts, upload.Options{Name: name, Base: first.Base()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +66,7 @@ func TestIncrementalBackupTrustsOnlyAPresentBase(t *testing.T) {
 	for _, name := range []string{"b1", "b2", "b3"} {
 		store.DeleteBackup(ctx, name)
 	}
-	if _, err := store.GC(ctx, hashstore.GCOptions{}); err != nil {
+	if _, err := store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: store}}); err != nil {
 		t.Fatal(err)
 	}
 	again := incremental("b4")
@@ -90,7 +92,7 @@ func TestIncrementalManifestChain(t *testing.T) {
 		write(t, src, fmt.Sprintf("d%d/f%03d", i%5, i), strings.Repeat(fmt.Sprintf("%d ", i), 100+i))
 	}
 	backend := hashstore.NewMemory()
-	store, _ := hashstore.Init(ctx, backend, nil)
+	store, _ := hashstore.Init(ctx, backend, hashstore.Options{})
 	cache := snapshot.NewMemoryStatCache()
 	opts := snapshot.DefaultOptions(src)
 	opts.Cache = cache
@@ -113,7 +115,7 @@ func TestIncrementalManifestChain(t *testing.T) {
 		}
 		o := opts
 		o.Base, o.Dirty = prev.Snapshot.Manifest, dirty
-		sum, err := upload.Backup(ctx, store, o, upload.Options{Name: fmt.Sprintf("b%02d", i), Base: &prev.Upload.Record, KeepStatCacheInMemory: true})
+		sum, err := upload.Backup(ctx, store, o, upload.Options{Name: fmt.Sprintf("b%02d", i), Base: prev.Base(), KeepStatCacheInMemory: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +126,7 @@ func TestIncrementalManifestChain(t *testing.T) {
 		if wantIncremental && sum.Upload.ManifestBytes*10 > fullBytes {
 			t.Fatalf("backup %d: incremental manifest of %d bytes for 2 changed files; the whole one has %d", i, sum.Upload.ManifestBytes, fullBytes)
 		}
-		m, err := store.Manifest(ctx, sum.Upload.Record)
+		m, err := snapshot.LoadManifest(ctx, store, sum.Upload.Record.Root, nil)
 		if err != nil {
 			t.Fatalf("backup %d: %v", i, err)
 		}
@@ -137,8 +139,8 @@ func TestIncrementalManifestChain(t *testing.T) {
 	last := records[len(records)-1]
 	restoreEquals(t, store, last.Name, src)
 
-	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
-	if _, err := hashstore.Copy(ctx, store, other, hashstore.CopyOptions{Backups: []string{last.Name}}); err != nil {
+	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	if _, err := hashstore.Copy(ctx, store, other, hashstore.CopyOptions{Referrer: upload.Referrer{Store: store}, Backups: []string{last.Name}}); err != nil {
 		t.Fatal(err)
 	}
 	restoreEquals(t, other, last.Name, src)
@@ -149,29 +151,29 @@ func TestIncrementalManifestChain(t *testing.T) {
 		}
 	}
 	store.DeleteBackup(ctx, "b00")
-	if _, err := store.GC(ctx, hashstore.GCOptions{}); err != nil {
+	if _, err := store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: store}}); err != nil {
 		t.Fatal(err)
 	}
 	restoreEquals(t, store, last.Name, src)
-	rep, err := store.Verify(ctx, hashstore.VerifyOptions{ReadData: true})
+	rep, err := store.Verify(ctx, hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, ReadData: true})
 	if err != nil || len(rep.Problems) > 0 {
 		t.Fatalf("verify after gc: %v %+v", err, rep)
 	}
 
 	// The last backup's base manifest lost: verify and readers name it.
-	_, chain, err := store.ManifestChain(ctx, last)
+	chain, err := chainOf(ctx, store, last)
 	if err != nil || len(chain) < 2 {
 		t.Fatalf("chain of the last backup: %v, %v", chain, err)
 	}
-	backend.Delete(ctx, "objects/"+chain[1][:2]+"/"+chain[1])
-	if _, err := store.Manifest(ctx, last); err == nil || !strings.Contains(err.Error(), chain[1]) {
+	backend.Delete(ctx, hashstore.ObjectKey(chain[1]))
+	if _, err := snapshot.LoadManifest(ctx, store, last.Root, nil); err == nil || !strings.Contains(err.Error(), chain[1].String()) {
 		t.Fatalf("reading a backup whose base manifest is gone: %v; want an error naming %s", err, chain[1])
 	}
-	rep, err = store.Verify(ctx, hashstore.VerifyOptions{})
+	rep, err = store.Verify(ctx, hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Problems) == 0 || rep.Problems[0].Hexdigest != chain[1] || rep.Problems[0].Backup != last.Name {
+	if len(rep.Problems) == 0 || rep.Problems[0].ID != chain[1] || rep.Problems[0].Backup != last.Name {
 		t.Fatalf("verify with a base manifest missing: %+v", rep.Problems)
 	}
 }
@@ -187,7 +189,7 @@ func TestIncrementalManifestLeavesOutAFileThatChangedAfterHashing(t *testing.T) 
 	for i := range 10 {
 		write(t, src, fmt.Sprintf("other/%d", i), strings.Repeat(fmt.Sprint(i), 1000))
 	}
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	first, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +203,7 @@ func TestIncrementalManifestLeavesOutAFileThatChangedAfterHashing(t *testing.T) 
 		t.Fatal(err)
 	}
 	write(t, src, "changes", strings.Repeat("X", 3000))
-	res, err := upload.Upload(ctx, store, snap, upload.Options{Base: &first.Upload.Record, BaseManifest: first.Snapshot.Manifest})
+	res, err := upload.Upload(ctx, store, snap, upload.Options{Base: first.Base()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,32 +229,32 @@ func TestCheckpointManifest(t *testing.T) {
 	for i := range 50 {
 		write(t, src, fmt.Sprintf("d%d/f%02d", i%3, i), strings.Repeat(fmt.Sprintf("%d ", i), 100+i))
 	}
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	prev, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	step := func(i int, key string) *upload.Summary {
+	step := func(i int, key digest.Digest) *upload.Summary {
 		t.Helper()
 		rel := fmt.Sprintf("d0/f%02d", i*3)
 		write(t, src, rel, fmt.Sprintf("version %d, long enough to be stored as an object", i))
 		o := snapshot.DefaultOptions(src)
 		o.Base, o.Dirty = prev.Snapshot.Manifest, []string{rel}
-		sum, err := upload.Backup(ctx, store, o, upload.Options{Base: &prev.Upload.Record, BaseManifestKey: key})
+		sum, err := upload.Backup(ctx, store, o, upload.Options{Base: baseWith(prev, key)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		prev = sum
 		return sum
 	}
-	step(1, "")
-	step(2, "")
+	step(1, digest.Digest{})
+	step(2, digest.Digest{})
 	key, _, err := upload.StoreManifest(ctx, store, prev.Snapshot.Manifest, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := step(3, key)
-	_, chain, err := store.ManifestChain(ctx, sum.Upload.Record)
+	chain, err := chainOf(ctx, store, sum.Upload.Record)
 	if err != nil || !sum.Upload.Incremental || len(chain) != 2 || chain[1] != key {
 		t.Fatalf("backup on a checkpoint: incremental %v, chain %v, %v", sum.Upload.Incremental, chain, err)
 	}
@@ -261,13 +263,13 @@ func TestCheckpointManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.GC(ctx, hashstore.GCOptions{}); err != nil {
+	if _, err := store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: store}}); err != nil {
 		t.Fatal(err)
 	}
 	if sum := step(4, key); sum.Upload.Incremental {
 		t.Fatal("an incremental manifest was built on a checkpoint gc had removed")
 	}
-	sum = step(5, "")
+	sum = step(5, digest.Digest{})
 	if !sum.Upload.Incremental || sum.Snapshot.Manifest.ChainDepth != 1 {
 		t.Fatalf("after a whole manifest: incremental %v, depth %d", sum.Upload.Incremental, sum.Snapshot.Manifest.ChainDepth)
 	}
@@ -299,7 +301,7 @@ func TestLongLivedStoreSeesGC(t *testing.T) {
 	write(t, src, "x", old)
 	write(t, src, "y", strings.Repeat("steady ", 100))
 	backend := hashstore.NewMemory()
-	long, _ := hashstore.Init(ctx, backend, nil)
+	long, _ := hashstore.Init(ctx, backend, hashstore.Options{})
 	if _, err := upload.Backup(ctx, long, snapshot.DefaultOptions(src), upload.Options{Name: "b1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -307,15 +309,15 @@ func TestLongLivedStoreSeesGC(t *testing.T) {
 	if _, err := upload.Backup(ctx, long, snapshot.DefaultOptions(src), upload.Options{Name: "b2"}); err != nil {
 		t.Fatal(err)
 	}
-	other, err := hashstore.Open(ctx, backend, nil)
+	other, err := hashstore.Open(ctx, backend, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	other.DeleteBackup(ctx, "b1")
-	if _, err := other.GC(ctx, hashstore.GCOptions{}); err != nil {
+	if _, err := other.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: other}}); err != nil {
 		t.Fatal(err)
 	}
-	if has, _ := other.Has(ctx, hashstore.Hexdigest([]byte(old))); has {
+	if has, _ := other.Has(ctx, digest.Of([]byte(old))); has {
 		t.Fatal("gc kept the old content; the test needs it gone")
 	}
 	write(t, src, "x", old)
@@ -327,7 +329,22 @@ func TestLongLivedStoreSeesGC(t *testing.T) {
 		t.Fatalf("stored %d objects; the old content, removed by gc, must be stored again", sum.Upload.UploadedObjects)
 	}
 	// other, open since before long's last backup, sees its new pack.
-	if rep, err := other.Verify(ctx, hashstore.VerifyOptions{}); err != nil || len(rep.Problems) > 0 {
+	if rep, err := other.Verify(ctx, hashstore.VerifyOptions{Referrer: upload.Referrer{Store: other}}); err != nil || len(rep.Problems) > 0 {
 		t.Fatalf("verify: %v %+v", err, rep.Problems)
 	}
+}
+
+// chainOf returns the manifest objects a backup's manifest reads, its own
+// first.
+func chainOf(ctx context.Context, store *hashstore.Store, rec hashstore.BackupRecord) ([]digest.Digest, error) {
+	var chain []digest.Digest
+	_, err := snapshot.LoadManifest(ctx, store, rec.Root, func(id digest.Digest) { chain = append(chain, id) })
+	return chain, err
+}
+
+// baseWith is the base of sum, stored as the checkpoint key when set.
+func baseWith(sum *upload.Summary, key digest.Digest) *upload.Base {
+	b := sum.Base()
+	b.ManifestID = key
+	return b
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // DefaultParallel is the default number of concurrent uploads.
@@ -45,17 +46,14 @@ type Options struct {
 	Progress *progress.Progress
 	// Logger receives warnings about files that changed after hashing.
 	Logger *slog.Logger
-	// Base is the backup whose manifest an incremental snapshot started
-	// from (snapshot.Options.Base, which Backup passes as BaseManifest).
-	// When its record is still in the repository, its contents are known
-	// to be stored — gc keeps what records reference and cannot run while
-	// this backup holds its lock — so they are not looked up again.
-	Base         *hashstore.BackupRecord
-	BaseManifest *snapshot.Manifest
-	// BaseManifestKey is the hexdigest BaseManifest is stored under when
-	// it is not the base record's root: a checkpoint stored with
-	// StoreManifest.
-	BaseManifestKey string
+	// Base makes the backup incremental: its snapshot starts from the
+	// base's manifest (Backup sets snapshot.Options.Base; with Upload, the
+	// snapshot must have been taken so), and while the base's record is
+	// still in the repository, its contents are known to be stored — gc
+	// keeps what records reference and cannot run while this backup holds
+	// its lock — so they are not looked up again, and the manifest stored
+	// may hold only what changed.
+	Base *Base
 	// MaxChainDepth bounds how many incremental manifests (holding only
 	// what changed since the base backup's) follow each other before the
 	// whole manifest is stored again; 0 means DefaultMaxChainDepth and a
@@ -70,6 +68,40 @@ type Options struct {
 	// exclusive lock; a backup holds a shared lock while it runs, so gc
 	// never deletes what it is about to reference.
 	LockWait time.Duration
+}
+
+// withDefaults returns opts with every zero that means "the default"
+// replaced by it, once, where a run starts.
+func (opts Options) withDefaults() Options {
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
+	if opts.MaxChainDepth == 0 {
+		opts.MaxChainDepth = DefaultMaxChainDepth
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return opts
+}
+
+// Base is what an incremental backup builds on: an earlier backup of the
+// same source by this process (Summary.Base returns it).
+type Base struct {
+	Record hashstore.BackupRecord
+	// Manifest is the whole manifest of Record.
+	Manifest *snapshot.Manifest
+	// ManifestID is where Manifest is stored when that is not Record.Root
+	// (a checkpoint, StoreManifest), zero otherwise.
+	ManifestID digest.Digest
+}
+
+// manifestID is the id incremental manifests name as their base.
+func (b *Base) manifestID() digest.Digest {
+	if !b.ManifestID.IsZero() {
+		return b.ManifestID
+	}
+	return b.Record.Root
 }
 
 // lock takes the backup's shared lock.
@@ -107,6 +139,7 @@ type Result struct {
 // of snap is updated in place: stored sizes are filled in and files that
 // changed since they were hashed are removed.
 func Upload(ctx context.Context, store *hashstore.Store, snap *snapshot.Result, opts Options) (*Result, error) {
+	opts = opts.withDefaults()
 	lk, err := lock(ctx, store, opts)
 	if err != nil {
 		return nil, err
@@ -126,13 +159,7 @@ const maxRevalidations = 3
 // relies on) the lock is taken again and every content is looked up and
 // stored again where missing.
 func upload(ctx context.Context, store *hashstore.Store, lk *hashstore.Lock, snap *snapshot.Result, opts Options, early *earlyUploader) (*Result, error) {
-	if opts.Parallel <= 0 {
-		opts.Parallel = DefaultParallel
-	}
 	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
 	u := &uploader{store: store, snap: snap, opts: opts, logger: logger, res: &Result{}}
 	if early != nil {
 		// Stored during the snapshot: uploaded by this run, not present before.
@@ -142,7 +169,7 @@ func upload(ctx context.Context, store *hashstore.Store, lk *hashstore.Lock, sna
 	}
 	baseKept := baseStillStored(ctx, store, opts, logger)
 	incremental := baseKept && writeIncremental(snap, opts) && baseManifestStored(ctx, store, opts, logger)
-	var root string
+	var root digest.Digest
 	for round := 0; ; round++ {
 		var err error
 		root, err = u.store1(ctx, baseKept, incremental)
@@ -171,12 +198,12 @@ func upload(ctx context.Context, store *hashstore.Store, lk *hashstore.Lock, sna
 	}
 	m := snap.Manifest
 	rec := hashstore.BackupRecord{
-		Name:          opts.Name,
-		RootHexdigest: root,
-		Node:          m.Node,
-		Source:        opts.Source,
-		Start:         m.Start,
-		End:           time.Now().UTC(),
+		Name:   opts.Name,
+		Root:   root,
+		Node:   m.Node,
+		Source: opts.Source,
+		Start:  m.Start,
+		End:    time.Now().UTC(),
 		Stats: hashstore.BackupStats{
 			Files:           int64(len(m.Files)),
 			TotalBytes:      m.TotalBytes(),
@@ -214,7 +241,7 @@ type uploader struct {
 // the manifest's hexdigest. Contents of the base backup are taken for
 // stored when baseKept. Files whose content could not be stored leave the
 // manifest.
-func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (string, error) {
+func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (digest.Digest, error) {
 	store, snap, opts, logger, res := u.store, u.snap, u.opts, u.logger, u.res
 	full := snap.Manifest
 	// m is the manifest whose contents are looked up and stored and which
@@ -223,17 +250,17 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	if incremental {
 		m, delta = snap.Delta, snap.Delta
 	}
-	hexdigests := make([]string, len(m.Hashes))
+	ids := make([]digest.Digest, len(m.Hashes))
 	for i, h := range m.Hashes {
-		hexdigests[i] = h.Hexdigest
+		ids[i] = h.Hexdigest
 	}
 	start := time.Now()
-	stored, err := lookupContents(ctx, store, m, hexdigests, opts, baseKept, logger) // aligned with m.Hashes
+	stored, err := lookupContents(ctx, store, m, ids, opts, baseKept, logger) // aligned with m.Hashes
 	if err != nil {
-		return "", fmt.Errorf("check which contents %s already holds: %w", store, err)
+		return digest.Digest{}, fmt.Errorf("check which contents %s already holds: %w", store, err)
 	}
-	logger.Debug("looked up contents", "contents", len(hexdigests), "seconds", time.Since(start).Seconds())
-	missingIndex := make(map[string]int) // hexdigest -> index in m.Hashes, for missing ones only
+	logger.Debug("looked up contents", "contents", len(ids), "seconds", time.Since(start).Seconds())
+	missingIndex := make(map[digest.Digest]int) // id -> index in m.Hashes, for missing ones only
 	presentCount := 0
 	for i, info := range stored {
 		if info.Found {
@@ -247,10 +274,10 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	// each other in packs, and a restore reads them with one request. Each
 	// lists the files that hold it, so another can stand in if the first
 	// changed.
-	candidates := make(map[string][]int, len(missingIndex))
+	candidates := make(map[digest.Digest][]int, len(missingIndex))
 	var missing []snapshot.Hash
 	var missingBytes int64
-	bundled := make(map[string]bool)
+	bundled := make(map[digest.Digest]bool)
 	for i, f := range m.Files {
 		if _, miss := missingIndex[f.Hexdigest]; f.Embedded() || !miss {
 			continue
@@ -271,7 +298,7 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	}
 	var (
 		mu      sync.Mutex
-		lost    = make(map[string]bool)
+		lost    = make(map[digest.Digest]bool)
 		changed []snapshot.Problem
 	)
 	var uploadedObjects, uploadedBytes, contentBytes atomic.Int64
@@ -280,53 +307,50 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 		// Files are opened below the source without following a link in
 		// any component, as the snapshot read them.
 		if src, err = beneath.OpenRoot(snap.ReadRoot); err != nil {
-			return "", fmt.Errorf("open the source again: %w", err)
+			return digest.Digest{}, fmt.Errorf("open the source again: %w", err)
 		}
 		defer src.Close()
 	}
-	// The packer outlives the errgroup, whose context ends with Wait.
-	packer := store.NewPacker(ctx, opts.PackSize)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Parallel)
-	for _, h := range missing {
-		g.Go(func() error {
-			var pk *hashstore.Packer
-			if bundled[h.Hexdigest] {
-				pk = packer
-			}
-			put, problems, err := putFromAnyFile(gctx, store, pk, src, m, candidates[h.Hexdigest], h)
-			if err != nil {
-				if p != nil {
-					p.UploadFailure(h.Hexdigest)
+	err = store.WithPacker(ctx, opts.PackSize, func(ctx context.Context, packer *hashstore.Packer) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(opts.Parallel)
+		for _, h := range missing {
+			g.Go(func() error {
+				var pk *hashstore.Packer
+				if bundled[h.Hexdigest] {
+					pk = packer
 				}
-				return err
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			changed = append(changed, problems...)
-			if put == nil {
-				lost[h.Hexdigest] = true
+				put, problems, err := putFromAnyFile(gctx, store, pk, src, m, candidates[h.Hexdigest], h)
+				if err != nil {
+					if p != nil {
+						p.UploadFailure(h.Hexdigest.String())
+					}
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				changed = append(changed, problems...)
+				if put == nil {
+					lost[h.Hexdigest] = true
+					if p != nil {
+						p.UploadMissing(h.Hexdigest.String())
+					}
+					return nil
+				}
+				stored[missingIndex[h.Hexdigest]] = hashstore.ObjectInfo{Found: true, StoredSize: put.StoredSize}
+				uploadedObjects.Add(1)
+				uploadedBytes.Add(put.StoredSize)
+				contentBytes.Add(h.Size)
 				if p != nil {
-					p.UploadMissing(h.Hexdigest)
+					p.UploadSuccess(h.Hexdigest.String(), h.Size)
 				}
 				return nil
-			}
-			stored[missingIndex[h.Hexdigest]] = hashstore.ObjectInfo{Found: true, StoredSize: put.StoredSize}
-			uploadedObjects.Add(1)
-			uploadedBytes.Add(put.StoredSize)
-			contentBytes.Add(h.Size)
-			if p != nil {
-				p.UploadSuccess(h.Hexdigest, h.Size)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		packer.Abort()
-		return "", err
-	}
-	if err := packer.Flush(ctx); err != nil {
-		return "", err
+			})
+		}
+		return g.Wait()
+	})
+	if err != nil {
+		return digest.Digest{}, err
 	}
 	if p != nil {
 		p.Done()
@@ -346,7 +370,7 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	var lostPaths []string
 	// Stored sizes learned in this run; after an incremental snapshot
 	// these are few, and the others are already in the files.
-	storedSizes := make(map[string]int64)
+	storedSizes := make(map[digest.Digest]int64)
 	for i, info := range stored {
 		if info.StoredSize > 0 {
 			storedSizes[m.Hashes[i].Hexdigest] = info.StoredSize
@@ -372,7 +396,7 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	}
 	m.Files = kept
 	if err := fillStoredSizes(ctx, store, m.Files, unsized); err != nil {
-		return "", err
+		return digest.Digest{}, err
 	}
 	if len(lostPaths) > 0 {
 		m.SetHashes()
@@ -390,7 +414,7 @@ func (u *uploader) store1(ctx context.Context, baseKept, incremental bool) (stri
 	start = time.Now()
 	root, put, err := store.PutGenerated(ctx, m.WriteJSON)
 	if err != nil {
-		return "", fmt.Errorf("store manifest: %w", err)
+		return digest.Digest{}, fmt.Errorf("store manifest: %w", err)
 	}
 	res.ManifestBytes = put.StoredSize
 	res.Incremental = delta != nil
@@ -489,7 +513,7 @@ var errUnavailable = errors.New("source file unavailable")
 func putFile(ctx context.Context, store *hashstore.Store, packer *hashstore.Packer, root *beneath.Dir, rel string, h snapshot.Hash) (*hashstore.PutResult, error) {
 	f, err := root.Open(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
 	}
 	defer f.Close()
 	if packer != nil {
@@ -519,7 +543,7 @@ type fileReader struct{ f *os.File }
 func (r fileReader) Read(p []byte) (int, error) {
 	n, err := r.f.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) {
-		err = fmt.Errorf("%w: %v", errUnavailable, err)
+		err = fmt.Errorf("%w: %w", errUnavailable, err)
 	}
 	return n, err
 }
@@ -529,12 +553,12 @@ func (r fileReader) Read(p []byte) (int, error) {
 // and its manifest can be the base of an incremental one: gc keeps what
 // records reference and cannot run while this backup holds its lock.
 func baseStillStored(ctx context.Context, store *hashstore.Store, opts Options, logger *slog.Logger) bool {
-	if opts.Base == nil || opts.BaseManifest == nil {
+	if opts.Base == nil {
 		return false
 	}
-	rec, err := store.Backup(ctx, opts.Base.Name, hashstore.BackupFilter{})
-	if err != nil || rec.RootHexdigest != opts.Base.RootHexdigest {
-		logger.Info("the base backup is gone; every content is looked up and the whole manifest stored", "backup", opts.Base.Name, "err", err)
+	rec, err := store.Backup(ctx, opts.Base.Record.Name, hashstore.BackupFilter{})
+	if err != nil || rec.Root != opts.Base.Record.Root {
+		logger.Info("the base backup is gone; every content is looked up and the whole manifest stored", "backup", opts.Base.Record.Name, "err", err)
 		return false
 	}
 	return true
@@ -542,40 +566,40 @@ func baseStillStored(ctx context.Context, store *hashstore.Store, opts Options, 
 
 // baseManifestStored reports whether the manifest an incremental one
 // would name as its base is stored: the base record's, which the record
-// keeps, or a checkpoint (Options.BaseManifestKey), which nothing keeps
+// keeps, or a checkpoint (Base.ManifestID), which nothing keeps
 // from gc until this backup's record names it. The backup's shared lock
 // keeps gc out from here on.
 func baseManifestStored(ctx context.Context, store *hashstore.Store, opts Options, logger *slog.Logger) bool {
-	if opts.BaseManifestKey == "" {
+	if opts.Base.ManifestID.IsZero() {
 		return true
 	}
-	has, err := store.Has(ctx, opts.BaseManifestKey)
+	has, err := store.Has(ctx, opts.Base.ManifestID)
 	if err != nil || !has {
-		logger.Info("the checkpoint manifest is gone; the whole manifest is stored", "manifest", opts.BaseManifestKey, "err", err)
+		logger.Info("the checkpoint manifest is gone; the whole manifest is stored", "manifest", opts.Base.ManifestID, "err", err)
 		return false
 	}
 	return true
 }
 
 // StoreManifest stores m, a whole manifest, as an object and returns its
-// hexdigest, for Options.BaseManifestKey (m's ChainDepth becomes 0): a checkpoint that the next
+// id, for Base.ManifestID (m's ChainDepth becomes 0): a checkpoint that the next
 // incremental manifests build on, so that their chain stays short without
 // a backup having to store the whole manifest itself. A long-running
 // process (watch) does this while idle. Nothing references the object
 // until a backup's manifest does; gc may remove it before, and the backup
 // then stores a whole manifest instead.
-func StoreManifest(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, opts Options) (string, int64, error) {
-	if m.BaseManifest != "" {
-		return "", 0, errors.New("store manifest: not a whole manifest")
+func StoreManifest(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, opts Options) (digest.Digest, int64, error) {
+	if !m.BaseManifest.IsZero() {
+		return digest.Digest{}, 0, errors.New("store manifest: not a whole manifest")
 	}
 	lk, err := lock(ctx, store, opts)
 	if err != nil {
-		return "", 0, err
+		return digest.Digest{}, 0, err
 	}
 	defer lk.Unlock()
 	key, put, err := store.PutGenerated(ctx, m.WriteJSON)
 	if err != nil {
-		return "", 0, fmt.Errorf("store manifest: %w", err)
+		return digest.Digest{}, 0, fmt.Errorf("store manifest: %w", err)
 	}
 	m.ChainDepth = 0 // stored whole: the next incremental one is the first link
 	return key, put.StoredSize, nil
@@ -591,19 +615,15 @@ const DefaultMaxChainDepth = 16
 // enough that it saves more than it costs a reader.
 func writeIncremental(snap *snapshot.Result, opts Options) bool {
 	d := snap.Delta
-	if d == nil || opts.MaxChainDepth < 0 || opts.BaseManifest != snap.Base {
+	if d == nil || opts.MaxChainDepth < 0 || opts.Base == nil || opts.Base.Manifest != snap.Base {
 		return false
 	}
-	if b := opts.BaseManifest; !b.Start.Equal(opts.Base.Start) || int64(len(b.Files)) != opts.Base.Stats.Files {
+	if b := opts.Base.Manifest; !b.Start.Equal(opts.Base.Record.Start) || int64(len(b.Files)) != opts.Base.Record.Stats.Files {
 		// Not the manifest of that record: an incremental manifest on it
 		// would describe another tree.
 		return false
 	}
-	limit := opts.MaxChainDepth
-	if limit == 0 {
-		limit = DefaultMaxChainDepth
-	}
-	if opts.BaseManifest.ChainDepth+1 > min(limit, snapshot.MaxChainDepth) {
+	if opts.Base.Manifest.ChainDepth+1 > min(opts.MaxChainDepth, snapshot.MaxChainDepth) {
 		return false
 	}
 	changes := len(d.Files) + len(d.Dirs) + len(d.EmptyDirs) + len(d.Symlinks)
@@ -631,7 +651,7 @@ func completeIncremental(full, delta *snapshot.Manifest, opts Options, lost []st
 		gone := make(map[string]bool, len(lost))
 		for _, p := range lost {
 			gone[p] = true
-			if _, ok := byPath(opts.BaseManifest.Files, p); ok {
+			if _, ok := byPath(opts.Base.Manifest.Files, p); ok {
 				// Left out of this backup: the base's version must not show through.
 				delta.Removed.Files = append(delta.Removed.Files, p)
 			}
@@ -646,26 +666,23 @@ func completeIncremental(full, delta *snapshot.Manifest, opts Options, lost []st
 		full.Files = kept
 		full.SetHashes()
 	}
-	delta.BaseManifest = opts.Base.RootHexdigest
-	if opts.BaseManifestKey != "" {
-		delta.BaseManifest = opts.BaseManifestKey
-	}
-	delta.ChainDepth = opts.BaseManifest.ChainDepth + 1
+	delta.BaseManifest = opts.Base.manifestID()
+	delta.ChainDepth = opts.Base.Manifest.ChainDepth + 1
 	full.ChainDepth = delta.ChainDepth
 }
 
 // lookupContents finds which of m's contents the store holds, asking the
 // store only about those not in a base backup whose record still exists.
-func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, hexdigests []string, opts Options, baseKept bool, logger *slog.Logger) ([]hashstore.ObjectInfo, error) {
+func lookupContents(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, ids []digest.Digest, opts Options, baseKept bool, logger *slog.Logger) ([]hashstore.ObjectInfo, error) {
 	if !baseKept {
-		return store.LookupAll(ctx, hexdigests)
+		return store.LookupAll(ctx, ids)
 	}
-	base := opts.BaseManifest
+	base := opts.Base.Manifest
 	infos := make([]hashstore.ObjectInfo, len(m.Hashes))
-	var ask []string
+	var ask []digest.Digest
 	var at []int
 	for i, h := range m.Hashes {
-		j := sort.Search(len(base.Hashes), func(j int) bool { return base.Hashes[j].Hexdigest >= h.Hexdigest })
+		j := sort.Search(len(base.Hashes), func(j int) bool { return digest.Compare(base.Hashes[j].Hexdigest, h.Hexdigest) >= 0 })
 		if j < len(base.Hashes) && base.Hashes[j].Hexdigest == h.Hexdigest {
 			infos[i] = hashstore.ObjectInfo{Found: true}
 			continue
@@ -690,7 +707,7 @@ func fillStoredSizes(ctx context.Context, store *hashstore.Store, files []snapsh
 	if len(at) == 0 {
 		return nil
 	}
-	ask := make([]string, len(at))
+	ask := make([]digest.Digest, len(at))
 	for k, i := range at {
 		ask[k] = files[i].Hexdigest
 	}

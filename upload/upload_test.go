@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -47,7 +49,7 @@ func backup(t *testing.T, store *hashstore.Store, src string, cache *snapshot.St
 
 func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, err := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +123,7 @@ func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 
 func TestFileChangedAfterHashingIsNotStoredUnderItsKey(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	src := t.TempDir()
 	write(t, src, "changes", strings.Repeat("1", 3000))
 	write(t, src, "twin-a", strings.Repeat("2", 3000))
@@ -165,7 +167,7 @@ func TestFileChangedAfterHashingIsNotStoredUnderItsKey(t *testing.T) {
 		t.Fatalf("manifest files %v: the file whose content could not be stored must be left out, the twins kept", got)
 	}
 	// Nothing is stored under the key of the content that changed.
-	if _, err := store.Get(ctx, hashstore.Hexdigest([]byte(strings.Repeat("1", 3000)))); !errors.Is(err, hashstore.ErrNotFound) {
+	if _, err := store.Get(ctx, digest.Of([]byte(strings.Repeat("1", 3000)))); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("an object exists for content that could not be read back: %v", err)
 	}
 	target := t.TempDir()
@@ -206,7 +208,7 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 	for _, prefix := range []string{"objects/", "backups/"} {
 		t.Run(prefix, func(t *testing.T) {
 			b := &failingBackend{Backend: hashstore.NewMemory()}
-			store, err := hashstore.Init(ctx, b, nil)
+			store, err := hashstore.Init(ctx, b, hashstore.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -234,7 +236,7 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 
 func TestExplicitNameMustBeFree(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	src := t.TempDir()
 	write(t, src, "a", strings.Repeat("a", 400))
 	opts := upload.Options{Name: "nightly-1"}

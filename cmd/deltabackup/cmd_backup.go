@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -134,11 +133,10 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 	if err != nil {
 		return nil, opts, usageError{err}
 	}
-	store, err := openStore(ctx, g)
+	store, err := openStoreAt(ctx, g, g.repo, hashstore.Options{Compression: compression})
 	if err != nil {
 		return nil, opts, err
 	}
-	store.SetCompression(compression)
 	opts = snapshot.DefaultOptions(src)
 	opts.Includes, opts.Excludes = f.includes, f.excludes
 	opts.EmbedThreshold = int64(f.embedBelow)
@@ -155,11 +153,6 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 		return nil, opts, err
 	}
 	opts.Src = checked.Src()
-	if rel, inside := repositoryInside(store, checked.Src()); inside {
-		// Backing up the repository into itself would grow it every night.
-		g.logger.Warn("the repository lies inside the source; leaving it out", "path", rel)
-		opts.Excludes = append(opts.Excludes, rel)
-	}
 	if !f.noCache {
 		if path := g.statCachePath(store.Config().ID, checked.Src()); path != "" {
 			start := time.Now()
@@ -174,33 +167,46 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 	return store, opts, nil
 }
 
-// backupOnce runs one backup with opts and prints its summary. up carries
-// what an incremental backup knows of its base (watch); backupOnce fills
-// in the rest from the flags.
+// backupOnce runs one backup with opts and prints its summary. up holds
+// what the flags do not say (none, for the backup command).
 func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options, up upload.Options) (*backupSummary, *upload.Summary, error) {
 	start := time.Now()
-	ps, stopProgress := g.showProgress(ctx, "hash", "upload")
-	opts.Progress = ps[0]
-	up.Name, up.Parallel, up.Progress, up.Logger, up.LockWait = f.name, f.parallel, ps[1], g.logger, f.lockWait
+	done := g.backupProgress(ctx, f, &opts, &up)
 	sum, err := upload.Backup(ctx, store, opts, up)
-	stopProgress()
+	done()
 	if err != nil {
 		return nil, nil, err
 	}
-	s := summarize(sum, time.Since(start))
+	s, err := g.reportBackup(sum, time.Since(start))
+	return s, sum, err
+}
+
+// backupProgress fills in what the flags say of one backup run and shows
+// its progress; call the function it returns when the run ends.
+func (g *globals) backupProgress(ctx context.Context, f *backupFlags, opts *snapshot.Options, up *upload.Options) func() {
+	ps, stop := g.showProgress(ctx, "hash", "upload")
+	opts.Progress = ps[0]
+	up.Name, up.Parallel, up.Progress, up.Logger, up.LockWait = f.name, f.parallel, ps[1], g.logger, f.lockWait
+	return stop
+}
+
+// reportBackup prints the summary of a finished backup; the error says
+// when some files are not in it (exit code 3).
+func (g *globals) reportBackup(sum *upload.Summary, d time.Duration) (*backupSummary, error) {
+	s := summarize(sum, d)
 	s.Requests = g.requests()
 	if g.json {
 		if err := g.printJSON(s); err != nil {
-			return &s, sum, err
+			return &s, err
 		}
 	} else {
 		printBackupSummary(g, s)
 	}
 	if sum.Incomplete() {
-		return &s, sum, incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
+		return &s, incompleteError{fmt.Sprintf("backup %s is complete except for %d files that could not be read or kept changing (listed above)",
 			s.Name, len(s.Unreadable)+len(s.Changed))}
 	}
-	return &s, sum, nil
+	return &s, nil
 }
 
 func summarize(sum *upload.Summary, d time.Duration) backupSummary {
@@ -210,7 +216,7 @@ func summarize(sum *upload.Summary, d time.Duration) backupSummary {
 	return backupSummary{
 		MessageType:     "summary",
 		Name:            rec.Name,
-		RootHash:        rec.RootHexdigest,
+		RootHash:        rec.Root.String(),
 		Files:           rec.Stats.Files,
 		TotalBytes:      rec.Stats.TotalBytes,
 		HashedFiles:     sum.Snapshot.HashedFiles,
@@ -265,35 +271,4 @@ func printRequests(g *globals, requests map[string]int64) {
 		parts[i] = fmt.Sprintf("%s %d", op, requests[op])
 	}
 	g.printf("  S3 requests: %d (%s)\n", requestTotal(requests), strings.Join(parts, ", "))
-}
-
-// repositoryInside reports whether a local repository lies inside src, and
-// its path relative to src as a glob-safe exclude.
-func repositoryInside(store *hashstore.Store, src string) (string, bool) {
-	local, ok := store.Backend().(*hashstore.Local)
-	if !ok {
-		return "", false
-	}
-	root, err := filepath.Abs(local.Root())
-	if err != nil {
-		return "", false
-	}
-	rel, err := filepath.Rel(src, root)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", false
-	}
-	return escapeGlob(filepath.ToSlash(rel)), true
-}
-
-// escapeGlob quotes glob metacharacters so a literal path matches only
-// itself.
-func escapeGlob(p string) string {
-	var b strings.Builder
-	for _, r := range p {
-		if strings.ContainsRune(`*?[]{}\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

@@ -15,18 +15,18 @@ holds a repository or any other data. For s3:// repositories the bucket must
 exist, unless --create-bucket is given.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := g.openBackend(cmd.Context())
+			o, err := g.openLocation(cmd.Context(), g.repo)
 			if err != nil {
 				return err
 			}
-			s, err := hashstore.Init(cmd.Context(), b, g.logger)
+			s, err := hashstore.Init(cmd.Context(), o.Backend, hashstore.Options{Logger: g.logger})
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return g.printJSON(map[string]any{"message_type": "summary", "repository": g.repo, "id": s.Config().ID})
+				return g.printJSON(map[string]any{"message_type": "summary", "repository": o.Location, "id": s.Config().ID})
 			}
-			g.printf("created repository %s at %s\n", s.Config().ID, g.repo)
+			g.printf("created repository %s at %s\n", s.Config().ID, o.Location)
 			return nil
 		},
 	}

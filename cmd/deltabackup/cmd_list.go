@@ -43,7 +43,7 @@ func newListCommand(g *globals) *cobra.Command {
 			fmt.Fprintln(w, "NAME\tFINISHED\tFILES\tSIZE\tNEW\tNODE\tROOT")
 			for _, r := range records {
 				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.End.Local().Format(time.DateTime), r.Stats.Files,
-					progress.FormatBytes(r.Stats.TotalBytes), progress.FormatBytes(r.Stats.UploadedBytes), r.Node, r.RootHexdigest[:12])
+					progress.FormatBytes(r.Stats.TotalBytes), progress.FormatBytes(r.Stats.UploadedBytes), r.Node, r.Root.Short())
 			}
 			return w.Flush()
 		},
@@ -59,11 +59,7 @@ func newShowCommand(g *globals) *cobra.Command {
 		Short: "Show the files of a backup (a name or 'latest'): mode, size, hexdigest, path",
 		Args:  exactArgs(1, "a backup name or 'latest'"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			store, err := openStore(cmd.Context(), g)
-			if err != nil {
-				return err
-			}
-			filter, err := sel.latest()
+			store, filter, err := openSelected(cmd.Context(), g, sel)
 			if err != nil {
 				return err
 			}
@@ -74,14 +70,14 @@ func newShowCommand(g *globals) *cobra.Command {
 			if g.json {
 				return g.printJSON(m)
 			}
-			g.printf("backup %s (root %s), %d files, %s, taken %s on %s\n", rec.Name, rec.RootHexdigest, len(m.Files),
+			g.printf("backup %s (root %s), %d files, %s, taken %s on %s\n", rec.Name, rec.Root, len(m.Files),
 				progress.FormatBytes(m.TotalBytes()), m.Start.Local().Format(time.DateTime), m.Node)
 			if m.ChainDepth > 0 {
 				g.printf("  incremental manifest: applied to %d earlier manifests down to a whole one\n", m.ChainDepth)
 			}
 			w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			for _, f := range m.Files {
-				digest := f.Hexdigest
+				digest := f.Hexdigest.String()
 				if f.Embedded() {
 					digest = "(embedded)"
 				}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/progress"
 	"github.com/deltabackup/deltabackup/restore"
@@ -71,11 +72,7 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 			if parallel < 1 {
 				return usagef("--parallel must be at least 1")
 			}
-			store, err := openStore(ctx, g)
-			if err != nil {
-				return err
-			}
-			filter, err := sel.latest()
+			store, filter, err := openSelected(ctx, g, sel)
 			if err != nil {
 				return err
 			}
@@ -111,7 +108,7 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 				return err
 			}
 			s := restoreSummary{
-				MessageType: "summary", Name: rec.Name, RootHash: rec.RootHexdigest, Target: args[1],
+				MessageType: "summary", Name: rec.Name, RootHash: rec.Root.String(), Target: args[1],
 				Files: len(m.Files), FilesWritten: res.FilesWritten, FilesUpToDate: res.FilesUpToDate,
 				ObjectsDownloaded: res.ObjectsDownloaded, BytesDownloaded: res.BytesDownloaded,
 				Failed: []failedFile{}, DurationSeconds: time.Since(start).Seconds(), Requests: g.requests(),
@@ -120,7 +117,7 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 				s.Sources = append(s.Sources, sourceSummary{Source: src.String(), PlanBytes: res.Plan.Bytes[i], FetchedBytes: res.BytesPerSource[i]})
 			}
 			for _, fe := range res.Failed {
-				s.Failed = append(s.Failed, failedFile{Path: fe.Path, Hexdigest: fe.Hexdigest, Error: fe.Err.Error()})
+				s.Failed = append(s.Failed, failedFile{Path: fe.Path, Hexdigest: fe.ID.String(), Error: fe.Err.Error()})
 			}
 			if g.json {
 				if err := g.printJSON(s); err != nil {
@@ -170,7 +167,7 @@ func openSource(ctx context.Context, g *globals, location string, opts peer.Clie
 		}
 		return c, nil
 	}
-	s, err := openStoreAt(ctx, g, location)
+	s, err := openStoreAt(ctx, g, location, hashstore.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("--from %s: %w", location, err)
 	}

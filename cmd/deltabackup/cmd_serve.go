@@ -22,7 +22,7 @@ type serveFlags struct {
 	rescan                                           time.Duration
 	perClient, maxConnections, perClientConnections  int
 	throttle                                         sizeValue
-	noAuth, corruptForTesting                        bool
+	noAuth                                           bool
 	spoolDir                                         string
 }
 
@@ -59,9 +59,7 @@ for tests. It listens on 127.0.0.1 unless told otherwise.`,
 	fl.BoolVar(&f.noAuth, "no-auth", false, "serve without a token (loopback addresses only; for tests)")
 	fl.StringVar(&f.spoolDir, "spool-dir", "", "where verified copies of large objects are kept while served (default: the system's temporary directory)")
 	fl.Var(&f.throttle, "throttle", "send at most this many bytes per second, all transfers together (for tests and benchmarks)")
-	fl.BoolVar(&f.corruptForTesting, "corrupt-for-testing", false, "flip a byte of everything served (to test clients)")
 	_ = fl.MarkHidden("throttle")
-	_ = fl.MarkHidden("corrupt-for-testing")
 	return cmd
 }
 
@@ -125,7 +123,7 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 		providers = append(providers, peer.StoreProvider{Store: store})
 	}
 	srv, err := peer.NewServer(peer.ServerOptions{Node: node, Token: token, NoAuth: f.noAuth, PerClient: f.perClient,
-		Throttle: int64(f.throttle), CorruptForTesting: f.corruptForTesting, Logger: g.logger, SpoolDir: f.spoolDir}, providers...)
+		Throttle: int64(f.throttle), Logger: g.logger, SpoolDir: f.spoolDir}, providers...)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/progress"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 type verifySummary struct {
@@ -40,20 +41,19 @@ Every missing or corrupt object is named with the files that use it
 			if parallel < 1 {
 				return usagef("--parallel must be at least 1")
 			}
-			store, err := openStore(ctx, g)
+			// No cache: the objects it remembers would answer for the
+			// storage, and verify asks the storage itself.
+			store, err := openStoreCached(ctx, g, g.repo, hashstore.Options{}, "")
 			if err != nil {
 				return err
 			}
-			// The cache of known objects would answer for the storage;
-			// verify asks the storage itself.
-			store.SetCacheDir("")
 			filter := sel.filter()
 			if slices.Contains(args, hashstore.LatestBackup) {
 				if filter, err = sel.latest(); err != nil {
 					return err
 				}
 			}
-			opts := hashstore.VerifyOptions{Backups: args, Filter: filter, ReadData: readData, Parallel: parallel}
+			opts := hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, Backups: args, Filter: filter, ReadData: readData, Parallel: parallel}
 			stopProgress, finish := func() {}, func() {}
 			if readData {
 				var ps []*progress.Progress

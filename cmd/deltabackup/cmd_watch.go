@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/watch"
 	"github.com/deltabackup/deltabackup/upload"
@@ -65,85 +63,16 @@ record. Each backup prints the same summary, metrics and notifications as
 			}
 			defer w.Close()
 			g.watchEvent("started", map[string]any{"source": opts.Src, "watched_directories": w.Watched()})
-			var base *snapshot.Manifest
-			var baseRec *hashstore.BackupRecord
-			var baseKey string // a checkpoint of base, when one is stored
-			// Saving the stat cache costs time in proportion to the whole
-			// tree, so backups of changed paths keep it in memory; it is
-			// saved by full scans, at least hourly, and on the way out.
-			lastCacheSave, cacheUnsaved := time.Now(), false
-			defer func() {
-				if cacheUnsaved {
-					if err := opts.Cache.Save(); err != nil {
-						g.logger.Warn("stat cache not saved; the next start reads every file again", "err", err)
-					}
-				}
-			}()
-			for {
-				next := nextRun(time.Now(), every, atTime)
-				g.logger.Info("next backup", "at", next.Format(time.DateTime))
-				g.watchEvent("scheduled", map[string]any{"next": next})
-				select {
-				case <-ctx.Done():
-					g.watchEvent("stopped", nil)
-					return nil
-				case <-time.After(time.Until(next)):
-				}
-				dirty, full := w.Take()
-				o, up := opts, upload.Options{}
-				if full == "" && base != nil {
-					up.Base, up.BaseManifestKey = baseRec, baseKey
-					o.Base, o.Dirty = base, dirty
-					g.logger.Info("backup of the changed paths", "paths", len(dirty))
-				} else {
-					if full == "" {
-						full = "no earlier backup in this process"
-					}
-					g.logger.Info("backup with a full scan", "reason", full)
-				}
-				g.watchEvent("backup", map[string]any{"full_scan": o.Base == nil, "reason": full, "dirty_paths": len(dirty)})
-				start := time.Now()
-				keepCache := o.Base != nil && opts.Cache != nil && time.Since(lastCacheSave) < cacheSaveInterval
-				up.KeepStatCacheInMemory = keepCache
-				s, sum, err := backupOnce(ctx, g, &f, store, o, up)
-				if opts.Cache != nil {
-					if keepCache {
-						cacheUnsaved = true
-					} else if err == nil || errors.As(err, new(incompleteError)) {
-						lastCacheSave, cacheUnsaved = time.Now(), false
-					}
-				}
-				var incomplete incompleteError
-				ok := err == nil || errors.As(err, &incomplete)
-				g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
-				switch {
-				case ctx.Err() != nil:
-					g.watchEvent("stopped", map[string]any{"abandoned_backup": true})
-					return nil
-				case !ok:
-					g.logger.Error("backup failed; its paths go to the next one", "err", err)
-					g.notifyBackup(ctx, opts.Src, s, false, err)
-					w.Requeue(dirty, full)
-					if o.Base == nil {
-						w.Requeue(nil, "the last full scan failed")
-					}
-					continue
-				}
-				g.notifyBackup(ctx, opts.Src, s, true, nil)
-				base, baseRec, baseKey = sum.Snapshot.Manifest, &sum.Upload.Record, ""
-				if base.ChainDepth >= checkpointDepth {
-					baseKey = g.checkpoint(ctx, store, base, f.lockWait)
-				}
-				// Collect garbage now, while idle, rather than during the
-				// next backup: at a million files the heap is over a GB and
-				// marking it would slow that backup down.
-				runtime.GC()
-				var again []string
-				for _, p := range append(append(sum.Snapshot.Unreadable, sum.Changed()...), sum.Snapshot.Special...) {
-					again = append(again, p.Path)
-				}
-				w.Requeue(again, "")
-			}
+			watcher := upload.NewWatcher(store, upload.WatchOptions{
+				Snapshot: opts,
+				Upload:   upload.Options{Logger: g.logger},
+				Changes:  w,
+				Prepare: func(snap *snapshot.Options, up *upload.Options) func() {
+					return g.backupProgress(ctx, &f, snap, up)
+				},
+				OnEvent: func(e upload.WatchEvent) { g.onWatchEvent(ctx, e, opts.Src) },
+			})
+			return watcher.Run(ctx, func(now time.Time) time.Time { return nextRun(now, every, atTime) })
 		},
 	}
 	addBackupFlags(cmd, &f)
@@ -152,31 +81,36 @@ record. Each backup prints the same summary, metrics and notifications as
 	return cmd
 }
 
-// checkpointDepth is the chain depth of incremental manifests at which
-// watch stores the whole manifest while idle, so that later ones build on
-// it: chains stay short for readers, and no scheduled backup has to store
-// the whole manifest itself (upload.DefaultMaxChainDepth).
-const checkpointDepth = 8
-
-// checkpoint stores m as a whole manifest for the next backups to build on
-// and returns its hexdigest, or "" when it could not be stored (the next
-// backup then builds on the last backup's manifest).
-func (g *globals) checkpoint(ctx context.Context, store *hashstore.Store, m *snapshot.Manifest, lockWait time.Duration) string {
-	start := time.Now()
-	key, size, err := upload.StoreManifest(ctx, store, m, upload.Options{LockWait: lockWait})
-	if err != nil {
-		g.logger.Warn("checkpoint manifest not stored; the next backup builds on the last one", "err", err)
-		return ""
+// onWatchEvent prints what the watcher did, and each backup's summary,
+// metrics and notification as the backup command does.
+func (g *globals) onWatchEvent(ctx context.Context, e upload.WatchEvent, src string) {
+	switch e.Kind {
+	case "scheduled":
+		g.logger.Info("next backup", "at", e.Next.Format(time.DateTime))
+		g.watchEvent("scheduled", map[string]any{"next": e.Next})
+	case "backup":
+		g.watchEvent("backup", map[string]any{"full_scan": e.FullScan, "reason": e.Reason, "dirty_paths": e.DirtyPaths})
+	case "checkpoint":
+		g.watchEvent("checkpoint", map[string]any{"manifest": e.Checkpoint, "manifest_bytes": e.CheckpointBytes, "seconds": e.Duration.Seconds()})
+	case "stopped":
+		fields := map[string]any{}
+		if e.Abandoned {
+			fields["abandoned_backup"] = true
+		}
+		g.watchEvent("stopped", fields)
+	case "done":
+		var s *backupSummary
+		err := e.Err
+		if err == nil {
+			s, err = g.reportBackup(e.Summary, e.Duration)
+		}
+		ok := err == nil || errors.As(err, new(incompleteError))
+		g.writeBackupMetrics(backupMetrics{success: ok, duration: e.Duration, summary: s})
+		if ctx.Err() == nil { // an abandoned backup did not fail
+			g.notifyBackup(ctx, src, s, ok, err)
+		}
 	}
-	g.logger.Info("stored a checkpoint manifest", "manifest", key, "bytes", size, "seconds", time.Since(start).Seconds())
-	g.watchEvent("checkpoint", map[string]any{"manifest": key, "manifest_bytes": size, "seconds": time.Since(start).Seconds()})
-	return key
 }
-
-// cacheSaveInterval is how often watch writes its stat cache to disk at
-// least; between saves, a crash only costs the next start re-reading the
-// files changed since the last save.
-const cacheSaveInterval = time.Hour
 
 // nextRun is the next scheduled time after now.
 func nextRun(now time.Time, every time.Duration, at time.Time) time.Time {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
+	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // corruptionFixture is a repository with two backups: b1 of src1, and b2
@@ -41,7 +43,7 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 	c.ok("init", "--repo", f.repo)
 	c.ok("backup", "--repo", f.repo, "--name", "b1", src1)
 	c.ok("backup", "--repo", f.repo, "--name", "b2", src2)
-	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(f.repo), nil)
+	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(f.repo), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,14 +53,14 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.roots[b] = rec.RootHexdigest
-		m, err := store.Manifest(context.Background(), rec)
+		f.roots[b] = rec.Root.String()
+		m, err := snapshot.LoadManifest(context.Background(), store, rec.Root, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, file := range m.Files {
 			if !file.Embedded() {
-				f.hexdigests[file.RelativePath] = file.Hexdigest
+				f.hexdigests[file.RelativePath] = file.Hexdigest.String()
 			}
 		}
 	}
@@ -84,7 +86,7 @@ func (f *corruptionFixture) usersOf(hexdigest string, backups ...string) []strin
 // range of a pack).
 func (f *corruptionFixture) file(t *testing.T, hexdigest string) (string, hashstore.Location) {
 	t.Helper()
-	loc, err := f.store.Locate(context.Background(), hexdigest)
+	loc, err := f.store.Locate(context.Background(), digest.MustParse(hexdigest))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +158,7 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 			os.Truncate(name, loc.Offset+loc.Length/2)
 			var broken []string
 			for _, h := range f.hexdigests {
-				if l, err := f.store.Locate(context.Background(), h); err == nil && l.Key == loc.Key && l.Offset+l.Length > loc.Offset+loc.Length/2 {
+				if l, err := f.store.Locate(context.Background(), digest.MustParse(h)); err == nil && l.Key == loc.Key && l.Offset+l.Length > loc.Offset+loc.Length/2 {
 					broken = append(broken, h)
 				}
 			}
@@ -167,7 +169,7 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 			os.Remove(name)
 			var broken []string
 			for _, h := range f.hexdigests {
-				if l, err := f.store.Locate(context.Background(), h); err == nil && l.Key == loc.Key {
+				if l, err := f.store.Locate(context.Background(), digest.MustParse(h)); err == nil && l.Key == loc.Key {
 					broken = append(broken, h)
 				}
 			}
@@ -269,8 +271,8 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 				}
 				// Nothing intact is reported.
 				for _, p := range rep.Problems {
-					if p.Hexdigest != "" && !slices.Contains(broken, p.Hexdigest) {
-						t.Errorf("verify reports intact object %s: %s", p.Hexdigest, p)
+					if !p.ID.IsZero() && !slices.Contains(broken, p.ID.String()) {
+						t.Errorf("verify reports intact object %s: %s", p.ID, p)
 					}
 				}
 			}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 )
 
@@ -77,7 +79,7 @@ func (s *crashSource) write(rel string, data []byte) {
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	h := hashstore.Hexdigest(data)
+	h := digest.Of(data).String()
 	s.tree[rel] = h
 	s.newBytes += int64(len(data))
 }
@@ -161,7 +163,7 @@ func treeOf(t *testing.T, dir string) crashTree {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
-		out[filepath.ToSlash(rel)] = hashstore.Hexdigest(data)
+		out[filepath.ToSlash(rel)] = digest.Of(data).String()
 		return nil
 	})
 	if err != nil {
@@ -323,7 +325,7 @@ func (c *cli) killBackup(repo, src, name string, kind crashKill, delay time.Dura
 	storedCount := func() int {
 		n := 0
 		for _, h := range newLoose {
-			if _, err := os.Stat(filepath.Join(repo, filepath.FromSlash(hashstore.ObjectKey(h)))); err == nil {
+			if _, err := os.Stat(filepath.Join(repo, filepath.FromSlash(hashstore.ObjectKey(digest.MustParse(h))))); err == nil {
 				n++
 			}
 		}

@@ -32,7 +32,7 @@ func concurrentNodes(t *testing.T, c *cli, repo string) {
 	var wg sync.WaitGroup
 	for i := range backups {
 		wg.Go(func() {
-			o := c.run("backup", "--json", "--node", fmt.Sprintf("node%d", i%4), "--repo", repo, srcs[i])
+			o := c.runProcess("backup", "--json", "--node", fmt.Sprintf("node%d", i%4), "--repo", repo, srcs[i])
 			if o.code != 0 {
 				t.Errorf("backup %d: exit %d: %s", i, o.code, o.stderr)
 				return

@@ -86,7 +86,7 @@ func TestMetricsFile(t *testing.T) {
 	}
 	// The repository is gone: the run fails, the last success stays.
 	os.RemoveAll(repo)
-	if o := c.run("backup", "--repo", repo, "--metrics-file", metrics, src); o.code != 1 {
+	if o := c.run("backup", "--repo", repo, "--metrics-file", metrics, src); o.code != 10 {
 		t.Fatalf("backup into a missing repository: exit %d", o.code)
 	}
 	bad := parseMetrics(t, metrics)
@@ -149,7 +149,7 @@ func TestNotifications(t *testing.T) {
 	makeSource(t, src)
 	c.ok("init", "--repo", repo)
 	c.ok("backup", "--repo", repo, "--name", "first", "--notify-url", ok.URL, src)
-	if o := c.run("backup", "--repo", filepath.Join(dir, "none"), "--notify-url", ok.URL, src); o.code != 1 {
+	if o := c.run("backup", "--repo", filepath.Join(dir, "none"), "--notify-url", ok.URL, src); o.code != 10 {
 		t.Fatalf("backup into a missing repository: exit %d", o.code)
 	}
 	kinds := map[string]map[string]any{}

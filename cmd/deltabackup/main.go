@@ -18,15 +18,20 @@ import (
 	"golang.org/x/term"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/location"
+	"github.com/deltabackup/deltabackup/hashstore/peer"
+	"github.com/deltabackup/deltabackup/hashstore/s3store"
 )
 
 // Exit codes are an API: wrappers hard-code them. Never renumber.
 const (
-	exitOK          = 0
-	exitFailure     = 1
-	exitUsage       = 2
-	exitIncomplete  = 3 // finished, but some files could not be read
-	exitInterrupted = 130
+	exitOK           = 0
+	exitFailure      = 1
+	exitUsage        = 2
+	exitIncomplete   = 3  // finished, but some files could not be read
+	exitNoRepository = 10 // there is no repository at the location
+	exitLocked       = 11 // another process holds the repository
+	exitInterrupted  = 130
 )
 
 // globals are the flags every command shares.
@@ -43,11 +48,13 @@ type globals struct {
 	createBucket bool
 	retryTime    time.Duration
 
+	// What a run builds as it goes, not flags.
 	stdout io.Writer
 	stderr io.Writer
 	logger *slog.Logger
-	// counted is the S3 backend of the run, whose requests are reported.
-	counted interface{ Requests() map[string]int64 }
+	// counted are the locations opened by the run, whose storage requests
+	// are reported.
+	counted []*location.Opened
 
 	metricsFile string
 	notifyURL   string
@@ -81,12 +88,14 @@ func newRootCommand(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "deltabackup",
 		Short: "Content-addressed delta backups of data directories",
-		Long: `deltabackup backs up a data directory to a repository (a local directory),
-storing each distinct content once under its BLAKE3 hexdigest, uploading
-only what the repository lacks, and restores it byte for byte.
+		Long: `deltabackup backs up a data directory to a repository (a local directory,
+or an S3 bucket), storing each distinct content once under its BLAKE3
+hexdigest, uploading only what the repository lacks, and restores it byte
+for byte, from the repository and from peers at once.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but some files
-could not be read (they are listed), 130 interrupted.`,
+could not be read (they are listed), 10 no repository at --repo, 11 the
+repository is locked by another process, 130 interrupted.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -107,7 +116,7 @@ could not be read (they are listed), 130 interrupted.`,
 		return usageError{fmt.Errorf("%w; see '%s --help'", err, cmd.CommandPath())}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path or file:///path (env DELTABACKUP_REPO)")
+	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path or s3://bucket/prefix (env DELTABACKUP_REPO)")
 	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
@@ -177,10 +186,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
 	g.drainNotifications()
+	for _, o := range g.counted {
+		o.Close()
+	}
 	if err == nil {
 		return exitOK
 	}
-	err = advise(err)
+	err = advise(err, g)
 	code := exitCode(ctx, err)
 	if g.json {
 		_ = json.NewEncoder(stderr).Encode(map[string]any{"message_type": "exit_error", "code": code, "message": err.Error()})
@@ -194,12 +206,16 @@ func exitCode(ctx context.Context, err error) int {
 	var usage usageError
 	var incomplete incompleteError
 	switch {
-	case errors.As(err, &usage):
+	case errors.As(err, &usage), errors.Is(err, location.ErrInvalid):
 		return exitUsage
 	case errors.As(err, &incomplete):
 		return exitIncomplete
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		return exitInterrupted
+	case errors.Is(err, hashstore.ErrNotRepository):
+		return exitNoRepository
+	case errors.Is(err, hashstore.ErrLocked):
+		return exitLocked
 	}
 	// cobra reports unknown commands and flags as plain errors.
 	if isCobraUsageError(err) {
@@ -225,29 +241,41 @@ func main() {
 	os.Exit(code)
 }
 
-// hint adds what to do next to errors a user can fix.
-func hint(err error, repo string) error {
-	switch {
-	case errors.Is(err, hashstore.ErrNotRepository):
-		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, repo)
-	}
-	return err
-}
-
 // advise adds, to an error about to be printed, what the user can do
 // about it with this program's flags and commands. The library states
-// facts; advice that names a flag belongs here.
-func advise(err error) error {
+// facts; advice that names a flag or a command belongs here.
+func advise(err error, g *globals) error {
 	var amb *hashstore.AmbiguousLatestError
+	var unreadable *hashstore.UnreadableBackupError
 	switch {
+	case errors.Is(err, hashstore.ErrNotRepository):
+		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, g.repo)
+	case errors.Is(err, hashstore.ErrRepositoryExists):
+		return fmt.Errorf("%w; choose an empty location", err)
+	case errors.Is(err, hashstore.ErrNewerFormat):
+		return fmt.Errorf("%w; upgrade deltabackup", err)
+	case errors.Is(err, hashstore.ErrLocked):
+		return fmt.Errorf("%w; wait for it to finish, or give a longer --lock-wait", err)
 	case errors.As(err, &amb):
 		return fmt.Errorf("%w; name the backup, or pick one with --source (and --node)", err)
 	case errors.Is(err, hashstore.ErrNoBackups):
 		return fmt.Errorf("%w; 'latest' is the newest backup of this host: give --node NAME, or --all-nodes", err)
 	case errors.Is(err, hashstore.ErrBackupExists):
 		return fmt.Errorf("%w; choose another --name", err)
-	case errors.Is(err, hashstore.ErrNotFound) && strings.HasPrefix(err.Error(), "backup "):
+	case errors.As(err, &unreadable):
+		return fmt.Errorf("%w; run 'deltabackup verify', and forget backup %s if it cannot be repaired (or delete backups/%s.json)", err, unreadable.Name, unreadable.Name)
+	case errors.Is(err, hashstore.ErrNoSuchBackup):
 		return fmt.Errorf("%w; list backups with 'deltabackup list'", err)
+	case errors.Is(err, s3store.ErrBucketMissing):
+		return fmt.Errorf("%w; create it, or pass --create-bucket to init", err)
+	case errors.Is(err, s3store.ErrWrongRegion):
+		return fmt.Errorf("%w; set --s3-region or AWS_REGION", err)
+	case errors.Is(err, s3store.ErrAccessDenied):
+		return fmt.Errorf("%w; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --s3-profile) and the bucket policy", err)
+	case errors.Is(err, peer.ErrUnauthorized):
+		return fmt.Errorf("%w; give the peers' token with --peer-token-file", err)
+	case errors.Is(err, hashstore.ErrEmptyPolicy):
+		return usageError{fmt.Errorf("%w: give at least one --keep-* option", err)}
 	}
 	return err
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -45,6 +47,10 @@ type cli struct {
 	t        *testing.T
 	cacheDir string
 	asUser   *syscall.Credential
+	// process runs every command as a process of its own: for tests
+	// whose work is heavy, which the race detector would only slow down
+	// (the command layer is raced by the other tests).
+	process bool
 }
 
 type outcome struct {
@@ -56,13 +62,30 @@ func newCLI(t *testing.T) *cli {
 	return &cli{t: t, cacheDir: filepath.Join(t.TempDir(), "cache")}
 }
 
+// run runs deltabackup in this process, through the same run function
+// main calls, so that go test -race covers the command layer. Commands
+// run as another user, and those that must be a process of their own
+// (killed, signalled, racing other processes), use runProcess.
 func (c *cli) run(args ...string) outcome {
+	c.t.Helper()
+	if c.asUser != nil || c.process {
+		return c.runWithin(0, args...)
+	}
+	var stdout, stderr bytes.Buffer
+	args = append(append([]string(nil), args...), "--cache-dir", c.cacheDir)
+	code := run(context.Background(), args, &stdout, &stderr)
+	return outcome{stdout.String(), stderr.String(), code}
+}
+
+// runProcess runs the deltabackup binary as a process of its own.
+func (c *cli) runProcess(args ...string) outcome {
 	c.t.Helper()
 	return c.runWithin(0, args...)
 }
 
-// runWithin is run for commands that might not end by themselves (serve):
-// after d (when not 0) the process is killed and the code is -1.
+// runWithin runs the binary for commands that might not end by
+// themselves (serve): after d (when not 0) the process is killed and the
+// code is -1.
 func (c *cli) runWithin(d time.Duration, args ...string) outcome {
 	c.t.Helper()
 	ctx := context.Background()
@@ -233,8 +256,8 @@ func TestCorruptObjectThenRepair(t *testing.T) {
 	c.ok("backup", "--repo", repo, src)
 
 	content, _ := os.ReadFile(filepath.Join(src, "bin/run.sh"))
-	h := hashstore.Hexdigest(content)
-	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(repo), nil)
+	h := digest.Of(content)
+	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(repo), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +276,7 @@ func TestCorruptObjectThenRepair(t *testing.T) {
 
 	out := filepath.Join(dir, "out")
 	o := c.run("restore", "--repo", repo, "latest", out)
-	if o.code != 1 || !strings.Contains(o.stderr, "bin/run.sh") || !strings.Contains(o.stderr, h) {
+	if o.code != 1 || !strings.Contains(o.stderr, "bin/run.sh") || !strings.Contains(o.stderr, h.String()) {
 		t.Fatalf("restore with a corrupt object: exit %d, stderr:\n%s", o.code, o.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(out, "bin/run.sh")); err == nil {
@@ -275,7 +298,7 @@ func TestHandMadeManifestWithEscapeIsRefused(t *testing.T) {
 	repo := filepath.Join(dir, "repo")
 	c.ok("init", "--repo", repo)
 	ctx := context.Background()
-	store, err := hashstore.Open(ctx, hashstore.NewLocal(repo), nil)
+	store, err := hashstore.Open(ctx, hashstore.NewLocal(repo), hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,11 +306,11 @@ func TestHandMadeManifestWithEscapeIsRefused(t *testing.T) {
 		`"files":[{"relative_path":"../escape","file_size":5,"mtime_ns":0,"mode":420,"hexdigest":"","content_b64":"b3duZWQ=","stored_file_size":0,"should_be_bundled":false}],` +
 		`"dirs":[],"empty_dirs":[],"symlinks":[],"hashes":[]}`
 	manifest = strings.Replace(manifest, `"file_size":5`, `"file_size":5`, 1)
-	root := hashstore.Hexdigest([]byte(manifest))
+	root := digest.Of([]byte(manifest))
 	if _, err := store.Put(ctx, root, strings.NewReader(manifest), int64(len(manifest))); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.PutBackup(ctx, hashstore.BackupRecord{Name: "evil", RootHexdigest: root, End: time.Now()}); err != nil {
+	if err := store.PutBackup(ctx, hashstore.BackupRecord{Name: "evil", Root: root, End: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	target := filepath.Join(dir, "target")
@@ -366,8 +389,8 @@ func TestUsageAndRepositoryErrors(t *testing.T) {
 		{[]string{"backup", "--repo", repo, "--embed-below", "lots", dir}, 2, "invalid size"},
 		{[]string{"backup", "--repo", repo, "--name", "../x", dir}, 2, "invalid backup name"},
 		{[]string{"init", "--repo", repo}, 1, "already exists"},
-		{[]string{"list", "--repo", filepath.Join(dir, "nowhere")}, 1, "does not exist; create it with 'deltabackup init"},
-		{[]string{"list", "--repo", notRepo}, 1, "not a deltabackup repository"},
+		{[]string{"list", "--repo", filepath.Join(dir, "nowhere")}, 10, "does not exist: not a deltabackup repository; create one with 'deltabackup init"},
+		{[]string{"list", "--repo", notRepo}, 10, "not a deltabackup repository"},
 		{[]string{"restore", "--repo", repo, "latest", filepath.Join(dir, "t")}, 1, "no backups yet"},
 		{[]string{"restore", "--repo", repo, "nope", filepath.Join(dir, "t")}, 1, "backup \"nope\": not found"},
 		{[]string{"backup", "--repo", repo, filepath.Join(dir, "missing-src")}, 1, "no such file or directory"},
@@ -387,7 +410,7 @@ func TestUsageAndRepositoryErrors(t *testing.T) {
 	}
 	o := c.run("--json", "list", "--repo", notRepo)
 	var exitErr map[string]any
-	if err := json.Unmarshal([]byte(o.stderr), &exitErr); err != nil || exitErr["message_type"] != "exit_error" || exitErr["code"].(float64) != 1 {
+	if err := json.Unmarshal([]byte(o.stderr), &exitErr); err != nil || exitErr["message_type"] != "exit_error" || exitErr["code"].(float64) != 10 {
 		t.Fatalf("--json error output %q", o.stderr)
 	}
 }

@@ -153,7 +153,7 @@ func TestServeTokenAndLoopback(t *testing.T) {
 	c := newCLI(t)
 	dir, src, repo := c.backedUpSource()
 
-	o := c.run("serve", "--source", src, "--listen", "0.0.0.0:0")
+	o := c.runWithin(10*time.Second, "serve", "--source", src, "--listen", "0.0.0.0:0")
 	if o.code != 2 || !strings.Contains(o.stderr, "--token-file") {
 		t.Fatalf("serve on all interfaces without a token: exit %d, %s", o.code, o.stderr)
 	}

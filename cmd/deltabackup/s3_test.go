@@ -198,3 +198,30 @@ func TestS3CopyForgetGC(t *testing.T) {
 	c.ok("restore", "--repo", remote, "latest", out2)
 	restoretest.CompareTrees(t, src, out2)
 }
+
+// TestS3MissingBucketHint: the library says the bucket is missing; the
+// CLI adds what to do about it.
+func TestS3MissingBucketHint(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	c := newCLI(t)
+	o := c.run("init", "--repo", s3Repo(t, endpoint))
+	if o.code != 1 || !strings.Contains(o.stderr, "bucket does not exist") || !strings.Contains(o.stderr, "--create-bucket") {
+		t.Fatalf("init of a missing bucket: exit %d, %s", o.code, o.stderr)
+	}
+}
+
+func TestS3WrongCredentialsHint(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	c := newCLI(t)
+	repo := s3Repo(t, endpoint)
+	c.ok("init", "--create-bucket", "--repo", repo)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-do-not-print")
+	o := c.run("list", "--repo", repo)
+	lines := strings.Split(strings.TrimSpace(o.stderr), "\n")
+	if o.code != 1 || len(lines) != 1 || !strings.Contains(o.stderr, "rejected the credentials") || !strings.Contains(o.stderr, "AWS_SECRET_ACCESS_KEY") {
+		t.Fatalf("list with a wrong secret: exit %d, %s", o.code, o.stderr)
+	}
+	if strings.Contains(o.stderr+o.stdout, "wrong-secret-do-not-print") {
+		t.Fatalf("the secret is printed: %s", o.stderr)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 
@@ -58,4 +59,15 @@ func (s selection) filter() hashstore.BackupFilter {
 		}
 	}
 	return f
+}
+
+// openSelected checks the selection flags, then opens the repository: a
+// usage error is reported before any storage is touched.
+func openSelected(ctx context.Context, g *globals, sel selection) (*hashstore.Store, hashstore.BackupFilter, error) {
+	filter, err := sel.latest()
+	if err != nil {
+		return nil, filter, err
+	}
+	store, err := openStore(ctx, g)
+	return store, filter, err
 }

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore"
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // ClientOptions configure a Client.
@@ -140,17 +140,17 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	defer resp.Body.Close()
 	var h Health
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&h); err != nil {
-		return Health{}, fmt.Errorf("%s: health: %w: %v", c, ErrProtocol, err)
+		return Health{}, fmt.Errorf("%s: health: %w: %w", c, ErrProtocol, err)
 	}
 	return h, nil
 }
 
-// Missing returns which of hexdigests the peer does not hold, asking in
+// Missing returns which of ids the peer does not hold, asking in
 // batches.
-func (c *Client) Missing(ctx context.Context, hexdigests []string) ([]string, error) {
-	have := make(map[string]bool, len(hexdigests))
-	for start := 0; start < len(hexdigests); start += MaxHasBatch {
-		batch := hexdigests[start:min(start+MaxHasBatch, len(hexdigests))]
+func (c *Client) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
+	have := make(map[digest.Digest]bool, len(ids))
+	for start := 0; start < len(ids); start += MaxHasBatch {
+		batch := ids[start:min(start+MaxHasBatch, len(ids))]
 		resp, err := c.request(ctx, http.MethodPost, "/v1/has", hexdigestsRequest{Hexdigests: batch})
 		if err != nil {
 			return nil, err
@@ -159,14 +159,14 @@ func (c *Client) Missing(ctx context.Context, hexdigests []string) ([]string, er
 		err = json.NewDecoder(io.LimitReader(resp.Body, int64(len(batch))*128+1024)).Decode(&answer)
 		resp.Body.Close()
 		if err != nil {
-			return nil, fmt.Errorf("%s: has: %w: %v", c, ErrProtocol, err)
+			return nil, fmt.Errorf("%s: has: %w: %w", c, ErrProtocol, err)
 		}
 		for _, o := range answer.Have {
-			have[o.Hexdigest] = true
+			have[o.ID] = true
 		}
 	}
-	var missing []string
-	for _, h := range hexdigests {
+	var missing []digest.Digest
+	for _, h := range ids {
 		if !have[h] {
 			missing = append(missing, h)
 		}
@@ -175,19 +175,19 @@ func (c *Client) Missing(ctx context.Context, hexdigests []string) ([]string, er
 }
 
 // Get fetches one object; the reader fails at its end unless every byte
-// hashed to hexdigest.
-func (c *Client) Get(ctx context.Context, hexdigest string) (io.ReadCloser, error) {
-	return c.GetRange(ctx, hexdigest, 0, -1)
+// hashed to id.
+func (c *Client) Get(ctx context.Context, id digest.Digest) (io.ReadCloser, error) {
+	return c.GetRange(ctx, id, 0, -1)
 }
 
 // GetRange fetches length bytes of an object from offset (length < 0: to
 // the end). Only whole objects can be verified here; callers verify
 // ranges once they have them all.
-func (c *Client) GetRange(ctx context.Context, hexdigest string, offset, length int64) (io.ReadCloser, error) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		return nil, fmt.Errorf("invalid hexdigest %q", hexdigest)
+func (c *Client) GetRange(ctx context.Context, id digest.Digest, offset, length int64) (io.ReadCloser, error) {
+	if id.IsZero() {
+		return nil, errors.New("get from a peer: no id")
 	}
-	path := "/v1/objects/" + hexdigest
+	path := "/v1/objects/" + id.String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+path, nil)
 	if err != nil {
 		return nil, err
@@ -210,25 +210,25 @@ func (c *Client) GetRange(ctx context.Context, hexdigest string, offset, length 
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: object %s: %w", c, hexdigest, hashstore.ErrNotFound)
+		return nil, fmt.Errorf("%s: object %s: %w", c, id, hashstore.ErrNotFound)
 	case resp.StatusCode == http.StatusUnauthorized:
 		resp.Body.Close()
 		return nil, hashstore.Permanent(fmt.Errorf("%s: refused the request: %w", c, ErrUnauthorized))
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: object %s: %w", c, hexdigest, hashstore.ErrInvalidRange)
+		return nil, fmt.Errorf("%s: object %s: %w", c, id, hashstore.ErrInvalidRange)
 	case resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent:
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: object %s: HTTP %d", c, hexdigest, resp.StatusCode)
+		return nil, fmt.Errorf("%s: object %s: HTTP %d", c, id, resp.StatusCode)
 	}
-	if got := resp.Header.Get("X-Deltabackup-Hexdigest"); got != hexdigest {
+	if got := resp.Header.Get("X-Deltabackup-Hexdigest"); got != id.String() {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %w: answered %q for object %s", c, ErrProtocol, got, hexdigest)
+		return nil, fmt.Errorf("%s: %w: answered %q for object %s", c, ErrProtocol, got, id)
 	}
 	size, err := strconv.ParseInt(resp.Header.Get("X-Deltabackup-Size"), 10, 64)
 	if err != nil || size < 0 {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %w: object %s without a size", c, ErrProtocol, hexdigest)
+		return nil, fmt.Errorf("%s: %w: object %s without a size", c, ErrProtocol, id)
 	}
 	if resp.StatusCode == http.StatusPartialContent {
 		// The bytes must start where they were asked to, or they would be
@@ -236,16 +236,16 @@ func (c *Client) GetRange(ctx context.Context, hexdigest string, offset, length 
 		var first int64
 		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &first); err != nil || first != offset {
 			resp.Body.Close()
-			return nil, fmt.Errorf("%s: %w: object %s: range %q does not start at %d", c, ErrProtocol, hexdigest, resp.Header.Get("Content-Range"), offset)
+			return nil, fmt.Errorf("%s: %w: object %s: range %q does not start at %d", c, ErrProtocol, id, resp.Header.Get("Content-Range"), offset)
 		}
 	} else if offset > 0 {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %w: object %s: whole object sent for a range", c, ErrProtocol, hexdigest)
+		return nil, fmt.Errorf("%s: %w: object %s: whole object sent for a range", c, ErrProtocol, id)
 	}
 	body := &idleReader{rc: resp.Body, idle: c.idle}
 	if whole {
-		rb := &resumingBody{c: c, ctx: ctx, hexdigest: hexdigest, size: size, body: body}
-		return readCloser{hashstore.VerifyReader(rb, hexdigest, size), rb}, nil
+		rb := &resumingBody{c: c, ctx: ctx, id: id, size: size, body: body}
+		return readCloser{hashstore.VerifyReader(rb, id, size), rb}, nil
 	}
 	return body, nil
 }
@@ -259,13 +259,13 @@ const maxResumes = 2
 // reached: a large object is not sent twice because of one reset. A peer
 // that stalls is not asked again; restore fetches the object elsewhere.
 type resumingBody struct {
-	c         *Client
-	ctx       context.Context
-	hexdigest string
-	size      int64
-	offset    int64
-	body      io.ReadCloser
-	resumes   int
+	c       *Client
+	ctx     context.Context
+	id      digest.Digest
+	size    int64
+	offset  int64
+	body    io.ReadCloser
+	resumes int
 }
 
 func (b *resumingBody) Read(p []byte) (int, error) {
@@ -282,7 +282,7 @@ func (b *resumingBody) Read(p []byte) (int, error) {
 	}
 	b.resumes++
 	b.body.Close()
-	rest, rerr := b.c.GetRange(b.ctx, b.hexdigest, b.offset, -1)
+	rest, rerr := b.c.GetRange(b.ctx, b.id, b.offset, -1)
 	if rerr != nil {
 		b.body = io.NopCloser(errorReader{fmt.Errorf("%w; resuming at byte %d: %w", err, b.offset, rerr)})
 	} else {
@@ -309,11 +309,11 @@ type readCloser struct {
 }
 
 // Verifies tells restore that the content is checked already (when it is).
-func (r readCloser) Verifies() (string, int64) {
+func (r readCloser) Verifies() (digest.Digest, int64) {
 	if v, ok := r.Reader.(hashstore.Verifying); ok {
 		return v.Verifies()
 	}
-	return "", -1
+	return digest.Digest{}, -1
 }
 
 // idleReader fails a read that waits longer than idle: a peer that stops
@@ -336,9 +336,9 @@ func (r *idleReader) Close() error { return r.rc.Close() }
 
 // GetMany fetches small objects (at most 1 MiB each) with one request per
 // 1,000. fn gets each object's content, or the error that kept it.
-func (c *Client) GetMany(ctx context.Context, hexdigests []string, fn func(hexdigest string, r io.Reader, err error) error) error {
-	for start := 0; start < len(hexdigests); start += MaxGetBatch {
-		batch := hexdigests[start:min(start+MaxGetBatch, len(hexdigests))]
+func (c *Client) GetMany(ctx context.Context, ids []digest.Digest, fn func(id digest.Digest, r io.Reader, err error) error) error {
+	for start := 0; start < len(ids); start += MaxGetBatch {
+		batch := ids[start:min(start+MaxGetBatch, len(ids))]
 		if err := c.getBatch(ctx, batch, fn); err != nil {
 			return err
 		}
@@ -346,7 +346,7 @@ func (c *Client) GetMany(ctx context.Context, hexdigests []string, fn func(hexdi
 	return nil
 }
 
-func (c *Client) getBatch(ctx context.Context, batch []string, fn func(string, io.Reader, error) error) error {
+func (c *Client) getBatch(ctx context.Context, batch []digest.Digest, fn func(digest.Digest, io.Reader, error) error) error {
 	resp, err := c.request(ctx, http.MethodPost, "/v1/objects", hexdigestsRequest{Hexdigests: batch})
 	if err != nil {
 		for _, h := range batch {
@@ -357,7 +357,7 @@ func (c *Client) getBatch(ctx context.Context, batch []string, fn func(string, i
 		return nil
 	}
 	defer resp.Body.Close()
-	return DecodeFrames(bufio.NewReaderSize(&idleReader{rc: resp.Body, idle: c.idle}, 64<<10), batch, func(h string, r io.Reader, err error) error {
+	return DecodeFrames(bufio.NewReaderSize(&idleReader{rc: resp.Body, idle: c.idle}, 64<<10), batch, func(h digest.Digest, r io.Reader, err error) error {
 		if err != nil {
 			err = fmt.Errorf("%s: %w", c, err)
 		}
@@ -365,13 +365,13 @@ func (c *Client) getBatch(ctx context.Context, batch []string, fn func(string, i
 	})
 }
 
-// DecodeFrames reads a frame stream answering a request for hexdigests
+// DecodeFrames reads a frame stream answering a request for ids
 // and hands each object to fn, verified: content that does not hash to its
 // digest reaches fn as an error. When the stream breaks, the remaining
 // objects get the error.
-func DecodeFrames(r *bufio.Reader, hexdigests []string, fn func(hexdigest string, r io.Reader, err error) error) error {
+func DecodeFrames(r *bufio.Reader, ids []digest.Digest, fn func(id digest.Digest, r io.Reader, err error) error) error {
 	fail := func(from int, err error) error {
-		for _, h := range hexdigests[from:] {
+		for _, h := range ids[from:] {
 			if ferr := fn(h, nil, err); ferr != nil {
 				return ferr
 			}
@@ -381,7 +381,7 @@ func DecodeFrames(r *bufio.Reader, hexdigests []string, fn func(hexdigest string
 	if err := readMagic(r); err != nil {
 		return fail(0, err)
 	}
-	for i, h := range hexdigests {
+	for i, h := range ids {
 		hdr, err := readFrameHeader(r, h)
 		if err != nil {
 			return fail(i, err)
@@ -399,7 +399,7 @@ func DecodeFrames(r *bufio.Reader, hexdigests []string, fn func(hexdigest string
 		}
 		// Whatever fn left unread is skipped, so the next frame lines up.
 		if _, err := io.Copy(io.Discard, body); err != nil {
-			return fail(i+1, fmt.Errorf("%w: %v", ErrProtocol, err))
+			return fail(i+1, fmt.Errorf("%w: %w", ErrProtocol, err))
 		}
 	}
 	return nil
@@ -429,43 +429,40 @@ func (p StoreProvider) Name() string { return "repository " + p.Store.String() }
 // Has implements Provider; sizes are not known without reading. What the
 // repository holds is read again at most once per ReloadAfter, whatever
 // the clients ask: lookups of unknown objects cost no listing each.
-func (p StoreProvider) Has(ctx context.Context, hexdigests []string) (map[string]int64, error) {
+func (p StoreProvider) Has(ctx context.Context, ids []digest.Digest) (map[digest.Digest]int64, error) {
 	p.reload()
-	out := map[string]int64{}
-	if _, err := p.lookup(ctx, hexdigests, out); err != nil {
+	out := map[digest.Digest]int64{}
+	if _, err := p.lookup(ctx, ids, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// lookup adds the hexdigests the store holds to found (size unknown: -1)
+// lookup adds the ids the store holds to found (size unknown: -1)
 // and returns the others.
-func (p StoreProvider) lookup(ctx context.Context, hexdigests []string, found map[string]int64) ([]string, error) {
-	infos, err := p.Store.LookupAll(ctx, hexdigests)
+func (p StoreProvider) lookup(ctx context.Context, ids []digest.Digest, found map[digest.Digest]int64) ([]digest.Digest, error) {
+	infos, err := p.Store.LookupAll(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	var missing []string
+	var missing []digest.Digest
 	for i, info := range infos {
 		if info.Found {
-			found[hexdigests[i]] = -1
+			found[ids[i]] = -1
 		} else {
-			missing = append(missing, hexdigests[i])
+			missing = append(missing, ids[i])
 		}
 	}
 	return missing, nil
 }
 
 // Open implements Provider: the store verifies what it reads.
-func (p StoreProvider) Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
-	o, err := p.Store.Get(ctx, hexdigest)
+func (p StoreProvider) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, int64, error) {
+	o, err := p.Store.Get(ctx, id)
 	if errors.Is(err, hashstore.ErrNotFound) && p.reload() {
-		o, err = p.Store.Get(ctx, hexdigest)
+		o, err = p.Store.Get(ctx, id)
 	}
 	if err != nil {
-		if errors.Is(err, hashstore.ErrNotFound) {
-			return nil, 0, ErrUnavailable
-		}
 		return nil, 0, err
 	}
 	return o, o.Size(), nil

@@ -16,24 +16,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
+	"github.com/deltabackup/deltabackup/hashstore/peer/peertest"
 	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 type fixture struct {
 	dir     string
 	objects *snapshot.Objects
-	small   []string // hexdigests of small files
-	big     string   // hexdigest of a 3 MiB file
-	content map[string][]byte
+	small   []digest.Digest // small files
+	big     digest.Digest   // a 3 MiB file
+	content map[digest.Digest][]byte
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), content: map[string][]byte{}}
+	f := &fixture{dir: t.TempDir(), content: map[digest.Digest][]byte{}}
 	r := rand.New(rand.NewPCG(1, 2))
-	write := func(rel string, n int) string {
+	write := func(rel string, n int) digest.Digest {
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = byte(r.Uint32())
@@ -43,7 +46,7 @@ func newFixture(t *testing.T) *fixture {
 		os.WriteFile(p, b, 0o644)
 		old := time.Now().Add(-time.Hour)
 		os.Chtimes(p, old, old)
-		h := hashstore.Hexdigest(b)
+		h := digest.Of(b)
 		f.content[h] = b
 		return h
 	}
@@ -116,8 +119,8 @@ func TestProtocol(t *testing.T) {
 	if err != nil || h.Status != "ok" || h.Node != "n1" || h.Objects != 21 {
 		t.Fatalf("health %+v, %v", h, err)
 	}
-	unknown := hashstore.Hexdigest([]byte("nobody has this"))
-	missing, err := c.Missing(ctx, append([]string{unknown}, f.small...))
+	unknown := digest.Of([]byte("nobody has this"))
+	missing, err := c.Missing(ctx, append([]digest.Digest{unknown}, f.small...))
 	if err != nil || len(missing) != 1 || missing[0] != unknown {
 		t.Fatalf("missing = %v, %v", missing, err)
 	}
@@ -132,8 +135,8 @@ func TestProtocol(t *testing.T) {
 	if _, err := c.Get(ctx, unknown); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("get of an unknown hash: %v", err)
 	}
-	seen := map[string]bool{}
-	err = c.GetMany(ctx, append([]string{unknown}, f.small...), func(h string, r io.Reader, err error) error {
+	seen := map[digest.Digest]bool{}
+	err = c.GetMany(ctx, append([]digest.Digest{unknown}, f.small...), func(h digest.Digest, r io.Reader, err error) error {
 		seen[h] = true
 		if h == unknown {
 			if !errors.Is(err, hashstore.ErrNotFound) {
@@ -157,8 +160,8 @@ func TestNothingButObjectsIsServed(t *testing.T) {
 	srv := serve(t, peer.ServerOptions{}, f.objects)
 	for _, path := range []string{
 		"/", "/v1", "/v1/objects/", "/v1/objects/../../etc/passwd", "/v1/objects/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-		"/etc/passwd", "/v1/objects/" + strings.Repeat("g", 64), "/v1/objects/" + strings.ToUpper(f.big),
-		"/v1/objects/" + f.big + "/x", "/big.bin", "/s/01", "/v1/list", "/debug/pprof/",
+		"/etc/passwd", "/v1/objects/" + strings.Repeat("g", 64), "/v1/objects/" + strings.ToUpper(f.big.String()),
+		"/v1/objects/" + f.big.String() + "/x", "/big.bin", "/s/01", "/v1/list", "/debug/pprof/",
 	} {
 		resp, err := http.Get(srv.URL + path)
 		if err != nil {
@@ -170,7 +173,7 @@ func TestNothingButObjectsIsServed(t *testing.T) {
 			t.Errorf("GET %s: %d %q, want a bare 404", path, resp.StatusCode, body)
 		}
 	}
-	resp, err := http.Post(srv.URL+"/v1/objects/"+f.big, "application/json", nil)
+	resp, err := http.Post(srv.URL+"/v1/objects/"+f.big.String(), "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +233,7 @@ func TestChangedFilesAreNotServedWrong(t *testing.T) {
 	sd[0] ^= 1
 	os.WriteFile(small, sd, 0o644)
 	os.Chtimes(small, fi.ModTime(), fi.ModTime())
-	c.GetMany(ctx, []string{f.small[3], f.small[4]}, func(h string, r io.Reader, err error) error {
+	c.GetMany(ctx, []digest.Digest{f.small[3], f.small[4]}, func(h digest.Digest, r io.Reader, err error) error {
 		switch h {
 		case f.small[3]:
 			if err == nil {
@@ -252,14 +255,15 @@ func TestChangedFilesAreNotServedWrong(t *testing.T) {
 
 func TestWrongBytesAreRejected(t *testing.T) {
 	f := newFixture(t)
-	srv := serve(t, peer.ServerOptions{CorruptForTesting: true}, f.objects)
+	srv := httptest.NewServer(peertest.Lying(newServer(t, peer.ServerOptions{NoAuth: true}, f.objects).Handler()))
+	t.Cleanup(srv.Close)
 	c := client(t, srv.URL, "")
 	ctx := context.Background()
 	if _, err := readAll(c.Get(ctx, f.big)); !errors.Is(err, hashstore.ErrCorrupt) {
 		t.Fatalf("corrupt object: %v, want ErrCorrupt", err)
 	}
 	bad := 0
-	c.GetMany(ctx, f.small, func(h string, r io.Reader, err error) error {
+	c.GetMany(ctx, f.small, func(h digest.Digest, r io.Reader, err error) error {
 		if err == nil {
 			_, err = io.ReadAll(r)
 		}
@@ -275,13 +279,13 @@ func TestWrongBytesAreRejected(t *testing.T) {
 
 func TestStoreProvider(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), nil)
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	content := bytes.Repeat([]byte("from the repository "), 5000)
-	h := hashstore.Hexdigest(content)
+	h := digest.Of(content)
 	store.Put(ctx, h, bytes.NewReader(content), int64(len(content)))
 	srv := serve(t, peer.ServerOptions{}, peer.StoreProvider{Store: store})
 	c := client(t, srv.URL, "")
-	if missing, err := c.Missing(ctx, []string{h}); err != nil || len(missing) != 0 {
+	if missing, err := c.Missing(ctx, []digest.Digest{h}); err != nil || len(missing) != 0 {
 		t.Fatalf("missing %v, %v", missing, err)
 	}
 	got, err := readAll(c.Get(ctx, h))
@@ -291,13 +295,11 @@ func TestStoreProvider(t *testing.T) {
 }
 
 func FuzzDecodeFrames(f *testing.F) {
-	want := []string{hashstore.Hexdigest([]byte("a")), hashstore.Hexdigest([]byte("bb"))}
+	want := []digest.Digest{digest.Of([]byte("a")), digest.Of([]byte("bb"))}
 	var good bytes.Buffer
 	good.WriteString("DBP1")
 	for i, h := range want {
-		var d [32]byte
-		fmt.Sscanf(h, "%x", &d)
-		good.Write(d[:])
+		good.Write(h[:])
 		if i == 0 {
 			good.Write([]byte{0, 0, 0, 0, 0, 0, 0, 0, 1})
 			good.WriteString("a")
@@ -309,12 +311,12 @@ func FuzzDecodeFrames(f *testing.F) {
 	f.Add([]byte("DBP1"))
 	f.Add([]byte("HTTP/1.1 200 OK"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		peer.DecodeFrames(bufio.NewReader(bytes.NewReader(data)), want, func(h string, r io.Reader, err error) error {
+		peer.DecodeFrames(bufio.NewReader(bytes.NewReader(data)), want, func(h digest.Digest, r io.Reader, err error) error {
 			if err != nil {
 				return nil
 			}
 			got, rerr := io.ReadAll(r)
-			if rerr == nil && hashstore.Hexdigest(got) != h {
+			if rerr == nil && digest.Of(got) != h {
 				t.Fatalf("accepted %d bytes as %s", len(got), h)
 			}
 			return nil
@@ -383,23 +385,23 @@ func TestBrokenTransferResumesWithRange(t *testing.T) {
 func TestStoreProviderSeesLaterBackups(t *testing.T) {
 	ctx := context.Background()
 	backend := hashstore.NewMemory()
-	served, _ := hashstore.Init(ctx, backend, nil)
+	served, _ := hashstore.Init(ctx, backend, hashstore.Options{})
 	srv := serve(t, peer.ServerOptions{}, peer.StoreProvider{Store: served, ReloadAfter: time.Nanosecond})
 	c := client(t, srv.URL, "")
 	content := bytes.Repeat([]byte("packed later by a backup "), 40)
-	h := hashstore.Hexdigest(content)
-	if missing, err := c.Missing(ctx, []string{h}); err != nil || len(missing) != 1 {
+	h := digest.Of(content)
+	if missing, err := c.Missing(ctx, []digest.Digest{h}); err != nil || len(missing) != 1 {
 		t.Fatalf("before the backup: missing %v, %v", missing, err)
 	}
-	writer, _ := hashstore.Open(ctx, backend, nil)
-	pk := writer.NewPacker(ctx, 0)
-	if _, err := pk.Add(ctx, h, content); err != nil {
+	writer, _ := hashstore.Open(ctx, backend, hashstore.Options{})
+	err := writer.WithPacker(ctx, 0, func(ctx context.Context, pk *hashstore.Packer) error {
+		_, err := pk.Add(ctx, h, content)
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pk.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if missing, err := c.Missing(ctx, []string{h}); err != nil || len(missing) != 0 {
+	if missing, err := c.Missing(ctx, []digest.Digest{h}); err != nil || len(missing) != 0 {
 		t.Fatalf("after the backup: missing %v, %v", missing, err)
 	}
 	got, err := readAll(c.Get(ctx, h))

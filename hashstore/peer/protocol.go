@@ -3,10 +3,11 @@ package peer
 import (
 	"bufio"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Limits of the protocol, enforced by both sides.
@@ -25,10 +26,10 @@ const (
 	frameUnavailable = 1
 )
 
-// Object is a hexdigest and its size, as /v1/has answers.
+// Object is an id and its size, as /v1/has answers.
 type Object struct {
-	Hexdigest string `json:"hexdigest"`
-	Size      int64  `json:"size"`
+	ID   digest.Digest `json:"hexdigest"`
+	Size int64         `json:"size"`
 }
 
 // Health is what /v1/health answers.
@@ -40,7 +41,7 @@ type Health struct {
 }
 
 type hexdigestsRequest struct {
-	Hexdigests []string `json:"hexdigests"`
+	Hexdigests []digest.Digest `json:"hexdigests"`
 }
 
 type hasResponse struct {
@@ -52,14 +53,14 @@ var ErrProtocol = errors.New("peer protocol violation")
 
 // frameHeader is the fixed part of a frame.
 type frameHeader struct {
-	digest    [32]byte
+	id        digest.Digest
 	available bool
 	size      int64
 }
 
 func writeFrameHeader(w io.Writer, h frameHeader) error {
 	var b [41]byte
-	copy(b[:32], h.digest[:])
+	copy(b[:32], h.id[:])
 	n := 33
 	if h.available {
 		b[32] = frameContent
@@ -75,12 +76,12 @@ func writeFrameHeader(w io.Writer, h frameHeader) error {
 // readFrameHeader reads the fixed part of the next frame, checking it
 // against what was asked for: the digest in request order and a size
 // within the batch limit. The content is for the caller to read.
-func readFrameHeader(r *bufio.Reader, want string) (frameHeader, error) {
+func readFrameHeader(r *bufio.Reader, want digest.Digest) (frameHeader, error) {
 	var h frameHeader
-	if _, err := io.ReadFull(r, h.digest[:]); err != nil {
+	if _, err := io.ReadFull(r, h.id[:]); err != nil {
 		return h, fmt.Errorf("%w: frame for %s: %v", ErrProtocol, want, err)
 	}
-	if got := hex.EncodeToString(h.digest[:]); got != want {
+	if got := h.id; got != want {
 		return h, fmt.Errorf("%w: frame for %s arrived where %s was asked for", ErrProtocol, got, want)
 	}
 	status, err := r.ReadByte()

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/faultstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
@@ -64,17 +66,18 @@ func TestNoUnverifiedByteIsServed(t *testing.T) {
 				os.Symlink(outside, filepath.Join(f.dir, "s"))
 			}
 			for _, c := range []struct {
-				hexdigest, rng string
+				hexdigest digest.Digest
+				rng       string
 			}{{f.big, ""}, {f.big, "bytes=0-1000"}, {f.big, "bytes=100-"}, {f.small[3], ""}, {f.small[3], "bytes=0-10"}} {
 				if how != "rewritten in place" && c.hexdigest == f.big {
 					continue
 				}
-				code, body := get(t, srv.URL+"/v1/objects/"+c.hexdigest, c.rng)
+				code, body := get(t, srv.URL+"/v1/objects/"+c.hexdigest.String(), c.rng)
 				if bytes.Contains(body, []byte("TOPSECRET")) || bytes.Contains(body, []byte("SSSSS")) {
-					t.Errorf("GET %s %s: %d with %d bytes of the other content", c.hexdigest[:8], c.rng, code, len(body))
+					t.Errorf("GET %s %s: %d with %d bytes of the other content", c.hexdigest.Short(), c.rng, code, len(body))
 				}
 				if code == http.StatusOK || code == http.StatusPartialContent {
-					t.Errorf("GET %s %s: %d for content that is no longer there", c.hexdigest[:8], c.rng, code)
+					t.Errorf("GET %s %s: %d for content that is no longer there", c.hexdigest.Short(), c.rng, code)
 				}
 			}
 		})
@@ -88,12 +91,12 @@ func TestRangesAreParsedStrictlyAndServedFromAVerifiedCopy(t *testing.T) {
 	f := newFixture(t)
 	srv := serve(t, peer.ServerOptions{}, f.objects)
 	want := f.content[f.big]
-	code, body := get(t, srv.URL+"/v1/objects/"+f.big, "bytes=0-9223372036854775807")
+	code, body := get(t, srv.URL+"/v1/objects/"+f.big.String(), "bytes=0-9223372036854775807")
 	if code != http.StatusPartialContent || !bytes.Equal(body, want) {
 		t.Fatalf("range to the largest int64: %d, %d bytes", code, len(body))
 	}
 	for _, rng := range []string{"bytes=+5-", "bytes=-+5", "bytes=5-+9", "bytes= 5-9", "bytes=0x10-"} {
-		if code, _ := get(t, srv.URL+"/v1/objects/"+f.big, rng); code != http.StatusRequestedRangeNotSatisfiable {
+		if code, _ := get(t, srv.URL+"/v1/objects/"+f.big.String(), rng); code != http.StatusRequestedRangeNotSatisfiable {
 			t.Errorf("Range %q: %d, want 416", rng, code)
 		}
 	}
@@ -102,7 +105,7 @@ func TestRangesAreParsedStrictlyAndServedFromAVerifiedCopy(t *testing.T) {
 	os.WriteFile(filepath.Join(f.dir, "big.bin"), bytes.Repeat([]byte{'x'}, len(want)), 0o644)
 	for i := range 16 {
 		off := int64(i) * int64(len(want)) / 16
-		code, body := get(t, srv.URL+"/v1/objects/"+f.big, fmt.Sprintf("bytes=%d-%d", off, off))
+		code, body := get(t, srv.URL+"/v1/objects/"+f.big.String(), fmt.Sprintf("bytes=%d-%d", off, off))
 		if code != http.StatusPartialContent || len(body) != 1 || body[0] != want[off] {
 			t.Fatalf("one byte at %d: %d %v", off, code, body)
 		}
@@ -119,18 +122,18 @@ func TestEveryRequestNeedsTheToken(t *testing.T) {
 		t.Fatalf("a server without a token or NoAuth: %v", err)
 	}
 	srv := serve(t, peer.ServerOptions{Token: "t0ken"}, f.objects)
-	for _, p := range []string{"/v1/health", "/v1/objects/" + f.big} {
+	for _, p := range []string{"/v1/health", "/v1/objects/" + f.big.String()} {
 		if code, _ := get(t, srv.URL+p, ""); code != http.StatusUnauthorized {
 			t.Errorf("GET %s without the token: %d", p, code)
 		}
 	}
-	resp, err := http.Post(srv.URL+"/v1/has", "application/json", strings.NewReader(`{"hexdigests":["`+f.big+`"]}`))
+	resp, err := http.Post(srv.URL+"/v1/has", "application/json", strings.NewReader(`{"hexdigests":["`+f.big.String()+`"]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized || bytes.Contains(body, []byte(f.big)) {
+	if resp.StatusCode != http.StatusUnauthorized || bytes.Contains(body, []byte(f.big.String())) {
 		t.Fatalf("/v1/has without the token: %d %s", resp.StatusCode, body)
 	}
 	// The connection of a refused request is closed by the server.
@@ -175,7 +178,7 @@ func TestHasIsRateLimitedPerClient(t *testing.T) {
 	srv := serve(t, peer.ServerOptions{HasBurst: 10, HasRate: 10}, f.objects)
 	hs := make([]string, 11)
 	for i := range hs {
-		hs[i] = fmt.Sprintf(`"%064x"`, i)
+		hs[i] = fmt.Sprintf(`"%064x"`, i+1)
 	}
 	resp, err := http.Post(srv.URL+"/v1/has", "application/json", strings.NewReader(`{"hexdigests":[`+strings.Join(hs, ",")+`]}`))
 	if err != nil {
@@ -269,19 +272,19 @@ func TestHealthNamesNoPaths(t *testing.T) {
 func TestHasDoesNotListTheRepositoryPerRequest(t *testing.T) {
 	ctx := context.Background()
 	faulty := faultstore.New(hashstore.NewMemory())
-	store, err := hashstore.Init(ctx, faulty, nil)
+	store, err := hashstore.Init(ctx, faulty, hashstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 1500 {
 		data := []byte(fmt.Sprintf("object %d", i))
-		if _, err := store.PutBytes(ctx, hashstore.Hexdigest(data), data); err != nil {
+		if _, err := store.PutBytes(ctx, digest.Of(data), data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	unknown := make([]string, 5000)
+	unknown := make([]digest.Digest, 5000)
 	for i := range unknown {
-		unknown[i] = hashstore.Hexdigest([]byte(fmt.Sprintf("unknown %d", i)))
+		unknown[i] = digest.Of([]byte(fmt.Sprintf("unknown %d", i)))
 	}
 	p := peer.StoreProvider{Store: store}
 	if _, err := p.Has(ctx, unknown); err != nil {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,25 +19,23 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
-
-// ErrUnavailable is what a Provider returns for an object it cannot serve
-// (unknown, or its file changed since it was hashed).
-var ErrUnavailable = errors.New("object not available")
 
 // Provider is something a Server serves objects from: a repository, or a
 // directory whose snapshot says which file holds which content.
 type Provider interface {
 	// Name describes the provider in health answers ("repository").
 	Name() string
-	// Has returns, for the hexdigests it can serve, their sizes (-1 when
+	// Has returns, for the ids it can serve, their sizes (-1 when
 	// not known without reading).
-	Has(ctx context.Context, hexdigests []string) (map[string]int64, error)
-	// Open returns the content of hexdigest and its size. The reader must
+	Has(ctx context.Context, ids []digest.Digest) (map[digest.Digest]int64, error)
+	// Open returns the content of id and its size. The reader must
 	// fail, rather than end, if the bytes it gave do not hash to
-	// hexdigest. ErrUnavailable when it cannot serve it.
-	Open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error)
+	// id. Any error means it cannot serve id (unknown, or its file
+	// changed since it was hashed); the server tries the next provider.
+	Open(ctx context.Context, id digest.Digest) (io.ReadCloser, int64, error)
 	// Count is the number of objects it can serve, for health answers.
 	Count() int64
 }
@@ -56,7 +53,7 @@ type ServerOptions struct {
 	// PerClient bounds concurrent requests from one client address
 	// (default 8); further requests wait.
 	PerClient int
-	// HasRate and HasBurst bound, per client address, how many hexdigests
+	// HasRate and HasBurst bound, per client address, how many ids
 	// /v1/has answers per second and at once (default 1,000,000 per
 	// second, 2,000,000 at once): enough for any restore, while a token
 	// holder testing guesses of a file's content is slowed down.
@@ -70,10 +67,7 @@ type ServerOptions struct {
 	// transfers together (0: no limit); for tests and benchmarks of slow
 	// peers and of peers behind a slow network.
 	Throttle int64
-	// CorruptForTesting, when set, flips a byte of every object served:
-	// a peer that answers wrong bytes, for tests of the clients.
-	CorruptForTesting bool
-	Logger            *slog.Logger
+	Logger   *slog.Logger
 }
 
 // Server answers the protocol from its providers.
@@ -93,7 +87,7 @@ type Server struct {
 type client struct {
 	slots    chan struct{} // PerClient request slots
 	failures *rate.Limiter // failed authentications
-	has      *rate.Limiter // hexdigests asked about
+	has      *rate.Limiter // ids asked about
 }
 
 // ErrNoToken is NewServer's answer to options with neither a token nor
@@ -172,7 +166,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/objects":
 		s.getMany(w, r)
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/objects/"):
-		s.get(w, r, strings.TrimPrefix(r.URL.Path, "/v1/objects/"))
+		// Parsed once here; anything but a hexdigest is just not there.
+		id, err := digest.Parse(strings.TrimPrefix(r.URL.Path, "/v1/objects/"))
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		s.get(w, r, id)
 	default:
 		http.NotFound(w, r)
 	}
@@ -234,7 +234,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func readHexdigests(w http.ResponseWriter, r *http.Request, limit int) ([]string, bool) {
+func readHexdigests(w http.ResponseWriter, r *http.Request, limit int) ([]digest.Digest, bool) {
 	var req hexdigestsRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
 	if err := dec.Decode(&req); err != nil {
@@ -246,7 +246,7 @@ func readHexdigests(w http.ResponseWriter, r *http.Request, limit int) ([]string
 		return nil, false
 	}
 	for _, h := range req.Hexdigests {
-		if !snapshot.ValidHexdigest(h) {
+		if h.IsZero() { // "" decodes to no id
 			http.Error(w, "invalid hexdigest", http.StatusBadRequest)
 			return nil, false
 		}
@@ -255,20 +255,20 @@ func readHexdigests(w http.ResponseWriter, r *http.Request, limit int) ([]string
 }
 
 func (s *Server) has(w http.ResponseWriter, r *http.Request, c *client) {
-	hexdigests, ok := readHexdigests(w, r, MaxHasBatch)
+	ids, ok := readHexdigests(w, r, MaxHasBatch)
 	if !ok {
 		return
 	}
-	if len(hexdigests) > s.opts.HasBurst {
+	if len(ids) > s.opts.HasBurst {
 		http.Error(w, fmt.Sprintf("at most %d hexdigests at once", s.opts.HasBurst), http.StatusTooManyRequests)
 		return
 	}
-	if err := c.has.WaitN(r.Context(), len(hexdigests)); err != nil {
+	if err := c.has.WaitN(r.Context(), len(ids)); err != nil {
 		return // the client went away while held back
 	}
-	found := map[string]int64{}
+	found := map[digest.Digest]int64{}
 	for _, p := range s.providers {
-		sizes, err := p.Has(r.Context(), hexdigests)
+		sizes, err := p.Has(r.Context(), ids)
 		if err != nil {
 			s.logger.Warn("lookup failed", "provider", p.Name(), "err", err)
 			continue // the other providers may still answer
@@ -280,33 +280,29 @@ func (s *Server) has(w http.ResponseWriter, r *http.Request, c *client) {
 		}
 	}
 	resp := hasResponse{Have: make([]Object, 0, len(found))}
-	for _, h := range hexdigests {
+	for _, h := range ids {
 		if size, ok := found[h]; ok {
-			resp.Have = append(resp.Have, Object{Hexdigest: h, Size: size})
+			resp.Have = append(resp.Have, Object{ID: h, Size: size})
 			delete(found, h)
 		}
 	}
 	writeJSON(w, resp)
 }
 
-// open finds a provider that serves hexdigest.
-func (s *Server) open(ctx context.Context, hexdigest string) (io.ReadCloser, int64, error) {
+// open finds a provider that serves id.
+func (s *Server) open(ctx context.Context, id digest.Digest) (io.ReadCloser, int64, error) {
 	for _, p := range s.providers {
-		rc, size, err := p.Open(ctx, hexdigest)
+		rc, size, err := p.Open(ctx, id)
 		if err == nil {
 			return rc, size, nil
 		}
-		s.logger.Debug("not served", "provider", p.Name(), "object", hexdigest, "err", err)
+		s.logger.Debug("not served", "provider", p.Name(), "object", id, "err", err)
 	}
-	return nil, 0, ErrUnavailable
+	return nil, 0, fmt.Errorf("object %s: %w", id, hashstore.ErrNotFound)
 }
 
-func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
-	if !snapshot.ValidHexdigest(hexdigest) {
-		http.NotFound(w, r)
-		return
-	}
-	v, release, err := s.verified(r.Context(), hexdigest)
+func (s *Server) get(w http.ResponseWriter, r *http.Request, id digest.Digest) {
+	v, release, err := s.verified(r.Context(), id)
 	if err != nil {
 		http.NotFound(w, r)
 		return
@@ -320,7 +316,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
 		return
 	}
 	h := w.Header()
-	h.Set("X-Deltabackup-Hexdigest", hexdigest)
+	h.Set("X-Deltabackup-Hexdigest", id.String())
 	h.Set("X-Deltabackup-Size", strconv.FormatInt(size, 10))
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Content-Type", "application/octet-stream")
@@ -331,20 +327,20 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, hexdigest string) {
 	} else {
 		w.WriteHeader(http.StatusOK)
 	}
-	if _, err := io.Copy(s.throttled(r.Context(), w), s.corrupt(v.reader(start, end-start))); err != nil {
+	if _, err := io.Copy(s.throttled(r.Context(), w), v.reader(start, end-start)); err != nil {
 		// The client hung up: it took the object elsewhere or stopped.
-		s.logger.Debug("transfer stopped", "object", hexdigest, "err", err)
+		s.logger.Debug("transfer stopped", "object", id, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 }
 
-// verified returns the object hexdigest with every byte checked: from
+// verified returns the object id with every byte checked: from
 // memory when small, else from a verified spool copy.
-func (s *Server) verified(ctx context.Context, hexdigest string) (*verified, func(), error) {
-	if sf, release := s.spool.peek(hexdigest); sf != nil {
+func (s *Server) verified(ctx context.Context, id digest.Digest) (*verified, func(), error) {
+	if sf, release := s.spool.peek(id); sf != nil {
 		return &verified{size: sf.size, file: sf}, release, nil
 	}
-	rc, size, err := s.open(ctx, hexdigest)
+	rc, size, err := s.open(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -352,17 +348,18 @@ func (s *Server) verified(ctx context.Context, hexdigest string) (*verified, fun
 		defer rc.Close()
 		data, err := io.ReadAll(io.LimitReader(rc, size+1))
 		if err != nil || int64(len(data)) != size {
-			return nil, nil, ErrUnavailable // the provider's reader fails on wrong bytes
+			// The provider's reader fails on wrong bytes.
+			return nil, nil, fmt.Errorf("object %s: %d of %d bytes read: %w", id, len(data), size, hashstore.ErrNotFound)
 		}
 		return &verified{size: size, data: data}, func() {}, nil
 	}
 	first := true
-	sf, release, err := s.spool.get(ctx, hexdigest, func() (io.ReadCloser, int64, error) {
+	sf, release, err := s.spool.get(ctx, id, func() (io.ReadCloser, int64, error) {
 		if first {
 			first = false
 			return rc, size, nil
 		}
-		return s.open(ctx, hexdigest)
+		return s.open(ctx, id)
 	})
 	if first {
 		rc.Close() // a copy was there already
@@ -418,7 +415,7 @@ func parseRange(header string, size int64) (start, end int64, partial, ok bool) 
 }
 
 func (s *Server) getMany(w http.ResponseWriter, r *http.Request) {
-	hexdigests, ok := readHexdigests(w, r, MaxGetBatch)
+	ids, ok := readHexdigests(w, r, MaxGetBatch)
 	if !ok {
 		return
 	}
@@ -426,20 +423,15 @@ func (s *Server) getMany(w http.ResponseWriter, r *http.Request) {
 	bw := bufio.NewWriterSize(s.throttled(r.Context(), w), 256<<10)
 	bw.WriteString(frameMagic)
 	var buf bytes.Buffer
-	for _, h := range hexdigests {
-		var digest [32]byte
-		hex.Decode(digest[:], []byte(h))
+	for _, h := range ids {
 		content, ok := s.readSmall(r.Context(), h, &buf)
 		if !ok {
-			if err := writeFrameHeader(bw, frameHeader{digest: digest}); err != nil {
+			if err := writeFrameHeader(bw, frameHeader{id: h}); err != nil {
 				return
 			}
 			continue
 		}
-		if s.opts.CorruptForTesting && len(content) > 0 {
-			content[len(content)/2] ^= 0x01
-		}
-		if err := writeFrameHeader(bw, frameHeader{digest: digest, available: true, size: int64(len(content))}); err != nil {
+		if err := writeFrameHeader(bw, frameHeader{id: h, available: true, size: int64(len(content))}); err != nil {
 			return
 		}
 		if _, err := bw.Write(content); err != nil {
@@ -451,8 +443,8 @@ func (s *Server) getMany(w http.ResponseWriter, r *http.Request) {
 
 // readSmall reads a whole small object, verified, into buf: in a batch,
 // an object is sent only once its every byte is known to be right.
-func (s *Server) readSmall(ctx context.Context, hexdigest string, buf *bytes.Buffer) ([]byte, bool) {
-	rc, size, err := s.open(ctx, hexdigest)
+func (s *Server) readSmall(ctx context.Context, id digest.Digest, buf *bytes.Buffer) ([]byte, bool) {
+	rc, size, err := s.open(ctx, id)
 	if err != nil {
 		return nil, false
 	}
@@ -465,28 +457,6 @@ func (s *Server) readSmall(ctx context.Context, hexdigest string, buf *bytes.Buf
 		return nil, false // the provider's reader fails on wrong bytes
 	}
 	return buf.Bytes(), true
-}
-
-func (s *Server) corrupt(r io.Reader) io.Reader {
-	if !s.opts.CorruptForTesting {
-		return r
-	}
-	return &flipper{r: r}
-}
-
-// flipper flips one bit of the first chunk it passes on.
-type flipper struct {
-	r    io.Reader
-	done bool
-}
-
-func (f *flipper) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	if n > 0 && !f.done {
-		p[n/2] ^= 0x01
-		f.done = true
-	}
-	return n, err
 }
 
 func (s *Server) throttled(ctx context.Context, w io.Writer) io.Writer {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // A server never sends a byte it has not verified to be part of the
@@ -57,7 +59,7 @@ type spool struct {
 	budget int64
 
 	mu    sync.Mutex
-	files map[string]*spoolFile
+	files map[digest.Digest]*spoolFile
 	bytes int64
 	clock uint64
 }
@@ -66,14 +68,14 @@ func newSpool(dir string, budget int64) *spool {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	return &spool{dir: dir, budget: budget, files: map[string]*spoolFile{}}
+	return &spool{dir: dir, budget: budget, files: map[digest.Digest]*spoolFile{}}
 }
 
-// peek returns a complete verified copy of hexdigest if there is one.
-func (sp *spool) peek(hexdigest string) (*spoolFile, func()) {
+// peek returns a complete verified copy of id if there is one.
+func (sp *spool) peek(id digest.Digest) (*spoolFile, func()) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	sf := sp.files[hexdigest]
+	sf := sp.files[id]
 	if sf == nil {
 		return nil, nil
 	}
@@ -88,14 +90,14 @@ func (sp *spool) peek(hexdigest string) (*spoolFile, func()) {
 	sf.refs++
 	sp.clock++
 	sf.last = sp.clock
-	return sf, func() { sp.release(hexdigest, sf) }
+	return sf, func() { sp.release(id, sf) }
 }
 
-// get returns a verified copy of hexdigest, copying it from open when
+// get returns a verified copy of id, copying it from open when
 // there is none yet; release gives it back.
-func (sp *spool) get(ctx context.Context, hexdigest string, open func() (io.ReadCloser, int64, error)) (*spoolFile, func(), error) {
+func (sp *spool) get(ctx context.Context, id digest.Digest, open func() (io.ReadCloser, int64, error)) (*spoolFile, func(), error) {
 	sp.mu.Lock()
-	sf := sp.files[hexdigest]
+	sf := sp.files[id]
 	if sf != nil {
 		sf.refs++
 		sp.clock++
@@ -104,35 +106,35 @@ func (sp *spool) get(ctx context.Context, hexdigest string, open func() (io.Read
 		select {
 		case <-sf.ready:
 		case <-ctx.Done():
-			sp.release(hexdigest, sf)
+			sp.release(id, sf)
 			return nil, nil, ctx.Err()
 		}
 		if sf.err != nil {
-			sp.release(hexdigest, sf)
+			sp.release(id, sf)
 			return nil, nil, sf.err
 		}
-		return sf, func() { sp.release(hexdigest, sf) }, nil
+		return sf, func() { sp.release(id, sf) }, nil
 	}
 	sf = &spoolFile{refs: 1, ready: make(chan struct{})}
 	sp.clock++
 	sf.last = sp.clock
-	sp.files[hexdigest] = sf
+	sp.files[id] = sf
 	sp.mu.Unlock()
 
 	sf.err = sp.fill(sf, open)
 	close(sf.ready)
 	if sf.err != nil {
 		sp.mu.Lock()
-		delete(sp.files, hexdigest)
+		delete(sp.files, id)
 		sp.mu.Unlock()
-		sp.release(hexdigest, sf)
+		sp.release(id, sf)
 		return nil, nil, sf.err
 	}
 	sp.mu.Lock()
 	sp.bytes += sf.size
 	sp.evict()
 	sp.mu.Unlock()
-	return sf, func() { sp.release(hexdigest, sf) }, nil
+	return sf, func() { sp.release(id, sf) }, nil
 }
 
 // fill copies the object into a new unnamed spool file. The provider's
@@ -151,7 +153,7 @@ func (sp *spool) fill(sf *spoolFile, open func() (io.ReadCloser, int64, error)) 
 	os.Remove(f.Name()) // unnamed: gone with the last descriptor
 	n, err := io.Copy(f, io.LimitReader(rc, size+1))
 	if err == nil && n != size {
-		err = fmt.Errorf("%w: %d bytes, %d expected", ErrUnavailable, n, size)
+		err = fmt.Errorf("%d bytes read, %d expected", n, size)
 	}
 	if err != nil {
 		f.Close()
@@ -162,11 +164,11 @@ func (sp *spool) fill(sf *spoolFile, open func() (io.ReadCloser, int64, error)) 
 }
 
 // release drops a reference; an evicted copy is closed with its last one.
-func (sp *spool) release(hexdigest string, sf *spoolFile) {
+func (sp *spool) release(id digest.Digest, sf *spoolFile) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	sf.refs--
-	if sf.refs == 0 && sp.files[hexdigest] != sf && sf.f != nil {
+	if sf.refs == 0 && sp.files[id] != sf && sf.f != nil {
 		sf.f.Close()
 	}
 	sp.evict()
@@ -176,7 +178,7 @@ func (sp *spool) release(hexdigest string, sf *spoolFile) {
 // budget. Called with mu held.
 func (sp *spool) evict() {
 	for sp.bytes > sp.budget {
-		var victim string
+		var victim digest.Digest
 		var oldest *spoolFile
 		for h, sf := range sp.files {
 			if sf.refs == 0 && sf.f != nil && (oldest == nil || sf.last < oldest.last) {

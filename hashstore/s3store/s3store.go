@@ -36,6 +36,9 @@ var (
 	ErrBucketMissing = errors.New("bucket does not exist")
 	// ErrAccessDenied: the credentials are rejected or lack permission.
 	ErrAccessDenied = errors.New("access denied")
+	// ErrWrongRegion: the bucket lives in another region than the
+	// client's.
+	ErrWrongRegion = errors.New("bucket is in another region")
 )
 
 // Config describes where and how to store.
@@ -93,6 +96,7 @@ type Backend struct {
 	// are uploaded at once.
 	parts chan struct{}
 	pool  sync.Pool
+	conns *connections
 }
 
 var _ hashstore.Backend = (*Backend)(nil)
@@ -176,9 +180,11 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		pathStyle = *cfg.PathStyle
 	}
 
+	conns := &connections{}
 	httpClient := awshttp.NewBuildableClient().
 		WithDialerOptions(func(d *net.Dialer) { d.Timeout = cfg.ConnectTimeout }).
 		WithTransportOptions(func(t *http.Transport) {
+			t.DialContext = conns.wrap(t.DialContext)
 			t.MaxIdleConnsPerHost = 64
 			if cfg.InsecureSkipVerify {
 				if t.TLSClientConfig == nil {
@@ -229,12 +235,20 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		o.Interceptors.AddBeforeTransmit(counts)
 	})
 	b := &Backend{client: client, cfg: cfg, endpoint: endpoint, counts: counts,
-		parts: make(chan struct{}, cfg.UploadConcurrency+1)}
+		parts: make(chan struct{}, cfg.UploadConcurrency+1), conns: conns}
 	b.pool.New = func() any { buf := make([]byte, cfg.PartSize); return &buf }
 	if err := b.checkBucket(ctx); err != nil {
+		b.Close()
 		return nil, err
 	}
 	return b, nil
+}
+
+// Close ends the connections the backend holds open between requests;
+// the backend must not be used afterwards.
+func (b *Backend) Close() error {
+	b.conns.closeAll()
+	return nil
 }
 
 // checkBucket tells a missing bucket from refused credentials.
@@ -245,7 +259,7 @@ func (b *Backend) checkBucket(ctx context.Context) error {
 	}
 	if statusCode(err) == http.StatusNotFound || isCode(err, "NoSuchBucket", "NotFound") {
 		if !b.cfg.CreateBucket {
-			return hashstore.Permanent(fmt.Errorf("s3 bucket %q: %w; create it, or pass --create-bucket", b.cfg.Bucket, ErrBucketMissing))
+			return hashstore.Permanent(fmt.Errorf("s3 bucket %q: %w", b.cfg.Bucket, ErrBucketMissing))
 		}
 		in := &s3.CreateBucketInput{Bucket: aws.String(b.cfg.Bucket)}
 		if region := b.client.Options().Region; region != "" && region != "us-east-1" {
@@ -332,12 +346,12 @@ func (b *Backend) mapErr(op, key string, err error) error {
 	case code == http.StatusRequestedRangeNotSatisfiable, isCode(err, "InvalidRange"):
 		return fmt.Errorf("s3 %s %s: %w", op, key, hashstore.ErrInvalidRange)
 	case isCode(err, "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-		return hashstore.Permanent(fmt.Errorf("s3 %s %s: the server rejected the credentials (%s): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile: %w",
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: the server rejected the credentials (%s): %w",
 			op, key, apiCode(err), ErrAccessDenied))
 	case code == http.StatusForbidden, isCode(err, "AccessDenied"):
-		return hashstore.Permanent(fmt.Errorf("s3 %s %s: access denied to bucket %q: check the credentials and the bucket policy: %w", op, key, b.cfg.Bucket, ErrAccessDenied))
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: bucket %q: %w", op, key, b.cfg.Bucket, ErrAccessDenied))
 	case code == http.StatusMovedPermanently, isCode(err, "PermanentRedirect", "AuthorizationHeaderMalformed"):
-		return hashstore.Permanent(fmt.Errorf("s3 %s %s: bucket %q is in another region; set --s3-region or AWS_REGION (%s)", op, key, b.cfg.Bucket, apiCode(err)))
+		return hashstore.Permanent(fmt.Errorf("s3 %s %s: bucket %q: %w (%s)", op, key, b.cfg.Bucket, ErrWrongRegion, apiCode(err)))
 	}
 	var dnsErr *net.DNSError
 	var opErr *net.OpError

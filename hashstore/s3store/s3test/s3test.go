@@ -71,6 +71,11 @@ type Proxy struct {
 	// sinceSet counts connections since the rate was last set.
 	sinceSet atomic.Int64
 	wg       sync.WaitGroup
+	// mu guards live, the connections open in either direction, which
+	// the proxy closes when the test ends rather than wait for clients
+	// that keep idle connections.
+	mu   sync.Mutex
+	live map[net.Conn]struct{}
 }
 
 // NewProxy starts a proxy to upstream (host:port); it stops with the test.
@@ -80,10 +85,19 @@ func NewProxy(t testing.TB, upstream string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), upstream: upstream, ln: ln}
+	p := &Proxy{Addr: ln.Addr().String(), upstream: upstream, ln: ln, live: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for c := range p.live {
+			c.Close()
+		}
+		p.live = nil
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
 	return p
 }
 
@@ -119,13 +133,45 @@ func (p *Proxy) serve() {
 	}
 }
 
+// track records conns as live; it reports false, having closed them,
+// once the proxy is stopping.
+func (p *Proxy) track(conns ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.live == nil {
+		for _, c := range conns {
+			c.Close()
+		}
+		return false
+	}
+	for _, c := range conns {
+		p.live[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *Proxy) untrack(conns ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range conns {
+		delete(p.live, c)
+		c.Close()
+	}
+}
+
 func (p *Proxy) handle(client net.Conn, n int64) {
-	defer client.Close()
+	if !p.track(client) {
+		return
+	}
+	defer p.untrack(client)
 	up, err := net.Dial("tcp", p.upstream)
 	if err != nil {
 		return
 	}
-	defer up.Close()
+	if !p.track(up) {
+		return
+	}
+	defer p.untrack(up)
 	// A doomed connection dies after a random amount of traffic, in
 	// either direction: mid-request or mid-response.
 	var budget atomic.Int64

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/progress"
+	"github.com/deltabackup/deltabackup/upload"
+)
+
+type gcSummary struct {
+	MessageType string `json:"message_type"`
+	*hashstore.GCReport
+	DurationSeconds float64          `json:"duration_seconds"`
+	Requests        map[string]int64 `json:"requests,omitempty"`
+}
+
+func newGCCommand(g *globals) *cobra.Command {
+	var opts hashstore.GCOptions
+	cmd := &cobra.Command{
+		Use:   "gc --repo URL [--dry-run] [--repack-below F] [--lock-wait D]",
+		Short: "Delete the data no backup references and repack mostly dead packs",
+		Long: `gc deletes loose objects and packs no backup record references, and
+rewrites packs whose live share is below --repack-below with only their live
+objects. It takes the repository's exclusive lock, so it never runs beside a
+backup (it waits --lock-wait for running ones, then gives up naming them);
+a lock whose holder stopped refreshing it for 30 minutes, or whose process
+on this host is gone, is stale and removed. New packs and index files are
+written before old ones are deleted, so an interrupted gc leaves a
+consistent repository and the next gc finishes the work.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			start := time.Now()
+			if opts.RepackBelow < 0 || opts.RepackBelow >= 1 {
+				return usagef("--repack-below must be from 0 (never repack) to below 1")
+			}
+			if opts.RepackBelow == 0 {
+				opts.RepackBelow = -1
+			}
+			store, err := openStore(ctx, g)
+			if err != nil {
+				return err
+			}
+			opts.Referrer = upload.Referrer{Store: store}
+			rep, err := store.GC(ctx, opts)
+			if err != nil {
+				return err
+			}
+			s := gcSummary{MessageType: "summary", GCReport: rep, DurationSeconds: time.Since(start).Seconds(), Requests: g.requests()}
+			g.notify(ctx, "objects_deleted", map[string]any{"objects": rep.DeletedObjects, "packs": rep.DeletedPacks, "bytes": rep.DeletedBytes, "dry_run": rep.DryRun})
+			if g.json {
+				return g.printJSON(s)
+			}
+			verb := "deleted"
+			if rep.DryRun {
+				verb = "would delete (dry run)"
+			}
+			g.printf("%d backups reference %d objects; %s %d objects and %d packs, repacked %d packs (%d objects, %s), freeing %s in %.1fs\n",
+				rep.Backups, rep.LiveObjects, verb, rep.DeletedObjects, rep.DeletedPacks, rep.RepackedPacks, rep.RepackedObjects,
+				progress.FormatBytes(rep.RepackedBytes), progress.FormatBytes(rep.DeletedBytes), s.DurationSeconds)
+			printRequests(g, s.Requests)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&opts.DryRun, "dry-run", false, "report what would be deleted and repacked, change nothing")
+	fl.Float64Var(&opts.RepackBelow, "repack-below", hashstore.DefaultRepackBelow, "repack packs whose live share is below this (0: never)")
+	fl.DurationVar(&opts.LockWait, "lock-wait", 0, "how long to wait for running backups before giving up")
+	return cmd
+}
