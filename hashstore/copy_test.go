@@ -49,7 +49,7 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "other")
 	gcTree(t, src, 9, func(i int) bool { return i == 1 })
 	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
-	if _, err := upload.Backup(ctx, other, snapshot.DefaultOptions(src), upload.Options{Name: "b2"}); err != nil {
+	if _, err := upload.Backup(ctx, other, src, snapshot.DefaultOptions(), upload.Options{Name: "b2"}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = hashstore.Copy(ctx, f.store, other, hashstore.CopyOptions{Referrer: upload.Referrer{Store: f.store}, Backups: []string{"b2"}})

@@ -267,6 +267,9 @@ func (s *Store) liveObjects(ctx context.Context, referrer Referrer) (map[digest.
 			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
 		}
 		err = referrer.References(ctx, rec, func(r Ref) error {
+			if r.Metadata && live[r.ID] {
+				return ErrSkip // marked with all it leads to, by an earlier backup
+			}
 			live[r.ID] = true
 			return nil
 		})

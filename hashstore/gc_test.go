@@ -32,7 +32,7 @@ func gcTree(t *testing.T, dir string, version int, changed func(i int) bool) {
 			v = version
 		}
 		size := 1000 + i*13
-		if i%100 == 0 {
+		if i%100 <= 1 { // large contents, shared (0) and changed (1) by later backups
 			size = 800 << 10
 		}
 		data := make([]byte, size)
@@ -69,7 +69,7 @@ func newGCFixture(t *testing.T, backend hashstore.Backend) *gcFixture {
 		name := fmt.Sprintf("b%d", n+1)
 		src := filepath.Join(t.TempDir(), name)
 		gcTree(t, src, n+1, changed)
-		if _, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{Name: name}); err != nil {
+		if _, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{Name: name}); err != nil {
 			t.Fatal(err)
 		}
 		f.srcs[name] = src
@@ -100,12 +100,8 @@ func (f *gcFixture) check(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, rec := range recs {
-		m, err := snapshot.LoadManifest(ctx, store, rec.Root, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
 		target := t.TempDir()
-		if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
+		if _, err := restore.Restore(ctx, &upload.Trees{Store: store}, rec.Root, target, []restore.Source{restore.StoreSource(store)}, restore.Options{}); err != nil {
 			t.Fatalf("restore %s: %v", rec.Name, err)
 		}
 		restoretest.CompareTrees(t, f.srcs[rec.Name], target)
@@ -207,7 +203,7 @@ func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 	g.prefix = "backups/b4"
 	backupDone := make(chan error, 1)
 	go func() {
-		_, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(src), upload.Options{Name: "b4"})
+		_, err := upload.Backup(ctx, f.store, src, snapshot.DefaultOptions(), upload.Options{Name: "b4"})
 		backupDone <- err
 	}()
 	<-g.arrived // the backup is about to write its record

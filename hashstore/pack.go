@@ -347,7 +347,7 @@ func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte
 	}
 	if p.seen[id] {
 		p.mu.Unlock()
-		return res, nil
+		return PutResult{Existed: true}, nil
 	}
 	if p.cur == nil {
 		p.cur = p.store.openPack(p.ctx)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -22,33 +23,60 @@ var ErrBackupExists = errors.New("backup already exists")
 const LatestBackup = "latest"
 
 // BackupRecord names one finished backup. It is written only after every
-// object it references, the manifest included, is stored.
+// object it references, its trees included, is stored.
 type BackupRecord struct {
 	Version int    `json:"version"`
 	Name    string `json:"name"`
-	// Root is the id of the backup's manifest (its root hash).
-	Root   digest.Digest `json:"root_hexdigest"`
+	// Root is the id of the backup's root tree (its root hash).
+	Root   digest.Digest `json:"root"`
 	Node   string        `json:"node,omitempty"`
 	Source string        `json:"source,omitempty"`
 	Start  time.Time     `json:"start"`
 	End    time.Time     `json:"end"`
-	Stats  BackupStats   `json:"stats"`
+	// Parent is the backup this one was compared with to find what
+	// changed ("" for none).
+	Parent string   `json:"parent,omitempty"`
+	Tags   []string `json:"tags,omitempty"`
+	// Includes and Excludes are the globs the source was read with;
+	// MinDeltaFileSize the bundling threshold of its contents.
+	Includes         []string    `json:"include_globs,omitempty"`
+	Excludes         []string    `json:"exclude_globs,omitempty"`
+	MinDeltaFileSize int64       `json:"min_delta_file_size"`
+	Stats            BackupStats `json:"stats"`
 }
 
 // BackupStats are the figures of one backup run.
 type BackupStats struct {
-	Files           int64 `json:"files"`
-	TotalBytes      int64 `json:"total_bytes"`
-	EmbeddedFiles   int64 `json:"embedded_files"`
-	Objects         int64 `json:"objects"`
+	Files         int64 `json:"files"`
+	Dirs          int64 `json:"dirs"`
+	Symlinks      int64 `json:"symlinks,omitempty"`
+	Specials      int64 `json:"specials,omitempty"`
+	TotalBytes    int64 `json:"total_bytes"`
+	DataBytes     int64 `json:"data_bytes"`
+	EmbeddedFiles int64 `json:"embedded_files"`
+	// HashedFiles and HashedBytes were read this run; the rest was known
+	// unchanged.
+	HashedFiles     int64 `json:"hashed_files"`
 	HashedBytes     int64 `json:"hashed_bytes"`
+	TreesWritten    int64 `json:"trees_written"`
 	UploadedObjects int64 `json:"uploaded_objects"`
 	UploadedBytes   int64 `json:"uploaded_bytes"`
-	PresentObjects  int64 `json:"present_objects"`
 	Unreadable      int64 `json:"unreadable"`
+	Changed         int64 `json:"changed,omitempty"`
+	Skipped         int64 `json:"skipped,omitempty"`
 }
 
-const recordVersion = 1
+const recordVersion = 2
+
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}$`)
+
+// ValidateTag checks a backup tag.
+func ValidateTag(tag string) error {
+	if !tagPattern.MatchString(tag) {
+		return fmt.Errorf("invalid tag %q: use 1-128 letters, digits and '._:=@+-', starting with a letter or digit", tag)
+	}
+	return nil
+}
 
 var backupNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
@@ -129,14 +157,27 @@ func DecodeBackupRecord(data []byte) (BackupRecord, error) {
 	if err := dec.Decode(&rec); err != nil {
 		return BackupRecord{}, fmt.Errorf("backup record is not valid JSON: %w", err)
 	}
-	if rec.Version < 1 || rec.Version > recordVersion {
+	if rec.Version != recordVersion {
 		return BackupRecord{}, fmt.Errorf("backup record %q has unsupported version %d", rec.Name, rec.Version)
 	}
 	if err := ValidateBackupName(rec.Name); err != nil {
 		return BackupRecord{}, err
 	}
 	if rec.Root.IsZero() {
-		return BackupRecord{}, fmt.Errorf("backup record %q: no root hexdigest", rec.Name)
+		return BackupRecord{}, fmt.Errorf("backup record %q: no root", rec.Name)
+	}
+	if rec.Parent != "" {
+		if err := ValidateBackupName(rec.Parent); err != nil {
+			return BackupRecord{}, fmt.Errorf("backup record %q: parent: %w", rec.Name, err)
+		}
+	}
+	if len(rec.Tags) > 64 {
+		return BackupRecord{}, fmt.Errorf("backup record %q: %d tags, at most 64", rec.Name, len(rec.Tags))
+	}
+	for _, t := range rec.Tags {
+		if err := ValidateTag(t); err != nil {
+			return BackupRecord{}, fmt.Errorf("backup record %q: %w", rec.Name, err)
+		}
 	}
 	return rec, nil
 }
@@ -229,10 +270,20 @@ func (s *Store) backupNames(ctx context.Context) ([]string, error) {
 type BackupFilter struct {
 	Node   string
 	Source string
+	// Tags a record must all carry.
+	Tags []string
 }
+
+// IsZero reports whether the filter passes every record.
+func (f BackupFilter) IsZero() bool { return f.Node == "" && f.Source == "" && len(f.Tags) == 0 }
 
 // Match reports whether r passes the filter.
 func (f BackupFilter) Match(r BackupRecord) bool {
+	for _, t := range f.Tags {
+		if !slices.Contains(r.Tags, t) {
+			return false
+		}
+	}
 	return (f.Node == "" || r.Node == f.Node) && (f.Source == "" || r.Source == f.Source)
 }
 
@@ -243,6 +294,9 @@ func (f BackupFilter) String() string {
 	}
 	if f.Source != "" {
 		parts = append(parts, "source "+f.Source)
+	}
+	for _, t := range f.Tags {
+		parts = append(parts, "tag "+t)
 	}
 	if len(parts) == 0 {
 		return "any node and source"

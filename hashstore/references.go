@@ -2,6 +2,7 @@ package hashstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -11,8 +12,8 @@ import (
 // Ref is one object a backup references.
 type Ref struct {
 	ID digest.Digest
-	// Metadata marks an object that describes the backup (a manifest, a
-	// tree) rather than the content of a file.
+	// Metadata marks an object that describes the backup (a tree) rather
+	// than the content of a file.
 	Metadata bool
 	// Path names a file that holds the content, for messages ("" for
 	// metadata). A content held by several files is reported once per
@@ -32,17 +33,23 @@ type Referrer interface {
 	// References calls fn for every object rec references. A metadata
 	// object is reported before it is read, so that when References
 	// fails because one cannot be read, the last metadata object
-	// reported is the one at fault. An error from fn stops it and is
+	// reported is the one at fault. fn may return ErrSkip for a metadata
+	// object: what is reachable only through it is then not reported (a
+	// tree already seen). Any other error from fn stops it and is
 	// returned.
 	References(ctx context.Context, rec BackupRecord, fn func(Ref) error) error
 }
+
+// ErrSkip, returned by a References callback for a metadata object,
+// skips what that object leads to.
+var ErrSkip = errors.New("skip what this object references")
 
 // ErrNoReferrer is the error of gc, verify, copy and stats when no
 // Referrer was given.
 var ErrNoReferrer = fmt.Errorf("no Referrer given: the store cannot tell what a backup references")
 
-// OpenMetadata opens the verified content of a metadata object (a
-// manifest, a tree) for a Referrer or a reader of backups. The object may
+// OpenMetadata opens the verified content of a metadata object (a tree)
+// for a Referrer or a reader of backups. The object may
 // declare at most maxSize bytes, and when maxExpansion > 0 it may not
 // decode to more than maxExpansion times its stored bytes: a small object
 // claiming gigabytes costs a little decoding, not gigabytes of memory.
@@ -61,4 +68,20 @@ func (s *Store) OpenMetadata(ctx context.Context, id digest.Digest, maxSize, max
 		o.LimitExpansion(maxExpansion, 1<<20)
 	}
 	return o, nil
+}
+
+// maxMetadataExpansion bounds how many times its stored size a metadata
+// object may decode to: honest trees compress far less.
+const maxMetadataExpansion = 256
+
+// ReadMetadata reads a whole metadata object (a tree), verified, that
+// may hold at most maxSize bytes and decode to at most 256 times its
+// stored bytes (plus 1 MiB).
+func (s *Store) ReadMetadata(ctx context.Context, id digest.Digest, maxSize int64) ([]byte, error) {
+	rc, err := s.OpenMetadata(ctx, id, maxSize, maxMetadataExpansion)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
 }

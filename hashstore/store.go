@@ -30,11 +30,15 @@ var (
 	ErrRepositoryExists = errors.New("repository already exists")
 	// ErrNewerFormat: the repository was written by a newer version.
 	ErrNewerFormat = errors.New("repository format is newer than this program")
+	// ErrOldFormat: the repository is of a format this program no
+	// longer reads (format 1, the flat manifests).
+	ErrOldFormat = errors.New("repository format is no longer supported")
 )
 
 // RepositoryVersion is the storage layout version this code writes and
-// reads; see DESIGN.md "Storage layout".
-const RepositoryVersion = 1
+// reads; see README "Storage layout". Format 2 stores a tree object per
+// directory; format 1 (one flat manifest per backup) is refused.
+const RepositoryVersion = 2
 
 // Config identifies a repository.
 type Config struct {
@@ -149,6 +153,10 @@ func Open(ctx context.Context, b Backend, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("%s: repository format version %d is newer than this program supports (%d): %w",
 			describe(b), cfg.Version, RepositoryVersion, ErrNewerFormat)
 	}
+	if cfg.Version < RepositoryVersion {
+		return nil, fmt.Errorf("%s: repository format version %d (flat manifests); this program reads format %d (trees): %w",
+			describe(b), cfg.Version, RepositoryVersion, ErrOldFormat)
+	}
 	if cfg.HashAlgorithm != "blake3" {
 		return nil, fmt.Errorf("%s: unsupported hash algorithm %q", describe(b), cfg.HashAlgorithm)
 	}
@@ -180,6 +188,9 @@ func (s *Store) String() string { return describe(s.backend) }
 type PutResult struct {
 	StoredSize int64
 	Codec      Codec
+	// Existed is set when the object was not stored again: a packer that
+	// already holds it.
+	Existed bool
 }
 
 // bufferedPutLimit is the largest object encoded in memory, where the

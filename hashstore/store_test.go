@@ -298,7 +298,7 @@ func TestBackupRecords(t *testing.T) {
 	if _, err := s.Backup(ctx, "nope", hashstore.BackupFilter{}); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("unknown backup: %v", err)
 	}
-	bad := `{"version":1,"name":"c-mid","root_hexdigest":"../../etc"}`
+	bad := `{"version":2,"name":"c-mid","root":"../../etc"}`
 	if err := b.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
 		t.Fatal(err)
 	}

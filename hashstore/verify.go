@@ -16,10 +16,10 @@ import (
 
 // Kinds of problems Verify reports.
 const (
-	ProblemRecord   = "damaged record"   // a backup record cannot be read or decoded
-	ProblemManifest = "damaged manifest" // a record's manifest (or tree) is missing, corrupt or invalid
-	ProblemMissing  = "missing object"   // an object a backup references is not stored
-	ProblemCorrupt  = "corrupt object"   // an object does not decode or hash to its key
+	ProblemRecord  = "damaged record" // a backup record cannot be read or decoded
+	ProblemTree    = "damaged tree"   // a tree of a backup is missing, corrupt or invalid
+	ProblemMissing = "missing object" // an object a backup references is not stored
+	ProblemCorrupt = "corrupt object" // an object does not decode or hash to its key
 )
 
 // maxUsersListed bounds the files named per problem object, so one
@@ -49,7 +49,7 @@ type VerifyOptions struct {
 // Problem is one thing Verify found wrong.
 type Problem struct {
 	Kind   string        `json:"kind"`
-	Backup string        `json:"backup,omitempty"` // for damaged records and manifests
+	Backup string        `json:"backup,omitempty"` // for damaged records and trees
 	ID     digest.Digest `json:"hexdigest,omitzero"`
 	Files  []string      `json:"files,omitempty"` // "backup:path" of files that use the object
 	// MoreFiles counts the files beyond those listed.
@@ -79,7 +79,7 @@ func (p Problem) String() string {
 // VerifyReport is what Verify checked and found.
 type VerifyReport struct {
 	Backups   int       `json:"backups"`
-	Objects   int       `json:"objects"` // distinct objects referenced, manifests included
+	Objects   int       `json:"objects"` // distinct objects referenced, trees included
 	Packs     int       `json:"packs"`
 	ReadBytes int64     `json:"read_bytes"`
 	Problems  []Problem `json:"problems"`
@@ -88,14 +88,14 @@ type VerifyReport struct {
 // OK reports whether Verify found nothing wrong.
 func (r *VerifyReport) OK() bool { return len(r.Problems) == 0 }
 
-// objectUse is who references an object: its manifest's backup, or files.
+// objectUse is who references an object: the backups whose tree it is, or files.
 type objectUse struct {
-	manifestOf []string
-	files      []string
-	more       int
+	treeOf []string
+	files  []string
+	more   int
 }
 
-// Verify checks that the backups' records decode, that their manifests
+// Verify checks that the backups' records decode, that their trees
 // and every object they reference are stored (in batches: one listing or
 // a HEAD per object, by cost, and one listing of the packs), and with
 // ReadData that each object decodes and hashes to its key. Problems are
@@ -144,7 +144,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			switch {
 			case r.Metadata:
 				lastMetadata = r.ID
-				u.manifestOf = append(u.manifestOf, rec.Name)
+				u.treeOf = append(u.treeOf, rec.Name)
 			case len(u.files) < maxUsersListed:
 				u.files = append(u.files, rec.Name+":"+r.Path)
 			default:
@@ -165,7 +165,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			case errors.Is(err, ErrCorrupt) && !lastMetadata.IsZero():
 				bad[lastMetadata], errs[lastMetadata] = ProblemCorrupt, err.Error()
 			default:
-				rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: rec.Name, ID: rec.Root, Err: err.Error()})
+				rep.Problems = append(rep.Problems, Problem{Kind: ProblemTree, Backup: rec.Name, ID: rec.Root, Err: err.Error()})
 			}
 		}
 	}
@@ -194,8 +194,8 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			continue
 		}
 		u := uses[id]
-		for _, b := range u.manifestOf {
-			rep.Problems = append(rep.Problems, Problem{Kind: ProblemManifest, Backup: b, ID: id, Err: kind + ": " + errs[id]})
+		for _, b := range u.treeOf {
+			rep.Problems = append(rep.Problems, Problem{Kind: ProblemTree, Backup: b, ID: id, Err: kind + ": " + errs[id]})
 		}
 		if len(u.files) > 0 {
 			rep.Problems = append(rep.Problems, Problem{Kind: kind, ID: id, Files: u.files, MoreFiles: u.more, Err: errs[id]})
@@ -226,7 +226,7 @@ func (s *Store) verifyNames(ctx context.Context, given []string, f BackupFilter)
 		return names, nil
 	}
 	all, err := s.backupNames(ctx)
-	if err != nil || f == (BackupFilter{}) {
+	if err != nil || f.IsZero() {
 		return all, err
 	}
 	var names []string

@@ -80,21 +80,25 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := snapshot.LoadManifest(ctx, store, sum.Upload.Record.Root, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := m.TotalBytes()
+	trees, root := &upload.Trees{Store: store}, sum.Record.Root
+	total := sum.Record.Stats.TotalBytes
+	want := map[string]digest.Digest{}
+	snapshot.Walk(ctx, trees, root, func(rel string, n *snapshot.Node) error {
+		if n.Type == snapshot.TypeFile {
+			want[rel] = n.ID
+		}
+		return nil
+	})
 
 	dir, how, grow := smallFileSystem(t, total/2)
 	t.Logf("target of %d bytes for a backup of %d, by %s", total/2, total, how)
 	target := filepath.Join(dir, "out")
 	sources := []Source{StoreSource(store)}
-	_, err = Restore(ctx, m, sources, Options{Target: target, Parallel: 4})
+	_, err = Restore(ctx, trees, root, target, sources, Options{Parallel: 4})
 	var full *TargetFullError
 	if !errors.As(err, &full) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("restore into a full target: %v, want a TargetFullError for ENOSPC", err)
@@ -103,10 +107,6 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
-	}
-	want := map[string]digest.Digest{}
-	for _, f := range m.Files {
-		want[f.RelativePath] = f.Hexdigest
 	}
 	kept := 0
 	filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
@@ -125,22 +125,22 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 		kept++
 		return nil
 	})
-	if kept == 0 || kept == len(m.Files) {
-		t.Fatalf("%d of %d files restored before the target was full; the test did not fill it", kept, len(m.Files))
+	if kept == 0 || kept == len(want) {
+		t.Fatalf("%d of %d files restored before the target was full; the test did not fill it", kept, len(want))
 	}
 
 	grow()
-	res, err := Restore(ctx, m, sources, Options{Target: target, Parallel: 4})
+	res, err := Restore(ctx, trees, root, target, sources, Options{Parallel: 4})
 	if err != nil {
 		t.Fatalf("restore after making room: %v", err)
 	}
 	if res.FilesUpToDate != int64(kept) {
 		t.Errorf("second restore kept %d files, want the %d already restored", res.FilesUpToDate, kept)
 	}
-	for _, f := range m.Files {
-		data, err := os.ReadFile(filepath.Join(target, f.RelativePath))
-		if err != nil || digest.Of(data) != f.Hexdigest {
-			t.Errorf("%s after the second restore: %v", f.RelativePath, err)
+	for rel, id := range want {
+		data, err := os.ReadFile(filepath.Join(target, rel))
+		if err != nil || digest.Of(data) != id {
+			t.Errorf("%s after the second restore: %v", rel, err)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/upload"
 )
 
@@ -30,7 +31,8 @@ type peerFixture struct {
 	src     string
 	store   *hashstore.Store
 	mem     *hashstore.Memory
-	m       *snapshot.Manifest
+	root    digest.Digest
+	trees   snapshot.TreeReader
 	objects *snapshot.Objects
 	// warnings counts what the last restore warned about: a restore from
 	// healthy sources warns about nothing.
@@ -66,26 +68,26 @@ func newPeerFixture(t testing.TB) *peerFixture {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	store, _ := hashstore.Init(ctx, mem, hashstore.Options{})
-	opts := snapshot.DefaultOptions(src)
+	opts := snapshot.DefaultOptions()
 	opts.MinDeltaFileSize = 64 << 10 // the ~150 KB files are loose objects: more to balance
-	if _, err := upload.Backup(ctx, store, opts, upload.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	_, m, err := restore.LoadManifest(ctx, store, "latest", hashstore.BackupFilter{})
+	sum, err := upload.Backup(ctx, store, src, opts, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := snapshot.New(snapshot.DefaultOptions(src))
+	index := snapshot.NewObjectIndex()
+	served := snapshot.DefaultOptions()
+	served.OnFile = index.Add
+	s, _ := snapshot.New(src, served)
 	res, err := s.Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	objects, err := snapshot.NewObjects(res)
+	objects, err := snapshot.NewObjects(res.ReadRoot, index)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objects.Close() })
-	return &peerFixture{src: src, store: store, mem: mem, m: m, objects: objects}
+	return &peerFixture{src: src, store: store, mem: mem, root: sum.Record.Root, trees: &upload.Trees{Store: store}, objects: objects}
 }
 
 func (f *peerFixture) peer(t testing.TB, opts peer.ServerOptions, wrap func(http.Handler) http.Handler) (*peer.Client, *httptest.Server) {
@@ -135,7 +137,7 @@ func (f *peerFixture) restore(t testing.TB, sources []restore.Source) (*restore.
 	t.Helper()
 	target := filepath.Join(t.TempDir(), "out")
 	f.warnings.Store(0)
-	res, err := restore.Restore(context.Background(), f.m, sources, restore.Options{Target: target, PerSource: 4, Logger: testLogger(t, &f.warnings)})
+	res, err := restore.Restore(context.Background(), f.trees, f.root, target, sources, restore.Options{PerSource: 4, Logger: testLogger(t, &f.warnings)})
 	return res, target, err
 }
 
@@ -259,11 +261,12 @@ func TestObjectOnlyADeadPeerHeld(t *testing.T) {
 	// The repository lost one large object; only a peer holds it, and that
 	// peer dies right after telling the planner so.
 	var lost snapshot.Hash
-	for _, h := range f.m.Hashes {
+	snapshot.Hashes(context.Background(), f.trees, f.root, func(h snapshot.Hash) error {
 		if h.Size > 1<<20 {
 			lost = h
 		}
-	}
+		return nil
+	})
 	f.mem.Delete(context.Background(), hashstore.ObjectKey(lost.Hexdigest))
 	var srv *httptest.Server
 	dead, srv := f.peer(t, peer.ServerOptions{}, func(h http.Handler) http.Handler {
@@ -358,7 +361,7 @@ func BenchmarkRestoreFromPeers(b *testing.B) {
 			for b.Loop() {
 				target := filepath.Join(b.TempDir(), "out")
 				start := time.Now()
-				res, err := restore.Restore(context.Background(), f.m, peers[:n], restore.Options{Target: target})
+				res, err := restore.Restore(context.Background(), f.trees, f.root, target, peers[:n], restore.Options{})
 				elapsed += time.Since(start)
 				if err != nil {
 					b.Fatal(err)

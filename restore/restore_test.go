@@ -74,7 +74,8 @@ type fixture struct {
 	mem    *hashstore.Memory
 	src    string
 	name   string
-	m      *snapshot.Manifest
+	root   digest.Digest
+	trees  snapshot.TreeReader
 	source []restore.Source
 }
 
@@ -87,20 +88,44 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	src := makeTree(t)
-	sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, m, err := restore.LoadManifest(ctx, store, "latest", hashstore.BackupFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{store: store, mem: mem, src: src, name: sum.Upload.Record.Name, m: m, source: []restore.Source{restore.StoreSource(store)}}
+	return &fixture{store: store, mem: mem, src: src, name: sum.Record.Name, root: sum.Record.Root, trees: &upload.Trees{Store: store},
+		source: []restore.Source{restore.StoreSource(store)}}
 }
 
 func (f *fixture) restore(t *testing.T, target string) (*restore.Result, error) {
 	t.Helper()
-	return restore.Restore(context.Background(), f.m, f.source, restore.Options{Target: target, Parallel: 4})
+	return restore.Restore(context.Background(), f.trees, f.root, target, f.source, restore.Options{Parallel: 4})
+}
+
+// files returns the backup's regular files by path.
+func (f *fixture) files(t *testing.T) map[string]*snapshot.Node {
+	t.Helper()
+	out := map[string]*snapshot.Node{}
+	err := snapshot.Walk(context.Background(), f.trees, f.root, func(rel string, n *snapshot.Node) error {
+		if n.Type == snapshot.TypeFile {
+			c := *n
+			out[rel] = &c
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// hashes returns the backup's distinct contents.
+func (f *fixture) hashes(t *testing.T) []snapshot.Hash {
+	t.Helper()
+	var out []snapshot.Hash
+	if err := snapshot.Hashes(context.Background(), f.trees, f.root, func(h snapshot.Hash) error { out = append(out, h); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestRestoreRoundTrip(t *testing.T) {
@@ -111,11 +136,11 @@ func TestRestoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoretest.CompareTrees(t, f.src, target)
-	if res.ObjectsDownloaded != int64(len(f.m.Hashes)) {
-		t.Errorf("downloaded %d objects, want each of the %d distinct contents once", res.ObjectsDownloaded, len(f.m.Hashes))
+	if res.ObjectsDownloaded != int64(len(f.hashes(t))) {
+		t.Errorf("downloaded %d objects, want each of the %d distinct contents once", res.ObjectsDownloaded, len(f.hashes(t)))
 	}
-	if res.FilesWritten != int64(len(f.m.Files)) {
-		t.Errorf("wrote %d files, want %d", res.FilesWritten, len(f.m.Files))
+	if res.FilesWritten != int64(len(f.files(t))) {
+		t.Errorf("wrote %d files, want %d", res.FilesWritten, len(f.files(t)))
 	}
 }
 
@@ -143,8 +168,8 @@ func TestRestoreResumesAndRepairs(t *testing.T) {
 	if res.ObjectsDownloaded != 3 {
 		t.Errorf("resume downloaded %d objects, want only the 3 missing or wrong", res.ObjectsDownloaded)
 	}
-	if res.FilesUpToDate != int64(len(f.m.Files))-3 {
-		t.Errorf("resume found %d files up to date, want %d", res.FilesUpToDate, len(f.m.Files)-3)
+	if res.FilesUpToDate != int64(len(f.files(t)))-3 {
+		t.Errorf("resume found %d files up to date, want %d", res.FilesUpToDate, len(f.files(t))-3)
 	}
 	restoretest.CompareTrees(t, f.src, target)
 }
@@ -171,13 +196,8 @@ func flipStoredByte(t *testing.T, store *hashstore.Store, mem *hashstore.Memory,
 
 func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 	f := newFixture(t)
-	var victim snapshot.File
-	for _, file := range f.m.Files {
-		if file.RelativePath == "data/a/same1" {
-			victim = file
-		}
-	}
-	repair := flipStoredByte(t, f.store, f.mem, victim.Hexdigest)
+	victim := f.files(t)["data/a/same1"]
+	repair := flipStoredByte(t, f.store, f.mem, victim.ID)
 	target := t.TempDir()
 	res, err := f.restore(t, target)
 	var inc *restore.IncompleteError
@@ -190,7 +210,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 	var failed []string
 	for _, fe := range res.Failed {
 		failed = append(failed, fe.Path)
-		if !errors.Is(fe.Err, hashstore.ErrCorrupt) || !strings.Contains(fe.Err.Error(), victim.Hexdigest.String()) {
+		if !errors.Is(fe.Err, hashstore.ErrCorrupt) || !strings.Contains(fe.Err.Error(), victim.ID.String()) {
 			t.Errorf("failure of %s does not name the corrupt object: %v", fe.Path, fe.Err)
 		}
 	}
@@ -226,7 +246,7 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 func TestMissingObjectIsNamed(t *testing.T) {
 	f := newFixture(t)
 	var h digest.Digest
-	for _, hash := range f.m.Hashes {
+	for _, hash := range f.hashes(t) {
 		if hash.Size >= snapshot.DefaultMinDeltaFileSize {
 			h = hash.Hexdigest // a loose object, which can be deleted alone
 		}
@@ -241,41 +261,84 @@ func TestMissingObjectIsNamed(t *testing.T) {
 	}
 }
 
-func TestHostileManifestsWriteNothingOutside(t *testing.T) {
-	h := digest.Of([]byte(strings.Repeat("x", 400)))
-	cases := map[string]*snapshot.Manifest{
-		"dot dot":        {Files: []snapshot.File{{RelativePath: "../escape", FileSize: 2, ContentB64: "aGk="}}},
-		"absolute":       {Files: []snapshot.File{{RelativePath: "/tmp/escape", FileSize: 2, ContentB64: "aGk="}}},
-		"nested dot dot": {Files: []snapshot.File{{RelativePath: "a/../../escape", FileSize: 2, ContentB64: "aGk="}}},
-		"through own symlink": {
-			Files:    []snapshot.File{{RelativePath: "link/escape", FileSize: 2, ContentB64: "aGk="}},
-			Symlinks: []snapshot.Symlink{{RelativePath: "link", Target: ".."}},
+// TestHostileTreesWriteNothing: a repository holding hand-made trees
+// (a name "..", "/" in a name, a hard-link group whose names disagree, a
+// tree that references itself) is refused before anything is written.
+func TestHostileTreesWriteNothing(t *testing.T) {
+	ctx := context.Background()
+	content := digest.Of([]byte(strings.Repeat("x", 400)))
+	file := func(name string, n snapshot.Node) snapshot.Node {
+		n.Name, n.Type = name, snapshot.TypeFile
+		if n.ID.IsZero() && n.Embedded == nil {
+			n.Embedded = []byte{}
+		}
+		return n
+	}
+	cases := map[string]func(store *hashstore.Store) digest.Digest{
+		// The names are patched into valid encodings, as a hostile writer
+		// would: the decoder must refuse them.
+		"dot dot": func(s *hashstore.Store) digest.Digest {
+			return putPatched(t, s, &snapshot.Tree{Nodes: []snapshot.Node{file("xx", snapshot.Node{})}}, "xx", "..")
 		},
-		"symlink dir then file": {
-			EmptyDirs: []string{"up/x"},
-			Symlinks:  []snapshot.Symlink{{RelativePath: "up", Target: "/"}},
+		"slash in a name": func(s *hashstore.Store) digest.Digest {
+			return putPatched(t, s, &snapshot.Tree{Nodes: []snapshot.Node{file("axb", snapshot.Node{})}}, "axb", "a/b")
 		},
-		"object path": {
-			Files:  []snapshot.File{{RelativePath: "../../x", FileSize: 400, Hexdigest: h}},
-			Hashes: []snapshot.Hash{{Hexdigest: h, Size: 400}},
+		"deep dot dot": func(s *hashstore.Store) digest.Digest {
+			sub := putPatched(t, s, &snapshot.Tree{Nodes: []snapshot.Node{file("ok", snapshot.Node{}), file("zz", snapshot.Node{})}}, "zz", "..")
+			return putTree(t, s, &snapshot.Tree{Nodes: []snapshot.Node{file("a", snapshot.Node{Size: 2, Embedded: []byte("hi")}), {Name: "d", Type: snapshot.TypeDir, Subtree: sub}}})
+		},
+		"hard links that disagree": func(s *hashstore.Store) digest.Digest {
+			return putTree(t, s, &snapshot.Tree{Nodes: []snapshot.Node{
+				file("a", snapshot.Node{Size: 400, ID: content, LinkDev: 1, LinkIno: 7}),
+				file("b", snapshot.Node{Size: 2, Embedded: []byte("hi"), LinkDev: 1, LinkIno: 7}),
+			}})
 		},
 	}
-	for name, m := range cases {
+	for name, build := range cases {
 		t.Run(name, func(t *testing.T) {
-			m.Version, m.HashAlgorithm = snapshot.ManifestVersion, snapshot.HashAlgorithm
 			parent := t.TempDir()
 			target := filepath.Join(parent, "target")
-			store, _ := hashstore.Init(context.Background(), hashstore.NewMemory(), hashstore.Options{})
-			_, err := restore.Restore(context.Background(), m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target})
+			store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+			root := build(store)
+			_, err := restore.Restore(ctx, &upload.Trees{Store: store}, root, target, []restore.Source{restore.StoreSource(store)}, restore.Options{})
 			if err == nil || !strings.Contains(err.Error(), "refusing to restore") {
-				t.Fatalf("hostile manifest: %v, want a refusal", err)
+				t.Fatalf("hostile tree: %v, want a refusal", err)
 			}
-			entries, _ := os.ReadDir(parent)
-			if len(entries) != 0 {
+			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
 				t.Fatalf("something was written: %v", entries)
 			}
 		})
 	}
+}
+
+// putTree stores a tree as a backup writes it.
+func putTree(t *testing.T, s *hashstore.Store, tr *snapshot.Tree) digest.Digest {
+	t.Helper()
+	data, err := tr.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := digest.Of(data)
+	if _, err := s.PutBytes(context.Background(), id, data); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// putPatched stores the encoding of tr with the bytes from replaced by to
+// (as long): a tree no honest writer makes.
+func putPatched(t *testing.T, s *hashstore.Store, tr *snapshot.Tree, from, to string) digest.Digest {
+	t.Helper()
+	data, err := tr.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = bytes.Replace(data, []byte(from), []byte(to), 1)
+	id := digest.Of(data)
+	if _, err := s.PutBytes(context.Background(), id, data); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 func TestExistingSymlinkInTargetIsNotFollowed(t *testing.T) {
@@ -383,13 +446,13 @@ func TestPlanBalancesBytesAcrossSources(t *testing.T) {
 func TestFailoverToAnotherSource(t *testing.T) {
 	f := newFixture(t)
 	all := map[digest.Digest]bool{}
-	for _, h := range f.m.Hashes {
+	for _, h := range f.hashes(t) {
 		all[h.Hexdigest] = true
 	}
 	broken := &fakeSource{name: "broken", holds: all, fail: true}
 	good := &fakeSource{name: "good", holds: all, store: f.store}
 	target := t.TempDir()
-	res, err := restore.Restore(context.Background(), f.m, []restore.Source{broken, good}, restore.Options{Target: target})
+	res, err := restore.Restore(context.Background(), f.trees, f.root, target, []restore.Source{broken, good}, restore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,13 +469,13 @@ func TestReadOnlyDirectories(t *testing.T) {
 	os.Chmod(filepath.Join(f.src, "data/b/deep"), 0o555)
 	defer os.Chmod(filepath.Join(f.src, "data/b/deep"), 0o755)
 	ctx := context.Background()
-	if _, err := upload.Backup(ctx, f.store, snapshot.DefaultOptions(f.src), upload.Options{}); err != nil {
+	sum, err := upload.Backup(ctx, f.store, f.src, snapshot.DefaultOptions(), upload.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, m, _ := restore.LoadManifest(ctx, f.store, "latest", hashstore.BackupFilter{})
 	target := t.TempDir()
 	for range 2 {
-		if _, err := restore.Restore(ctx, m, f.source, restore.Options{Target: target}); err != nil {
+		if _, err := restore.Restore(ctx, f.trees, sum.Record.Root, target, f.source, restore.Options{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -426,12 +489,12 @@ func TestReadOnlyDirectories(t *testing.T) {
 func TestLyingSourceIsCaught(t *testing.T) {
 	f := newFixture(t)
 	all := map[digest.Digest]bool{}
-	for _, h := range f.m.Hashes {
+	for _, h := range f.hashes(t) {
 		all[h.Hexdigest] = true
 	}
 	liar := &fakeSource{name: "liar", holds: all, lie: true, store: f.store}
 	target := t.TempDir()
-	res, err := restore.Restore(context.Background(), f.m, []restore.Source{liar}, restore.Options{Target: target})
+	res, err := restore.Restore(context.Background(), f.trees, f.root, target, []restore.Source{liar}, restore.Options{})
 	if err == nil {
 		t.Fatal("restore from a source that sends wrong bytes succeeded")
 	}
@@ -440,12 +503,12 @@ func TestLyingSourceIsCaught(t *testing.T) {
 			t.Errorf("%s: %v, want a corruption error", fe.Path, fe.Err)
 		}
 	}
-	if len(res.Failed) != len(f.m.Files)-2 { // all but the two embedded files
-		t.Fatalf("%d files failed, want %d", len(res.Failed), len(f.m.Files)-2)
+	if len(res.Failed) != len(f.files(t))-2 { // all but the two embedded files
+		t.Fatalf("%d files failed, want %d", len(res.Failed), len(f.files(t))-2)
 	}
 	// With an honest second source, every file is restored from it.
 	honest := &fakeSource{name: "honest", holds: all, store: f.store}
-	res, err = restore.Restore(context.Background(), f.m, []restore.Source{liar, honest}, restore.Options{Target: target})
+	res, err = restore.Restore(context.Background(), f.trees, f.root, target, []restore.Source{liar, honest}, restore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,8 +19,8 @@ import (
 )
 
 // backupTree writes files (path → content, mode) under a new source, backs
-// it up into a memory repository and returns the store and the manifest.
-func backupTree(t *testing.T, files map[string]string, modes map[string]os.FileMode) (*hashstore.Store, *snapshot.Manifest) {
+// it up into a memory repository and returns the store and the root tree.
+func backupTree(t *testing.T, files map[string]string, modes map[string]os.FileMode) (*hashstore.Store, digest.Digest) {
 	t.Helper()
 	ctx := context.Background()
 	src := t.TempDir()
@@ -42,11 +42,16 @@ func backupTree(t *testing.T, files map[string]string, modes map[string]os.FileM
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return store, sum.Snapshot.Manifest
+	return store, sum.Record.Root
+}
+
+// restoreInto restores root from store into target.
+func restoreInto(store *hashstore.Store, root digest.Digest, target string, opts Options) (*Result, error) {
+	return Restore(context.Background(), &upload.Trees{Store: store}, root, target, []Source{StoreSource(store)}, opts)
 }
 
 // TestRestoreNeverWritesThroughASwappedDirectory is the audit's M2: while
@@ -62,7 +67,11 @@ func TestRestoreNeverWritesThroughASwappedDirectory(t *testing.T) {
 	}, nil)
 	target := t.TempDir()
 	var once sync.Once
+	swapped := false
 	writeHook = func(p []byte) error {
+		if len(p) < 300 {
+			return nil // the embedded file: the directories may not exist yet
+		}
 		once.Do(func() {
 			sub := filepath.Join(target, "home/u/sub")
 			if err := os.Rename(sub, sub+".orig"); err != nil {
@@ -71,14 +80,18 @@ func TestRestoreNeverWritesThroughASwappedDirectory(t *testing.T) {
 			if err := os.Symlink("../v/.ssh", sub); err != nil {
 				t.Error(err)
 			}
+			swapped = true
 		})
 		return nil
 	}
 	defer func() { writeHook = nil }()
-	_, err := Restore(context.Background(), m, []Source{StoreSource(store)}, Options{Target: target, Parallel: 1, PerSource: 1})
+	_, err := restoreInto(store, m, target, Options{Parallel: 1, PerSource: 1})
 	var incomplete *IncompleteError
 	if err != nil && !errors.As(err, &incomplete) {
 		t.Fatal(err)
+	}
+	if !swapped {
+		t.Fatal("the directory was never swapped: the test proves nothing")
 	}
 	if data, err := os.ReadFile(filepath.Join(target, "home/v/.ssh/authorized_keys")); err == nil {
 		t.Fatalf("the restore wrote through the swapped directory into another user's .ssh: %q", data[:20])
@@ -91,35 +104,67 @@ func TestRestoreNeverWritesThroughASwappedDirectory(t *testing.T) {
 	}
 }
 
-// TestSetuidIsNotRestoredWithoutItsOwner is the audit's H2: the manifest
-// records no owner, so a user's setuid program restored by root would be a
-// setuid root program. Files come back without setuid and setgid.
+// TestSetuidIsNotRestoredWithoutItsOwner is the audit's H2: setuid and
+// setgid come back only together with the recorded owner, so a user's
+// setuid program restored by root stays that user's, and one whose owner
+// cannot be restored loses the bits instead of becoming the restoring
+// user's (root's) setuid program.
 func TestSetuidIsNotRestoredWithoutItsOwner(t *testing.T) {
-	store, m := backupTree(t, map[string]string{"home/u/myid": strings.Repeat("E", 3000), "home/u/g": strings.Repeat("G", 3000),
-		"tmp/sticky": "st"}, map[string]os.FileMode{"home/u/myid": 0o755 | os.ModeSetuid, "home/u/g": 0o750 | os.ModeSetgid})
-	for i, fresh := range []bool{true, false} {
-		target := filepath.Join(t.TempDir(), "t")
-		if !fresh {
-			// Up to date already, with the bits set: they are taken away.
-			if _, err := Restore(context.Background(), m, []Source{StoreSource(store)}, Options{Target: target}); err != nil {
+	ctx := context.Background()
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	content := strings.Repeat("E", 3000)
+	id := digest.Of([]byte(content))
+	if _, err := store.PutBytes(ctx, id, []byte(content)); err != nil {
+		t.Fatal(err)
+	}
+	tr := &snapshot.Tree{Nodes: []snapshot.Node{
+		{Name: "g", Type: snapshot.TypeFile, Mode: 0o2750, UID: 4242, GID: 4343, Size: 3000, ID: id},
+		{Name: "myid", Type: snapshot.TypeFile, Mode: 0o4755, UID: 4242, GID: 4343, Size: 3000, ID: id},
+	}}
+	data, _ := tr.Encode()
+	root := digest.Of(data)
+	store.PutBytes(ctx, root, data)
+	for _, asRoot := range []bool{false, true} {
+		if asRoot && os.Geteuid() != 0 {
+			continue
+		}
+		geteuid = func() int {
+			if asRoot {
+				return 0
+			}
+			return 4000 // someone else than the owner
+		}
+		for i, fresh := range []bool{true, false} {
+			target := filepath.Join(t.TempDir(), "t")
+			if !fresh {
+				// Up to date already, with the bits set.
+				if _, err := restoreInto(store, root, target, Options{}); err != nil {
+					t.Fatal(err)
+				}
+				os.Chmod(filepath.Join(target, "myid"), 0o755|os.ModeSetuid)
+				os.Chmod(filepath.Join(target, "g"), 0o750|os.ModeSetgid)
+			}
+			if _, err := restoreInto(store, root, target, Options{}); err != nil {
 				t.Fatal(err)
 			}
-			os.Chmod(filepath.Join(target, "home/u/myid"), 0o755|os.ModeSetuid)
-			os.Chmod(filepath.Join(target, "home/u/g"), 0o750|os.ModeSetgid)
-		}
-		if _, err := Restore(context.Background(), m, []Source{StoreSource(store)}, Options{Target: target}); err != nil {
-			t.Fatal(err)
-		}
-		for rel, want := range map[string]os.FileMode{"home/u/myid": 0o755, "home/u/g": 0o750} {
-			fi, err := os.Stat(filepath.Join(target, rel))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if fi.Mode() != want {
-				t.Errorf("run %d: %s restored with mode %v, want %v (no setuid/setgid without the owner)", i, rel, fi.Mode(), want)
+			for rel, bits := range map[string]os.FileMode{"myid": 0o755 | os.ModeSetuid, "g": 0o750 | os.ModeSetgid} {
+				want := bits
+				if !asRoot {
+					want = bits.Perm()
+				}
+				var st unix.Stat_t
+				unix.Lstat(filepath.Join(target, rel), &st)
+				fi, _ := os.Lstat(filepath.Join(target, rel))
+				if fi.Mode() != want {
+					t.Errorf("as root %v, run %d: %s restored with mode %v, want %v", asRoot, i, rel, fi.Mode(), want)
+				}
+				if asRoot && (st.Uid != 4242 || st.Gid != 4343) {
+					t.Errorf("as root, %s owned by %d:%d, want 4242:4343", rel, st.Uid, st.Gid)
+				}
 			}
 		}
 	}
+	geteuid = os.Geteuid
 }
 
 // TestHardLinkInTargetIsReplacedNotChanged is the audit's L3: a file in
@@ -138,7 +183,7 @@ func TestHardLinkInTargetIsReplacedNotChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.Stat(filepath.Join(outside, "tool"))
-	if _, err := Restore(context.Background(), m, []Source{StoreSource(store)}, Options{Target: target}); err != nil {
+	if _, err := restoreInto(store, m, target, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	after, _ := os.Stat(filepath.Join(outside, "tool"))
@@ -190,18 +235,24 @@ func (r *blockingReader) Read(p []byte) (int, error) {
 }
 func (r *blockingReader) Close() error { return r.r.Close() }
 
-// TestPreallocationFollowsVerifiedBytes is the audit's L4: a manifest may
+// TestPreallocationFollowsVerifiedBytes is the audit's L4: a tree may
 // claim any size for a content. Blocks are reserved only a step ahead of
-// the bytes that arrived, so a lying manifest cannot fill the target.
+// the bytes that arrived, so a lying tree cannot fill the target.
 func TestPreallocationFollowsVerifiedBytes(t *testing.T) {
-	store, m := backupTree(t, map[string]string{"big": strings.Repeat("x", 2<<20)}, nil)
-	// The forged manifest claims 1.5 GB for the 2 MiB content.
-	m.Files[0].FileSize, m.Hashes[0].Size = 1_500_000_000, 1_500_000_000
+	ctx := context.Background()
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	content := []byte(strings.Repeat("x", 2<<20))
+	id := digest.Of(content)
+	store.PutBytes(ctx, id, content)
+	// The forged tree claims 1.5 GB for the 2 MiB content.
+	data, _ := (&snapshot.Tree{Nodes: []snapshot.Node{{Name: "big", Type: snapshot.TypeFile, Mode: 0o644, Size: 1_500_000_000, ID: id}}}).Encode()
+	root := digest.Of(data)
+	store.PutBytes(ctx, root, data)
 	target := t.TempDir()
 	src := &blockingSource{store: store, reached: make(chan struct{}), release: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		_, err := Restore(context.Background(), m, []Source{src}, Options{Target: target})
+		_, err := Restore(ctx, &upload.Trees{Store: store}, root, target, []Source{src}, Options{})
 		done <- err
 	}()
 	<-src.reached
@@ -229,7 +280,7 @@ func TestUsersFilesNamedLikeTemporariesAreKept(t *testing.T) {
 	os.MkdirAll(filepath.Join(target, "docs"), 0o755)
 	mine := filepath.Join(target, "docs/.deltabackup-tmp-mynotes")
 	os.WriteFile(mine, []byte("mine"), 0o644)
-	if _, err := Restore(context.Background(), m, []Source{StoreSource(store)}, Options{Target: target}); err != nil {
+	if _, err := restoreInto(store, m, target, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(mine); err != nil {

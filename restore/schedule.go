@@ -12,10 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/deltabackup/deltabackup/hashstore"
-	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
@@ -198,26 +195,7 @@ type scheduler struct {
 	flying  map[*item]bool
 }
 
-func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest.Digest]*group, embedded []snapshot.File) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.opts.Parallel)
-	for _, f := range embedded {
-		g.Go(func() error {
-			content, _ := f.Content()
-			if err := r.writeEmbedded(f, content); err != nil {
-				if gctx.Err() != nil {
-					return gctx.Err()
-				}
-				r.fail(f.RelativePath, digest.Digest{}, err)
-				return nil
-			}
-			r.written(f.FileSize)
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
+func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest.Digest]*group) error {
 	if len(groups) == 0 {
 		return nil
 	}

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
@@ -53,8 +52,9 @@ func BenchmarkHashTree(b *testing.B) {
 	}
 }
 
-// BenchmarkSnapshotTree hashes a tree of small files through the whole
-// walk, read and hash pipeline, with and without the stat cache.
+// BenchmarkSnapshotTree runs the whole walk, read and hash pipeline over
+// a tree of small files: without a cache (a first backup), and with a
+// trusted one (a no-change backup: status only, trees taken by id).
 func BenchmarkSnapshotTree(b *testing.B) {
 	src := b.TempDir()
 	const files = 2000
@@ -71,109 +71,63 @@ func BenchmarkSnapshotTree(b *testing.B) {
 	time.Sleep(2 * racyWindow)
 	for _, cached := range []bool{false, true} {
 		b.Run(fmt.Sprintf("cache=%v", cached), func(b *testing.B) {
-			cache := NewMemoryStatCache()
-			opts := DefaultOptions(src)
+			opts := DefaultOptions()
+			path := filepath.Join(b.TempDir(), "cache")
 			if cached {
-				opts.Cache = cache
-				s, _ := New(opts)
+				c, _ := OpenDirCache(path)
+				opts.Cache = c
+				s, _ := New(src, opts)
 				s.Snapshot(context.Background())
-				cache.Save()
-			}
-			s, err := New(opts)
-			if err != nil {
-				b.Fatal(err)
+				c.Commit("g")
+				c.Close()
 			}
 			b.SetBytes(total)
 			b.ResetTimer()
 			for range b.N {
-				res, err := s.Snapshot(context.Background())
-				if err != nil {
+				if cached {
+					c, _ := OpenDirCache(path)
+					c.Trusted = true
+					opts.Cache = c
+				}
+				s, _ := New(src, opts)
+				if _, err := s.Snapshot(context.Background()); err != nil {
 					b.Fatal(err)
 				}
 				if cached {
-					cache.Save()
+					opts.Cache.Close()
 				}
-				_ = res
 			}
-			b.ReportMetric(float64(files*b.N)/b.Elapsed().Seconds(), "files/s")
 		})
 	}
 }
 
-func benchManifest(files int) *Manifest {
-	m := &Manifest{Version: ManifestVersion, HashAlgorithm: HashAlgorithm, RootGlobs: []string{"**"}, ExcludeGlobs: []string{}}
-	for i := range files {
-		sum := blake3.Sum256([]byte(fmt.Sprint(i)))
-		m.Files = append(m.Files, File{
-			RelativePath: fmt.Sprintf("dir%03d/sub/file-%07d.dat", i%500, i),
-			FileSize:     int64(1000 + i), MtimeNs: int64(i) * 1e9, Mode: 0o644,
-			Hexdigest: sum, StoredFileSize: int64(900 + i),
-		})
-	}
-	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].RelativePath < m.Files[j].RelativePath })
-	m.SetHashes()
-	return m
-}
-
-func BenchmarkManifestEncode(b *testing.B) {
-	m := benchManifest(100000)
-	data, _ := m.Encode()
-	b.SetBytes(int64(len(data)))
+func BenchmarkTreeEncode(b *testing.B) {
+	t := benchTree(10000)
 	b.ReportAllocs()
 	for range b.N {
-		if _, err := m.Encode(); err != nil {
+		if _, err := t.Encode(); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(len(m.Files)*b.N)/b.Elapsed().Seconds(), "files/s")
 }
 
-func BenchmarkManifestDecode(b *testing.B) {
-	m := benchManifest(100000)
-	data, _ := m.Encode()
+func BenchmarkTreeDecode(b *testing.B) {
+	data, _ := benchTree(10000).Encode()
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for range b.N {
-		if _, err := DecodeManifest(data); err != nil {
+		if _, err := DecodeTree(data); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(len(m.Files)*b.N)/b.Elapsed().Seconds(), "files/s")
 }
 
-func BenchmarkStatCacheLookup(b *testing.B) {
-	const n = 200000
-	c := NewMemoryStatCache()
-	keys := make([]string, n)
-	stats := make([]fileStat, n)
+// benchTree is a directory of n files as a backup records them.
+func benchTree(n int) *Tree {
+	t := &Tree{}
 	for i := range n {
-		keys[i] = fmt.Sprintf("dir%03d/file-%07d", i%400, i)
-		stats[i] = fileStat{size: int64(i), mtimeNs: int64(i), ctimeNs: int64(i), inode: uint64(i)}
-		c.record(keys[i], cacheEntry{stat: stats[i]})
+		t.Nodes = append(t.Nodes, Node{Name: fmt.Sprintf("file-%07d.dat", i), Type: TypeFile, Mode: 0o644, UID: 1000, GID: 1000,
+			User: "postgres", Group: "postgres", MtimeNs: 1700000000_000000000 + int64(i), Size: int64(4096 + i), ID: sum(fmt.Sprint(i))})
 	}
-	c.Save()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		if _, ok := c.lookup(keys[i%n], stats[i%n]); !ok {
-			b.Fatal("miss")
-		}
-	}
-}
-
-func BenchmarkStatCacheSaveLoad(b *testing.B) {
-	const n = 200000
-	var records []cacheRecord
-	for i := range n {
-		records = append(records, cacheRecord{fmt.Sprintf("dir%03d/file-%07d", i%400, i), cacheEntry{stat: fileStat{size: int64(i), inode: uint64(i)}}})
-	}
-	data := encodeStatCache(records)
-	b.SetBytes(int64(len(data)))
-	for range b.N {
-		data := encodeStatCache(records)
-		if _, err := decodeStatCache(data); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "entries/s")
+	return t
 }

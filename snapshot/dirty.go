@@ -3,29 +3,32 @@ package snapshot
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
-// An incremental snapshot starts from the manifest of the previous
+// An incremental snapshot starts from the root tree of the previous
 // snapshot of the same source (Options.Base) and a list of every path that
 // may have changed since (Options.Dirty), as a file-system watcher or a
 // database that knows what it wrote can provide. Only dirty paths and the
-// directories above them are looked at: each such directory is listed
-// again, a dirty directory is walked whole, and every other entry is
-// carried over from Base with its stat cache entry. The result is the
-// manifest a full walk would give, provided the list is complete.
+// directories above them are looked at: each directory on the way to a
+// dirty path is listed again, a dirty directory is walked whole (its
+// entries matched against the base by status), and every other entry is
+// taken from the base tree as it is, subtrees by id. Only the trees of the
+// directories on those paths are written again. The result is the tree a
+// full walk would give, provided the list is complete.
 
 // dirtySet is the cleaned dirty paths and every directory above them.
 type dirtySet struct {
 	dirty  map[string]bool
 	onPath map[string]bool
-	all    bool // the root itself is dirty: walk everything
 }
 
 func newDirtySet(paths []string) (*dirtySet, error) {
@@ -33,11 +36,12 @@ func newDirtySet(paths []string) (*dirtySet, error) {
 	for _, p := range paths {
 		p = path.Clean(strings.TrimPrefix(filepath.ToSlash(p), "/"))
 		if p == "." || p == "" {
-			d.all = true
 			continue
 		}
-		if err := ValidatePath(p); err != nil {
-			return nil, fmt.Errorf("dirty path: %w", err)
+		for part := range strings.SplitSeq(p, "/") {
+			if err := ValidateName(part); err != nil {
+				return nil, fmt.Errorf("dirty path %q: %w", p, err)
+			}
 		}
 		d.dirty[p] = true
 		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
@@ -47,80 +51,88 @@ func newDirtySet(paths []string) (*dirtySet, error) {
 	return d, nil
 }
 
-// walkDirty lists dir again and examines its dirty entries and those on
-// the way to one; the others are carried over from the base manifest.
-func (w *walker) walkDirty(ctx context.Context, rel string, dir *beneath.Dir, included bool) (bool, error) {
-	entries, err := w.readDir(ctx, rel, dir)
+// rootIncremental builds the root tree from the base and the dirty paths.
+func (w *walker) rootIncremental(ctx context.Context, root *beneath.Dir, st *unix.Stat_t, dirty *dirtySet) (dirResult, error) {
+	w.rootDev = st.Dev
+	// The base's objects are in the repository: its record is, and gc
+	// cannot run while the backup holds its lock.
+	w.trusted = true
+	base, err := w.readTree(ctx, w.s.opts.Base)
 	if err != nil {
-		return false, err
+		return dirResult{}, err
 	}
-	var inBase map[string]bool // names below dir that the base has entries at or below
-	selected := false
-	for _, e := range entries {
-		if e.Name == "" {
-			continue // the placeholder of an unreadable directory
-		}
-		childRel := e.Name
-		if rel != "" {
-			childRel = rel + "/" + e.Name
-		}
-		var sel bool
+	return w.incDir(ctx, "", root, st, false, base, dirty)
+}
+
+// incDir rebuilds the tree of a directory on the way to a dirty path.
+func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *unix.Stat_t, included bool, base *Tree, dirty *dirtySet) (dirResult, error) {
+	ents, err := w.list(ctx, rel, d, included)
+	if err != nil {
+		return dirResult{}, err
+	}
+	prev := &prevDir{tree: base}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, e := range ents {
+		n, _, inBase := prev.node(e.name)
 		switch {
-		case w.dirty.dirty[childRel] || (w.dirty.onPath[childRel] && e.Type != fs.ModeDir):
-			sel, err = w.entry(ctx, e, rel, dir, included, w.walkDir)
-		case w.dirty.onPath[childRel]:
-			sel, err = w.entry(ctx, e, rel, dir, included, w.walkDirty)
-		default:
-			if inBase == nil {
-				inBase = w.baseChildren(rel)
+		case dirty.dirty[e.rel] || !inBase || n.Type != e.typ:
+			// Examined whole: a dirty path, or one the base does not
+			// have (the list should have named it; better safe).
+			if e.typ == TypeDir {
+				w.spawn(g, func() error { return w.subdir(gctx, d, e, prev) })
+			} else {
+				if n != nil && n.Type == e.typ && sameStatus(n, entryExtra{}, &e.st, false) {
+					e.prev = n
+				}
+				w.spawn(g, func() error { return w.leaf(gctx, d, e) })
 			}
-			// Carried over later, in one pass over the base (finishIncremental).
-			w.kept = append(w.kept, childRel)
-			sel = inBase[e.Name]
+		case dirty.onPath[e.rel] && e.typ == TypeDir:
+			w.spawn(g, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
+		default:
+			// Unchanged: the base's node, a subtree by id.
+			e.node, e.keep = *n, true
+			if n.Type == TypeFile || n.Type == TypeSymlink {
+				w.col.cachedFiles.Add(1)
+				if p := w.s.opts.Progress; p != nil {
+					p.AddTotalBytes(n.Size)
+					p.AddBytes(n.Size)
+					p.AddSuccess(1)
+				}
+			}
+			if n.Type == TypeDir {
+				w.col.treesReused.Add(1)
+			}
 		}
-		if err != nil {
-			return false, err
-		}
-		selected = selected || sel
 	}
-	if !selected && len(entries) == 0 && rel != "" {
-		return false, errEmptyDir
+	if err := g.Wait(); err != nil {
+		return dirResult{}, err
 	}
-	return selected, nil
+	return w.finishDir(ctx, rel, d, st, included, ents, nil, digest.Digest{}, digest.Digest{}, true)
 }
 
-// baseChildren returns the names in directory rel ("" for the root) that
-// the base manifest has an entry at or below. Each list is sorted by path,
-// so the entries below rel are one range, and a child's subtree is skipped
-// with one search.
-func (w *walker) baseChildren(rel string) map[string]bool {
-	names := map[string]bool{}
-	m := w.s.opts.Base
-	childrenIn(names, m.Files, filePath, rel)
-	childrenIn(names, m.Dirs, dirPath, rel)
-	childrenIn(names, m.EmptyDirs, func(s *string) string { return *s }, rel)
-	childrenIn(names, m.Symlinks, symlinkPath, rel)
-	return names
-}
-
-func childrenIn[T any](names map[string]bool, list []T, key func(*T) string, rel string) {
-	find := func(from int, k string) int {
-		return from + sort.Search(len(list)-from, func(i int) bool { return key(&list[from+i]) >= k })
-	}
-	prefix, lo, hi := "", 0, len(list)
-	if rel != "" {
-		prefix = rel + "/"
-		lo, hi = find(0, prefix), find(0, rel+"0")
-	}
-	for i := lo; i < hi; {
-		name := key(&list[i])[len(prefix):]
-		slash := strings.IndexByte(name, '/')
-		if slash < 0 {
-			names[name] = true
-			i++
-			continue
+// incSubdir rebuilds a subdirectory on the way to a dirty path.
+func (w *walker) incSubdir(ctx context.Context, d *beneath.Dir, e *entry, n *Node, dirty *dirtySet) error {
+	child, err := d.OpenDir(e.name)
+	if err != nil {
+		if e.included {
+			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
 		}
-		names[name[:slash]] = true
-		i = find(i, prefix+name[:slash]+"0")
+		return nil
 	}
+	defer child.Close()
+	base, err := w.readTree(ctx, n.Subtree)
+	if err != nil {
+		return err
+	}
+	res, err := w.incDir(ctx, e.rel, child, &e.st, e.included, base, dirty)
+	if err != nil {
+		return err
+	}
+	if !res.selected && !e.included {
+		return nil
+	}
+	if sameStatus(n, entryExtra{}, &e.st, false) {
+		e.prev = n
+	}
+	return w.dirNode(d, e, res)
 }

@@ -21,16 +21,16 @@ func (m Measurement) BytesPerSecond() float64 { return float64(m.Bytes) / m.Dura
 func (m Measurement) FilesPerSecond() float64 { return float64(m.Files) / m.Duration.Seconds() }
 
 // Measure walks dir and reads every regular file with the given number of
-// workers — the walk and read loop of a backup, without stat cache or
-// embedding — and hashes what it reads when hash is true. With hash false
-// it gives the rate at which the same tree can merely be read (from the
-// page cache when warm): the limit for hashing.
+// workers — the walk and read loop of a backup, without cache, embedding
+// or storage — and hashes what it reads when hash is true. With hash
+// false it gives the rate at which the same tree can merely be read (from
+// the page cache when warm): the limit for hashing.
 func Measure(ctx context.Context, dir string, workers int, hash bool) (Measurement, error) {
-	opts := DefaultOptions(dir)
+	opts := DefaultOptions()
 	opts.Parallel = workers
 	opts.EmbedThreshold = -1
 	opts.ChangeRetries = 0
-	s, err := New(opts)
+	s, err := New(dir, opts)
 	if err != nil {
 		return Measurement{}, err
 	}
@@ -40,5 +40,5 @@ func Measure(ctx context.Context, dir string, workers int, hash bool) (Measureme
 	if err != nil {
 		return Measurement{}, err
 	}
-	return Measurement{Workers: workers, Hashed: hash, Files: res.HashedFiles, Bytes: res.HashedBytes, Duration: time.Since(start)}, nil
+	return Measurement{Workers: workers, Hashed: hash, Files: res.Stats.HashedFiles, Bytes: res.Stats.HashedBytes, Duration: time.Since(start)}, nil
 }

@@ -19,12 +19,12 @@ import (
 // know, or whose file changed since it was hashed.
 var ErrUnavailable = errors.New("object not available")
 
-// Objects serves the contents of a directory by hexdigest, using a
-// snapshot of it to know which file holds which content: what a node
-// offers its peers. A file is served only while its size and mtime are
-// those of the snapshot, and its bytes are hashed while they are read, so
-// a file that changed is answered "unavailable" or its transfer fails;
-// wrong bytes are never passed on as good.
+// Objects serves the contents of a directory by id, using a snapshot of
+// it to know which file holds which content: what a node offers its
+// peers. A file is served only while its size and mtime are those of the
+// snapshot, and its bytes are hashed while they are read, so a file that
+// changed is answered "unavailable" or its transfer fails; wrong bytes
+// are never passed on as good.
 type Objects struct {
 	mu     sync.RWMutex
 	root   string
@@ -36,35 +36,56 @@ type objectFile struct {
 	rel     string
 	size    int64
 	mtimeNs int64
+	sparse  bool
+	ranges  []Range
 }
 
-// NewObjects indexes the files of a snapshot result.
-func NewObjects(res *Result) (*Objects, error) {
+// ObjectIndex collects which file holds which content while a snapshot
+// runs (its Add is an Options.OnFile).
+type ObjectIndex struct {
+	mu     sync.Mutex
+	byHash map[digest.Digest]objectFile
+}
+
+// NewObjectIndex returns an empty index.
+func NewObjectIndex() *ObjectIndex {
+	return &ObjectIndex{byHash: map[digest.Digest]objectFile{}}
+}
+
+// Add records a file of the snapshot.
+func (x *ObjectIndex) Add(rel string, n *Node) {
+	if n.ID.IsZero() {
+		return // embedded, or chunked (chunks are served from repositories)
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if _, dup := x.byHash[n.ID]; !dup {
+		x.byHash[n.ID] = objectFile{rel: rel, size: n.Size, mtimeNs: n.MtimeNs, sparse: n.Sparse, ranges: n.Data}
+	}
+}
+
+// NewObjects serves the files of index from the directory root (the
+// snapshot's ReadRoot).
+func NewObjects(root string, index *ObjectIndex) (*Objects, error) {
 	o := &Objects{}
-	if err := o.Update(res); err != nil {
+	if err := o.Update(root, index); err != nil {
 		return nil, err
 	}
 	return o, nil
 }
 
 // Update replaces the index with a newer snapshot of the same directory.
-func (o *Objects) Update(res *Result) error {
-	dir, err := beneath.OpenRoot(res.ReadRoot)
+func (o *Objects) Update(root string, index *ObjectIndex) error {
+	dir, err := beneath.OpenRoot(root)
 	if err != nil {
 		return err
 	}
-	byHash := make(map[digest.Digest]objectFile, len(res.Manifest.Hashes))
-	for _, f := range res.Manifest.Files {
-		if f.Embedded() {
-			continue
-		}
-		if _, dup := byHash[f.Hexdigest]; !dup {
-			byHash[f.Hexdigest] = objectFile{rel: f.RelativePath, size: f.FileSize, mtimeNs: f.MtimeNs}
-		}
-	}
+	index.mu.Lock()
+	byHash := index.byHash
+	index.mu.Unlock()
 	o.mu.Lock()
 	old := o.dir
-	o.root, o.dir, o.byHash = res.ReadRoot, dir, byHash
+	o.root, o.dir, o.byHash = root, dir, byHash
 	o.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -98,25 +119,30 @@ func (o *Objects) Count() int64 {
 	return int64(len(o.byHash))
 }
 
-// Has returns the sizes of the hexdigests the snapshot knows.
-func (o *Objects) Has(ctx context.Context, hexdigests []digest.Digest) (map[digest.Digest]int64, error) {
+// Has returns the sizes of the ids the snapshot knows.
+func (o *Objects) Has(ctx context.Context, ids []digest.Digest) (map[digest.Digest]int64, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	out := map[digest.Digest]int64{}
-	for _, h := range hexdigests {
-		if f, ok := o.byHash[h]; ok {
-			out[h] = f.size
+	for _, id := range ids {
+		if f, ok := o.byHash[id]; ok {
+			out[id] = f.dataSize()
 		}
 	}
 	return out, nil
 }
 
-// Open returns a reader of the content hexdigest from the file that held
-// it, and its size. The reader fails, rather than ends, if what it read
-// does not hash to hexdigest or the file changed meanwhile.
-func (o *Objects) Open(ctx context.Context, hexdigest digest.Digest) (io.ReadCloser, int64, error) {
+func (f objectFile) dataSize() int64 {
+	n := Node{Type: TypeFile, Size: f.size, Sparse: f.sparse, Data: f.ranges}
+	return n.DataSize()
+}
+
+// Open returns a reader of the content id from the file that held it,
+// and its size. The reader fails, rather than ends, if what it read does
+// not hash to id or the file changed meanwhile.
+func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, int64, error) {
 	o.mu.RLock()
-	f, ok := o.byHash[hexdigest]
+	f, ok := o.byHash[id]
 	dir := o.dir
 	if ok && dir != nil {
 		dir.Acquire()
@@ -130,7 +156,7 @@ func (o *Objects) Open(ctx context.Context, hexdigest digest.Digest) (io.ReadClo
 	file, err := dir.Open(f.rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	dir.Close()
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %s: %v", ErrUnavailable, f.rel, unwrapPathError(err))
+		return nil, 0, fmt.Errorf("%w: %s: %w", ErrUnavailable, f.rel, unwrapPathError(err))
 	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(file.Fd()), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
@@ -138,13 +164,15 @@ func (o *Objects) Open(ctx context.Context, hexdigest digest.Digest) (io.ReadClo
 		file.Close()
 		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
 	}
-	return &checkedFile{f: file, want: hexdigest, size: f.size, h: blake3.New()}, f.size, nil
+	size := f.dataSize()
+	return &checkedFile{f: file, r: newDataReader(file, f.size, f.sparse, f.ranges), want: id, size: size, h: blake3.New()}, size, nil
 }
 
 // checkedFile hashes what it reads and turns the end into an error when
 // the content was not the one promised.
 type checkedFile struct {
 	f    *os.File
+	r    io.Reader
 	want digest.Digest
 	size int64
 	read int64
@@ -152,19 +180,16 @@ type checkedFile struct {
 }
 
 func (c *checkedFile) Read(p []byte) (int, error) {
-	if int64(len(p)) > c.size-c.read+1 {
-		p = p[:c.size-c.read+1]
-	}
-	n, err := c.f.Read(p)
+	n, err := c.r.Read(p)
 	c.h.Write(p[:n])
 	c.read += int64(n)
-	if c.read > c.size {
-		return n, fmt.Errorf("%w: file grew while it was read", ErrUnavailable)
-	}
 	if err == io.EOF {
 		if c.read != c.size || digest.Digest(c.h.Sum(nil)) != c.want {
 			return n, fmt.Errorf("%w: file changed while it was read", ErrUnavailable)
 		}
+	}
+	if err != nil && err != io.EOF {
+		return n, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return n, err
 }

@@ -2,23 +2,21 @@ package snapshot
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/progress"
@@ -27,7 +25,7 @@ import (
 )
 
 // DefaultEmbedThreshold is rohmu's: files of at most 150 bytes are embedded
-// in the manifest and get no object.
+// in their directory's tree and get no object.
 const DefaultEmbedThreshold = 150
 
 // DefaultMinDeltaFileSize: contents smaller than this are bundled into
@@ -36,69 +34,124 @@ const DefaultEmbedThreshold = 150
 // pack.
 const DefaultMinDeltaFileSize = 512 << 10
 
+// HashAlgorithm names the content hash of every id.
+const HashAlgorithm = "blake3"
+
 // Options configure a Snapshotter. Start from DefaultOptions.
 type Options struct {
-	// Src is the directory to snapshot.
-	Src string
 	// Dst, when set, is a staging directory: each selected file is
 	// hard-linked there (copied when linking fails) and read from there, so
 	// that files a database deletes or replaces during the backup stay
-	// readable. It must not be Src, lie inside it or contain it, and must
-	// be new, empty, or one deltabackup staged into before (it carries a
-	// marker file); only files staged by the previous run are removed.
+	// readable. It must not be the source, lie inside it or contain it,
+	// and must be new, empty, or one deltabackup staged into before (it
+	// carries a marker file); only files staged by the previous run are
+	// removed.
 	Dst string
 	// Includes are doublestar globs over slash-separated paths relative to
-	// Src; an entry is selected when it, or a directory above it, matches
-	// one. Default ["**"].
+	// the source; an entry is selected when it, or a directory above it,
+	// matches one. Default ["**"].
 	Includes []string
 	// Excludes are doublestar globs; a matching directory is not entered.
 	Excludes []string
-	// Parallel is the number of hashing workers; default runtime.NumCPU().
+	// ExcludeIfPresent names files whose presence in a directory excludes
+	// the directory's other entries (the directory and the marker are
+	// kept). CACHEDIR.TAG is one only with ExcludeCaches, which also checks
+	// its signature.
+	ExcludeIfPresent []string
+	// ExcludeCaches leaves out the contents of directories holding a
+	// valid CACHEDIR.TAG (https://bford.info/cachedir/).
+	ExcludeCaches bool
+	// ExcludeLargerThan leaves out regular files larger than this many
+	// bytes (0: no limit); they are listed in Result.Skipped.
+	ExcludeLargerThan int64
+	// OneFileSystem does not descend into directories on another file
+	// system than the source (mount points are kept, empty).
+	OneFileSystem bool
+	// Parallel is the number of goroutines walking and hashing; default
+	// runtime.NumCPU().
 	Parallel int
-	// EmbedThreshold: files of at most this many bytes are embedded in the
-	// manifest; negative embeds nothing.
+	// EmbedThreshold: files of at most this many bytes are embedded in
+	// their directory's tree; negative embeds nothing.
 	EmbedThreshold int64
-	// MinDeltaFileSize: files smaller than this (and not embedded) are
-	// marked should_be_bundled, to be packed with other small contents.
+	// MinDeltaFileSize: contents smaller than this (and not embedded) are
+	// marked to be bundled into packs.
 	MinDeltaFileSize int64
-	// Node names the machine in the manifest.
-	Node string
-	// Cache skips reading files whose stat is unchanged; nil reads all.
-	Cache *StatCache
+	// Cache holds what the last backup of this source found, so that
+	// unchanged files are not read and unchanged directories not encoded
+	// again; nil reads everything.
+	Cache *DirCache
 	// ChangeRetries is how often a file that changes while it is read is
 	// read again before it is reported as changed. Default 3.
 	ChangeRetries int
 	// Progress, when set, counts files and bytes as they are handled.
 	Progress *progress.Progress
-	// OnContent, when set, is called by the hashing workers with the whole
-	// content of each non-embedded file that was read into memory in one
-	// piece (files under 1 MiB), right after it was hashed and found
-	// unchanged; content is valid only during the call. A backup uses it to
-	// store small contents without reading their files a second time. An
-	// error fails the snapshot.
-	OnContent func(ctx context.Context, f File, content []byte) error
 	// Logger receives warnings about unreadable and changing files.
 	Logger *slog.Logger
-	// Base and Dirty make an incremental snapshot: Base is the manifest of
-	// the previous snapshot of Src with the same options, Dirty every path
-	// (relative to Src, files or directories) that may have changed since.
-	// Only dirty paths and the directories above them are examined; the
-	// rest is taken from Base. The list must be complete: a path missing
-	// from it keeps its old entry. "." makes the whole tree dirty.
-	Base  *Manifest
+	// Base, Trees and Dirty make an incremental snapshot: Base is the root
+	// tree of the previous snapshot of the source with the same options,
+	// Trees reads its trees, and Dirty lists every path (relative to the
+	// source, files or directories) that may have changed since. Only
+	// dirty paths and the directories above them are examined; everything
+	// else is taken from Base by id. The list must be complete: a path
+	// missing from it keeps its old entry. "." makes the whole tree dirty.
+	Base  digest.Digest
+	Trees TreeReader
 	Dirty []string
+	// OnFile, when set, is called for every regular file of the snapshot
+	// (hashed, or taken from the cache or Base) with its path and node.
+	// A serving peer uses it to learn which file holds which content.
+	OnFile func(rel string, n *Node)
+	// Sink stores contents and trees as they are found; nil stores
+	// nothing (the snapshot still computes every id).
+	Sink Sink
 }
 
-// DefaultOptions returns the defaults for snapshotting src.
-func DefaultOptions(src string) Options {
+// DefaultOptions returns the defaults.
+func DefaultOptions() Options {
 	return Options{
-		Src:              src,
 		Includes:         []string{"**"},
 		Parallel:         runtime.NumCPU(),
 		EmbedThreshold:   DefaultEmbedThreshold,
 		MinDeltaFileSize: DefaultMinDeltaFileSize,
 		ChangeRetries:    3,
 	}
+}
+
+// Sink stores what a snapshot produces. Its methods are called from
+// several goroutines at once.
+type Sink interface {
+	// StoreContent makes sure the content c is stored. It returns an
+	// error wrapping ErrChangedWhileReading when the bytes it read again
+	// are not the content (the file changed): the snapshot then reads the
+	// file again or reports it. Any other error stops the snapshot.
+	StoreContent(ctx context.Context, c *Content) error
+	// StoreTree stores the encoding of a tree under its id unless the
+	// repository holds it.
+	StoreTree(ctx context.Context, id digest.Digest, data []byte) error
+	// Missing returns which of ids the repository does not hold; the
+	// snapshot asks it about what it takes from the cache when the cache
+	// is not trusted (DirCache.Trusted).
+	Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error)
+}
+
+// Content is one file's content on its way to a Sink.
+type Content struct {
+	ID   digest.Digest
+	Size int64
+	// Bundled is true below MinDeltaFileSize: the content goes into a pack.
+	Bundled bool
+	// Data is the whole content when it was read into memory in one
+	// piece; it is valid only during StoreContent. Otherwise Open reads
+	// it again from the same open file.
+	Data []byte
+	Open func() io.Reader
+	// Path names the file, for messages.
+	Path string
+}
+
+// TreeReader reads tree objects by id (a repository).
+type TreeReader interface {
+	ReadTree(ctx context.Context, id digest.Digest) ([]byte, error)
 }
 
 // Problem is a path the snapshot could not take, and why.
@@ -121,33 +174,40 @@ func (p Problem) MarshalJSON() ([]byte, error) {
 }
 
 // ErrChangedWhileReading describes a file that kept changing while it was
-// read; it is left out of the manifest.
+// read; it is left out of the snapshot.
 var ErrChangedWhileReading = errors.New("file changed while it was read")
+
+// Stats count what a snapshot holds and what it cost.
+type Stats struct {
+	// Counts sum up the tree (the source directory itself not counted).
+	Counts
+	// HashedFiles and HashedBytes were read this run; CachedFiles were
+	// taken from the cache or the base unread.
+	HashedFiles int64 `json:"hashed_files"`
+	HashedBytes int64 `json:"hashed_bytes"`
+	CachedFiles int64 `json:"cached_files"`
+	// TreesWritten were encoded this run; TreesReused were taken by id.
+	TreesWritten int64 `json:"trees_written"`
+	TreesReused  int64 `json:"trees_reused"`
+}
 
 // Result is a finished snapshot.
 type Result struct {
-	Manifest *Manifest
-	// ReadRoot is the directory file contents are read from for upload:
-	// Dst when staging, otherwise Src.
+	// Root is the id of the root tree: the root hash.
+	Root  digest.Digest
+	Start time.Time
+	End   time.Time
+	Stats Stats
+	// ReadRoot is the directory file contents were read from: the
+	// staging directory when staging, otherwise the source.
 	ReadRoot string
-	// HashedFiles and HashedBytes count what was actually read this run;
-	// CachedFiles were skipped thanks to the stat cache.
-	HashedFiles int64
-	HashedBytes int64
-	CachedFiles int64
 	// Unreadable files and directories were skipped; the backup goes on.
 	Unreadable []Problem
-	// Changed files kept changing while read and are not in the manifest.
+	// Changed files kept changing while read and are not in the snapshot.
 	Changed []Problem
-	// Special files (sockets, devices, FIFOs) are skipped.
-	Special []Problem
-	// Delta is set for an incremental snapshot (Options.Base with a dirty
-	// list): the incremental manifest of what changed since Base, whose
-	// BaseManifest the caller fills in with the hexdigest Base is stored
-	// under. Manifest is the whole manifest either way.
-	Delta *Manifest
-	// Base is the manifest Delta is relative to (Options.Base).
-	Base *Manifest
+	// Skipped entries were left out on purpose: sockets, and files over
+	// ExcludeLargerThan.
+	Skipped []Problem
 }
 
 // Snapshotter takes snapshots of one source directory.
@@ -155,34 +215,38 @@ type Snapshotter struct {
 	opts     Options
 	src, dst string
 	logger   *slog.Logger
-	// stage is the staging directory of the snapshot under way (Dst).
-	stage *stager
+	owners   *owners
 	// readOnly reads files without hashing them, for Measure.
 	readOnly bool
 }
 
-// New checks opts and returns a Snapshotter.
-func New(opts Options) (*Snapshotter, error) {
-	if opts.Src == "" {
+// New checks opts and returns a Snapshotter of the directory src.
+func New(src string, opts Options) (*Snapshotter, error) {
+	if src == "" {
 		return nil, errors.New("snapshot: no source directory given")
 	}
-	src, err := filepath.Abs(opts.Src)
+	abs, err := filepath.Abs(src)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot source %s: %w", opts.Src, err)
+		return nil, fmt.Errorf("snapshot source %s: %w", src, err)
 	}
-	fi, err := os.Stat(src)
+	fi, err := os.Stat(abs)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot source: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("snapshot source %s is not a directory", src)
+		return nil, fmt.Errorf("snapshot source %s is not a directory", abs)
 	}
 	if len(opts.Includes) == 0 {
 		opts.Includes = []string{"**"}
 	}
-	for _, g := range append(append([]string{}, opts.Includes...), opts.Excludes...) {
+	for _, g := range slices.Concat(opts.Includes, opts.Excludes) {
 		if !doublestar.ValidatePattern(g) {
 			return nil, fmt.Errorf("invalid glob %q", g)
+		}
+	}
+	for _, name := range opts.ExcludeIfPresent {
+		if ValidateName(name) != nil {
+			return nil, fmt.Errorf("exclude-if-present %q is not a file name", name)
 		}
 	}
 	if opts.Parallel <= 0 {
@@ -191,10 +255,15 @@ func New(opts Options) (*Snapshotter, error) {
 	if opts.ChangeRetries < 0 {
 		opts.ChangeRetries = 0
 	}
-	if opts.Base != nil && opts.Dst != "" {
-		return nil, errors.New("an incremental snapshot (Base) cannot use a staging directory (Dst)")
+	if !opts.Base.IsZero() {
+		if opts.Dst != "" {
+			return nil, errors.New("an incremental snapshot (Base) cannot use a staging directory (Dst)")
+		}
+		if opts.Trees == nil {
+			return nil, errors.New("an incremental snapshot (Base) needs Trees to read the base from")
+		}
 	}
-	s := &Snapshotter{opts: opts, src: src, logger: opts.Logger}
+	s := &Snapshotter{opts: opts, src: abs, logger: opts.Logger, owners: newOwners()}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
@@ -203,7 +272,7 @@ func New(opts Options) (*Snapshotter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("staging directory %s: %w", opts.Dst, err)
 		}
-		if err := checkStageDir(src, dst); err != nil {
+		if err := checkStageDir(abs, dst); err != nil {
 			return nil, err
 		}
 		s.dst = dst
@@ -214,24 +283,23 @@ func New(opts Options) (*Snapshotter, error) {
 // Src returns the absolute source directory.
 func (s *Snapshotter) Src() string { return s.src }
 
-// fileJob is a regular file found by the walk, for a hashing worker: its
-// path, and its name in the directory handle dir (a reference the worker
-// releases).
-type fileJob struct {
-	rel  string
-	dir  *beneath.Dir
-	name string
+// Fingerprint describes the options that decide what a tree holds; a
+// cache written under other options is not used.
+func (s *Snapshotter) Fingerprint() string {
+	o := s.opts
+	return fmt.Sprintf("v2 src=%q inc=%q exc=%q eip=%q caches=%t larger=%d onefs=%t embed=%d bundle=%d",
+		s.src, o.Includes, o.Excludes, o.ExcludeIfPresent, o.ExcludeCaches, o.ExcludeLargerThan, o.OneFileSystem, o.EmbedThreshold, o.MinDeltaFileSize)
 }
 
-// collector gathers what workers and the walker find.
+// collector gathers what the walk finds.
 type collector struct {
-	mu          sync.Mutex
-	unreadable  []Problem
-	changed     []Problem
-	special     []Problem
-	hashedFiles atomic.Int64
-	hashedBytes atomic.Int64
-	cachedFiles atomic.Int64
+	mu         sync.Mutex
+	unreadable []Problem
+	changed    []Problem
+	skipped    []Problem
+
+	hashedFiles, hashedBytes, cachedFiles atomic.Int64
+	treesWritten, treesReused             atomic.Int64
 }
 
 func (c *collector) add(list *[]Problem, p Problem) {
@@ -240,147 +308,71 @@ func (c *collector) add(list *[]Problem, p Problem) {
 	c.mu.Unlock()
 }
 
-// Snapshot walks the source, hashes what changed and returns the manifest.
-// Unreadable, changing and special files are reported in the Result, not
-// as errors; an error means the snapshot as a whole failed.
-func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
-	m := &Manifest{
-		Version:          ManifestVersion,
-		HashAlgorithm:    HashAlgorithm,
-		RootGlobs:        s.opts.Includes,
-		ExcludeGlobs:     s.opts.Excludes,
-		Start:            time.Now().UTC(),
-		Node:             s.opts.Node,
-		MinDeltaFileSize: s.opts.MinDeltaFileSize,
+func (c *collector) stats(below Counts) Stats {
+	return Stats{
+		Counts:      below,
+		HashedFiles: c.hashedFiles.Load(), HashedBytes: c.hashedBytes.Load(), CachedFiles: c.cachedFiles.Load(),
+		TreesWritten: c.treesWritten.Load(), TreesReused: c.treesReused.Load(),
 	}
+}
+
+// Snapshot walks the source, hashes what changed, hands contents and trees
+// to the Sink and returns the root tree's id. Unreadable, changing and
+// skipped entries are reported in the Result, not as errors; an error
+// means the snapshot as a whole failed.
+func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
+	start := time.Now().UTC()
 	root, err := beneath.OpenRoot(s.src)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot source: %w", err)
 	}
 	defer root.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(root.Fd(), &st); err == nil {
-		m.Root = &Dir{RelativePath: ".", Mode: st.Mode & 0o7777, MtimeNs: st.Mtim.Nano()}
+	var rootStat unix.Stat_t
+	if err := unix.Fstat(root.Fd(), &rootStat); err != nil {
+		return nil, fmt.Errorf("snapshot source: %w", err)
 	}
+	w := newWalker(s, &collector{})
 	if s.dst != "" {
-		if s.stage, err = openStage(s.src, s.dst); err != nil {
+		if w.stage, err = openStage(s.src, s.dst); err != nil {
 			return nil, err
 		}
 		defer func() {
-			if s.stage != nil {
-				s.stage.dir.Close()
-				s.stage = nil
+			if w.stage != nil {
+				w.stage.dir.Close()
 			}
 		}()
 	}
-	if m.ExcludeGlobs == nil {
-		m.ExcludeGlobs = []string{}
-	}
-	col := &collector{}
-	jobs := make(chan fileJob, 4096)
-	g, gctx := errgroup.WithContext(ctx)
-	w := &walker{s: s, jobs: jobs, col: col, manifest: m}
-	walk := w.walk
-	if s.opts.Base != nil {
+	var top dirResult
+	if !s.opts.Base.IsZero() && !dirtyAll(s.opts.Dirty) {
 		d, err := newDirtySet(s.opts.Dirty)
 		if err != nil {
 			return nil, err
 		}
-		if !d.all {
-			w.dirty = d
-			walk = func(ctx context.Context, rel string, dir *beneath.Dir, included bool) error {
-				_, err := w.walkDirty(ctx, rel, dir, included)
-				return err
-			}
+		top, err = w.rootIncremental(ctx, root, &rootStat, d)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
 		}
-	}
-	if s.opts.Cache != nil {
-		s.opts.Cache.begin(w.dirty != nil)
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		err := walk(gctx, "", root, false)
-		if errors.Is(err, errEmptyDir) {
-			err = nil
-		}
-		return err
-	})
-	workers := make([]*hasher, s.opts.Parallel)
-	for i := range workers {
-		h := newHasher(s, col)
-		workers[i] = h
-		g.Go(func() error {
-			for job := range jobs {
-				if err := gctx.Err(); err != nil {
-					job.dir.Close()
-					drain(jobs)
-					return err
-				}
-				err := h.handle(gctx, job)
-				job.dir.Close()
-				if err != nil {
-					drain(jobs)
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
-	}
-	// Each list is sorted on its own, then merged: at a million files,
-	// sorting the whole manifest would move every entry several times.
-	var lists [][]File
-	for _, h := range workers {
-		slices.SortFunc(h.files, byPath)
-		lists = append(lists, h.files)
-		h.files = nil
-	}
-	m.Files = mergeSorted(lists)
-	s.logger.Debug("snapshot walked and hashed", "files", len(m.Files), "seconds", time.Since(m.Start).Seconds())
-	slices.SortFunc(m.Dirs, func(a, b Dir) int { return strings.Compare(a.RelativePath, b.RelativePath) })
-	sort.Strings(m.EmptyDirs)
-	slices.SortFunc(m.Symlinks, func(a, b Symlink) int { return strings.Compare(a.RelativePath, b.RelativePath) })
-	var delta *Manifest
-	if w.dirty != nil {
-		var carried int
-		delta, carried = finishIncremental(m, s.opts.Base, w.kept)
-		w.kept = nil
-		col.cachedFiles.Add(int64(carried))
-		if c := s.opts.Cache; c != nil && len(delta.Removed.Files) > 0 {
-			c.Forget(delta.Removed.Files...)
-		}
-		if pr := s.opts.Progress; pr != nil && carried > 0 {
-			pr.AddTotal(int64(carried))
-			pr.AddSuccess(int64(carried))
-		}
-		s.logger.Debug("incremental snapshot merged with its base", "carried", carried, "changed_files", len(delta.Files), "seconds", time.Since(m.Start).Seconds())
 	} else {
-		m.SetHashes()
+		top, err = w.root(ctx, root, &rootStat)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", s.src, err)
+		}
 	}
-	m.End = time.Now().UTC()
-	if delta != nil {
-		delta.End = m.End
-	}
+	col := w.col
 	res := &Result{
-		Manifest:    m,
-		ReadRoot:    s.src,
-		HashedFiles: col.hashedFiles.Load(),
-		HashedBytes: col.hashedBytes.Load(),
-		CachedFiles: col.cachedFiles.Load(),
-		Unreadable:  sortProblems(col.unreadable),
-		Changed:     sortProblems(col.changed),
-		Special:     sortProblems(col.special),
-		Delta:       delta,
+		Root:       top.id,
+		Start:      start,
+		End:        time.Now().UTC(),
+		Stats:      col.stats(top.below),
+		ReadRoot:   s.src,
+		Unreadable: sortProblems(col.unreadable),
+		Changed:    sortProblems(col.changed),
+		Skipped:    sortProblems(col.skipped),
 	}
-	if delta != nil {
-		res.Base = s.opts.Base
-	}
-	if s.stage != nil {
+	if w.stage != nil {
 		res.ReadRoot = s.dst
-		err := s.stage.finish(ctx)
-		s.stage = nil
+		err := w.stage.finish(ctx)
+		w.stage = nil
 		if err != nil {
 			return nil, err
 		}
@@ -388,76 +380,22 @@ func (s *Snapshotter) Snapshot(ctx context.Context) (*Result, error) {
 	if p := s.opts.Progress; p != nil {
 		p.Done()
 	}
-	// No Validate here: the walk checks every name and symlink target
-	// (entries the format cannot carry are reported, not stored), and the
-	// rest (sorted, unique, nothing below a file) holds by construction.
-	// Restores validate whatever they decode.
+	s.logger.Debug("snapshot walked", "files", res.Stats.Files, "hashed", res.Stats.HashedFiles,
+		"trees_written", res.Stats.TreesWritten, "trees_reused", res.Stats.TreesReused, "seconds", res.End.Sub(start).Seconds())
 	return res, nil
 }
 
-// drain releases the directory references of jobs no worker will take.
-func drain(jobs <-chan fileJob) {
-	for job := range jobs {
-		job.dir.Close()
-	}
-}
-
 func sortProblems(ps []Problem) []Problem {
-	sort.Slice(ps, func(i, j int) bool { return ps[i].Path < ps[j].Path })
+	slices.SortFunc(ps, func(a, b Problem) int { return strings.Compare(a.Path, b.Path) })
 	return ps
 }
 
-// newFile builds the manifest entry of a file whose content is known.
-func (s *Snapshotter) newFile(rel string, st fileStat, mode uint32, sum digest.Digest, content []byte) File {
-	f := File{RelativePath: rel, FileSize: st.size, MtimeNs: st.mtimeNs, Mode: mode}
-	if s.embeds(st.size) {
-		f.ContentB64 = base64.StdEncoding.EncodeToString(content)
-		return f
-	}
-	f.Hexdigest = sum
-	f.ShouldBeBundled = st.size < s.opts.MinDeltaFileSize
-	return f
-}
-
-func (s *Snapshotter) embeds(size int64) bool { return size <= s.opts.EmbedThreshold }
-
-func byPath(a, b File) int { return strings.Compare(a.RelativePath, b.RelativePath) }
-
-// mergeSorted merges lists sorted by path into one.
-func mergeSorted(lists [][]File) []File {
-	n := 0
-	for _, l := range lists {
-		n += len(l)
-	}
-	out := make([]File, 0, n)
-	for {
-		best := -1
-		for i, l := range lists {
-			if len(l) > 0 && (best < 0 || l[0].RelativePath < lists[best][0].RelativePath) {
-				best = i
-			}
+func dirtyAll(paths []string) bool {
+	for _, p := range paths {
+		p = strings.Trim(filepath.ToSlash(p), "/")
+		if p == "" || p == "." {
+			return true
 		}
-		if best < 0 {
-			return out
-		}
-		// Take the whole run of the best list that sorts before every
-		// other list's head.
-		l := lists[best]
-		k := 1
-		for k < len(l) {
-			ok := true
-			for i, o := range lists {
-				if i != best && len(o) > 0 && o[0].RelativePath < l[k].RelativePath {
-					ok = false
-					break
-				}
-			}
-			if !ok {
-				break
-			}
-			k++
-		}
-		out = append(out, l[:k]...)
-		lists[best] = l[k:]
 	}
+	return false
 }

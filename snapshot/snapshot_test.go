@@ -3,73 +3,15 @@ package snapshot
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
-
-	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/google/go-cmp/cmp"
 )
-
-// old is a fixed mtime well in the past, so fixtures are never "racily
-// clean" and the stat cache may keep them.
-var old = time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
-
-// writeTree creates files (content by relative path) with mode 0644 and an
-// old mtime, plus the directories they need.
-func writeTree(t *testing.T, root string, files map[string]string) {
-	t.Helper()
-	for rel, content := range files {
-		p := filepath.Join(root, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(p, old, old); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func sum(content string) digest.Digest { return digest.Of([]byte(content)) }
-
-func run(t *testing.T, opts Options) *Result {
-	t.Helper()
-	s, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := s.Snapshot(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
-}
-
-func paths(files []File) []string {
-	var out []string
-	for _, f := range files {
-		out = append(out, f.RelativePath)
-	}
-	return out
-}
-
-func problemPaths(ps []Problem) []string {
-	var out []string
-	for _, p := range ps {
-		out = append(out, p.Path)
-	}
-	return out
-}
 
 func TestSnapshotTree(t *testing.T) {
 	src := t.TempDir()
@@ -89,79 +31,96 @@ func TestSnapshotTree(t *testing.T) {
 	os.Symlink("../a.txt", filepath.Join(src, "dir/link"))
 	os.Symlink("/nonexistent/target", filepath.Join(src, "dangling"))
 	os.Symlink("dir", filepath.Join(src, "dirlink"))
-	if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o644); err != nil {
+	if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 
-	opts := DefaultOptions(src)
+	opts := DefaultOptions()
 	opts.Parallel = 3
 	opts.MinDeltaFileSize = 1000
-	res := run(t, opts)
-	m := res.Manifest
+	sink := newMemSink()
+	res := snap(t, src, sink, opts)
+	ns := nodes(t, sink, res.Root)
 
 	want := []string{"a.txt", "dir/big.bin", "dir/copy.bin", "dir/sub/at.dat", "dir/sub/z.dat", "empty"}
-	if diff := cmp.Diff(want, paths(m.Files)); diff != "" {
+	if diff := cmp.Diff(want, filePaths(ns)); diff != "" {
 		t.Fatalf("files (-want +got):\n%s", diff)
 	}
-	byPath := map[string]File{}
-	for _, f := range m.Files {
-		byPath[f.RelativePath] = f
+	if n := ns["a.txt"]; !n.IsEmbedded() || string(n.Embedded) != "small" || n.Size != 5 {
+		t.Errorf("a.txt should be embedded with its content: %+v", n)
 	}
-	if f := byPath["a.txt"]; !f.Embedded() || f.ContentB64 != "c21hbGw=" || f.FileSize != 5 {
-		t.Errorf("a.txt should be embedded with its content: %+v", f)
+	if n := ns["dir/sub/at.dat"]; !n.IsEmbedded() {
+		t.Errorf("a file of exactly 150 bytes should be embedded: %+v", n)
 	}
-	if f := byPath["dir/sub/at.dat"]; !f.Embedded() {
-		t.Errorf("a file of exactly 150 bytes should be embedded: %+v", f)
+	if n := ns["dir/sub/z.dat"]; n.IsEmbedded() || n.ID != sum(strings.Repeat("z", 151)) {
+		t.Errorf("z.dat (151 bytes): %+v", n)
 	}
-	if f := byPath["dir/sub/z.dat"]; f.Embedded() || f.Hexdigest != sum(strings.Repeat("z", 151)) || !f.ShouldBeBundled {
-		t.Errorf("z.dat (151 bytes, under min_delta_file_size): %+v", f)
+	if n := ns["dir/big.bin"]; n.ID != sum(big) || n.Mode != 0o640 || n.MtimeNs != old.UnixNano() {
+		t.Errorf("big.bin: %+v", n)
 	}
-	if f := byPath["dir/big.bin"]; f.Hexdigest != sum(big) || f.Mode != 0o640 || f.MtimeNs != old.UnixNano() || f.ShouldBeBundled {
-		t.Errorf("big.bin: %+v", f)
+	if n := ns["empty"]; !n.IsEmbedded() || n.Size != 0 {
+		t.Errorf("empty file: %+v", n)
 	}
-	if f := byPath["empty"]; !f.Embedded() || f.FileSize != 0 {
-		t.Errorf("empty file: %+v", f)
+	if n := ns["dir/link"]; n.Type != TypeSymlink || n.Target != "../a.txt" {
+		t.Errorf("symlink: %+v", n)
 	}
-	wantHashes := []Hash{{sum(big), 5000}, {sum(strings.Repeat("z", 151)), 151}}
-	if digest.Compare(wantHashes[0].Hexdigest, wantHashes[1].Hexdigest) > 0 {
-		wantHashes[0], wantHashes[1] = wantHashes[1], wantHashes[0]
+	if n := ns["dangling"]; n.Type != TypeSymlink || n.Target != "/nonexistent/target" {
+		t.Errorf("dangling symlink: %+v", n)
 	}
-	if diff := cmp.Diff(wantHashes, m.Hashes); diff != "" {
-		t.Errorf("hashes: two files with the same content give one hash (-want +got):\n%s", diff)
+	if n := ns["dirlink"]; n.Type != TypeSymlink {
+		t.Errorf("a symlink to a directory must stay a symlink: %+v", n)
 	}
-	wantLinks := []Symlink{{"dangling", "/nonexistent/target"}, {"dir/link", "../a.txt"}, {"dirlink", "dir"}}
-	if diff := cmp.Diff(wantLinks, m.Symlinks); diff != "" {
-		t.Errorf("symlinks (-want +got):\n%s", diff)
+	if n := ns["void/deeper"]; n == nil || n.Type != TypeDir {
+		t.Errorf("empty directory missing: %+v", n)
 	}
-	if diff := cmp.Diff([]string{"void/deeper"}, m.EmptyDirs); diff != "" {
-		t.Errorf("empty dirs (-want +got):\n%s", diff)
+	if n := ns["fifo"]; n == nil || n.Type != TypeFIFO || n.Mode != 0o640 {
+		t.Errorf("fifo: %+v", n)
 	}
-	var dirs []string
-	for _, d := range m.Dirs {
-		dirs = append(dirs, d.RelativePath)
+	// The same content in two files is stored once.
+	if len(sink.objects) != 2 || sink.objects[sum(big)] == nil {
+		t.Errorf("stored %d objects, want big.bin's and z.dat's", len(sink.objects))
 	}
-	if diff := cmp.Diff([]string{"dir", "dir/sub", "void", "void/deeper"}, dirs); diff != "" {
-		t.Errorf("dirs (-want +got):\n%s", diff)
+	st := res.Stats
+	if st.Files != 6 || st.Dirs != 4 || st.Symlinks != 3 || st.Specials != 1 || st.Embedded != 3 ||
+		st.Bytes != 5+2*5000+151+150 || st.HashedFiles != 6 {
+		t.Errorf("stats %+v", st)
 	}
-	if diff := cmp.Diff([]string{"fifo"}, problemPaths(res.Special)); diff != "" {
-		t.Errorf("special files (-want +got):\n%s", diff)
+	if root := ns[""]; root.Below.Files != 6 || root.Below.Dirs != 4 {
+		t.Errorf("the root's own node sums up %+v", root.Below)
 	}
-	if res.HashedBytes != 5+2*5000+151+150 || res.HashedFiles != 6 {
-		t.Errorf("hashed %d files, %d bytes", res.HashedFiles, res.HashedBytes)
+}
+
+// TestRootHashIsStableForAnUnchangedTree: identical trees have identical
+// ids, however they were found (with or without the directory cache), and
+// a change below a directory changes only the trees above it.
+func TestRootHashIsStableForAnUnchangedTree(t *testing.T) {
+	src := t.TempDir()
+	writeTree(t, src, map[string]string{"a/1": "one", "a/2": strings.Repeat("2", 400), "b/3": strings.Repeat("3", 2000), "c": "c"})
+	ageFiles()
+	sink := newMemSink()
+	cache, _ := OpenDirCache(filepath.Join(t.TempDir(), "cache"))
+	opts := DefaultOptions()
+	first := snap(t, src, sink, opts)
+	second := snap(t, src, sink, opts)
+	opts.Cache = cache
+	third := snap(t, src, sink, opts)
+	cache.Commit("g")
+	cache.Trusted = true
+	fourth := snap(t, src, sink, opts)
+	if first.Root != second.Root || first.Root != third.Root || first.Root != fourth.Root {
+		t.Fatalf("root hashes of an unchanged tree differ: %s %s %s %s", first.Root, second.Root, third.Root, fourth.Root)
 	}
-	if err := m.Validate(); err != nil {
-		t.Fatal(err)
+	if fourth.Stats.HashedFiles != 0 || fourth.Stats.TreesReused != 3 {
+		t.Fatalf("with the cache an unchanged tree read %d files and reused %d trees, want 0 and 3", fourth.Stats.HashedFiles, fourth.Stats.TreesReused)
 	}
-	data, err := m.Encode()
-	if err != nil {
-		t.Fatal(err)
+	before := nodes(t, sink, first.Root)
+	os.WriteFile(filepath.Join(src, "b/3"), []byte(strings.Repeat("4", 2000)), 0o644)
+	after := nodes(t, sink, snap(t, src, sink, opts).Root)
+	if before["a"].Subtree != after["a"].Subtree {
+		t.Error("an unchanged subtree got a new id")
 	}
-	back, err := DecodeManifest(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(m, back); diff != "" {
-		t.Errorf("manifest JSON round trip (-want +got):\n%s", diff)
+	if before["b"].Subtree == after["b"].Subtree || after["b/3"].ID != sum(strings.Repeat("4", 2000)) {
+		t.Error("the changed directory kept its id or content")
 	}
 }
 
@@ -184,95 +143,20 @@ func TestGlobs(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			opts := DefaultOptions(src)
+			opts := DefaultOptions()
 			opts.Includes, opts.Excludes = c.includes, c.excludes
-			res := run(t, opts)
-			if diff := cmp.Diff(c.want, paths(res.Manifest.Files)); diff != "" {
+			sink := newMemSink()
+			ns := nodes(t, sink, snap(t, src, sink, opts).Root)
+			if diff := cmp.Diff(c.want, filePaths(ns)); diff != "" {
 				t.Errorf("selected files (-want +got):\n%s", diff)
 			}
-			for _, d := range res.Manifest.Dirs {
-				if c.name == "go files outside vendor" && (d.RelativePath == "data" || d.RelativePath == "vendor") {
-					t.Errorf("directory %s holds no selected file but is in the manifest", d.RelativePath)
-				}
+			if c.name == "go files outside vendor" && (ns["data"] != nil || ns["vendor"] != nil) {
+				t.Error("a directory that holds no selected file is in the tree")
 			}
 		})
 	}
-	if _, err := New(Options{Src: src, Includes: []string{"[unclosed"}}); err == nil {
+	if _, err := New(src, Options{Includes: []string{"[unclosed"}}); err == nil {
 		t.Error("an invalid glob was accepted")
-	}
-}
-
-func TestStatCacheSkipsUnchangedFiles(t *testing.T) {
-	src := t.TempDir()
-	files := map[string]string{"a": strings.Repeat("a", 1000), "b": strings.Repeat("b", 2000), "tiny": "t", "c/d": strings.Repeat("d", 300)}
-	writeTree(t, src, files)
-	time.Sleep(2 * racyWindow) // ctime is "now": let it age so the cache may keep the entries
-	cachePath := filepath.Join(t.TempDir(), "cache")
-	snap := func() *Result {
-		c, err := OpenStatCache(cachePath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts := DefaultOptions(src)
-		opts.Cache = c
-		res := run(t, opts)
-		if err := c.Save(); err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
-	first := snap()
-	if first.HashedBytes != 3301 {
-		t.Fatalf("first run hashed %d bytes, want 3301", first.HashedBytes)
-	}
-	second := snap()
-	if second.HashedBytes != 0 || second.HashedFiles != 0 || second.CachedFiles != 4 {
-		t.Fatalf("no-change run hashed %d files, %d bytes (cached %d), want 0, 0 (4)", second.HashedFiles, second.HashedBytes, second.CachedFiles)
-	}
-	second.Manifest.Start, second.Manifest.End = first.Manifest.Start, first.Manifest.End
-	if diff := cmp.Diff(first.Manifest, second.Manifest); diff != "" {
-		t.Fatalf("manifest from the cache differs (-first +second):\n%s", diff)
-	}
-
-	// Same size and mtime, different content: ctime gives it away.
-	p := filepath.Join(src, "b")
-	os.WriteFile(p, []byte(strings.Repeat("B", 2000)), 0o644)
-	os.Chtimes(p, old, old)
-	time.Sleep(2 * racyWindow) // let ctime age past the racy window
-	third := snap()
-	if third.HashedBytes != 2000 || third.HashedFiles != 1 {
-		t.Fatalf("after rewriting one file, hashed %d files, %d bytes; want 1, 2000", third.HashedFiles, third.HashedBytes)
-	}
-	for _, f := range third.Manifest.Files {
-		if f.RelativePath == "b" && f.Hexdigest != sum(strings.Repeat("B", 2000)) {
-			t.Fatal("rewritten file kept its old hexdigest")
-		}
-	}
-
-	// A damaged cache file costs a re-read, never a wrong answer.
-	data, _ := os.ReadFile(cachePath)
-	data[len(data)-3] ^= 0xff
-	os.WriteFile(cachePath, data, 0o600)
-	c, err := OpenStatCache(cachePath)
-	if err == nil {
-		t.Fatal("a damaged cache file opened without an error")
-	}
-	opts := DefaultOptions(src)
-	opts.Cache = c
-	if res := run(t, opts); res.HashedBytes != 3301 {
-		t.Fatalf("with a damaged cache, hashed %d bytes, want all 3301", res.HashedBytes)
-	}
-}
-
-func TestRecentlyModifiedFilesAreNotCached(t *testing.T) {
-	src := t.TempDir()
-	os.WriteFile(filepath.Join(src, "fresh"), []byte(strings.Repeat("f", 500)), 0o644)
-	cache := NewMemoryStatCache()
-	opts := DefaultOptions(src)
-	opts.Cache = cache
-	run(t, opts)
-	if cache.Len() != 0 {
-		t.Fatal("a file modified just now was cached; a second write in the same timestamp tick would go unnoticed")
 	}
 }
 
@@ -288,14 +172,13 @@ func TestFileChangingWhileRead(t *testing.T) {
 			}
 		}
 		defer func() { testHookAfterRead = nil }()
-		res := run(t, DefaultOptions(src))
+		sink := newMemSink()
+		res := snap(t, src, sink, DefaultOptions())
 		if len(res.Changed) != 0 {
 			t.Fatalf("changed: %v", res.Changed)
 		}
-		for _, f := range res.Manifest.Files {
-			if f.RelativePath == "db" && f.Hexdigest != sum(strings.Repeat("2", 4<<20)) {
-				t.Fatal("the manifest records a hash that is not of the file's settled content")
-			}
+		if n := nodes(t, sink, res.Root)["db"]; n.ID != sum(strings.Repeat("2", 4<<20)) {
+			t.Fatal("the tree records an id that is not of the file's settled content")
 		}
 	})
 	t.Run("keeps changing", func(t *testing.T) {
@@ -309,22 +192,65 @@ func TestFileChangingWhileRead(t *testing.T) {
 			}
 		}
 		defer func() { testHookAfterRead = nil }()
-		opts := DefaultOptions(src)
+		opts := DefaultOptions()
 		opts.ChangeRetries = 2
-		res := run(t, opts)
+		sink := newMemSink()
+		res := snap(t, src, sink, opts)
 		if diff := cmp.Diff([]string{"db"}, problemPaths(res.Changed)); diff != "" {
 			t.Fatalf("changed (-want +got):\n%s", diff)
 		}
 		if n != 3 {
 			t.Errorf("read %d times, want 1 + 2 retries", n)
 		}
-		if diff := cmp.Diff([]string{"calm"}, paths(res.Manifest.Files)); diff != "" {
-			t.Fatalf("a file that kept changing must not be in the manifest (-want +got):\n%s", diff)
+		if diff := cmp.Diff([]string{"calm"}, filePaths(nodes(t, sink, res.Root))); diff != "" {
+			t.Fatalf("a file that kept changing must not be in the tree (-want +got):\n%s", diff)
 		}
 		if !errors.Is(res.Changed[0].Err, ErrChangedWhileReading) {
 			t.Fatalf("error %v", res.Changed[0].Err)
 		}
 	})
+}
+
+// TestContentChangedBeforeItIsStoredIsNotStoredUnderItsId: the file
+// changes between hashing and the sink reading it again; the sink sees
+// other bytes, and the snapshot reads the file again rather than record
+// an id it cannot store.
+func TestContentChangedBeforeItIsStoredIsNotStoredUnderItsId(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "big")
+	writeTree(t, src, map[string]string{"big": strings.Repeat("a", 3<<20)})
+	sink := &changingSink{memSink: newMemSink(), path: p}
+	opts := DefaultOptions()
+	opts.Sink = sink
+	s, _ := New(src, opts)
+	res, err := s.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := nodes(t, sink.memSink, res.Root)["big"]
+	if n == nil || sink.objects[n.ID] == nil || digestOf(sink.objects[n.ID]) != n.ID {
+		t.Fatalf("the tree names %v, which the sink does not hold", n)
+	}
+	if n.ID != sum(strings.Repeat("b", 3<<20)) {
+		t.Fatal("the tree does not hold the file's final content")
+	}
+}
+
+func digestOf(b []byte) [32]byte { return sum(string(b)) }
+
+// changingSink rewrites the file once, right before it reads it again.
+type changingSink struct {
+	*memSink
+	path string
+	done bool
+}
+
+func (s *changingSink) StoreContent(ctx context.Context, c *Content) error {
+	if !s.done {
+		s.done = true
+		os.WriteFile(s.path, bytes.Repeat([]byte("b"), 3<<20), 0o644)
+	}
+	return s.memSink.StoreContent(ctx, c)
 }
 
 func TestUnreadableFilesAreReportedAndSkipped(t *testing.T) {
@@ -341,17 +267,39 @@ func TestUnreadableFilesAreReportedAndSkipped(t *testing.T) {
 		os.Chmod(filepath.Join(src, "locked"), 0)
 		wantUnreadable = []string{"gone", "locked"}
 	}
-	res := run(t, DefaultOptions(src))
+	sink := newMemSink()
+	res := snap(t, src, sink, DefaultOptions())
 	if diff := cmp.Diff(wantUnreadable, problemPaths(res.Unreadable)); diff != "" {
 		t.Fatalf("unreadable (-want +got):\n%s", diff)
 	}
 	if !errors.Is(res.Unreadable[0].Err, os.ErrNotExist) {
 		t.Errorf("vanished file error: %v", res.Unreadable[0].Err)
 	}
-	for _, f := range res.Manifest.Files {
-		if f.RelativePath == "gone" {
-			t.Fatal("a vanished file is in the manifest")
+	if nodes(t, sink, res.Root)["gone"] != nil {
+		t.Fatal("a vanished file is in the tree")
+	}
+}
+
+func TestFileTruncatedWhileMapped(t *testing.T) {
+	src := t.TempDir()
+	big := filepath.Join(src, "big")
+	writeTree(t, src, map[string]string{"big": strings.Repeat("m", 3*mmapWindow+5)})
+	testHookAfterRead = func(path string, attempt int) {
+		if path == big && attempt == 0 {
+			// The next window lies beyond the new end of file: touching it
+			// raises SIGBUS, which must become a retry, not a crash.
+			os.Truncate(big, 2<<20)
 		}
+	}
+	defer func() { testHookAfterRead = nil }()
+	sink := newMemSink()
+	res := snap(t, src, sink, DefaultOptions())
+	n := nodes(t, sink, res.Root)["big"]
+	if len(res.Changed) != 0 || n == nil {
+		t.Fatalf("changed %v", res.Changed)
+	}
+	if n.Size != 2<<20 || n.ID != sum(strings.Repeat("m", 2<<20)) {
+		t.Fatalf("after truncation the tree holds size %d, id %s", n.Size, n.ID)
 	}
 }
 
@@ -359,9 +307,9 @@ func TestStagingDirectory(t *testing.T) {
 	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "stage")
 	writeTree(t, src, map[string]string{"keep": strings.Repeat("k", 500), "sub/later-deleted": strings.Repeat("d", 500),
 		"gone/soon": strings.Repeat("g", 500)})
-	opts := DefaultOptions(src)
+	opts := DefaultOptions()
 	opts.Dst = dst
-	res := run(t, opts)
+	res := snap(t, src, newMemSink(), opts)
 	if res.ReadRoot != dst {
 		t.Fatalf("ReadRoot %s, want the staging dir", res.ReadRoot)
 	}
@@ -371,7 +319,7 @@ func TestStagingDirectory(t *testing.T) {
 		t.Fatalf("staged file is not a hard link of the source: %v", err)
 	}
 	// The database deletes a file after the snapshot: the staged copy
-	// still has the content the manifest describes.
+	// still has the content the tree describes.
 	os.Remove(filepath.Join(src, "sub/later-deleted"))
 	data, err := os.ReadFile(filepath.Join(dst, "sub/later-deleted"))
 	if err != nil || !bytes.Equal(data, []byte(strings.Repeat("d", 500))) {
@@ -381,7 +329,7 @@ func TestStagingDirectory(t *testing.T) {
 	// nothing it did not stage: a user's file in the directory stays.
 	os.RemoveAll(filepath.Join(src, "gone"))
 	writeTree(t, dst, map[string]string{"mine/notes": "a user's file", "sub/also-mine": "x"})
-	run(t, opts)
+	snap(t, src, newMemSink(), opts)
 	for _, gone := range []string{"sub/later-deleted", "gone/soon", "gone"} {
 		if _, err := os.Lstat(filepath.Join(dst, gone)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s, staged by the first run and gone from the source, was not pruned", gone)
@@ -411,9 +359,9 @@ func TestStagingDirectoryNeverDeletesWhatItDoesNotOwn(t *testing.T) {
 		"a full unmarked directory": {"data", "shared"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			opts := DefaultOptions(filepath.Join(top, c.src))
+			opts := DefaultOptions()
 			opts.Dst = filepath.Join(top, c.dst)
-			s, err := New(opts)
+			s, err := New(filepath.Join(top, c.src), opts)
 			if err == nil {
 				_, err = s.Snapshot(context.Background())
 			}
@@ -430,172 +378,33 @@ func TestStagingDirectoryNeverDeletesWhatItDoesNotOwn(t *testing.T) {
 	// An empty directory is taken and marked.
 	empty := filepath.Join(top, "empty")
 	os.Mkdir(empty, 0o700)
-	opts := DefaultOptions(filepath.Join(top, "data"))
+	opts := DefaultOptions()
 	opts.Dst = empty
-	run(t, opts)
+	snap(t, filepath.Join(top, "data"), newMemSink(), opts)
 	if _, err := os.Stat(filepath.Join(empty, ".deltabackup-stage")); err != nil {
 		t.Fatalf("an empty staging directory was not marked: %v", err)
 	}
 }
 
-func TestManifestValidation(t *testing.T) {
-	h := sum(strings.Repeat("x", 500))
-	base := func() *Manifest {
-		return &Manifest{
-			Version: ManifestVersion, HashAlgorithm: HashAlgorithm,
-			Files: []File{
-				{RelativePath: "a/b", FileSize: 500, Hexdigest: h, Mode: 0o644},
-				{RelativePath: "c", FileSize: 2, ContentB64: "aGk="},
-			},
-			Hashes: []Hash{{h, 500}},
-		}
-	}
-	if err := base().Validate(); err != nil {
-		t.Fatalf("valid manifest refused: %v", err)
-	}
-	cases := map[string]struct {
-		edit func(m *Manifest)
-		want string
-	}{
-		"absolute path":      {func(m *Manifest) { m.Files[0].RelativePath = "/etc/passwd" }, "absolute"},
-		"dot dot":            {func(m *Manifest) { m.Files[0].RelativePath = "../escape" }, "'..'"},
-		"inner dot dot":      {func(m *Manifest) { m.Files[0].RelativePath = "a/../../b" }, "not clean"},
-		"not clean":          {func(m *Manifest) { m.Files[0].RelativePath = "a//b" }, "not clean"},
-		"dot":                {func(m *Manifest) { m.EmptyDirs = []string{"."} }, "not clean"},
-		"NUL":                {func(m *Manifest) { m.Files[0].RelativePath = "a/b\x00c" }, "NUL"},
-		"invalid UTF-8":      {func(m *Manifest) { m.Files[0].RelativePath = "a/\xff" }, "UTF-8"},
-		"duplicate":          {func(m *Manifest) { m.Symlinks = []Symlink{{"c", "x"}} }, "twice"},
-		"below a file":       {func(m *Manifest) { m.EmptyDirs = []string{"c/d"} }, "lies below file"},
-		"below a symlink":    {func(m *Manifest) { m.Symlinks = []Symlink{{"a", "/"}} }, "lies below symlink"},
-		"dir below a file":   {func(m *Manifest) { m.Dirs = []Dir{{RelativePath: "c/sub", Mode: 0o755}} }, "lies below file"},
-		"unsorted":           {func(m *Manifest) { m.Files[0], m.Files[1] = m.Files[1], m.Files[0] }, "not sorted"},
-		"negative size":      {func(m *Manifest) { m.Files[1].FileSize = -1 }, "invalid size"},
-		"huge size":          {func(m *Manifest) { m.Files[0].FileSize = 1 << 62 }, "invalid size"},
-		"hash not listed":    {func(m *Manifest) { m.Hashes = nil }, "not listed"},
-		"size disagrees":     {func(m *Manifest) { m.Hashes[0].Size = 7 }, "differs"},
-		"embedded size":      {func(m *Manifest) { m.Files[1].FileSize = 3 }, "embedded content is 2 bytes"},
-		"bad base64":         {func(m *Manifest) { m.Files[1].ContentB64 = "!!" }, "content_b64"},
-		"huge embedded":      {func(m *Manifest) { m.Files[1].ContentB64 = strings.Repeat("A", 2<<20); m.Files[1].FileSize = 3 << 19 }, "exceeds"},
-		"version":            {func(m *Manifest) { m.Version = 2 }, "version 2"},
-		"mode":               {func(m *Manifest) { m.Files[0].Mode = 0o170000 }, "invalid mode"},
-		"empty symlink":      {func(m *Manifest) { m.Symlinks = []Symlink{{"l", ""}} }, "invalid target"},
-		"chunks":             {func(m *Manifest) { m.Files[0].Chunks = []Hash{{h, 1}} }, "chunks"},
-		"duplicate hash":     {func(m *Manifest) { m.Hashes = append(m.Hashes, m.Hashes[0]) }, "listed twice"},
-		"dir is a file":      {func(m *Manifest) { m.Dirs = []Dir{{RelativePath: "c"}} }, "also a file"},
-		"dir escapes":        {func(m *Manifest) { m.Dirs = []Dir{{RelativePath: "../up"}} }, "'..'"},
-		"empty path":         {func(m *Manifest) { m.Files[0].RelativePath = "" }, "empty path"},
-		"both hash and data": {func(m *Manifest) { m.Files[0].ContentB64 = "aGk=" }, "both"},
-	}
-	for name, c := range cases {
-		t.Run(name, func(t *testing.T) {
-			m := base()
-			c.edit(m)
-			err := m.Validate()
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("Validate() = %v, want an error containing %q", err, c.want)
-			}
-		})
-	}
-	for name, data := range map[string]string{
-		"not JSON":      "{",
-		"trailing data": `{"version":1,"hash_algorithm":"blake3"} {}`,
-		"unknown field": `{"version":1,"hash_algorithm":"blake3","evil":1}`,
-		"deep nesting":  `{"files":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`,
-		"duplicate key": `{"version":1,"version":1,"hash_algorithm":"blake3"}`,
-		"invalid UTF-8": "{\"version\":1,\"hash_algorithm\":\"blake3\",\"node\":\"\xff\"}",
-		"wrong case":    `{"Version":1,"hash_algorithm":"blake3"}`,
-		// A hexdigest has one spelling: 64 lower-case hex digits.
-		"bad hexdigest":  `{"version":1,"hash_algorithm":"blake3","files":[{"relative_path":"a","file_size":1,"mtime_ns":0,"mode":420,"hexdigest":"../../x","stored_file_size":0,"should_be_bundled":false}]}`,
-		"upper-case hex": `{"version":1,"hash_algorithm":"blake3","hashes":[{"hexdigest":"` + strings.ToUpper(h.String()) + `","size":500}]}`,
-	} {
-		if _, err := DecodeManifest([]byte(data)); err == nil {
-			t.Errorf("DecodeManifest accepted %s", name)
-		}
-	}
-}
-
-func TestFileTruncatedWhileMapped(t *testing.T) {
+func TestNamesAreStoredAsTheyAre(t *testing.T) {
 	src := t.TempDir()
-	big := filepath.Join(src, "big")
-	writeTree(t, src, map[string]string{"big": strings.Repeat("m", 3*mmapWindow+5)})
-	testHookAfterRead = func(path string, attempt int) {
-		if path == big && attempt == 0 {
-			// The next window lies beyond the new end of file: touching it
-			// raises SIGBUS, which must become a retry, not a crash.
-			os.Truncate(big, 2<<20)
+	names := []string{"quote\"d", "back\\slash", "tab\there", "new\nline", "ctl\x01\x1f", "uni-ü-東京-🙂", "not-utf8-\xff\xfe", "del\x7f"}
+	for _, n := range names {
+		writeTree(t, src, map[string]string{n: "content of " + n})
+	}
+	os.Symlink("target-\xff", filepath.Join(src, "link"))
+	sink := newMemSink()
+	res := snap(t, src, sink, DefaultOptions())
+	if len(res.Unreadable) != 0 {
+		t.Fatalf("names refused: %v", res.Unreadable)
+	}
+	ns := nodes(t, sink, res.Root)
+	for _, n := range names {
+		if got := ns[n]; got == nil || string(got.Embedded) != "content of "+n {
+			t.Errorf("%q: %+v", n, got)
 		}
 	}
-	defer func() { testHookAfterRead = nil }()
-	res := run(t, DefaultOptions(src))
-	if len(res.Changed) != 0 || len(res.Manifest.Files) != 1 {
-		t.Fatalf("changed %v, files %v", res.Changed, paths(res.Manifest.Files))
-	}
-	if f := res.Manifest.Files[0]; f.FileSize != 2<<20 || f.Hexdigest != sum(strings.Repeat("m", 2<<20)) {
-		t.Fatalf("after truncation the manifest holds size %d, hexdigest %s", f.FileSize, f.Hexdigest)
-	}
-}
-
-func TestManifestJSONRoundTripsEveryString(t *testing.T) {
-	tricky := []string{`quote"d`, `back\slash`, "tab\there", "new\nline", "ctl\x01\x1f", "uni-ü-東京-🙂", "sep\u2028\u2029", "<html>&amp;", "del\x7f"}
-	h := sum(strings.Repeat("x", 400))
-	m := &Manifest{Version: ManifestVersion, HashAlgorithm: HashAlgorithm, RootGlobs: []string{"**", `a"b`}, ExcludeGlobs: []string{},
-		Start: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), End: time.Date(2026, 1, 2, 3, 4, 6, 0, time.FixedZone("x", 3600)), Node: "nöde\"1",
-		Root: &Dir{RelativePath: ".", Mode: 0o700, MtimeNs: -5}}
-	for i, s := range tricky {
-		m.Files = append(m.Files, File{RelativePath: fmt.Sprintf("%02d-%s", i, s), FileSize: 400, MtimeNs: int64(-i), Mode: 0o4755, Hexdigest: h, StoredFileSize: 7, ShouldBeBundled: i%2 == 0})
-		m.Symlinks = append(m.Symlinks, Symlink{RelativePath: fmt.Sprintf("l%02d", i), Target: s})
-		m.Dirs = append(m.Dirs, Dir{RelativePath: fmt.Sprintf("d%02d-%s", i, s), Mode: 0o755})
-	}
-	m.Files = append(m.Files, File{RelativePath: "zz-embedded", FileSize: 2, ContentB64: "aGk="})
-	m.EmptyDirs = []string{"e1"}
-	m.SetHashes()
-	if err := m.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	data, err := m.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !json.Valid(data) {
-		t.Fatalf("not valid JSON: %s", data)
-	}
-	back, err := DecodeManifest(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(m, back, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
-		t.Fatalf("round trip (-want +got):\n%s", diff)
-	}
-	// encoding/json reads what the standard encoder would have written.
-	var std Manifest
-	std1, _ := json.Marshal(m)
-	json.Unmarshal(std1, &std)
-	if diff := cmp.Diff(&std, back, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
-		t.Fatalf("differs from encoding/json (-std +ours):\n%s", diff)
-	}
-}
-
-func TestSymlinkWithInvalidUTF8TargetIsReported(t *testing.T) {
-	src := t.TempDir()
-	writeTree(t, src, map[string]string{"ok": "fine"})
-	os.Symlink("bad-\xff-target", filepath.Join(src, "bad-link"))
-	res := run(t, DefaultOptions(src))
-	if diff := cmp.Diff([]string{"bad-link"}, problemPaths(res.Unreadable)); diff != "" {
-		t.Fatalf("unreadable (-want +got):\n%s", diff)
-	}
-	if len(res.Manifest.Symlinks) != 0 {
-		t.Fatal("a symlink whose target JSON would change was stored")
-	}
-}
-
-func TestWriteJSONEqualsEncode(t *testing.T) {
-	m := benchManifest(3000) // well over the 64 KiB a piece
-	var buf bytes.Buffer
-	if err := m.WriteJSON(&buf); err != nil {
-		t.Fatal(err)
-	}
-	whole, _ := m.Encode()
-	if !bytes.Equal(buf.Bytes(), whole) {
-		t.Fatalf("streamed encoding (%d bytes) differs from the whole encoding (%d bytes)", buf.Len(), len(whole))
+	if ns["link"].Target != "target-\xff" {
+		t.Errorf("symlink target %q", ns["link"].Target)
 	}
 }

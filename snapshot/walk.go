@@ -2,35 +2,100 @@ package snapshot
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path"
 	"slices"
 	"strings"
-	"unicode/utf8"
+	"sync"
+	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
-// walker lists the source tree in one goroutine and feeds regular files to
-// the hashing workers through a bounded channel; directories, empty dirs,
-// symlinks and special files it records itself.
+// The walker builds one tree per directory, bottom-up. Directories and
+// files are handled by up to Parallel goroutines: a directory's
+// subdirectories and changed files each run in a goroutine of their own
+// when one is free, and inline otherwise, so the walk never waits for a
+// goroutine it cannot get.
 //
 // Every directory is opened from its parent's handle without following a
-// symbolic link (beneath), and each file is handed to the workers with the
-// handle of its directory: a directory swapped for a link while the backup
-// runs is reported, never followed out of the source.
+// symbolic link (beneath), and files are opened below their directory's
+// handle: a directory swapped for a link while the backup runs is
+// reported, never followed out of the source.
 type walker struct {
-	s        *Snapshotter
-	jobs     chan<- fileJob
-	col      *collector
-	manifest *Manifest // Dirs, EmptyDirs, Symlinks: only the walker writes them
-	dirty    *dirtySet // for an incremental snapshot
-	kept     []string  // paths whose base entries (at and below) an incremental snapshot carries over
+	s     *Snapshotter
+	col   *collector
+	stage *stager
+	// cache is the directory cache to read (nil: none usable); trusted
+	// when what it names may be taken as stored.
+	cache   *DirCache
+	trusted bool
+	// newCache receives the records of this walk (nil: none).
+	newCache *DirCache
+	tokens   chan struct{}
+	rootDev  uint64
+	// links holds the result of hashing each multiply-linked inode, so
+	// its other names are not read again.
+	links   sync.Map
+	hashers sync.Pool
+	buffers sync.Pool
+}
+
+// linkKey is one inode in one state.
+type linkKey struct {
+	dev, ino     uint64
+	ctime, mtime int64
+	size         int64
+}
+
+type linkResult struct {
+	once  sync.Once
+	node  Node
+	extra entryExtra
+	err   error
+}
+
+func newWalker(s *Snapshotter, col *collector) *walker {
+	w := &walker{s: s, col: col, tokens: make(chan struct{}, max(0, s.opts.Parallel-1))}
+	w.hashers.New = func() any { return newHasher() }
+	w.buffers.New = func() any { b := make([]byte, 0, 64<<10); return &b }
+	if c := s.opts.Cache; c != nil {
+		fp := s.Fingerprint()
+		if c.usable(fp) {
+			w.cache, w.trusted = c, c.Trusted
+		}
+		if err := c.begin(fp); err != nil {
+			s.logger.Warn("directory cache not written", "err", err)
+		} else {
+			w.newCache = c
+		}
+	}
+	return w
+}
+
+// spawn runs fn in a goroutine of g when one is free, else right away in
+// the caller's; either way g.Wait returns its error.
+func (w *walker) spawn(g *errgroup.Group, fn func() error) {
+	select {
+	case w.tokens <- struct{}{}:
+		g.Go(func() error {
+			defer func() { <-w.tokens }()
+			return fn()
+		})
+	default:
+		if err := fn(); err != nil {
+			g.Go(func() error { return err })
+		}
+	}
 }
 
 func matchAny(globs []string, rel string) bool {
@@ -42,198 +107,706 @@ func matchAny(globs []string, rel string) bool {
 	return false
 }
 
-func (w *walker) walk(ctx context.Context, rel string, dir *beneath.Dir, included bool) error {
-	_, err := w.walkDir(ctx, rel, dir, included)
-	return err
+// entry is one directory entry on its way into a tree.
+type entry struct {
+	name string
+	rel  string
+	st   unix.Stat_t
+	typ  NodeType
+	// prev is the entry's node in the previous tree when its status is
+	// unchanged, so its content and metadata can be taken from there.
+	prev *Node
+	// node and extra are the result; keep is false when the entry is
+	// left out (unreadable, changed, or nothing selected below it).
+	node  Node
+	extra entryExtra
+	keep  bool
+	// For directories: whether the directory was selected itself, and
+	// whether it is a mount point not entered (OneFileSystem).
+	included bool
+	boundary bool
 }
 
-// walkDir lists dir (rel "" for the root) and reports whether anything
-// below it was selected. included is true when a directory above matched
-// an include glob, which selects everything below it.
-func (w *walker) walkDir(ctx context.Context, rel string, dir *beneath.Dir, included bool) (selected bool, err error) {
-	entries, err := w.readDir(ctx, rel, dir)
-	if err != nil {
-		return false, err
+// prevDir is what the previous backup held in a directory: its tree and,
+// from the cache, each entry's inode and ctime (strong matching); from a
+// base tree alone, entries match by size, mtime, mode and owner.
+type prevDir struct {
+	rec    *dirRecord
+	tree   *Tree
+	byName map[string]int
+	strong bool
+}
+
+func (p *prevDir) node(name string) (*Node, entryExtra, bool) {
+	if p == nil || p.tree == nil {
+		return nil, entryExtra{}, false
 	}
-	for _, e := range entries {
-		sel, err := w.entry(ctx, e, rel, dir, included, w.walkDir)
-		if err != nil {
-			return false, err
+	if p.byName == nil {
+		p.byName = make(map[string]int, len(p.tree.Nodes))
+		for i := range p.tree.Nodes {
+			p.byName[p.tree.Nodes[i].Name] = i
 		}
-		selected = selected || sel
 	}
-	if !selected && len(entries) == 0 && rel != "" {
-		return false, errEmptyDir
+	i, ok := p.byName[name]
+	if !ok {
+		return nil, entryExtra{}, false
 	}
-	return selected, nil
+	var x entryExtra
+	if p.rec != nil && i < len(p.rec.extras) {
+		x = p.rec.extras[i]
+	}
+	return &p.tree.Nodes[i], x, true
 }
 
-// errEmptyDir is walkDir's way of saying a directory has no entries at
-// all (not one excluded or unreadable): an empty directory to record.
-var errEmptyDir = errors.New("empty directory")
-
-// readDir lists dir, sorted by name. An unreadable directory below the
-// root is reported and yields no entries; an unreadable root fails the
-// snapshot.
-func (w *walker) readDir(ctx context.Context, rel string, dir *beneath.Dir) ([]beneath.Entry, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+// decode decodes the previous tree of a cache record when needed.
+func (p *prevDir) decode() error {
+	if p == nil || p.tree != nil || p.rec == nil {
+		return nil
 	}
-	entries, err := dir.Entries()
+	t, err := DecodeTree(p.rec.encoded)
+	if err != nil {
+		return err
+	}
+	p.tree = t
+	return nil
+}
+
+// root walks the whole source.
+func (w *walker) root(ctx context.Context, root *beneath.Dir, st *unix.Stat_t) (dirResult, error) {
+	w.rootDev = st.Dev
+	return w.walkDir(ctx, "", root, st, false, nil)
+}
+
+// dirResult is what a walked directory gives its parent.
+type dirResult struct {
+	id    digest.Digest
+	below Counts
+	// selected is false when nothing in or below the directory was
+	// selected (and the directory itself was not).
+	selected bool
+}
+
+// walkDir builds and stores the tree of directory rel ("" for the root),
+// whose status is st. included is true when a directory above matched an
+// include glob, which selects everything below it. base, in an
+// incremental snapshot, is the directory's tree in the base backup.
+func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *unix.Stat_t, included bool, base *Tree) (dirResult, error) {
+	if err := ctx.Err(); err != nil {
+		return dirResult{}, err
+	}
+	ents, err := w.list(ctx, rel, d, included)
+	if err != nil {
+		return dirResult{}, err
+	}
+	var prev *prevDir
+	switch {
+	case base != nil:
+		prev = &prevDir{tree: base}
+	case w.cache != nil:
+		rec, err := w.cache.lookup(rel)
+		if err != nil {
+			w.s.logger.Warn("directory cache record unusable; reading the directory again", "path", rel, "err", err)
+		} else if rec != nil {
+			prev = &prevDir{rec: rec, strong: true}
+		}
+	}
+	localSig, racyEntries := w.localSignature(ents)
+	if rel == "" {
+		localSig = signRoot(localSig, st)
+	}
+	unchanged := prev != nil && prev.rec != nil && w.trusted && !racyEntries && prev.rec.localSig == localSig
+
+	if !unchanged {
+		if err := prev.decode(); err != nil {
+			w.s.logger.Warn("directory cache record unusable; reading the directory again", "path", rel, "err", err)
+			prev = nil
+		}
+		if err := w.matchPrevious(ctx, ents, prev); err != nil {
+			return dirResult{}, err
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, e := range ents {
+		if e.typ == TypeDir {
+			w.spawn(g, func() error { return w.subdir(gctx, d, e, prev) })
+		}
+	}
+	if !unchanged {
+		for _, e := range ents {
+			if e.typ != TypeDir {
+				w.spawn(g, func() error { return w.leaf(gctx, d, e) })
+			}
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return dirResult{}, err
+	}
+	fullSig := fullSignature(localSig, ents)
+	if unchanged && prev.rec.fullSig == fullSig && w.s.opts.OnFile == nil {
+		// Nothing in or below the directory changed: its tree is taken by
+		// id, unread and not encoded again.
+		var leaves, bytes int64
+		for _, e := range ents {
+			if e.typ == TypeFile || e.typ == TypeSymlink {
+				leaves++
+				bytes += e.st.Size
+			}
+		}
+		w.col.treesReused.Add(1)
+		w.col.cachedFiles.Add(leaves)
+		if p := w.s.opts.Progress; p != nil {
+			p.AddTotalBytes(bytes)
+			p.AddBytes(bytes)
+			p.AddSuccess(leaves)
+		}
+		w.record(prev.rec)
+		return dirResult{id: prev.rec.tree, below: prev.rec.below, selected: true}, nil
+	}
+	if unchanged {
+		// The entries are as before but something below changed (or the
+		// caller wants every file): the previous tree gives the nodes.
+		if err := prev.decode(); err != nil {
+			return dirResult{}, fmt.Errorf("directory cache record of %q: %w", rel, err)
+		}
+		if err := w.takeUnchanged(ctx, d, ents, prev); err != nil {
+			return dirResult{}, err
+		}
+	}
+	return w.finishDir(ctx, rel, d, st, included, ents, prev, localSig, fullSig, racyEntries)
+}
+
+// list reads and stats the entries of a directory, sorted by name, and
+// decides which are selected.
+func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included bool) ([]*entry, error) {
+	opts := &w.s.opts
+	des, err := d.Entries()
 	if err != nil {
 		if rel == "" {
 			return nil, fmt.Errorf("read source directory: %w", err)
 		}
-		w.s.logger.Warn("directory unreadable, skipped", "path", rel, "err", err)
+		w.s.logger.Warn("directory unreadable, recorded empty", "path", rel, "err", err)
 		w.col.add(&w.col.unreadable, Problem{Path: rel, Err: unwrapPathError(err)})
-		return []beneath.Entry{{}}, nil // not empty: unknown
+		return nil, nil
 	}
-	slices.SortFunc(entries, func(a, b beneath.Entry) int { return strings.Compare(a.Name, b.Name) })
-	return entries, nil
-}
-
-// sendFile hands a regular file to the hashing workers, which take its
-// stat, so stats run on every core. The job holds a reference to dir.
-func (w *walker) sendFile(ctx context.Context, rel string, dir *beneath.Dir, name string) error {
-	if p := w.s.opts.Progress; p != nil {
-		p.AddTotal(1)
+	slices.SortFunc(des, func(a, b beneath.Entry) int { return strings.Compare(a.Name, b.Name) })
+	if marker := w.exclusionMarker(d, des); marker != "" {
+		// Only the marker files stay; the directory is recorded.
+		des = slices.DeleteFunc(des, func(e beneath.Entry) bool { return !w.isMarker(e.Name) })
+		w.s.logger.Debug("directory contents excluded by a marker", "path", rel, "marker", marker)
 	}
-	dir.Acquire()
-	select {
-	case w.jobs <- fileJob{rel: rel, dir: dir, name: name}:
-		return nil
-	case <-ctx.Done():
-		dir.Close()
-		return ctx.Err()
-	}
-}
-
-// walkFunc walks a directory below the source: the full walk, or the walk
-// of an incremental snapshot.
-type walkFunc func(ctx context.Context, rel string, dir *beneath.Dir, included bool) (bool, error)
-
-// entry records one directory entry of dir (rel "" for the root): files go
-// to the hashing workers, symlinks and special files are recorded, and
-// directories are walked with recurse. It reports whether anything was
-// selected.
-func (w *walker) entry(ctx context.Context, e beneath.Entry, rel string, dir *beneath.Dir, included bool, recurse walkFunc) (selected bool, err error) {
-	if e.Name == "" {
-		return false, nil // the placeholder of an unreadable directory
-	}
-	childRel := path.Join(rel, e.Name)
-	if rel == "" {
-		childRel = e.Name
-	}
-	if matchAny(w.s.opts.Excludes, childRel) {
-		return false, nil
-	}
-	if err := ValidatePath(childRel); err != nil {
-		w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
-		return false, nil
-	}
-	childIncluded := included || matchAny(w.s.opts.Includes, childRel)
-	if e.Type.IsRegular() {
-		if !childIncluded {
-			return false, nil
+	ents := make([]*entry, 0, len(des))
+	for _, de := range des {
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
-		return true, w.sendFile(ctx, childRel, dir, e.Name)
-	}
-	st, err := dir.Fstatat(e.Name)
-	if err != nil {
-		if childIncluded {
-			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+		childRel := de.Name
+		if rel != "" {
+			childRel = rel + "/" + de.Name
 		}
-		return false, nil
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFDIR:
-		child, err := dir.OpenDir(e.Name)
+		if matchAny(opts.Excludes, childRel) {
+			continue
+		}
+		if err := ValidateName(de.Name); err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
+			continue
+		}
+		e := &entry{name: de.Name, rel: childRel, included: included || matchAny(opts.Includes, childRel)}
+		e.st, err = d.Fstatat(de.Name)
 		if err != nil {
-			if childIncluded || errors.Is(err, beneath.ErrSymlink) {
-				w.col.add(&w.col.changed, Problem{Path: childRel, Err: fmt.Errorf("%w: %v", ErrChangedWhileReading, unwrapPathError(err))})
+			if e.included {
+				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
 			}
-			return false, nil
+			continue
 		}
-		sub, err := recurse(ctx, childRel, child, childIncluded)
-		child.Close()
-		empty := errors.Is(err, errEmptyDir)
-		if err != nil && !empty {
-			return false, err
+		switch e.st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			e.typ = TypeDir
+			if opts.OneFileSystem && e.st.Dev != w.rootDev {
+				if !e.included {
+					continue
+				}
+				e.boundary = true
+			}
+		case unix.S_IFREG:
+			e.typ = TypeFile
+			if opts.ExcludeLargerThan > 0 && e.st.Size > opts.ExcludeLargerThan && e.included {
+				w.col.add(&w.col.skipped, Problem{Path: childRel, Err: fmt.Errorf("%d bytes, larger than %d: left out", e.st.Size, opts.ExcludeLargerThan)})
+				continue
+			}
+		case unix.S_IFLNK:
+			e.typ = TypeSymlink
+		case unix.S_IFIFO:
+			e.typ = TypeFIFO
+		case unix.S_IFCHR:
+			e.typ = TypeCharDevice
+		case unix.S_IFBLK:
+			e.typ = TypeBlockDevice
+		default:
+			if e.included {
+				w.s.logger.Info("socket skipped", "path", childRel)
+				w.col.add(&w.col.skipped, Problem{Path: childRel, Err: errors.New("socket: left out (a socket cannot be restored)")})
+			}
+			continue
 		}
-		if empty && childIncluded {
-			w.manifest.EmptyDirs = append(w.manifest.EmptyDirs, childRel)
-			sub = true
+		if e.typ != TypeDir && !e.included {
+			continue
 		}
-		if sub {
-			w.manifest.Dirs = append(w.manifest.Dirs, Dir{RelativePath: childRel, Mode: st.Mode & 0o7777, MtimeNs: st.Mtim.Nano()})
-			selected = true
+		if e.typ == TypeFile || e.typ == TypeSymlink {
+			if p := opts.Progress; p != nil {
+				p.AddTotal(1)
+			}
 		}
-	case unix.S_IFLNK:
-		if !childIncluded {
-			return false, nil
+		ents = append(ents, e)
+	}
+	return ents, nil
+}
+
+// cacheDirSignature is the first line a CACHEDIR.TAG must start with.
+const cacheDirSignature = "Signature: 8a477f597d28d172789f06886806bc55"
+
+func (w *walker) isMarker(name string) bool {
+	return slices.Contains(w.s.opts.ExcludeIfPresent, name) || (w.s.opts.ExcludeCaches && name == "CACHEDIR.TAG")
+}
+
+// exclusionMarker returns the name of a file that excludes the contents
+// of the directory, or "".
+func (w *walker) exclusionMarker(d *beneath.Dir, des []beneath.Entry) string {
+	opts := &w.s.opts
+	if len(opts.ExcludeIfPresent) == 0 && !opts.ExcludeCaches {
+		return ""
+	}
+	for _, de := range des {
+		if slices.Contains(opts.ExcludeIfPresent, de.Name) {
+			return de.Name
 		}
-		target, err := dir.Readlink(e.Name)
+		if opts.ExcludeCaches && de.Name == "CACHEDIR.TAG" && de.Type.IsRegular() && validCacheTag(d, de.Name) {
+			return de.Name
+		}
+	}
+	return ""
+}
+
+func validCacheTag(d *beneath.Dir, name string) bool {
+	f, err := d.Open(name, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, len(cacheDirSignature))
+	n, _ := f.Read(buf)
+	return string(buf[:n]) == cacheDirSignature
+}
+
+// localSignature hashes the status of every entry (a directory's own
+// status included, not what lies below it) and reports whether one is
+// too recent to be trusted next time.
+func (w *walker) localSignature(ents []*entry) (digest.Digest, bool) {
+	h := blake3.New()
+	var b [128]byte
+	racyAny := false
+	for _, e := range ents {
+		st := &e.st
+		buf := appendString(b[:0], e.name)
+		buf = binary.AppendUvarint(buf, uint64(st.Mode))
+		buf = binary.AppendUvarint(buf, uint64(st.Uid))
+		buf = binary.AppendUvarint(buf, uint64(st.Gid))
+		buf = binary.AppendUvarint(buf, uint64(st.Size))
+		buf = binary.AppendVarint(buf, st.Mtim.Nano())
+		buf = binary.AppendVarint(buf, st.Ctim.Nano())
+		buf = binary.AppendUvarint(buf, st.Ino)
+		buf = binary.AppendUvarint(buf, st.Dev)
+		buf = binary.AppendUvarint(buf, st.Rdev)
+		buf = binary.AppendUvarint(buf, uint64(st.Nlink))
+		if e.included {
+			buf = append(buf, 1)
+		} else {
+			buf = append(buf, 0)
+		}
+		h.Write(buf)
+		if e.typ != TypeDir && racy(st) {
+			racyAny = true
+		}
+	}
+	var sig digest.Digest
+	copy(sig[:], h.Sum(nil))
+	return sig, racyAny
+}
+
+// signRoot adds the source directory's own status to the root's
+// signature: the root tree carries it.
+func signRoot(sig digest.Digest, st *unix.Stat_t) digest.Digest {
+	b := append([]byte{}, sig[:]...)
+	for _, v := range []uint64{uint64(st.Mode), uint64(st.Uid), uint64(st.Gid), uint64(st.Mtim.Nano()), uint64(st.Ctim.Nano()), st.Ino} {
+		b = binary.AppendUvarint(b, v)
+	}
+	return digest.Of(b)
+}
+
+// fullSignature adds the trees below to a directory's local signature.
+func fullSignature(local digest.Digest, ents []*entry) digest.Digest {
+	b := append(make([]byte, 0, 32+len(ents)*34), local[:]...)
+	for _, e := range ents {
+		if e.typ == TypeDir {
+			if e.keep {
+				b = append(b, 1)
+			} else {
+				b = append(b, 0)
+			}
+			b = append(b, e.node.Subtree[:]...)
+		}
+	}
+	return digest.Of(b)
+}
+
+// racy reports whether a status is too recent to be trusted: a file
+// modified this close to when it was read could change again within the
+// same timestamp tick without its status changing (git's "racily clean").
+func racy(st *unix.Stat_t) bool {
+	window := racyWindow
+	if st.Ctim.Nsec == 0 {
+		// Nobody can set ctime, so whole seconds mean a file system with
+		// coarse stamps.
+		window = coarseRacyWindow
+	}
+	now := time.Now().UnixNano()
+	return now-st.Mtim.Nano() < int64(window) || now-st.Ctim.Nano() < int64(window)
+}
+
+const (
+	racyWindow       = 100 * time.Millisecond
+	coarseRacyWindow = 2 * time.Second
+)
+
+// matchPrevious finds, for each entry, its previous node when its status
+// says it did not change; when the cache is not trusted, previous file
+// contents are used only once the repository is known to hold them.
+func (w *walker) matchPrevious(ctx context.Context, ents []*entry, prev *prevDir) error {
+	if prev == nil || prev.tree == nil {
+		return nil
+	}
+	var check []digest.Digest
+	for _, e := range ents {
+		n, x, ok := prev.node(e.name)
+		if !ok || n.Type != e.typ || !sameStatus(n, x, &e.st, prev.strong) {
+			continue
+		}
+		e.prev = n
+		e.extra = x
+		if !w.trusted && n.Type == TypeFile && !n.IsEmbedded() {
+			check = append(check, fileObjects(n)...)
+		}
+	}
+	if len(check) == 0 || w.s.opts.Sink == nil {
+		return nil
+	}
+	missing, err := w.s.opts.Sink.Missing(ctx, check)
+	if err != nil {
+		return err
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	gone := make(map[digest.Digest]bool, len(missing))
+	for _, id := range missing {
+		gone[id] = true
+	}
+	for _, e := range ents {
+		if e.prev != nil && e.typ == TypeFile {
+			for _, id := range fileObjects(e.prev) {
+				if gone[id] {
+					e.prev = nil // read and stored again
+					break
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// fileObjects lists the objects a file node's data is in.
+func fileObjects(n *Node) []digest.Digest {
+	if !n.ID.IsZero() {
+		return []digest.Digest{n.ID}
+	}
+	ids := make([]digest.Digest, len(n.Chunks))
+	for i, c := range n.Chunks {
+		ids[i] = c.ID
+	}
+	return ids
+}
+
+// sameStatus reports whether an entry whose status is st is still what
+// node n (with cache extras x) describes.
+func sameStatus(n *Node, x entryExtra, st *unix.Stat_t, strong bool) bool {
+	if n.Mode != st.Mode&0o7777 || n.UID != st.Uid || n.GID != st.Gid || n.MtimeNs != st.Mtim.Nano() {
+		return false
+	}
+	if strong && (x.ctime == 0 || x.ctime != st.Ctim.Nano() || x.ino != st.Ino) {
+		return false
+	}
+	switch n.Type {
+	case TypeFile:
+		if n.Size != st.Size {
+			return false
+		}
+		if linked := st.Nlink > 1; linked != n.Hardlinked() || (linked && (n.LinkIno != st.Ino || n.LinkDev != st.Dev)) {
+			return false
+		}
+	case TypeCharDevice, TypeBlockDevice:
+		return n.Rdev == st.Rdev
+	}
+	return true
+}
+
+// takeUnchanged fills the non-directory entries of an unchanged
+// directory from its previous tree.
+func (w *walker) takeUnchanged(ctx context.Context, d *beneath.Dir, ents []*entry, prev *prevDir) error {
+	for _, e := range ents {
+		if e.typ == TypeDir {
+			continue
+		}
+		n, x, ok := prev.node(e.name)
+		if !ok || n.Type != e.typ {
+			// The signature matched but the tree does not say: read it.
+			if err := w.leaf(ctx, d, e); err != nil {
+				return err
+			}
+			continue
+		}
+		e.prev, e.extra = n, x
+		if err := w.leaf(ctx, d, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// subdir walks a subdirectory entry and fills its node.
+func (w *walker) subdir(ctx context.Context, d *beneath.Dir, e *entry, prev *prevDir) error {
+	var base *Tree
+	if prev != nil && !prev.strong && prev.tree != nil {
+		// An incremental snapshot walks a dirty directory against the
+		// base's tree, matching entries by status.
+		if n, _, ok := prev.node(e.name); ok && n.Type == TypeDir {
+			t, err := w.readTree(ctx, n.Subtree)
+			if err != nil {
+				return err
+			}
+			base = t
+		}
+	}
+	if e.boundary {
+		// A mount point on another file system: recorded, not entered.
+		id, err := w.storeTree(ctx, &Tree{})
 		if err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
-			return selected, nil
+			return err
 		}
-		if !utf8.ValidString(target) {
-			// JSON cannot carry it: stored, it would come back different.
-			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("symlink target %q is not valid UTF-8 and cannot be stored", target)})
-			return selected, nil
+		return w.dirNode(d, e, dirResult{id: id, selected: true})
+	}
+	child, err := d.OpenDir(e.name)
+	if err != nil {
+		if e.included || errors.Is(err, beneath.ErrSymlink) {
+			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
 		}
-		w.manifest.Symlinks = append(w.manifest.Symlinks, Symlink{RelativePath: childRel, Target: target})
-		selected = true
-	case unix.S_IFREG: // only when the directory entry did not say
-		if !childIncluded {
-			return false, nil
+		return nil
+	}
+	defer child.Close()
+	res, err := w.walkDir(ctx, e.rel, child, &e.st, e.included, base)
+	if err != nil {
+		return err
+	}
+	if !res.selected && !e.included {
+		return nil
+	}
+	return w.dirNode(d, e, res)
+}
+
+// dirNode fills a directory entry's node.
+func (w *walker) dirNode(d *beneath.Dir, e *entry, res dirResult) error {
+	n := w.baseNode(e)
+	n.Subtree, n.Below = res.id, res.below
+	if e.prev != nil && e.prev.Type == TypeDir {
+		n.Xattrs = e.prev.Xattrs
+	} else if x, err := entryXattrs(d, e.name); err != nil {
+		w.s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+	} else {
+		n.Xattrs = x
+	}
+	e.node, e.keep = n, true
+	e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
+	return nil
+}
+
+// baseNode is the metadata every node has, from an entry's status.
+func (w *walker) baseNode(e *entry) Node {
+	st := &e.st
+	return Node{
+		Name:    e.name,
+		Type:    e.typ,
+		Mode:    st.Mode & 0o7777,
+		UID:     st.Uid,
+		GID:     st.Gid,
+		User:    w.s.owners.user(st.Uid),
+		Group:   w.s.owners.group(st.Gid),
+		MtimeNs: st.Mtim.Nano(),
+	}
+}
+
+// leaf fills the node of a file, symlink or special file.
+func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
+	p := w.s.opts.Progress
+	if e.prev != nil {
+		n := *e.prev
+		if e.typ == TypeFile || e.typ == TypeSymlink {
+			w.col.cachedFiles.Add(1)
+			if p != nil {
+				p.AddTotalBytes(n.Size)
+				p.AddBytes(n.Size)
+				p.AddSuccess(1)
+			}
 		}
-		if err := w.sendFile(ctx, childRel, dir, e.Name); err != nil {
-			return false, err
+		if e.extra.ctime == 0 || racy(&e.st) {
+			e.extra = entryExtra{}
 		}
-		selected = true
+		e.node, e.keep = n, true
+		return nil
+	}
+	switch e.typ {
+	case TypeFile:
+		return w.file(ctx, d, e)
+	case TypeSymlink:
+		target, err := d.Readlink(e.name)
+		if err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: unwrapPathError(err)})
+			if p != nil {
+				p.AddFail(1)
+			}
+			return nil
+		}
+		if len(target) > maxTargetLength || strings.ContainsRune(target, 0) || target == "" {
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: fmt.Errorf("symlink target of %d bytes cannot be stored", len(target))})
+			return nil
+		}
+		n := w.baseNode(e)
+		n.Target = target
+		n.Xattrs = w.entryXattrs(d, e)
+		e.node, e.keep = n, true
+		e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
+		if p != nil {
+			p.AddSuccess(1)
+		}
 	default:
-		if !childIncluded {
-			return false, nil
+		n := w.baseNode(e)
+		if e.typ == TypeCharDevice || e.typ == TypeBlockDevice {
+			n.Rdev = e.st.Rdev
 		}
-		mode := fileModeType(st.Mode)
-		w.s.logger.Info("special file skipped", "path", childRel, "type", mode.String())
-		w.col.add(&w.col.special, Problem{Path: childRel, Err: fmt.Errorf("special file (%s) skipped", describeType(mode))})
+		n.Xattrs = w.entryXattrs(d, e)
+		e.node, e.keep = n, true
+		e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
 	}
-	return selected, nil
+	if racy(&e.st) {
+		e.extra = entryExtra{}
+	}
+	return nil
 }
 
-// fileModeType converts the type bits of a stat mode.
-func fileModeType(m uint32) fs.FileMode {
-	switch m & unix.S_IFMT {
-	case unix.S_IFSOCK:
-		return fs.ModeSocket
-	case unix.S_IFIFO:
-		return fs.ModeNamedPipe
-	case unix.S_IFCHR:
-		return fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		return fs.ModeDevice
-	case unix.S_IFDIR:
-		return fs.ModeDir
-	case unix.S_IFLNK:
-		return fs.ModeSymlink
+func (w *walker) entryXattrs(d *beneath.Dir, e *entry) []Xattr {
+	x, err := entryXattrs(d, e.name)
+	if err != nil {
+		w.s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+		return nil
 	}
-	return 0
+	return x
 }
 
-func describeType(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeNamedPipe != 0:
-		return "fifo"
-	case m&fs.ModeCharDevice != 0:
-		return "character device"
-	case m&fs.ModeDevice != 0:
-		return "block device"
+// finishDir builds, encodes and stores the tree of a directory whose
+// entries are done, and records it in the new cache.
+func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *unix.Stat_t, included bool, ents []*entry, prev *prevDir, localSig, fullSig digest.Digest, racyEntries bool) (dirResult, error) {
+	t := &Tree{Nodes: make([]Node, 0, len(ents))}
+	extras := make([]entryExtra, 0, len(ents))
+	var below Counts
+	selected := included
+	for _, e := range ents {
+		if !e.keep {
+			continue
+		}
+		selected = true
+		t.Nodes = append(t.Nodes, e.node)
+		extras = append(extras, e.extra)
+		n := &e.node
+		below.Count(n)
+		if fn := w.s.opts.OnFile; fn != nil && n.Type == TypeFile {
+			fn(e.rel, n)
+		}
 	}
-	return m.Type().String()
+	if rel == "" {
+		self := Node{Type: TypeDir, Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
+			User: w.s.owners.user(st.Uid), Group: w.s.owners.group(st.Gid), MtimeNs: st.Mtim.Nano(), Below: below}
+		if f, err := d.Open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
+			self.Xattrs, _ = fileXattrs(f)
+			f.Close()
+		}
+		t.Self = &self
+	}
+	bufp := w.buffers.Get().(*[]byte)
+	defer w.buffers.Put(bufp)
+	encoded, err := t.AppendEncoded((*bufp)[:0])
+	if err != nil {
+		return dirResult{}, fmt.Errorf("tree of %q: %w", rel, err)
+	}
+	*bufp = encoded
+	id := digest.Of(encoded)
+	w.col.treesWritten.Add(1)
+	if prev == nil || prev.rec == nil || prev.rec.tree != id || !w.trusted {
+		if sink := w.s.opts.Sink; sink != nil {
+			if err := sink.StoreTree(ctx, id, encoded); err != nil {
+				return dirResult{}, fmt.Errorf("store tree of %q: %w", rel, err)
+			}
+		}
+	}
+	if racyEntries {
+		localSig, fullSig = digest.Digest{}, digest.Digest{}
+	}
+	w.record(&dirRecord{path: rel, localSig: localSig, fullSig: fullSig, tree: id, below: below, encoded: encoded, extras: extras})
+	return dirResult{id: id, below: below, selected: selected}, nil
+}
+
+// storeTree encodes and stores a tree that is not cached (an empty mount
+// point).
+func (w *walker) storeTree(ctx context.Context, t *Tree) (digest.Digest, error) {
+	encoded, err := t.Encode()
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	id := digest.Of(encoded)
+	if sink := w.s.opts.Sink; sink != nil {
+		if err := sink.StoreTree(ctx, id, encoded); err != nil {
+			return digest.Digest{}, err
+		}
+	}
+	return id, nil
+}
+
+func (w *walker) record(rec *dirRecord) {
+	if w.newCache == nil {
+		return
+	}
+	bufp := w.buffers.Get().(*[]byte)
+	*bufp = w.newCache.put(rec, *bufp)
+	w.buffers.Put(bufp)
+}
+
+// readTree reads and decodes a tree of the base backup.
+func (w *walker) readTree(ctx context.Context, id digest.Digest) (*Tree, error) {
+	data, err := w.s.opts.Trees.ReadTree(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("base tree %s: %w", id, err)
+	}
+	t, err := DecodeTree(data)
+	if err != nil {
+		return nil, fmt.Errorf("base tree %s: %w", id, err)
+	}
+	return t, nil
 }
 
 // unwrapPathError drops the absolute path from an *fs.PathError, since the
@@ -243,4 +816,12 @@ func unwrapPathError(err error) error {
 		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
 	}
 	return err
+}
+
+// joinRel joins a directory's path and a name ("" is the root).
+func joinRel(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return path.Join(dir, name)
 }

@@ -13,10 +13,17 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
-	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/upload"
 )
+
+// contentID is the id of a file node's whole content, embedded or not.
+func contentID(n *snapshot.Node) digest.Digest {
+	if n.IsEmbedded() {
+		return digest.Of(n.Embedded)
+	}
+	return n.ID
+}
 
 // storm rewrites, appends to, truncates, deletes and replaces (rename
 // over) files while backups run, and remembers what it did.
@@ -128,6 +135,7 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 	time.Sleep(250 * time.Millisecond) // past the stat cache's racy window
 
 	reported := map[string]bool{}
+	cacheDir := t.TempDir()
 	for round := range 6 {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -143,38 +151,33 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 				s.step(stormed, round*1_000_000+v)
 			}
 		}()
-		opts := snapshot.DefaultOptions(src)
+		opts := snapshot.DefaultOptions()
 		opts.Parallel = 2
-		sum, err := upload.Backup(ctx, store, opts, upload.Options{})
+		sum, err := upload.Backup(ctx, store, src, opts, upload.Options{CacheDir: cacheDir})
 		close(stop)
 		wg.Wait()
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		for _, p := range append(sum.Changed(), sum.Snapshot.Unreadable...) {
+		for _, p := range append(sum.Snapshot.Changed, sum.Snapshot.Unreadable...) {
 			reported[p.Path] = true
 			if !s.touched[p.Path] {
 				t.Errorf("round %d: %s reported (%v) but nobody changed it", round, p.Path, p.Err)
 			}
 		}
-		rec := sum.Upload.Record
-		m, err := snapshot.LoadManifest(ctx, store, rec.Root, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inManifest := map[string]snapshot.File{}
-		for _, f := range m.Files {
-			inManifest[f.RelativePath] = f
-			if s.touched[f.RelativePath] && !s.inPlace[f.RelativePath] && !s.versions[f.RelativePath][f.Hexdigest] {
-				t.Errorf("round %d: %s, only ever replaced whole, is in the backup with content it never had", round, f.RelativePath)
+		rec := sum.Record
+		inBackup := files(t, store, rec)
+		for rel, f := range inBackup {
+			if s.touched[rel] && !s.inPlace[rel] && !s.versions[rel][contentID(f)] {
+				t.Errorf("round %d: %s, only ever replaced whole, is in the backup with content it never had", round, rel)
 			}
 		}
 		for _, rel := range all {
 			if s.touched[rel] {
 				continue
 			}
-			f, ok := inManifest[rel]
-			if !ok || !s.versions[rel][f.Hexdigest] {
+			f, ok := inBackup[rel]
+			if !ok || !s.versions[rel][contentID(f)] {
 				t.Errorf("round %d: untouched %s is not in the backup as it is", round, rel)
 			}
 		}
@@ -184,14 +187,11 @@ func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 			t.Fatalf("round %d: verify: %v %v", round, err, rep.Problems)
 		}
 		// ...and every file restores to content that hashes to its entry.
-		target := t.TempDir()
-		if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
-			t.Fatalf("round %d: restore: %v", round, err)
-		}
-		for _, f := range m.Files {
-			data, err := os.ReadFile(filepath.Join(target, f.RelativePath))
-			if err != nil || int64(len(data)) != f.FileSize || (!f.Embedded() && digest.Of(data) != f.Hexdigest) {
-				t.Errorf("round %d: %s restored wrong: %v", round, f.RelativePath, err)
+		target := restoreTo(t, store, rec)
+		for rel, f := range inBackup {
+			data, err := os.ReadFile(filepath.Join(target, rel))
+			if err != nil || int64(len(data)) != f.Size || digest.Of(data) != contentID(f) {
+				t.Errorf("round %d: %s restored wrong: %v", round, rel, err)
 			}
 		}
 		// Put the deleted files back for the next round.

@@ -1,15 +1,17 @@
-// Package upload stores a snapshot in a repository: it asks the store which
-// contents are missing, uploads only those, in parallel, streaming each from
-// its file and re-hashing it on the way (a file that changed since it was
-// hashed is reported and left out, never stored under a wrong key), then
-// writes the manifest object and, last, the backup record.
+// Package upload runs backups into a repository. Backup snapshots a
+// directory and stores, as the snapshot finds them, the contents and
+// trees the repository lacks (a snapshot.Sink): small contents and trees
+// go into packs, larger contents are read again from the file the
+// snapshot hashed and re-verified on the way, so a file that changed is
+// read again or left out and listed, never stored under a wrong id. The
+// backup record is written last, only once everything it references is
+// stored, and only if its name is free.
 //
-// Backup runs a whole backup: snapshot, upload, stat cache; a repository
-// inside the source is left out. Given the previous backup (Options.Base,
-// from Summary.Base) and an incremental snapshot of it, only the changed
-// contents are looked up and the manifest stored holds only what changed.
-// A Watcher runs such backups continuously from a ChangeSource (the
-// snapshot/watch package), chaining bases, storing whole checkpoints, and
-// reporting each run through a callback. Referrer tells hashstore's
+// With a cache directory, the directory cache (snapshot.DirCache) makes a
+// backup read only what changed since the last one; with a base backup and
+// a list of dirty paths, only those paths are examined (incremental
+// backups). A Watcher runs such backups continuously from a ChangeSource
+// (the snapshot/watch package) and reports each run through a callback.
+// Trees reads a repository's trees, and Referrer tells hashstore's
 // maintenance what each backup references.
 package upload

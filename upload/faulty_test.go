@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -48,16 +47,12 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 	f.ShortWrites(5)
 	f.CutBodiesAfter(1000)
 	f.Delay(200 * time.Microsecond)
-	sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatalf("backup through flaky storage: %v", err)
 	}
-	m, err := snapshot.LoadManifest(ctx, store, sum.Upload.Record.Root, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	target := t.TempDir()
-	if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
+	if _, err := restore.Restore(ctx, &upload.Trees{Store: store}, sum.Record.Root, target, []restore.Source{restore.StoreSource(store)}, restore.Options{}); err != nil {
 		t.Fatalf("restore through flaky storage: %v", err)
 	}
 	restoretest.CompareTrees(t, src, target)
@@ -82,7 +77,7 @@ func TestCancelledBackupLeavesNoRecord(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
-	_, err = upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+	_, err = upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled backup: %v", err)
 	}
@@ -93,14 +88,9 @@ func TestCancelledBackupLeavesNoRecord(t *testing.T) {
 	if recs, err := store.Backups(context.Background()); err != nil || len(recs) != 0 {
 		t.Fatalf("a cancelled backup left records %v (%v)", recs, err)
 	}
-	sum, err := upload.Backup(context.Background(), store, snapshot.DefaultOptions(src), upload.Options{})
+	sum, err := upload.Backup(context.Background(), store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := snapshot.LoadManifest(context.Background(), store, sum.Upload.Record.Root, nil)
-	target := filepath.Join(t.TempDir(), "out")
-	if _, err := restore.Restore(context.Background(), m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
-		t.Fatal(err)
-	}
-	restoretest.CompareTrees(t, src, target)
+	restoretest.CompareTrees(t, src, restoreTo(t, store, sum.Record))
 }

@@ -1,7 +1,6 @@
 package upload_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -12,40 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deltabackup/deltabackup/snapshot/digest"
-
 	"github.com/deltabackup/deltabackup/hashstore"
-	"github.com/deltabackup/deltabackup/restore"
+	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/upload"
 )
-
-var old = time.Date(2023, 1, 2, 3, 4, 5, 0, time.UTC)
-
-func write(t *testing.T, root, rel, content string) {
-	t.Helper()
-	p := filepath.Join(root, rel)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(p, old, old); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func backup(t *testing.T, store *hashstore.Store, src string, cache *snapshot.StatCache) *upload.Summary {
-	t.Helper()
-	opts := snapshot.DefaultOptions(src)
-	opts.Cache = cache
-	sum, err := upload.Backup(context.Background(), store, opts, upload.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sum
-}
 
 func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
@@ -59,27 +30,30 @@ func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	}
 	write(t, src, "dup", strings.Repeat("a", 1000)) // same content as dir/a
 	write(t, src, "tiny", "embedded")
-	time.Sleep(250 * time.Millisecond) // past the stat cache's racy window
-	cache := snapshot.NewMemoryStatCache()
+	time.Sleep(250 * time.Millisecond) // past the cache's racy window
+	cacheDir := t.TempDir()
 
-	first := backup(t, store, src, cache)
-	if got := first.Upload.UploadedObjects; got != 5 {
-		t.Fatalf("first backup uploaded %d objects, want 5 distinct contents", got)
+	first := backup(t, store, src, cacheDir)
+	if first.UploadedObjects != 5 || first.TreesStored != 2 {
+		t.Fatalf("first backup stored %d objects and %d trees, want 5 distinct contents and 2 trees", first.UploadedObjects, first.TreesStored)
 	}
-	if first.Upload.UploadedContentBytes != 15000 {
-		t.Fatalf("first backup uploaded %d content bytes, want 15000", first.Upload.UploadedContentBytes)
+	if first.UploadedContentBytes != 15000 {
+		t.Fatalf("first backup uploaded %d content bytes, want 15000", first.UploadedContentBytes)
 	}
-	if first.Upload.UploadedBytes >= 15000 {
-		t.Fatalf("repetitive content stored in %d bytes: not compressed", first.Upload.UploadedBytes)
+	if first.UploadedBytes >= 15000 {
+		t.Fatalf("repetitive content stored in %d bytes: not compressed", first.UploadedBytes)
 	}
 
-	second := backup(t, store, src, cache)
-	if second.Upload.UploadedObjects != 0 || second.Snapshot.HashedBytes != 0 || second.Upload.PresentObjects != 5 {
-		t.Fatalf("no-change backup: uploaded %d objects, hashed %d bytes, present %d; want 0, 0, 5",
-			second.Upload.UploadedObjects, second.Snapshot.HashedBytes, second.Upload.PresentObjects)
+	second := backup(t, store, src, cacheDir)
+	if second.UploadedObjects != 0 || second.TreesStored != 0 || second.Snapshot.Stats.HashedBytes != 0 {
+		t.Fatalf("no-change backup: stored %d objects and %d trees, hashed %d bytes; want nothing",
+			second.UploadedObjects, second.TreesStored, second.Snapshot.Stats.HashedBytes)
 	}
-	if second.Upload.Record.Name == first.Upload.Record.Name {
-		t.Fatal("two backups got the same name")
+	if second.Record.Root != first.Record.Root || second.Record.Name == first.Record.Name {
+		t.Fatalf("no-change backup: root %s (want %s), name %s", second.Record.Root, first.Record.Root, second.Record.Name)
+	}
+	if second.Record.Parent != first.Record.Name {
+		t.Fatalf("parent %q, want the first backup", second.Record.Parent)
 	}
 
 	write(t, src, "dir/b", strings.Repeat("B", 2000))               // changed
@@ -88,97 +62,19 @@ func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	os.Remove(filepath.Join(src, "dir/e"))                          // deleted
 	os.Chtimes(filepath.Join(src, "dir/d"), time.Now(), time.Now()) // touched, same content
 	time.Sleep(250 * time.Millisecond)
-	third := backup(t, store, src, cache)
-	if third.Upload.UploadedObjects != 2 {
-		t.Fatalf("after changes uploaded %d objects, want 2 (dir/b and new)", third.Upload.UploadedObjects)
+	third := backup(t, store, src, cacheDir)
+	if third.UploadedObjects != 2 || third.TreesStored != 2 {
+		t.Fatalf("after changes stored %d objects and %d trees, want 2 (dir/b and new) and 2", third.UploadedObjects, third.TreesStored)
 	}
-	if third.Snapshot.HashedBytes != 2000+1000+700+4000 {
-		t.Fatalf("after changes hashed %d bytes, want only the 4 changed or touched files", third.Snapshot.HashedBytes)
+	if third.Snapshot.Stats.HashedBytes != 2000+1000+700+4000 {
+		t.Fatalf("after changes hashed %d bytes, want only the 4 changed or touched files", third.Snapshot.Stats.HashedBytes)
 	}
-
 	// Every record restores to the state it was taken from.
-	_, m, err := restore.LoadManifest(ctx, store, third.Upload.Record.Name, hashstore.BackupFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := t.TempDir()
-	if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
-		t.Fatal(err)
-	}
-	for rel, want := range map[string]string{"dir/b": strings.Repeat("B", 2000), "dir/c": strings.Repeat("a", 1000), "new": strings.Repeat("n", 700), "tiny": "embedded"} {
-		got, err := os.ReadFile(filepath.Join(target, rel))
-		if err != nil || string(got) != want {
-			t.Fatalf("restored %s differs: %v", rel, err)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(target, "dir/e")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("a deleted file came back")
-	}
-	for _, f := range m.Files {
-		if !f.Embedded() && f.StoredFileSize <= 0 {
-			t.Fatalf("%s has no stored_file_size", f.RelativePath)
-		}
-	}
-}
-
-func TestFileChangedAfterHashingIsNotStoredUnderItsKey(t *testing.T) {
-	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
-	src := t.TempDir()
-	write(t, src, "changes", strings.Repeat("1", 3000))
-	write(t, src, "twin-a", strings.Repeat("2", 3000))
-	write(t, src, "twin-b", strings.Repeat("2", 3000))
-	write(t, src, "steady", strings.Repeat("3", 3000))
-	s, err := snapshot.New(snapshot.DefaultOptions(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := s.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Between hashing and upload: one file is rewritten, and one of two
-	// files with the same content is too (the other can stand in).
-	os.WriteFile(filepath.Join(src, "changes"), []byte(strings.Repeat("X", 3000)), 0o644)
-	os.WriteFile(filepath.Join(src, "twin-a"), []byte(strings.Repeat("Y", 3000)), 0o644)
-
-	res, err := upload.Upload(ctx, store, snap, upload.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var changed []string
-	for _, p := range res.Changed {
-		changed = append(changed, p.Path)
-	}
-	// twin-a changed too, but twin-b still had the content, so the backup
-	// holds twin-a as it was when hashed: consistent, nothing to report.
-	if strings.Join(changed, ",") != "changes" {
-		t.Fatalf("changed = %v, want [changes]", changed)
-	}
-	_, m, err := restore.LoadManifest(ctx, store, res.Record.Name, hashstore.BackupFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, f := range m.Files {
-		got = append(got, f.RelativePath)
-	}
-	if strings.Join(got, ",") != "steady,twin-a,twin-b" {
-		t.Fatalf("manifest files %v: the file whose content could not be stored must be left out, the twins kept", got)
-	}
-	// Nothing is stored under the key of the content that changed.
-	if _, err := store.Get(ctx, digest.Of([]byte(strings.Repeat("1", 3000)))); !errors.Is(err, hashstore.ErrNotFound) {
-		t.Fatalf("an object exists for content that could not be read back: %v", err)
-	}
-	target := t.TempDir()
-	if _, err := restore.Restore(ctx, m, []restore.Source{restore.StoreSource(store)}, restore.Options{Target: target}); err != nil {
-		t.Fatal(err)
-	}
-	for _, twin := range []string{"twin-a", "twin-b"} {
-		data, _ := os.ReadFile(filepath.Join(target, twin))
-		if string(data) != strings.Repeat("2", 3000) {
-			t.Fatalf("%s restored with the wrong content", twin)
-		}
+	target := restoreTo(t, store, third.Record)
+	restoretest.CompareTrees(t, src, target)
+	first1 := restoreTo(t, store, first.Record)
+	if data, _ := os.ReadFile(filepath.Join(first1, "dir/e")); string(data) != strings.Repeat("e", 5000) {
+		t.Fatal("the first backup lost a file a later one deleted")
 	}
 }
 
@@ -205,7 +101,8 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 	for i := range 20 {
 		write(t, src, "f"+strings.Repeat("x", i), strings.Repeat(string(rune('a'+i)), 500+i))
 	}
-	for _, prefix := range []string{"objects/", "backups/"} {
+	write(t, src, "big", strings.Repeat("B", 700<<10))
+	for _, prefix := range []string{"objects/", "packs/", "backups/"} {
 		t.Run(prefix, func(t *testing.T) {
 			b := &failingBackend{Backend: hashstore.NewMemory()}
 			store, err := hashstore.Init(ctx, b, hashstore.Options{})
@@ -213,7 +110,7 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 				t.Fatal(err)
 			}
 			b.failPrefix = prefix
-			_, err = upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+			_, err = upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 			if err == nil || !strings.Contains(err.Error(), "injected storage failure") {
 				t.Fatalf("backup with failing storage: %v", err)
 			}
@@ -223,13 +120,14 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 				t.Fatalf("a failed backup left records %v (%v)", records, err)
 			}
 			// Storage is back: the rerun completes.
-			sum, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), upload.Options{})
+			sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sum.Upload.Record.Stats.Files != 20 {
-				t.Fatalf("rerun recorded %d files", sum.Upload.Record.Stats.Files)
+			if sum.Record.Stats.Files != 21 {
+				t.Fatalf("rerun recorded %d files", sum.Record.Stats.Files)
 			}
+			restoretest.CompareTrees(t, src, restoreTo(t, store, sum.Record))
 		})
 	}
 }
@@ -239,12 +137,59 @@ func TestExplicitNameMustBeFree(t *testing.T) {
 	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
 	src := t.TempDir()
 	write(t, src, "a", strings.Repeat("a", 400))
-	opts := upload.Options{Name: "nightly-1"}
-	if _, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), opts); err != nil {
+	opts := upload.Options{Name: "nightly-1", Tags: []string{"nightly", "db"}}
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), opts)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := upload.Backup(ctx, store, snapshot.DefaultOptions(src), opts); !errors.Is(err, hashstore.ErrBackupExists) {
+	if strings.Join(sum.Record.Tags, ",") != "nightly,db" {
+		t.Fatalf("tags %v", sum.Record.Tags)
+	}
+	if _, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), opts); !errors.Is(err, hashstore.ErrBackupExists) {
 		t.Fatalf("second backup with the same name: %v, want ErrBackupExists", err)
 	}
-	_ = bytes.MinRead
+}
+
+// TestContentChangedAfterHashingIsReadAgain: a large file changes
+// between its hash and the second read that stores it; the backup never
+// stores the new bytes under the old id, reads the file again, and
+// records what it stored.
+func TestContentChangedAfterHashingIsReadAgain(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	write(t, src, "big", strings.Repeat("1", 2<<20))
+	write(t, src, "steady", strings.Repeat("3", 3000))
+	b := &rewritingBackend{Backend: hashstore.NewMemory(), path: filepath.Join(src, "big")}
+	store, _ := hashstore.Init(ctx, b, hashstore.Options{})
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.rewrote {
+		t.Fatal("the file was not rewritten during the upload; the test proves nothing")
+	}
+	n := files(t, store, sum.Record)["big"]
+	if n == nil || n.ID != digest.Of([]byte(strings.Repeat("2", 2<<20))) {
+		t.Fatalf("big recorded as %+v, want its new content", n)
+	}
+	if has, _ := store.Has(ctx, digest.Of([]byte(strings.Repeat("1", 2<<20)))); has {
+		t.Fatal("an object is stored under the id of a content no longer in the file")
+	}
+	restoretest.CompareTrees(t, src, restoreTo(t, store, sum.Record))
+}
+
+// rewritingBackend rewrites path once, when the first loose object is
+// stored, before it reads the object's bytes.
+type rewritingBackend struct {
+	hashstore.Backend
+	path    string
+	rewrote bool
+}
+
+func (b *rewritingBackend) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if strings.HasPrefix(key, "objects/") && !b.rewrote {
+		b.rewrote = true
+		os.WriteFile(b.path, []byte(strings.Repeat("2", 2<<20)), 0o644)
+	}
+	return b.Backend.Put(ctx, key, r, size)
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -19,17 +23,23 @@ import (
 )
 
 type backupFlags struct {
-	includes         []string
-	excludes         []string
-	embedBelow       sizeValue
-	minDeltaFileSize sizeValue
-	parallel         int
-	name             string
-	node             string
-	stageDir         string
-	noCache          bool
-	compression      string
-	lockWait         time.Duration
+	includes          []string
+	excludes          []string
+	filesFrom         []string
+	excludeIfPresent  []string
+	excludeCaches     bool
+	excludeLargerThan sizeValue
+	oneFileSystem     bool
+	embedBelow        sizeValue
+	minDeltaFileSize  sizeValue
+	parallel          int
+	name              string
+	node              string
+	tags              []string
+	stageDir          string
+	noCache           bool
+	compression       string
+	lockWait          time.Duration
 }
 
 // backupSummary is the last line of 'backup --json'.
@@ -37,26 +47,28 @@ type backupSummary struct {
 	MessageType     string `json:"message_type"`
 	Name            string `json:"name"`
 	RootHash        string `json:"root_hash"`
+	Parent          string `json:"parent,omitempty"`
 	Files           int64  `json:"files"`
+	Dirs            int64  `json:"dirs"`
 	TotalBytes      int64  `json:"total_bytes"`
 	HashedFiles     int64  `json:"hashed_files"`
 	HashedBytes     int64  `json:"hashed_bytes"`
 	CachedFiles     int64  `json:"cached_files"`
-	Objects         int64  `json:"objects"`
 	UploadedObjects int64  `json:"uploaded_objects"`
 	UploadedBytes   int64  `json:"uploaded_bytes"`
 	UploadedContent int64  `json:"uploaded_content_bytes"`
-	PresentObjects  int64  `json:"present_objects"`
-	ManifestBytes   int64  `json:"manifest_bytes"`
-	// IncrementalManifest: the stored manifest holds only what changed
-	// since the previous backup's (watch).
-	IncrementalManifest bool               `json:"incremental_manifest"`
-	Unreadable          []string           `json:"unreadable"`
-	Changed             []string           `json:"changed"`
-	Special             []string           `json:"special"`
-	Problems            []snapshot.Problem `json:"problems"`
-	DurationSeconds     float64            `json:"duration_seconds"`
-	Requests            map[string]int64   `json:"requests,omitempty"`
+	TreesWritten    int64  `json:"trees_written"`
+	TreesReused     int64  `json:"trees_reused"`
+	TreesStored     int64  `json:"trees_stored"`
+	TreeBytes       int64  `json:"tree_bytes"`
+	// Incremental: only the paths a watcher named were examined.
+	Incremental     bool               `json:"incremental"`
+	Unreadable      []string           `json:"unreadable"`
+	Changed         []string           `json:"changed"`
+	Skipped         []string           `json:"skipped"`
+	Problems        []snapshot.Problem `json:"problems"`
+	DurationSeconds float64            `json:"duration_seconds"`
+	Requests        map[string]int64   `json:"requests,omitempty"`
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
@@ -66,10 +78,12 @@ func newBackupCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "backup --repo PATH [flags] SRC",
 		Short: "Back up a directory",
-		Long: `backup snapshots SRC and stores in the repository every content it does
-not hold yet, then writes a backup record. Files whose size, mtime, ctime
-and inode are unchanged since the last backup of SRC to this repository are
-not read again (the stat cache).
+		Long: `backup snapshots SRC — contents, owners, modes, extended attributes and
+ACLs, hard links, sparse files, FIFOs and device nodes — as a tree of
+directory objects, stores in the repository every content and tree it does
+not hold yet, then writes a backup record. Files whose status is unchanged
+since the last backup of SRC to this repository are not read again, and an
+unchanged directory is taken by id (the directory cache).
 
 Files that cannot be read are listed and the backup goes on; the exit code
 is then 3. A file that keeps changing while it is read is listed as changed
@@ -96,13 +110,19 @@ func addBackupFlags(cmd *cobra.Command, f *backupFlags) {
 	fl := cmd.Flags()
 	fl.StringArrayVar(&f.includes, "include", nil, "doublestar glob of paths to back up, relative to SRC (repeatable; default **); a matching directory includes everything below it")
 	fl.StringArrayVar(&f.excludes, "exclude", nil, "doublestar glob of paths to leave out (repeatable); a matching directory is not entered")
-	fl.Var(&f.embedBelow, "embed-below", "embed files of at most this size in the manifest instead of storing objects (-1: never)")
+	fl.StringArrayVar(&f.filesFrom, "files-from", nil, "back up only the paths listed in this file, one per line, relative to SRC or absolute below it (repeatable; '-' reads standard input; # starts a comment)")
+	fl.StringArrayVar(&f.excludeIfPresent, "exclude-if-present", nil, "leave out the contents of directories holding a file of this name (repeatable; the directory and the file are kept)")
+	fl.BoolVar(&f.excludeCaches, "exclude-caches", false, "leave out the contents of directories holding a valid CACHEDIR.TAG")
+	fl.Var(&f.excludeLargerThan, "exclude-larger-than", "leave out regular files larger than this (listed as skipped)")
+	fl.BoolVar(&f.oneFileSystem, "one-file-system", false, "do not descend into other file systems mounted below SRC (mount points are kept, empty)")
+	fl.Var(&f.embedBelow, "embed-below", "embed files of at most this size in their directory's tree instead of storing objects (-1: never)")
 	fl.Var(&f.minDeltaFileSize, "min-delta-file-size", "store contents smaller than this in packs with other small contents (should_be_bundled)")
-	fl.IntVar(&f.parallel, "parallel", runtime.NumCPU(), "files hashed and objects uploaded at once")
-	fl.StringVar(&f.name, "name", "", "name of the backup (default: the UTC start time)")
+	fl.IntVar(&f.parallel, "parallel", runtime.NumCPU(), "directories walked and files hashed and uploaded at once")
+	fl.StringVar(&f.name, "name", "", "name of the backup (default: the UTC start time and the node)")
 	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")
+	fl.StringArrayVar(&f.tags, "tag", nil, "tag the backup (repeatable), to select it with --tag later")
 	fl.StringVar(&f.stageDir, "stage-dir", "", "hard-link files into this directory first and read them from there, so files deleted or replaced during the backup stay readable")
-	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the stat cache")
+	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the directory cache")
 	fl.DurationVar(&f.lockWait, "lock-wait", 30*time.Minute, "how long to wait while a gc holds the repository")
 	fl.StringVar(&f.compression, "compression", "fast", "fast (S2 for small contents, zstd's fastest level for large), better (zstd's default level), max, or off")
 }
@@ -113,14 +133,14 @@ func runBackup(cmd *cobra.Command, g *globals, f *backupFlags, src string) (*bac
 	if err != nil {
 		return nil, err
 	}
-	s, _, err := backupOnce(ctx, g, f, store, opts, upload.Options{})
+	s, _, err := backupOnce(ctx, g, f, store, src, opts, upload.Options{})
 	return s, err
 }
 
-// prepareBackup checks the flags, opens the repository and the stat cache
-// and returns the snapshot options of SRC.
+// prepareBackup checks the flags, opens the repository and returns the
+// snapshot options of SRC.
 func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) (*hashstore.Store, snapshot.Options, error) {
-	var opts snapshot.Options
+	opts := snapshot.DefaultOptions()
 	if f.parallel < 1 {
 		return nil, opts, usagef("--parallel must be at least 1")
 	}
@@ -129,50 +149,107 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 			return nil, opts, usageError{err}
 		}
 	}
+	for _, t := range f.tags {
+		if err := hashstore.ValidateTag(t); err != nil {
+			return nil, opts, usageError{err}
+		}
+	}
 	compression, err := hashstore.ParseCompression(f.compression)
 	if err != nil {
 		return nil, opts, usageError{err}
 	}
-	store, err := openStoreAt(ctx, g, g.repo, hashstore.Options{Compression: compression})
-	if err != nil {
-		return nil, opts, err
-	}
-	opts = snapshot.DefaultOptions(src)
 	opts.Includes, opts.Excludes = f.includes, f.excludes
+	if len(f.filesFrom) > 0 {
+		listed, err := readFilesFrom(g, f.filesFrom, src)
+		if err != nil {
+			return nil, opts, err
+		}
+		if len(listed) == 0 {
+			return nil, opts, usagef("--files-from lists no path")
+		}
+		opts.Includes = append(slices.Clip(opts.Includes), listed...)
+	}
+	opts.ExcludeIfPresent, opts.ExcludeCaches = f.excludeIfPresent, f.excludeCaches
+	opts.ExcludeLargerThan, opts.OneFileSystem = int64(f.excludeLargerThan), f.oneFileSystem
 	opts.EmbedThreshold = int64(f.embedBelow)
 	opts.MinDeltaFileSize = int64(f.minDeltaFileSize)
 	opts.Parallel = f.parallel
 	opts.Dst = f.stageDir
 	opts.Logger = g.logger
-	opts.Node = f.node
-	if opts.Node == "" {
-		opts.Node, _ = os.Hostname()
-	}
-	checked, err := snapshot.New(opts)
-	if err != nil {
+	if _, err := snapshot.New(src, opts); err != nil {
 		return nil, opts, err
 	}
-	opts.Src = checked.Src()
-	if !f.noCache {
-		if path := g.statCachePath(store.Config().ID, checked.Src()); path != "" {
-			start := time.Now()
-			cache, err := snapshot.OpenStatCache(path)
-			g.logger.Debug("loaded stat cache", "seconds", time.Since(start).Seconds())
-			if err != nil {
-				g.logger.Warn("stat cache unusable", "err", err)
-			}
-			opts.Cache = cache
-		}
+	store, err := openStoreAt(ctx, g, g.repo, hashstore.Options{Compression: compression})
+	if err != nil {
+		return nil, opts, err
 	}
 	return store, opts, nil
 }
 
+// readFilesFrom reads the --files-from lists into include globs that
+// match exactly the listed paths.
+func readFilesFrom(g *globals, lists []string, src string) ([]string, error) {
+	absSrc, err := filepath.Abs(src)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, list := range lists {
+		var data []byte
+		if list == "-" {
+			data, err = io.ReadAll(os.Stdin)
+		} else {
+			data, err = os.ReadFile(list)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--files-from: %w", err)
+		}
+		for n, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimRight(line, "\r")
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			p := line
+			if filepath.IsAbs(p) {
+				rel, err := filepath.Rel(absSrc, filepath.Clean(p))
+				if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+					return nil, usagef("--files-from %s line %d: %s is not below %s", list, n+1, quoteName(line), absSrc)
+				}
+				p = rel
+			}
+			p = path.Clean(filepath.ToSlash(p))
+			if p == "." {
+				out = append(out, "**")
+				continue
+			}
+			if err := snapshot.ValidatePath(p); err != nil {
+				return nil, usagef("--files-from %s line %d: %v", list, n+1, err)
+			}
+			out = append(out, escapeGlob(p))
+		}
+	}
+	return out, nil
+}
+
+// escapeGlob quotes glob metacharacters so a literal path matches only
+// itself.
+func escapeGlob(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[]{}\\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 // backupOnce runs one backup with opts and prints its summary. up holds
 // what the flags do not say (none, for the backup command).
-func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, opts snapshot.Options, up upload.Options) (*backupSummary, *upload.Summary, error) {
+func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstore.Store, src string, opts snapshot.Options, up upload.Options) (*backupSummary, *upload.Summary, error) {
 	start := time.Now()
 	done := g.backupProgress(ctx, f, &opts, &up)
-	sum, err := upload.Backup(ctx, store, opts, up)
+	sum, err := upload.Backup(ctx, store, src, opts, up)
 	done()
 	if err != nil {
 		return nil, nil, err
@@ -184,9 +261,12 @@ func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstor
 // backupProgress fills in what the flags say of one backup run and shows
 // its progress; call the function it returns when the run ends.
 func (g *globals) backupProgress(ctx context.Context, f *backupFlags, opts *snapshot.Options, up *upload.Options) func() {
-	ps, stop := g.showProgress(ctx, "hash", "upload")
+	ps, stop := g.showProgress(ctx, "backup")
 	opts.Progress = ps[0]
-	up.Name, up.Parallel, up.Progress, up.Logger, up.LockWait = f.name, f.parallel, ps[1], g.logger, f.lockWait
+	up.Name, up.Node, up.Tags, up.Logger, up.LockWait = f.name, f.node, f.tags, g.logger, f.lockWait
+	if !f.noCache {
+		up.CacheDir = g.cacheBase()
+	}
 	return stop
 }
 
@@ -210,31 +290,32 @@ func (g *globals) reportBackup(sum *upload.Summary, d time.Duration) (*backupSum
 }
 
 func summarize(sum *upload.Summary, d time.Duration) backupSummary {
-	rec := sum.Upload.Record
-	problems := append(append([]snapshot.Problem{}, sum.Snapshot.Unreadable...), sum.Changed()...)
-	problems = append(problems, sum.Snapshot.Special...)
+	rec, snap := sum.Record, sum.Snapshot
+	problems := slices.Concat(snap.Unreadable, snap.Changed, snap.Skipped)
 	return backupSummary{
 		MessageType:     "summary",
 		Name:            rec.Name,
 		RootHash:        rec.Root.String(),
+		Parent:          rec.Parent,
 		Files:           rec.Stats.Files,
+		Dirs:            rec.Stats.Dirs,
 		TotalBytes:      rec.Stats.TotalBytes,
-		HashedFiles:     sum.Snapshot.HashedFiles,
-		HashedBytes:     sum.Snapshot.HashedBytes,
-		CachedFiles:     sum.Snapshot.CachedFiles,
-		Objects:         rec.Stats.Objects,
-		UploadedObjects: sum.Upload.UploadedObjects,
-		UploadedBytes:   sum.Upload.UploadedBytes,
-		UploadedContent: sum.Upload.UploadedContentBytes,
-		PresentObjects:  sum.Upload.PresentObjects,
-		ManifestBytes:   sum.Upload.ManifestBytes,
-
-		IncrementalManifest: sum.Upload.Incremental,
-		Unreadable:          problemPaths(sum.Snapshot.Unreadable),
-		Changed:             problemPaths(sum.Changed()),
-		Special:             problemPaths(sum.Snapshot.Special),
-		Problems:            problems,
-		DurationSeconds:     d.Seconds(),
+		HashedFiles:     snap.Stats.HashedFiles,
+		HashedBytes:     snap.Stats.HashedBytes,
+		CachedFiles:     snap.Stats.CachedFiles,
+		UploadedObjects: sum.UploadedObjects,
+		UploadedBytes:   sum.UploadedBytes,
+		UploadedContent: sum.UploadedContentBytes,
+		TreesWritten:    snap.Stats.TreesWritten,
+		TreesReused:     snap.Stats.TreesReused,
+		TreesStored:     sum.TreesStored,
+		TreeBytes:       sum.TreeBytes,
+		Incremental:     sum.Incremental,
+		Unreadable:      problemPaths(snap.Unreadable),
+		Changed:         problemPaths(snap.Changed),
+		Skipped:         problemPaths(snap.Skipped),
+		Problems:        problems,
+		DurationSeconds: d.Seconds(),
 	}
 }
 
@@ -242,15 +323,15 @@ func printBackupSummary(g *globals, s backupSummary) {
 	for _, p := range s.Problems {
 		fmt.Fprintf(g.stderr, "  %s\n", quoteProblem(p))
 	}
-	g.printf("backup %s: %d files, %s, root %s\n", s.Name, s.Files, progress.FormatBytes(s.TotalBytes), s.RootHash)
+	g.printf("backup %s: %d files in %d directories, %s, root %s\n", s.Name, s.Files, s.Dirs, progress.FormatBytes(s.TotalBytes), s.RootHash)
 	g.printf("  read %s from %d files; %d files unchanged since the last backup (not read)\n", progress.FormatBytes(s.HashedBytes), s.HashedFiles, s.CachedFiles)
-	g.printf("  stored %d new objects (%s of content in %s); %d already in the repository\n",
-		s.UploadedObjects, progress.FormatBytes(s.UploadedContent), progress.FormatBytes(s.UploadedBytes), s.PresentObjects)
-	if s.IncrementalManifest {
-		g.printf("  manifest: %s, only what changed since the previous backup\n", progress.FormatBytes(s.ManifestBytes))
+	g.printf("  stored %d new objects (%s of content in %s) and %d trees (%s); %d directories unchanged\n",
+		s.UploadedObjects, progress.FormatBytes(s.UploadedContent), progress.FormatBytes(s.UploadedBytes), s.TreesStored, progress.FormatBytes(s.TreeBytes), s.TreesReused)
+	if s.Incremental {
+		g.printf("  examined only the paths that changed since backup %s\n", s.Parent)
 	}
-	if n := len(s.Special); n > 0 {
-		g.printf("  skipped %d special files (sockets, devices, FIFOs)\n", n)
+	if n := len(s.Skipped); n > 0 {
+		g.printf("  left out %d entries on purpose (sockets, files over --exclude-larger-than)\n", n)
 	}
 	g.printf("  took %.1fs\n", s.DurationSeconds)
 	printRequests(g, s.Requests)

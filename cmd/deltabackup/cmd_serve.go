@@ -172,46 +172,54 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 	return nil
 }
 
-// snapshotForServing snapshots dir (with a stat cache of its own, so a
-// restart is quick) and indexes its contents.
+// snapshotForServing snapshots dir (with a directory cache of its own,
+// so a restart reads only what changed) and indexes its contents.
 func (g *globals) snapshotForServing(ctx context.Context, dir string) (*snapshot.Objects, error) {
-	res, err := g.snapshotDir(ctx, dir)
+	root, index, err := g.snapshotDir(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	return snapshot.NewObjects(res)
+	return snapshot.NewObjects(root, index)
 }
 
-func (g *globals) snapshotDir(ctx context.Context, dir string) (*snapshot.Result, error) {
+// snapshotDir snapshots dir, storing nothing, and returns the directory
+// files are served from and which file holds which content.
+func (g *globals) snapshotDir(ctx context.Context, dir string) (string, *snapshot.ObjectIndex, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	opts := snapshot.DefaultOptions(abs)
+	index := snapshot.NewObjectIndex()
+	opts := snapshot.DefaultOptions()
 	opts.Logger = g.logger
+	opts.OnFile = index.Add
+	var cache *snapshot.DirCache
 	if base := g.cacheBase(); base != "" {
-		cache, err := snapshot.OpenStatCache(snapshot.StatCachePath(filepath.Join(base, "serve"), "serve", abs))
+		cache, err = snapshot.OpenDirCache(snapshot.DirCachePath(filepath.Join(base, "serve"), "serve", abs))
 		if err != nil {
-			g.logger.Warn("stat cache unusable", "err", err)
+			g.logger.Warn("directory cache unusable", "err", err)
 		}
+		defer cache.Close()
+		// Nothing is stored: the cache needs no repository behind it.
+		cache.Trusted = true
 		opts.Cache = cache
 	}
-	s, err := snapshot.New(opts)
+	s, err := snapshot.New(abs, opts)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	start := time.Now()
 	res, err := s.Snapshot(ctx)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	if opts.Cache != nil {
-		if err := opts.Cache.Save(); err != nil {
-			g.logger.Warn("stat cache not saved", "err", err)
+	if cache != nil {
+		if err := cache.Commit("serve"); err != nil {
+			g.logger.Warn("directory cache not saved", "err", err)
 		}
 	}
-	g.logger.Info("snapshot of the served directory", "dir", s.Src(), "files", len(res.Manifest.Files), "read_bytes", res.HashedBytes, "seconds", time.Since(start).Seconds())
-	return res, nil
+	g.logger.Info("snapshot of the served directory", "dir", s.Src(), "files", res.Stats.Files, "read_bytes", res.Stats.HashedBytes, "seconds", time.Since(start).Seconds())
+	return res.ReadRoot, index, nil
 }
 
 func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duration, objects *snapshot.Objects) {
@@ -222,12 +230,12 @@ func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duratio
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			res, err := g.snapshotDir(ctx, dir)
+			root, index, err := g.snapshotDir(ctx, dir)
 			if err != nil {
 				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
 				continue
 			}
-			if err := objects.Update(res); err != nil {
+			if err := objects.Update(root, index); err != nil {
 				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,12 +24,14 @@ func newWatchCommand(g *globals) *cobra.Command {
 		Long: `watch keeps running: it watches SRC and every directory below it with
 inotify, records which paths change, and at each scheduled time backs up
 SRC looking only at those paths (and the directories above them); the rest
-of the tree is taken from the previous backup of this process, so a large
-tree is not scanned every time.
+of the tree is taken from the previous backup of this process by id, and
+only the trees of the changed directories and those above them are
+written, so a large tree is not scanned every time.
 
 When the watcher cannot vouch for its list it says why in the log and the
-backup scans the whole tree: at start (changes made while nothing watched
-are unknown), after the kernel's event queue overflowed, when the inotify
+backup scans the whole tree (with the directory cache, reading only files
+whose status changed): at start (changes made while nothing watched are
+unknown), after the kernel's event queue overflowed, when the inotify
 watch limit (fs.inotify.max_user_watches) is reached, and after an error.
 Files a backup could not read are looked at again by the next one, and a
 backup that fails hands all its paths to the next.
@@ -57,20 +60,25 @@ record. Each backup prints the same summary, metrics and notifications as
 			if err != nil {
 				return err
 			}
-			w, err := watch.New(opts.Src, watch.Options{Excludes: opts.Excludes, Logger: g.logger})
+			src, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			w, err := watch.New(src, watch.Options{Excludes: opts.Excludes, Logger: g.logger})
 			if err != nil {
 				return err
 			}
 			defer w.Close()
-			g.watchEvent("started", map[string]any{"source": opts.Src, "watched_directories": w.Watched()})
+			g.watchEvent("started", map[string]any{"source": src, "watched_directories": w.Watched()})
 			watcher := upload.NewWatcher(store, upload.WatchOptions{
+				Src:      src,
 				Snapshot: opts,
 				Upload:   upload.Options{Logger: g.logger},
 				Changes:  w,
 				Prepare: func(snap *snapshot.Options, up *upload.Options) func() {
 					return g.backupProgress(ctx, &f, snap, up)
 				},
-				OnEvent: func(e upload.WatchEvent) { g.onWatchEvent(ctx, e, opts.Src) },
+				OnEvent: func(e upload.WatchEvent) { g.onWatchEvent(ctx, e, src) },
 			})
 			return watcher.Run(ctx, func(now time.Time) time.Time { return nextRun(now, every, atTime) })
 		},
@@ -90,8 +98,6 @@ func (g *globals) onWatchEvent(ctx context.Context, e upload.WatchEvent, src str
 		g.watchEvent("scheduled", map[string]any{"next": e.Next})
 	case "backup":
 		g.watchEvent("backup", map[string]any{"full_scan": e.FullScan, "reason": e.Reason, "dirty_paths": e.DirtyPaths})
-	case "checkpoint":
-		g.watchEvent("checkpoint", map[string]any{"manifest": e.Checkpoint, "manifest_bytes": e.CheckpointBytes, "seconds": e.Duration.Seconds()})
 	case "stopped":
 		fields := map[string]any{}
 		if e.Abandoned {

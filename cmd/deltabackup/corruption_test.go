@@ -15,6 +15,7 @@ import (
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 // corruptionFixture is a repository with two backups: b1 of src1, and b2
@@ -23,7 +24,7 @@ type corruptionFixture struct {
 	dir, repo  string
 	src        map[string]string // backup → its source tree
 	store      *hashstore.Store
-	roots      map[string]string // backup → manifest hexdigest
+	roots      map[string]string // backup → root tree id
 	hexdigests map[string]string // file path → hexdigest (both backups agree)
 }
 
@@ -54,14 +55,14 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 			t.Fatal(err)
 		}
 		f.roots[b] = rec.Root.String()
-		m, err := snapshot.LoadManifest(context.Background(), store, rec.Root, nil)
+		err = snapshot.Walk(context.Background(), &upload.Trees{Store: store}, rec.Root, func(rel string, n *snapshot.Node) error {
+			if n.Type == snapshot.TypeFile && !n.IsEmbedded() {
+				f.hexdigests[rel] = n.ID.String()
+			}
+			return nil
+		})
 		if err != nil {
 			t.Fatal(err)
-		}
-		for _, file := range m.Files {
-			if !file.Embedded() {
-				f.hexdigests[file.RelativePath] = file.Hexdigest.String()
-			}
 		}
 	}
 	return f
@@ -105,7 +106,7 @@ func flipByte(t *testing.T, name string, at int64) {
 	}
 }
 
-// TestCorruptionIsDetectedAndNamed damages objects, packs, manifests and
+// TestCorruptionIsDetectedAndNamed damages objects, packs, trees and
 // records in every way storage can, and checks that verify names each
 // damaged object with the files that use it, that restore writes every
 // unaffected file, names the affected ones and never leaves wrong content
@@ -175,24 +176,11 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 			}
 			return broken
 		}, true},
-		{"flip a bit in a manifest", func(t *testing.T, f *corruptionFixture) []string {
+		{"flip a bit in a root tree", func(t *testing.T, f *corruptionFixture) []string {
 			name, loc := f.file(t, f.roots["b1"])
 			flipByte(t, name, loc.Offset+loc.Length-5)
 			return []string{f.roots["b1"]}
-		}, true}, // manifests are always read
-		{"delete a manifest", func(t *testing.T, f *corruptionFixture) []string {
-			name, _ := f.file(t, f.roots["b1"])
-			os.Remove(name)
-			return []string{f.roots["b1"]}
-		}, true},
-		{"swap two manifests", func(t *testing.T, f *corruptionFixture) []string {
-			a, _ := f.file(t, f.roots["b1"])
-			b, _ := f.file(t, f.roots["b2"])
-			os.Rename(a, a+".swap")
-			os.Rename(b, a)
-			os.Rename(a+".swap", b)
-			return []string{f.roots["b1"], f.roots["b2"]}
-		}, true},
+		}, true}, // trees are always read
 		{"truncate a backup record", func(t *testing.T, f *corruptionFixture) []string {
 			os.Truncate(filepath.Join(f.repo, "backups", "b1.json"), 40)
 			return []string{"record:b1"}
@@ -200,7 +188,7 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 		{"flip a bit in a backup record", func(t *testing.T, f *corruptionFixture) []string {
 			rec := filepath.Join(f.repo, "backups", "b1.json")
 			data, _ := os.ReadFile(rec)
-			flipByte(t, rec, int64(bytes.Index(data, []byte(`"root_hexdigest"`))+22))
+			flipByte(t, rec, int64(bytes.Index(data, []byte(`"root"`))+12))
 			return []string{"record:b1"}
 		}, true},
 	}
@@ -212,7 +200,7 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 				t.Fatal("the damage broke nothing; the fixture is wrong")
 			}
 			// What each backup should lose: the files of broken objects,
-			// or the whole backup when its record or manifest broke.
+			// or the whole backup when its record or root tree broke.
 			lostBackup := map[string]bool{}
 			lostFiles := map[string][]string{}
 			var wantNamed []string
@@ -282,10 +270,10 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 				o := c.run("restore", "--repo", f.repo, b, out)
 				if lostBackup[b] {
 					if o.code != 1 || !strings.Contains(o.stderr, b) {
-						t.Errorf("restore %s with a damaged record or manifest: exit %d, stderr:\n%s", b, o.code, o.stderr)
+						t.Errorf("restore %s with a damaged record or tree: exit %d, stderr:\n%s", b, o.code, o.stderr)
 					}
 					if entries, _ := os.ReadDir(out); len(entries) > 0 {
-						t.Errorf("restore %s wrote %d entries from a damaged manifest", b, len(entries))
+						t.Errorf("restore %s wrote %d entries from a damaged tree", b, len(entries))
 					}
 					continue
 				}

@@ -84,6 +84,15 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 	}
 }
 
+func rangeArgs(lo, hi int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < lo || len(args) > hi {
+			return usagef("%s expects %s (got %d arguments); see '%s --help'", cmd.Name(), names, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
 func newRootCommand(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "deltabackup",
@@ -140,7 +149,8 @@ repository is locked by another process, 130 interrupted.`,
 	_ = pf.MarkHidden("cpu-profile")
 	_ = pf.MarkHidden("mem-profile")
 	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g),
-		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g), newWatchCommand(g))
+		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g), newWatchCommand(g),
+		newLsCommand(g), newDumpCommand(g))
 	return root
 }
 
@@ -167,9 +177,11 @@ func (g *globals) stderrIsTerminal() bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func (g *globals) printJSON(v any) error {
-	enc := json.NewEncoder(g.stdout)
-	return enc.Encode(v)
+func (g *globals) printJSON(v any) error { return g.printJSONTo(g.stdout, v) }
+
+// printJSONTo writes v as one JSON line to w.
+func (g *globals) printJSONTo(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
 }
 
 func (g *globals) printf(format string, args ...any) {

@@ -237,13 +237,21 @@ func TestBackupRestoreIncremental(t *testing.T) {
 			t.Fatalf("list does not show %v:\n%s", name, list.stdout)
 		}
 	}
+	ls := c.ok("ls", "-l", "--repo", repo, "latest")
+	if !strings.Contains(ls.stdout, "pkg3/new.go") || !strings.Contains(ls.stdout, "abs-link -> /etc/hostname") {
+		t.Fatalf("ls output:\n%s", ls.stdout)
+	}
 	show := c.ok("show", "--repo", repo, "latest")
-	if !strings.Contains(show.stdout, "pkg3/new.go") || !strings.Contains(show.stdout, "abs-link -> /etc/hostname") {
+	if !strings.Contains(show.stdout, "125 files") || !strings.Contains(show.stdout, third["root_hash"].(string)) {
 		t.Fatalf("show output:\n%s", show.stdout)
 	}
-	var m snapshot.Manifest
-	if err := json.Unmarshal([]byte(c.ok("show", "--json", "--repo", repo, "latest").stdout), &m); err != nil || len(m.Files) != 125 {
-		t.Fatalf("show --json: %v, %d files", err, len(m.Files))
+	var m struct {
+		Root   string          `json:"root"`
+		Files  []snapshot.File `json:"files"`
+		Hashes []snapshot.Hash `json:"hashes"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("show", "--json", "--repo", repo, "latest").stdout), &m); err != nil || len(m.Files) != 125 || m.Root != third["root_hash"] || len(m.Hashes) == 0 {
+		t.Fatalf("show --json: %v, %d files, root %s", err, len(m.Files), m.Root)
 	}
 }
 
@@ -292,7 +300,7 @@ func TestCorruptObjectThenRepair(t *testing.T) {
 	restoretest.CompareTrees(t, src, out)
 }
 
-func TestHandMadeManifestWithEscapeIsRefused(t *testing.T) {
+func TestHandMadeTreeWithEscapeIsRefused(t *testing.T) {
 	c := newCLI(t)
 	dir := t.TempDir()
 	repo := filepath.Join(dir, "repo")
@@ -302,12 +310,12 @@ func TestHandMadeManifestWithEscapeIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	manifest := `{"version":1,"hash_algorithm":"blake3","root_globs":["**"],"exclude_globs":[],` +
-		`"files":[{"relative_path":"../escape","file_size":5,"mtime_ns":0,"mode":420,"hexdigest":"","content_b64":"b3duZWQ=","stored_file_size":0,"should_be_bundled":false}],` +
-		`"dirs":[],"empty_dirs":[],"symlinks":[],"hashes":[]}`
-	manifest = strings.Replace(manifest, `"file_size":5`, `"file_size":5`, 1)
-	root := digest.Of([]byte(manifest))
-	if _, err := store.Put(ctx, root, strings.NewReader(manifest), int64(len(manifest))); err != nil {
+	// A valid tree with a file "xx-escape", patched into "../escape" as
+	// a hostile writer would.
+	tree, _ := (&snapshot.Tree{Nodes: []snapshot.Node{{Name: "xx-escape", Type: snapshot.TypeFile, Mode: 0o644, Size: 5, Embedded: []byte("owned")}}}).Encode()
+	tree = bytes.Replace(tree, []byte("xx-escape"), []byte("../escape"), 1)
+	root := digest.Of(tree)
+	if _, err := store.PutBytes(ctx, root, tree); err != nil {
 		t.Fatal(err)
 	}
 	if err := store.PutBackup(ctx, hashstore.BackupRecord{Name: "evil", Root: root, End: time.Now()}); err != nil {
@@ -316,13 +324,13 @@ func TestHandMadeManifestWithEscapeIsRefused(t *testing.T) {
 	target := filepath.Join(dir, "target")
 	o := c.run("restore", "--repo", repo, "evil", target)
 	if o.code != 1 || !strings.Contains(o.stderr, "../escape") {
-		t.Fatalf("hostile manifest: exit %d, stderr:\n%s", o.code, o.stderr)
+		t.Fatalf("hostile tree: exit %d, stderr:\n%s", o.code, o.stderr)
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "escape")); err == nil {
 		t.Fatal("a file was written outside the target")
 	}
 	if _, err := os.Lstat(target); err == nil {
-		t.Fatal("the target was created although the manifest was refused")
+		t.Fatal("the target was created although the tree was refused")
 	}
 }
 
@@ -367,7 +375,8 @@ func TestUnreadableFileExitCode3(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out")
 	c.ok("restore", "--repo", repo, "latest", out)
-	restoretest.CompareTrees(t, src, out, "pkg1/secret.key")
+	// Restored by the other user, the files are that user's.
+	restoretest.CompareTreesWith(t, src, out, restoretest.Options{Ignore: []string{"pkg1/secret.key"}})
 }
 
 func TestUsageAndRepositoryErrors(t *testing.T) {
@@ -438,7 +447,7 @@ func TestJSONProgressLines(t *testing.T) {
 			}
 		}
 	}
-	if phases["hash"] == 0 || phases["upload"] == 0 {
+	if phases["backup"] == 0 {
 		t.Fatalf("progress lines per phase: %v", phases)
 	}
 	summary(t, o)

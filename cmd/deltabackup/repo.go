@@ -8,7 +8,6 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/location"
-	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 // locationOptions turns the --s3-* flags, --create-bucket and
@@ -94,16 +93,6 @@ func (g *globals) cacheBase() string {
 		return ""
 	}
 	return filepath.Join(base, "deltabackup")
-}
-
-// statCachePath returns where the stat cache for this repository and
-// source lives, or "" when there is no cache directory.
-func (g *globals) statCachePath(repoID, src string) string {
-	dir := g.cacheBase()
-	if dir == "" {
-		return ""
-	}
-	return snapshot.StatCachePath(dir, repoID, src)
 }
 
 // requests returns the storage requests made so far, by operation, or

@@ -56,23 +56,23 @@ func TestS3BackupIncrementalRestore(t *testing.T) {
 	c.ok("restore", "--repo", repo, "latest", out)
 	restoretest.CompareTrees(t, src, out)
 
-	// No change: a handful of requests besides the manifest and the record.
+	// No change: a handful of requests besides the record.
 	nochange := summary(t, c.ok("backup", "--json", "--repo", repo, src))
 	req := requestsOf(t, nochange)
 	total := 0.0
 	for _, n := range req {
 		total += n
 	}
-	// Writing the manifest and the record (created only if absent): one
-	// PUT each, and the PUT of the backup's lock.
-	others := total - 3
+	// Writing the record (created only if absent) and the backup's lock:
+	// one PUT each; the trees are all taken by id.
+	others := total - 2
 	t.Logf("full backup: %v files, requests %v; no-change backup requests %v", full["files"], full["requests"], req)
 	fullReq := requestsOf(t, full)
 	if fullReq["HeadObject"] > 100 {
 		t.Fatalf("a first backup of %v files made %v HEAD requests: small contents must not be looked up one by one", full["files"], fullReq["HeadObject"])
 	}
 	if others > 10 || nochange["hashed_bytes"].(float64) != 0 || nochange["uploaded_objects"].(float64) != 0 {
-		t.Fatalf("no-change incremental made %v requests besides the manifest and record (%v)", others, req)
+		t.Fatalf("no-change backup made %v requests besides the lock and the record (%v)", others, req)
 	}
 
 	// Five changed files: five objects.
@@ -187,8 +187,8 @@ func TestS3CopyForgetGC(t *testing.T) {
 	c.ok("forget", "--repo", remote, "--keep-last", "1")
 	gc := summary(t, c.ok("gc", "--json", "--repo", remote))
 	t.Logf("gc on S3: %v", gc)
-	if gc["deleted_objects"].(float64) != 2 || gc["deleted_bytes"].(float64) < 6<<20 {
-		t.Fatalf("gc did not delete the big file's object and one's manifest: %v", gc)
+	if gc["deleted_objects"].(float64) != 1 || gc["deleted_bytes"].(float64) < 6<<20 {
+		t.Fatalf("gc did not delete the big file's object: %v", gc)
 	}
 	if req := requestsOf(t, gc); req["DeleteObjects"] == 0 || req["DeleteObject"] > 2 {
 		t.Fatalf("gc deletes were not batched: %v", req)

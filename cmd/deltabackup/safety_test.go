@@ -46,7 +46,7 @@ func TestServeReportsAMissingCertificateFirst(t *testing.T) {
 
 // TestNamesWithControlCharactersArePrintedQuoted is the audit's L9: a
 // file name with a newline or a terminal escape must not fake lines or
-// drive the terminal in show, diff and problem lists.
+// drive the terminal in ls, diff and problem lists.
 func TestNamesWithControlCharactersArePrintedQuoted(t *testing.T) {
 	c := newCLI(t)
 	top := t.TempDir()
@@ -59,7 +59,7 @@ func TestNamesWithControlCharactersArePrintedQuoted(t *testing.T) {
 		os.WriteFile(filepath.Join(src, name), []byte(strings.Repeat("y", 300)), 0o644)
 	}
 	c.ok("backup", "--name", "two", "--repo", repo, src)
-	for _, args := range [][]string{{"show", "--repo", repo, "two"}, {"diff", "--repo", repo, "one", "two"}} {
+	for _, args := range [][]string{{"ls", "--repo", repo, "two"}, {"diff", "--repo", repo, "one", "two"}} {
 		o := c.ok(args...)
 		if strings.Contains(o.stdout, "new\nline") || strings.Contains(o.stdout, "\x1b") {
 			t.Errorf("%s printed a raw control character:\n%q", args[0], o.stdout)

@@ -15,6 +15,7 @@ import (
 // node and source.
 type selection struct {
 	node, source string
+	tags         []string
 	allNodes     bool
 }
 
@@ -28,6 +29,7 @@ func addSelectionFlags(fl *pflag.FlagSet, s *selection, latest bool) {
 		fl.StringVar(&s.node, "node", "", "only the backups of this node")
 	}
 	fl.StringVar(&s.source, "source", "", "only the backups of this source directory (as recorded: see 'list')")
+	fl.StringArrayVar(&s.tags, "tag", nil, "only the backups carrying this tag (repeatable: all of them)")
 }
 
 // latest is the filter that says which backup "latest" means: the newest
@@ -52,7 +54,7 @@ func (s selection) latest() (hashstore.BackupFilter, error) {
 
 // filter selects backups by the flags given, any node when none is.
 func (s selection) filter() hashstore.BackupFilter {
-	f := hashstore.BackupFilter{Node: s.node, Source: s.source}
+	f := hashstore.BackupFilter{Node: s.node, Source: s.source, Tags: s.tags}
 	if f.Source != "" {
 		if abs, err := filepath.Abs(f.Source); err == nil {
 			f.Source = abs // recorded sources are absolute

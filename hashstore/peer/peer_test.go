@@ -54,7 +54,10 @@ func newFixture(t *testing.T) *fixture {
 		f.small = append(f.small, write(fmt.Sprintf("s/%02d", i), 500+i*100))
 	}
 	f.big = write("big.bin", 3<<20)
-	s, err := snapshot.New(snapshot.DefaultOptions(f.dir))
+	index := snapshot.NewObjectIndex()
+	opts := snapshot.DefaultOptions()
+	opts.OnFile = index.Add
+	s, err := snapshot.New(f.dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +65,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.objects, err = snapshot.NewObjects(res)
+	f.objects, err = snapshot.NewObjects(res.ReadRoot, index)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -455,3 +455,165 @@ func (d *Dir) Chtimes(rel string, mtimeNs int64) error {
 	}
 	return nil
 }
+
+// entryPath names the entry name of d for the path-based l* calls that
+// have no *at form (extended attributes): the kernel resolves the
+// descriptor's magic link to d itself, and the l* call does not follow a
+// link at name.
+func (d *Dir) entryPath(name string) string {
+	return fmt.Sprintf("/proc/self/fd/%d/%s", d.fd, name)
+}
+
+// ListXattrs returns the names of the extended attributes of the entry
+// name of d (one component; a symbolic link's own). A file system without
+// extended attributes gives none.
+func (d *Dir) ListXattrs(name string) ([]string, error) {
+	p := d.entryPath(name)
+	return listXattrs(func(buf []byte) (int, error) { return unix.Llistxattr(p, buf) }, d.pathErr, name)
+}
+
+// FileXattrs is ListXattrs for an open file.
+func FileXattrs(f *os.File) ([]string, error) {
+	fd := int(f.Fd())
+	return listXattrs(func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
+		func(op, _ string, err error) error { return &os.PathError{Op: op, Path: f.Name(), Err: err} }, "")
+}
+
+func listXattrs(list func([]byte) (int, error), wrap func(op, rel string, err error) error, name string) ([]string, error) {
+	size := 256
+	for {
+		buf := make([]byte, size)
+		n, err := list(buf)
+		switch {
+		case errors.Is(err, unix.ERANGE):
+			size *= 4
+			if size > 1<<20 {
+				return nil, wrap("listxattr", name, err)
+			}
+			continue
+		case errors.Is(err, unix.ENOTSUP):
+			return nil, nil
+		case err != nil:
+			return nil, wrap("listxattr", name, err)
+		}
+		var names []string
+		for s := range strings.SplitSeq(string(buf[:n]), "\x00") {
+			if s != "" {
+				names = append(names, s)
+			}
+		}
+		return names, nil
+	}
+}
+
+// GetXattr returns the value of the extended attribute attr of the entry
+// name of d (a symbolic link's own).
+func (d *Dir) GetXattr(name, attr string) ([]byte, error) {
+	p := d.entryPath(name)
+	return getXattr(func(buf []byte) (int, error) { return unix.Lgetxattr(p, attr, buf) }, func(err error) error { return d.pathErr("getxattr "+attr, name, err) })
+}
+
+// FileGetXattr is GetXattr for an open file.
+func FileGetXattr(f *os.File, attr string) ([]byte, error) {
+	fd := int(f.Fd())
+	return getXattr(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, attr, buf) },
+		func(err error) error { return &os.PathError{Op: "getxattr " + attr, Path: f.Name(), Err: err} })
+}
+
+func getXattr(get func([]byte) (int, error), wrap func(error) error) ([]byte, error) {
+	size := 256
+	for {
+		buf := make([]byte, size)
+		n, err := get(buf)
+		if errors.Is(err, unix.ERANGE) && size < 1<<20 {
+			size *= 4
+			continue
+		}
+		if err != nil {
+			return nil, wrap(err)
+		}
+		return buf[:n], nil
+	}
+}
+
+// SetXattr sets the extended attribute attr of the entry name of d (a
+// symbolic link's own).
+func (d *Dir) SetXattr(name, attr string, value []byte) error {
+	if err := unix.Lsetxattr(d.entryPath(name), attr, value, 0); err != nil {
+		return d.pathErr("setxattr "+attr, name, err)
+	}
+	return nil
+}
+
+// RemoveXattr removes the extended attribute attr of the entry name of d.
+func (d *Dir) RemoveXattr(name, attr string) error {
+	if err := unix.Lremovexattr(d.entryPath(name), attr); err != nil {
+		return d.pathErr("removexattr "+attr, name, err)
+	}
+	return nil
+}
+
+// Lchown sets the owner and group of the entry name of d (a symbolic
+// link's own, never its target's).
+func (d *Dir) Lchown(name string, uid, gid int) error {
+	if err := unix.Fchownat(d.fd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return d.pathErr("chown", name, err)
+	}
+	return nil
+}
+
+// Mknod creates a FIFO or device node name in d (mode holds the type
+// bits, S_IFIFO, S_IFCHR or S_IFBLK, and the permission bits).
+func (d *Dir) Mknod(name string, mode uint32, dev uint64) error {
+	if err := unix.Mknodat(d.fd, name, mode, int(dev)); err != nil {
+		return d.pathErr("mknod", name, err)
+	}
+	return nil
+}
+
+// RemoveAll removes rel and, when it is a directory, everything in it,
+// never following a symbolic link (a link is removed as a link).
+func (d *Dir) RemoveAll(rel string) error {
+	parent, name, done, err := d.split(rel)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return parent.removeAll(name, 0)
+}
+
+// maxRemoveDepth bounds the recursion of RemoveAll.
+const maxRemoveDepth = 4096
+
+func (d *Dir) removeAll(name string, depth int) error {
+	err := unix.Unlinkat(d.fd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return d.pathErr("remove", name, err)
+	}
+	if depth >= maxRemoveDepth {
+		return d.pathErr("remove", name, unix.ELOOP)
+	}
+	child, err := d.OpenDir(name)
+	if err != nil {
+		return err
+	}
+	entries, err := child.Entries()
+	if err == nil {
+		for _, e := range entries {
+			if err = child.removeAll(e.Name, depth+1); err != nil {
+				break
+			}
+		}
+	}
+	child.Close()
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(d.fd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return d.pathErr("remove", name, err)
+	}
+	return nil
+}

@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/snapshot/snapshottest"
+	"github.com/deltabackup/deltabackup/snapshot/treetest"
 )
 
 var syncExclude = []string{syncName + "*"}
@@ -26,14 +26,17 @@ func seedTree(t *testing.T, root string) {
 	}
 }
 
-// snap takes a snapshot of root: incremental from base and dirty, or a
-// full walk when base is nil.
-func snap(t *testing.T, root string, base *snapshot.Manifest, dirty []string, cache *snapshot.StatCache) *snapshot.Result {
+// snap takes a snapshot of root into sink: incremental from base and
+// dirty, or a full walk when base is zero.
+func snap(t *testing.T, root string, sink *treetest.MemSink, base digest.Digest, dirty []string) *snapshot.Result {
 	t.Helper()
-	opts := snapshot.DefaultOptions(root)
+	opts := snapshot.DefaultOptions()
 	opts.Excludes = syncExclude
-	opts.Base, opts.Dirty, opts.Cache = base, dirty, cache
-	s, err := snapshot.New(opts)
+	opts.Sink = sink
+	if !base.IsZero() {
+		opts.Base, opts.Trees, opts.Dirty = base, sink, dirty
+	}
+	s, err := snapshot.New(root, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,16 +44,21 @@ func snap(t *testing.T, root string, base *snapshot.Manifest, dirty []string, ca
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cache != nil {
-		cache.Save()
-	}
 	return res
 }
 
-func sameTree(a, b *snapshot.Manifest) bool {
-	x, y := *a, *b
-	x.Start, x.End, y.Start, y.End = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-	return reflect.DeepEqual(x, y)
+// differences lists what differs between two trees, for a failure
+// message.
+func differences(t *testing.T, sink *treetest.MemSink, a, b digest.Digest) []snapshot.Change {
+	var out []snapshot.Change
+	_, err := snapshot.Compare(context.Background(), sink, a, b, func(c snapshot.Change) error {
+		out = append(out, c)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestWatchedSnapshotsMissNoChange runs storms of random changes, half of
@@ -67,15 +75,14 @@ func TestWatchedSnapshotsMissNoChange(t *testing.T) {
 	}
 	defer w.Close()
 	storm := snapshottest.NewStorm(root, 11)
-	cache := snapshot.NewMemoryStatCache()
-	var base *snapshot.Manifest
+	sink := treetest.NewMemSink()
+	var base digest.Digest
 	take := func() *snapshot.Result {
 		dirty, full := w.Take()
 		if full != "" {
-			res := snap(t, root, nil, nil, cache)
-			return res
+			return snap(t, root, sink, digest.Digest{}, nil)
 		}
-		res := snap(t, root, base, dirty, cache)
+		res := snap(t, root, sink, base, dirty)
 		// Paths it could not take are looked at again next time, as the
 		// watch command does.
 		var again []string
@@ -100,7 +107,7 @@ func TestWatchedSnapshotsMissNoChange(t *testing.T) {
 			during <- n
 		}()
 		<-during // half the storm has happened; the rest runs during the snapshot
-		base = take().Manifest
+		base = take().Root
 		ops += <-during
 		if err := w.Sync(ctx); err != nil {
 			t.Fatal(err)
@@ -109,15 +116,15 @@ func TestWatchedSnapshotsMissNoChange(t *testing.T) {
 		if full != "" {
 			fulls++
 			t.Logf("round %d: full scan: %s", rounds, full)
-			base = snap(t, root, nil, nil, cache).Manifest
+			base = snap(t, root, sink, digest.Digest{}, nil).Root
 			continue
 		}
-		got := snap(t, root, base, dirty, cache)
-		want := snap(t, root, nil, nil, nil)
-		if !sameTree(got.Manifest, want.Manifest) {
-			t.Fatalf("round %d, after %d operations: the watched snapshot differs from a full scan: %+v", rounds, ops, snapshot.Compare(want.Manifest, got.Manifest))
+		got := snap(t, root, sink, base, dirty)
+		want := snap(t, root, sink, digest.Digest{}, nil)
+		if got.Root != want.Root {
+			t.Fatalf("round %d, after %d operations: the watched snapshot differs from a full scan: %+v", rounds, ops, differences(t, sink, want.Root, got.Root))
 		}
-		base = got.Manifest
+		base = got.Root
 	}
 	t.Logf("%d operations in %d rounds (%d events, %d watched directories now); %d full scans forced", ops, rounds, w.Events(), w.Watched(), fulls)
 }

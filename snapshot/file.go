@@ -1,0 +1,409 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
+
+	"github.com/deltabackup/deltabackup/snapshot/beneath"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+)
+
+// readBufferSize is the per-worker read buffer: large reads keep syscalls
+// per byte low and let BLAKE3's SIMD paths work on many chunks at once.
+const readBufferSize = 1 << 20
+
+// Files of at least mmapMin bytes are hashed from memory mappings of
+// mmapWindow bytes (a multiple of the tree hasher's block) with the
+// AVX-512-capable tree hasher: no copy into a buffer, and each window is
+// unmapped after use so the mapped file does not count against resident
+// memory.
+const (
+	mmapMin    = 1 << 20
+	mmapWindow = 16 << 20
+)
+
+// Test hooks, nil outside tests.
+var (
+	testHookBeforeOpen func(path string)
+	testHookAfterRead  func(path string, attempt int)
+)
+
+// hasher is one worker's state: a read buffer and BLAKE3 states.
+type hasher struct {
+	buf []byte
+	// h is fastest on small inputs; tree uses the AVX-512 kernels on large
+	// ones. Both compute the same BLAKE3.
+	h    *blake3.Hasher
+	tree treeHasher
+	// whole is the file's entire data when the last read took it in one
+	// piece (a slice of buf, valid until the next read), else nil.
+	whole []byte
+}
+
+func newHasher() *hasher {
+	return &hasher{buf: make([]byte, readBufferSize), h: blake3.New()}
+}
+
+// file fills the node of a regular file whose status changed (or is not
+// known): it reads and hashes the file, stores its content through the
+// Sink, and on a file that keeps changing reports it and leaves it out.
+func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
+	p := w.s.opts.Progress
+	if e.st.Nlink > 1 {
+		// One read per inode: the other names take the first's result.
+		k := linkKey{dev: e.st.Dev, ino: e.st.Ino, ctime: e.st.Ctim.Nano(), mtime: e.st.Mtim.Nano(), size: e.st.Size}
+		v, _ := w.links.LoadOrStore(k, &linkResult{})
+		lr := v.(*linkResult)
+		first := false
+		lr.once.Do(func() {
+			first = true
+			lr.err = w.readFile(ctx, d, e)
+			lr.node, lr.extra = e.node, e.extra
+			if !e.keep && lr.err == nil {
+				lr.err = errLeftOut
+			}
+		})
+		if first {
+			return ignoreLeftOut(lr.err)
+		}
+		if lr.err != nil {
+			if errors.Is(lr.err, errLeftOut) {
+				w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: another name of the same file could not be read", ErrChangedWhileReading)})
+				if p != nil {
+					p.AddFail(1)
+				}
+				return nil
+			}
+			return lr.err
+		}
+		n := lr.node
+		n.Name = e.name
+		e.node, e.extra, e.keep = n, lr.extra, true
+		w.col.cachedFiles.Add(1)
+		if p != nil {
+			p.AddTotalBytes(n.Size)
+			p.AddBytes(n.Size)
+			p.AddSuccess(1)
+		}
+		return nil
+	}
+	return w.readFile(ctx, d, e)
+}
+
+var errLeftOut = errors.New("left out")
+
+func ignoreLeftOut(err error) error {
+	if errors.Is(err, errLeftOut) {
+		return nil
+	}
+	return err
+}
+
+func (w *walker) readFile(ctx context.Context, d *beneath.Dir, e *entry) error {
+	s := w.s
+	p := s.opts.Progress
+	dir, name := d, e.name
+	if w.stage != nil {
+		if _, err := w.stage.add(e.rel, d, e.name, &e.st); err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: fmt.Errorf("stage into %s: %w", w.stage.dir.Name(), unwrapPathError(err))})
+			if p != nil {
+				p.AddFail(1)
+			}
+			return nil
+		}
+		// Read what was staged, not the live file the database may replace.
+		dir, name = w.stage.dir, e.rel
+	}
+	h := w.hashers.Get().(*hasher)
+	defer w.hashers.Put(h)
+	for attempt := 0; ; attempt++ {
+		err := w.readOnce(ctx, h, dir, name, e, attempt)
+		if err == nil {
+			if p != nil {
+				p.AddSuccess(1)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, ErrChangedWhileReading) {
+			var fatal *sinkError
+			if errors.As(err, &fatal) {
+				return fatal.err
+			}
+			s.logger.Warn("file unreadable, skipped", "path", e.rel, "err", err)
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: unwrapPathError(err)})
+			if p != nil {
+				p.AddFail(1)
+			}
+			return nil
+		}
+		if attempt >= s.opts.ChangeRetries {
+			s.logger.Warn("file kept changing while read, left out of the backup", "path", e.rel, "attempts", attempt+1)
+			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: err})
+			if p != nil {
+				p.AddFail(1)
+			}
+			return nil
+		}
+		s.logger.Debug("file changed while read, reading again", "path", e.rel, "attempt", attempt+1)
+	}
+}
+
+// sinkError carries an error of the Sink that must stop the snapshot.
+type sinkError struct{ err error }
+
+func (e *sinkError) Error() string { return e.err.Error() }
+
+// readOnce reads, hashes and stores one file once, checking with fstat
+// before and after that what was read is the content of one unchanged
+// file.
+func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name string, e *entry, attempt int) error {
+	s := w.s
+	path := dir.Name() + "/" + name
+	if testHookBeforeOpen != nil {
+		testHookBeforeOpen(path)
+	}
+	// O_NONBLOCK: a FIFO swapped in must not hang the worker.
+	f, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, beneath.ErrSymlink) {
+			return fmt.Errorf("%w: no longer a regular file (a symlink)", ErrChangedWhileReading)
+		}
+		return err
+	}
+	defer f.Close()
+	var before unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
+		return err
+	}
+	if before.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
+	}
+	if dir == w.stageDir() {
+		// The staged link is the source's inode: its status is the status.
+	} else if before.Ino != e.st.Ino || before.Dev != e.st.Dev {
+		return fmt.Errorf("%w: replaced since it was listed", ErrChangedWhileReading)
+	}
+	size := before.Size
+	var ranges []Range
+	if size > 0 && before.Blocks*512 < size {
+		if ranges, err = dataRanges(f, size); err != nil {
+			return err
+		}
+	}
+	sparse := ranges != nil
+	n := w.baseNode(e)
+	n.Mode, n.UID, n.GID, n.MtimeNs = before.Mode&0o7777, before.Uid, before.Gid, before.Mtim.Nano()
+	n.User, n.Group = s.owners.user(before.Uid), s.owners.group(before.Gid)
+	n.Size, n.Sparse, n.Data = size, sparse, ranges
+	if before.Nlink > 1 {
+		n.LinkDev, n.LinkIno = before.Dev, before.Ino
+	}
+	if x, err := fileXattrs(f); err != nil {
+		s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+	} else {
+		n.Xattrs = x
+	}
+	dataSize := n.DataSize()
+	embed := dataSize <= s.opts.EmbedThreshold
+	var id digest.Digest
+	var read int64
+	switch {
+	case sparse:
+		id, read, err = h.hashReader(ctx, newDataReader(f, size, true, ranges), embed && !s.readOnly)
+	case size >= mmapMin && !s.readOnly && !embed:
+		id, read, err = h.hashMapped(ctx, f, attempt, size)
+	default:
+		id, read, err = h.hashRead(ctx, f, path, attempt, size, s.readOnly)
+	}
+	if err != nil {
+		return err
+	}
+	w.col.hashedBytes.Add(read)
+	w.col.hashedFiles.Add(1)
+	var after unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &after); err != nil {
+		return err
+	}
+	if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim || read != dataSize {
+		h.whole = nil
+		return fmt.Errorf("%w (read %d bytes, size %d then %d)", ErrChangedWhileReading, read, before.Size, after.Size)
+	}
+	if p := s.opts.Progress; p != nil {
+		p.AddTotalBytes(size)
+		p.AddBytes(size)
+	}
+	if embed {
+		if sparse {
+			n.Embedded = append([]byte{}, h.whole...)
+		} else {
+			n.Embedded = append([]byte{}, h.whole[:dataSize]...)
+		}
+	} else {
+		n.ID = id
+		if sink := s.opts.Sink; sink != nil && !s.readOnly {
+			c := &Content{ID: id, Size: dataSize, Bundled: dataSize < s.opts.MinDeltaFileSize, Path: e.rel,
+				Open: func() io.Reader { return newDataReader(f, size, sparse, ranges) }}
+			if !sparse && h.whole != nil && int64(len(h.whole)) == dataSize {
+				c.Data = h.whole
+			}
+			if err := sink.StoreContent(ctx, c); err != nil {
+				if errors.Is(err, ErrChangedWhileReading) {
+					return err
+				}
+				return &sinkError{fmt.Errorf("store %s: %w", e.rel, err)}
+			}
+		}
+	}
+	e.node, e.keep = n, true
+	e.extra = entryExtra{ino: before.Ino, ctime: before.Ctim.Nano()}
+	if racy(&before) {
+		e.extra = entryExtra{}
+	}
+	return nil
+}
+
+func (w *walker) stageDir() *beneath.Dir {
+	if w.stage == nil {
+		return nil
+	}
+	return w.stage.dir
+}
+
+// hashRead reads a file through the worker's buffer. A file that fits is
+// read with one call of size+1 bytes: a short read of a regular file means
+// its end, so no second call is needed to see EOF. The whole content of a
+// file read in one piece stays in h.whole.
+func (h *hasher) hashRead(ctx context.Context, f *os.File, path string, attempt int, size int64, readOnly bool) (digest.Digest, int64, error) {
+	h.h.Reset()
+	h.whole = nil
+	var n int64
+	for first := true; ; first = false {
+		if err := ctx.Err(); err != nil {
+			return digest.Digest{}, 0, err
+		}
+		buf := h.buf
+		if first && size < int64(len(buf)) {
+			buf = buf[:size+1]
+		}
+		k, err := f.Read(buf)
+		if k > 0 {
+			if !readOnly {
+				h.h.Write(buf[:k])
+			}
+			n += int64(k)
+		}
+		if first && int64(k) == size && (err == io.EOF || (err == nil && len(buf) == int(size)+1)) {
+			h.whole = buf[:k] // the whole file in one read
+			break
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return digest.Digest{}, 0, err
+		}
+		if testHookAfterRead != nil && first {
+			testHookAfterRead(path, attempt)
+		}
+	}
+	var id digest.Digest
+	copy(id[:], h.h.Sum(nil))
+	return id, n, nil
+}
+
+// hashReader hashes what r gives (the data ranges of a sparse file);
+// with keep, the data is kept in h.whole (embedded files only).
+func (h *hasher) hashReader(ctx context.Context, r io.Reader, keep bool) (digest.Digest, int64, error) {
+	h.h.Reset()
+	h.whole = nil
+	var n int64
+	var kept []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return digest.Digest{}, 0, err
+		}
+		k, err := r.Read(h.buf)
+		if k > 0 {
+			h.h.Write(h.buf[:k])
+			if keep && len(kept) < MaxEmbeddedSize {
+				kept = append(kept, h.buf[:k]...)
+			}
+			n += int64(k)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return digest.Digest{}, 0, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
+			}
+			return digest.Digest{}, 0, err
+		}
+	}
+	if keep {
+		h.whole = kept
+		if kept == nil {
+			h.whole = []byte{}
+		}
+	}
+	var id digest.Digest
+	copy(id[:], h.h.Sum(nil))
+	return id, n, nil
+}
+
+// hashMapped hashes a large file from read-only memory mappings. A file
+// truncated while mapped raises SIGBUS; SetPanicOnFault turns that into a
+// panic recovered here and reported as a change, never a crash.
+func (h *hasher) hashMapped(ctx context.Context, f *os.File, attempt int, size int64) (id digest.Digest, n int64, err error) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	h.whole = nil
+	var mapped []byte
+	defer func() {
+		if r := recover(); r != nil {
+			if mapped != nil {
+				_ = unix.Munmap(mapped)
+			}
+			id, n, err = digest.Digest{}, 0, fmt.Errorf("%w: fault while reading a mapping (truncated?)", ErrChangedWhileReading)
+		}
+	}()
+	h.tree.reset()
+	cut := lastBlockStart(size)
+	for off := int64(0); off < size; off += mmapWindow {
+		if err := ctx.Err(); err != nil {
+			return digest.Digest{}, 0, err
+		}
+		length := min(mmapWindow, size-off)
+		mapped, err = unix.Mmap(int(f.Fd()), off, int(length), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return digest.Digest{}, 0, fmt.Errorf("map %d bytes at %d: %w", length, off, err)
+		}
+		_ = unix.Madvise(mapped, unix.MADV_SEQUENTIAL)
+		if off+length <= cut {
+			h.tree.writeBlocks(mapped)
+		} else {
+			h.tree.writeBlocks(mapped[:cut-off])
+			id = h.tree.finish(mapped[cut-off:])
+		}
+		if err := unix.Munmap(mapped); err != nil {
+			return digest.Digest{}, 0, err
+		}
+		mapped = nil
+		n += length
+		if testHookAfterRead != nil && off == 0 {
+			testHookAfterRead(f.Name(), attempt)
+		}
+	}
+	return id, n, nil
+}

@@ -1,0 +1,162 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
+)
+
+// storeSink is the snapshot.Sink of a backup: it stores what the
+// repository lacks as the snapshot finds it. Small contents and trees go
+// into the packer, larger contents are stored as objects of their own,
+// re-read from the file the snapshot hashed and verified on the way.
+type storeSink struct {
+	store *hashstore.Store
+	// packer takes small contents, trees the trees.
+	packer *hashstore.Packer
+	trees  *hashstore.Packer
+
+	mu sync.Mutex
+	// flights are the contents being stored, so that two files with the
+	// same content are not stored twice at once.
+	flights map[digest.Digest]*flight
+
+	uploadedObjects, uploadedBytes, uploadedContentBytes atomic.Int64
+	treesStored, treeBytes                               atomic.Int64
+}
+
+type flight struct {
+	done chan struct{}
+	err  error
+}
+
+func newSink(store *hashstore.Store, packer *hashstore.Packer) *storeSink {
+	return &storeSink{store: store, packer: packer, flights: map[digest.Digest]*flight{}}
+}
+
+// errSourceRead marks an error reading the source file again, as opposed
+// to one of the storage.
+var errSourceRead = errors.New("source file could not be read again")
+
+type sourceReader struct{ r io.Reader }
+
+func (r sourceReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: %w", errSourceRead, err)
+	}
+	return n, err
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// StoreContent implements snapshot.Sink.
+func (s *storeSink) StoreContent(ctx context.Context, c *snapshot.Content) error {
+	var f *flight
+	for {
+		s.mu.Lock()
+		other := s.flights[c.ID]
+		if other == nil {
+			f = &flight{done: make(chan struct{})}
+			s.flights[c.ID] = f
+			s.mu.Unlock()
+			break
+		}
+		s.mu.Unlock()
+		select {
+		case <-other.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if other.err == nil {
+			return nil // the same content, stored by another file
+		}
+		// The other file's content could not be stored (it changed):
+		// this one may still hold it.
+	}
+	err := s.storeContent(ctx, c)
+	s.mu.Lock()
+	f.err = err
+	delete(s.flights, c.ID)
+	s.mu.Unlock()
+	close(f.done)
+	return err
+}
+
+func (s *storeSink) storeContent(ctx context.Context, c *snapshot.Content) error {
+	// A bundled content lives in a pack if anywhere: the in-memory index
+	// answers without a request. Others may need a lookup.
+	var has bool
+	var err error
+	if c.Bundled {
+		has, err = s.store.HasPacked(ctx, c.ID)
+	} else {
+		has, err = s.store.Has(ctx, c.ID)
+	}
+	if err != nil || has {
+		return err
+	}
+	var put hashstore.PutResult
+	switch {
+	case c.Bundled && c.Data != nil:
+		put, err = s.packer.AddHashed(ctx, c.ID, c.Data) // hashed by the snapshot from these bytes
+	case c.Bundled:
+		buf := bufPool.Get().(*bytes.Buffer)
+		defer bufPool.Put(buf)
+		buf.Reset()
+		if _, err := buf.ReadFrom(io.LimitReader(sourceReader{c.Open()}, c.Size+1)); err != nil {
+			return changed(c, err)
+		}
+		put, err = s.packer.Add(ctx, c.ID, buf.Bytes())
+	case c.Data != nil:
+		put, err = s.store.PutBytes(ctx, c.ID, c.Data)
+	default:
+		put, err = s.store.Put(ctx, c.ID, sourceReader{c.Open()}, c.Size)
+	}
+	if err != nil {
+		if errors.Is(err, hashstore.ErrContentMismatch) || errors.Is(err, errSourceRead) {
+			return changed(c, err)
+		}
+		return err
+	}
+	if !put.Existed {
+		s.uploadedObjects.Add(1)
+		s.uploadedBytes.Add(put.StoredSize)
+		s.uploadedContentBytes.Add(c.Size)
+	}
+	return nil
+}
+
+// changed reports a content whose file no longer held it when read
+// again: the snapshot reads the file once more or leaves it out.
+func changed(c *snapshot.Content, err error) error {
+	return fmt.Errorf("%w: %s: %w", snapshot.ErrChangedWhileReading, c.Path, err)
+}
+
+// StoreTree implements snapshot.Sink.
+func (s *storeSink) StoreTree(ctx context.Context, id digest.Digest, data []byte) error {
+	has, err := s.store.HasPacked(ctx, id)
+	if err != nil || has {
+		return err
+	}
+	put, err := s.trees.AddHashed(ctx, id, data) // the snapshot hashed these bytes
+	if err != nil || put.Existed {
+		return err
+	}
+	s.treesStored.Add(1)
+	s.treeBytes.Add(put.StoredSize)
+	return nil
+}
+
+// Missing implements snapshot.Sink.
+func (s *storeSink) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
+	return s.store.Missing(ctx, ids)
+}
