@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"path"
@@ -149,6 +148,3 @@ func (r *restorer) walkBackup(ctx context.Context, root digest.Digest, fn func(r
 		return fn(rel, n)
 	})
 }
-
-// sameData reports whether embedded bytes are n's data.
-func sameData(n *snapshot.Node, data []byte) bool { return bytes.Equal(n.Embedded, data) }

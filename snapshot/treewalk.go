@@ -41,6 +41,8 @@ func LoadTree(ctx context.Context, r TreeReader, id digest.Digest, rel string) (
 
 // SkipDir, returned by a Walk function for a directory, skips what lies
 // below it.
+//
+//lint:ignore ST1012 named as io/fs.SkipDir, which callers know
 var SkipDir = errors.New("skip this directory")
 
 // ErrTreeCycle is a tree that names itself or a tree above it as a
