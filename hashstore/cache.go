@@ -113,7 +113,8 @@ func (s *Store) ForgetObjects() { s.forgetObjects() }
 func (s *Store) forgetObjects() {
 	ix := &s.index
 	ix.mu.Lock()
-	ix.loaded, ix.packs, ix.packNum, ix.entries = false, nil, nil, nil
+	ix.loaded, ix.packs, ix.packNum = false, nil, nil
+	ix.entries.reset()
 	ix.mu.Unlock()
 	k := &s.known
 	k.mu.Lock()

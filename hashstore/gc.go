@@ -408,7 +408,7 @@ func (s *Store) resetIndex() {
 	s.index.loaded = false
 	s.index.packs = nil
 	s.index.packNum = nil
-	s.index.entries = nil
+	s.index.entries.reset()
 	s.index.mu.Unlock()
 }
 

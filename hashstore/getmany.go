@@ -40,7 +40,12 @@ func (s *Store) GetMany(ctx context.Context, ids []digest.Digest, fn func(id dig
 			continue
 		}
 		seen[h] = true
-		if loc, ok := ix.entries[h]; ok {
+		loc, ok, err := ix.entries.get(h)
+		if err != nil {
+			ix.mu.RUnlock()
+			return err
+		}
+		if ok {
 			byPack[loc.pack] = append(byPack[loc.pack], located{h, loc})
 		} else {
 			loose = append(loose, h)

@@ -49,6 +49,13 @@ const (
 // DefaultPackSize is the size at which a pack is closed and stored.
 const DefaultPackSize = 16 << 20
 
+// MaxPackEntries is the most objects a pack holds, whatever their size.
+// Tiny contents compress to a few dozen bytes, so without it a 16 MiB
+// pack of them would hold half a million objects, and a backup would
+// keep all their entries (and the pack's index, encoded) in memory until
+// the pack completes.
+const MaxPackEntries = 1 << 15
+
 // PackEntry locates one object inside a pack.
 type PackEntry struct {
 	ID          digest.Digest
@@ -70,10 +77,10 @@ type packIndex struct {
 	loaded  bool
 	packs   []digest.Digest
 	packNum map[digest.Digest]uint32
-	entries map[digest.Digest]packLocation
+	entries entryTable
 }
 
-func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) {
+func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) error {
 	n, ok := ix.packNum[pack]
 	if !ok {
 		n = uint32(len(ix.packs))
@@ -81,10 +88,11 @@ func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) {
 		ix.packNum[pack] = n
 	}
 	for _, e := range entries {
-		if _, dup := ix.entries[e.ID]; !dup {
-			ix.entries[e.ID] = packLocation{pack: n, offset: e.Offset, length: e.Length}
+		if err := ix.entries.add(e.ID, packLocation{pack: n, offset: e.Offset, length: e.Length}); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // loadIndex reads every index file once, on first use.
@@ -101,8 +109,7 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 	if ix.loaded {
 		return ix, nil
 	}
-	if ix.entries == nil {
-		ix.entries = make(map[digest.Digest]packLocation)
+	if ix.packNum == nil {
 		ix.packNum = make(map[digest.Digest]uint32)
 	}
 	var keys []string
@@ -120,7 +127,9 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 			return nil, err
 		}
 		for _, p := range packs {
-			ix.add(p.id, p.entries)
+			if err := ix.add(p.id, p.entries); err != nil {
+				return nil, err
+			}
 		}
 	}
 	ix.loaded = true
@@ -280,10 +289,17 @@ type Packer struct {
 	ctx    context.Context // the uploads of packs run under it
 	target int64
 
-	mu   sync.Mutex
-	cur  *openPack
-	err  error
-	seen map[digest.Digest]bool
+	mu  sync.Mutex
+	cur *openPack
+	err error
+	// pending holds the objects of packs not yet in the store's index
+	// (the open one, and ones being completed), so none is added twice
+	// while callers cannot see it yet; an object leaves it when its
+	// pack's index is stored. The Packer does not consult the index
+	// itself: callers ask it first (HasPacked, Missing), and gc must be
+	// able to write a live object again into a new pack while the old
+	// one still holds it.
+	pending map[digest.Digest]bool
 }
 
 // openPack is a pack whose bytes are being streamed to the backend.
@@ -306,7 +322,7 @@ func (s *Store) WithPacker(ctx context.Context, target int, fn func(ctx context.
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &Packer{store: s, ctx: ctx, target: int64(target), seen: map[digest.Digest]bool{}}
+	p := &Packer{store: s, ctx: ctx, target: int64(target), pending: map[digest.Digest]bool{}}
 	if err := fn(ctx, p); err != nil {
 		p.abort()
 		return err
@@ -345,7 +361,7 @@ func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte
 		p.mu.Unlock()
 		return PutResult{}, p.err
 	}
-	if p.seen[id] {
+	if p.pending[id] {
 		p.mu.Unlock()
 		return PutResult{Existed: true}, nil
 	}
@@ -359,21 +375,35 @@ func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte
 		p.mu.Unlock()
 		return PutResult{}, p.err
 	}
-	p.seen[id] = true
+	p.pending[id] = true
 	cur.entries = append(cur.entries, PackEntry{ID: id, Offset: uint32(cur.size), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
 	cur.size += int64(encoded.Len())
-	full := cur.size >= p.target
+	full := cur.size >= p.target || len(cur.entries) >= MaxPackEntries
 	if full {
 		p.cur = nil
 	}
 	p.mu.Unlock()
 	if full {
-		if err := p.store.completePack(ctx, cur); err != nil {
-			p.fail(err)
+		if err := p.complete(ctx, cur); err != nil {
 			return PutResult{}, err
 		}
 	}
 	return res, nil
+}
+
+// complete completes a pack and drops its objects from pending, which the
+// index now answers for.
+func (p *Packer) complete(ctx context.Context, op *openPack) error {
+	if err := p.store.completePack(ctx, op); err != nil {
+		p.fail(err)
+		return err
+	}
+	p.mu.Lock()
+	for _, e := range op.entries {
+		delete(p.pending, e.ID)
+	}
+	p.mu.Unlock()
+	return nil
 }
 
 func (p *Packer) fail(err error) {
@@ -396,7 +426,7 @@ func (p *Packer) flush(ctx context.Context) error {
 	if cur == nil {
 		return nil
 	}
-	return p.store.completePack(ctx, cur)
+	return p.complete(ctx, cur)
 }
 
 // abort gives up the current pack: its upload fails and leaves nothing.
@@ -460,12 +490,14 @@ func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	}
 	s.cacheIndexFile(id, idx)
 	s.index.mu.Lock()
-	if s.index.entries == nil {
-		s.index.entries = make(map[digest.Digest]packLocation)
+	if s.index.packNum == nil {
 		s.index.packNum = make(map[digest.Digest]uint32)
 	}
-	s.index.add(op.id, op.entries)
+	err = s.index.add(op.id, op.entries)
 	s.index.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("pack %s stored, but not indexed in memory: %w", op.id, err)
+	}
 	s.logger.Debug("stored pack", "pack", op.id, "objects", len(op.entries), "bytes", op.size)
 	return nil
 }
@@ -477,13 +509,13 @@ func (s *Store) lookupPacked(ctx context.Context, id digest.Digest) (string, pac
 		return "", packLocation{}, false, err
 	}
 	ix.mu.RLock()
-	loc, ok := ix.entries[id]
+	loc, ok, err := ix.entries.get(id)
 	var pack digest.Digest
 	if ok {
 		pack = ix.packs[loc.pack]
 	}
 	ix.mu.RUnlock()
-	return packKey(pack), loc, ok, nil
+	return packKey(pack), loc, ok, err
 }
 
 // Location says where an object is stored: its own key, or a range of a

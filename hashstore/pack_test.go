@@ -327,3 +327,50 @@ func packAll(t *testing.T, s *hashstore.Store, target int, contents [][]byte) er
 	}
 	return err
 }
+
+// TestPackOfTinyObjectsIsCompletedByCount: contents that compress to a
+// few bytes complete a pack at MaxPackEntries objects, long before its
+// size target, so a backup of a million tiny files never holds a pack's
+// worth of entries beyond that in memory; every object stays readable.
+func TestPackOfTinyObjectsIsCompletedByCount(t *testing.T) {
+	ctx := context.Background()
+	mem := hashstore.NewMemory()
+	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	n := hashstore.MaxPackEntries + 10
+	ids := make([]digest.Digest, n)
+	err := s.WithPacker(ctx, 0, func(ctx context.Context, p *hashstore.Packer) error {
+		for i := range n {
+			c := fmt.Appendf(nil, "%d", i)
+			ids[i] = digest.Of(c)
+			if _, err := p.Add(ctx, ids[i], c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs := keysUnder(t, mem, "packs/")
+	if len(packs) != 2 {
+		t.Fatalf("%d tiny objects made %d packs, want 2 (one full by count, one of 10)", n, len(packs))
+	}
+	for _, key := range packs {
+		entries, err := s.ReadPackTrailer(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != hashstore.MaxPackEntries && len(entries) != 10 {
+			t.Fatalf("pack %s holds %d objects", key, len(entries))
+		}
+	}
+	found, err := s.LookupAll(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range found {
+		if !found[i].Packed {
+			t.Fatalf("object %d not found packed", i)
+		}
+	}
+}

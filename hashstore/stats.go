@@ -70,13 +70,16 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		return nil, err
 	}
 	ix.mu.RLock()
-	st.PackedObjects = len(ix.entries)
-	for id, loc := range ix.entries {
+	st.PackedObjects = ix.entries.len()
+	err = ix.entries.all(func(id digest.Digest, loc packLocation) {
 		if _, loose := stored[id]; !loose {
 			stored[id] = int64(loc.length)
 		}
-	}
+	})
 	ix.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
 
 	records, err := s.Backups(ctx)
 	if err != nil {

@@ -54,7 +54,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Compression is used for every object written (default fast).
 	Compression Compression
-	// CacheDir, when set, is where this program keeps its caches: the
+	// CacheDir, when set, is where this program keeps its caches (and the
+	// pack index its temporary files when it outgrows memory): the
 	// store keeps the repository's index files and the loose objects seen
 	// stored under CacheDir/repos/<repository id>, so that a backup to
 	// remote storage makes few requests. Leave it empty for a local
@@ -171,6 +172,9 @@ func newStore(b Backend, cfg Config, opts Options) *Store {
 	s := &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32, compression: opts.Compression}
 	if opts.CacheDir != "" {
 		s.cacheDir = filepath.Join(opts.CacheDir, "repos", cfg.ID)
+		// The pack index's long runs go to files beside the cache (they
+		// are unlinked at once); otherwise to os.TempDir().
+		s.index.entries.spillDir = opts.CacheDir
 	}
 	return s
 }
@@ -603,7 +607,12 @@ func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInf
 	var loose []int
 	ix.mu.RLock()
 	for i, id := range ids {
-		if loc, ok := ix.entries[id]; ok {
+		loc, ok, err := ix.entries.get(id)
+		if err != nil {
+			ix.mu.RUnlock()
+			return nil, err
+		}
+		if ok {
 			infos[i] = ObjectInfo{Found: true, StoredSize: int64(loc.length), Packed: true}
 		} else {
 			loose = append(loose, i)
