@@ -29,7 +29,6 @@ type entryTable struct {
 	spillDir string
 	runs     []*tableRun // larger first
 	recent   map[digest.Digest]packLocation
-	n        int
 }
 
 type tableEntry struct {
@@ -74,31 +73,86 @@ func (t *entryTable) get(id digest.Digest) (packLocation, bool, error) {
 	return packLocation{}, false, nil
 }
 
-// add records id at loc unless it is known already.
+// add records id at loc. An id already in a run is not looked up (that
+// lookup was most of the cost of loading a large index): the copy in the
+// newer run is dropped when the two runs are merged, and until then
+// either location serves, since both packs hold the content.
 func (t *entryTable) add(id digest.Digest, loc packLocation) error {
-	if _, ok, err := t.get(id); ok || err != nil {
-		return err
-	}
 	if t.recent == nil {
 		t.recent = make(map[digest.Digest]packLocation)
 	}
+	if _, ok := t.recent[id]; ok {
+		return nil
+	}
 	t.recent[id] = loc
-	t.n++
 	if len(t.recent) >= recentLimit {
 		return t.flushRecent()
 	}
 	return nil
 }
 
-// flushRecent turns the map into a run and merges runs of similar length.
-func (t *entryTable) flushRecent() error {
+// recentRun is the map as a sorted run.
+func (t *entryTable) recentRun() *tableRun {
 	run := make([]tableEntry, 0, len(t.recent))
 	for id, loc := range t.recent {
 		run = append(run, tableEntry{id, loc})
 	}
 	slices.SortFunc(run, func(a, b tableEntry) int { return digest.Compare(a.id, b.id) })
-	clear(t.recent)
+	return &tableRun{n: len(run), mem: run}
+}
+
+// addBatch adds entries in any order, later ones newer, as one run: the
+// way to load index files, with no map in between and one sort by the
+// ids' leading bytes, which are uniform.
+func (t *entryTable) addBatch(batch []tableEntry) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	run := radixSortEntries(batch)
+	// Equal ids are adjacent, the older first (the sort is stable).
+	run = slices.CompactFunc(run, func(a, b tableEntry) bool { return a.id == b.id })
 	t.runs = append(t.runs, &tableRun{n: len(run), mem: run})
+	return t.mergeRuns()
+}
+
+// radixSortEntries returns the entries sorted by id: stably by the first
+// two bytes, then each (short) bucket by insertion sort.
+func radixSortEntries(in []tableEntry) []tableEntry {
+	var start [1<<16 + 1]int
+	for i := range in {
+		start[int(in[i].id[0])<<8|int(in[i].id[1])+1]++
+	}
+	for i := 1; i < len(start); i++ {
+		start[i] += start[i-1]
+	}
+	out := make([]tableEntry, len(in))
+	next := start
+	for i := range in {
+		k := int(in[i].id[0])<<8 | int(in[i].id[1])
+		out[next[k]] = in[i]
+		next[k]++
+	}
+	for k := range 1 << 16 {
+		bucket := out[start[k]:start[k+1]]
+		for i := 1; i < len(bucket); i++ {
+			for j := i; j > 0 && digest.Compare(bucket[j-1].id, bucket[j].id) > 0; j-- {
+				bucket[j-1], bucket[j] = bucket[j], bucket[j-1]
+			}
+		}
+	}
+	return out
+}
+
+// flushRecent turns the map into a run and merges runs of similar length.
+func (t *entryTable) flushRecent() error {
+	t.runs = append(t.runs, t.recentRun())
+	clear(t.recent)
+	return t.mergeRuns()
+}
+
+// mergeRuns merges the newest runs while the newest is at least half as
+// long as the one before it, so there are O(log n) runs.
+func (t *entryTable) mergeRuns() error {
 	for len(t.runs) >= 2 {
 		a, b := t.runs[len(t.runs)-2], t.runs[len(t.runs)-1]
 		if b.n*2 < a.n {
@@ -132,7 +186,19 @@ func (t *entryTable) merge(a, b *tableRun) (*tableRun, error) {
 		switch {
 		case !oka && !okb:
 			return tableEntry{}, false, nil
-		case !okb || oka && digest.Compare(ea.id, eb.id) <= 0:
+		case !okb:
+			ia.advance()
+			return ea, true, nil
+		case !oka:
+			ib.advance()
+			return eb, true, nil
+		}
+		switch c := digest.Compare(ea.id, eb.id); {
+		case c == 0: // the same id in both runs: keep the older entry
+			ia.advance()
+			ib.advance()
+			return ea, true, nil
+		case c < 0:
 			ia.advance()
 			return ea, true, nil
 		default:
@@ -340,28 +406,39 @@ func (it *runIter) advance() {
 	it.i++
 }
 
-func (t *entryTable) len() int { return t.n }
-
-// all calls fn for every entry, in no particular order.
+// all calls fn once for every id, in order, with its oldest location: the
+// runs and the map are merged as they are read, so an id added twice is
+// given once.
 func (t *entryTable) all(fn func(digest.Digest, packLocation)) error {
-	for id, loc := range t.recent {
-		fn(id, loc)
+	its := make([]*runIter, 0, len(t.runs)+1)
+	for _, run := range t.runs { // oldest first
+		its = append(its, run.iter())
 	}
-	for _, run := range t.runs {
-		it := run.iter()
-		for {
+	if len(t.recent) > 0 {
+		its = append(its, t.recentRun().iter())
+	}
+	for {
+		var best tableEntry
+		found := false
+		for _, it := range its {
 			e, ok, err := it.peek()
 			if err != nil {
 				return err
 			}
-			if !ok {
-				break
+			if ok && (!found || digest.Compare(e.id, best.id) < 0) {
+				best, found = e, true
 			}
-			fn(e.id, e.loc)
-			it.advance()
 		}
+		if !found {
+			return nil
+		}
+		for _, it := range its {
+			if e, ok, _ := it.peek(); ok && e.id == best.id {
+				it.advance()
+			}
+		}
+		fn(best.id, best.loc)
 	}
-	return nil
 }
 
 // reset empties the table and closes its files.

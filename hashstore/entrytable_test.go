@@ -2,6 +2,7 @@ package hashstore
 
 import (
 	"encoding/binary"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,9 +16,9 @@ func tableID(i int) digest.Digest {
 	return digest.Of(b[:])
 }
 
-// fillTable adds n entries, some of them twice at another place (which
-// must be ignored: the first place recorded wins, as with the map this
-// table replaced).
+// fillTable adds n entries, some of them again later at another place
+// (as when two packs hold the same content): either place may be given
+// until their runs merge, but every id counts once.
 func fillTable(t *testing.T, tab *entryTable, n int) {
 	t.Helper()
 	for i := range n {
@@ -25,7 +26,7 @@ func fillTable(t *testing.T, tab *entryTable, n int) {
 			t.Fatal(err)
 		}
 		if i%1000 == 0 {
-			if err := tab.add(tableID(i), packLocation{pack: 99, offset: 1, length: 1}); err != nil {
+			if err := tab.add(tableID(i/2), packLocation{pack: 99, offset: uint32(i / 2), length: uint32(i/2 + 1)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -37,12 +38,10 @@ func fillTable(t *testing.T, tab *entryTable, n int) {
 // files), and iterates over all entries.
 func checkTable(t *testing.T, tab *entryTable, n int) {
 	t.Helper()
-	if tab.len() != n {
-		t.Fatalf("len = %d, want %d", tab.len(), n)
-	}
 	for i := range n {
 		loc, ok, err := tab.get(tableID(i))
-		if err != nil || !ok || loc.offset != uint32(i) || loc.length != uint32(i+1) || loc.pack != uint32(i%7) {
+		added := loc.pack == uint32(i%7) || i%500 == 0 && loc.pack == 99
+		if err != nil || !ok || loc.offset != uint32(i) || loc.length != uint32(i+1) || !added {
 			t.Fatalf("entry %d: got %+v, %v, %v", i, loc, ok, err)
 		}
 		if _, ok, err := tab.get(tableID(n + i)); ok || err != nil {
@@ -101,4 +100,45 @@ func TestEntryTableWithoutSpillDirStaysInMemory(t *testing.T) {
 		}
 	}
 	checkTable(t, &tab, n)
+}
+
+// TestEntryTableLoadsBatches adds entries as index files are loaded:
+// unsorted batches in which a later entry of an id already seen in the
+// same batch loses to the first, and ids that a later batch repeats.
+func TestEntryTableLoadsBatches(t *testing.T) {
+	const n = spillEntries*2 + 1000
+	tab := entryTable{spillDir: t.TempDir()}
+	defer tab.reset()
+	r := rand.New(rand.NewPCG(1, 2))
+	order := r.Perm(n)
+	var batch []tableEntry
+	for k, i := range order {
+		batch = append(batch, tableEntry{tableID(i), packLocation{pack: uint32(i % 7), offset: uint32(i), length: uint32(i + 1)}})
+		if i%500 == 0 { // the same content in a newer pack of the same batch
+			batch = append(batch, tableEntry{tableID(i), packLocation{pack: 99}})
+		}
+		if len(batch) >= spillEntries || k == n-1 {
+			if err := tab.addBatch(batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	// An id that a later batch repeats, as after a pack was written twice.
+	if err := tab.addBatch([]tableEntry{{tableID(order[0]), packLocation{pack: uint32(order[0] % 7), offset: uint32(order[0]), length: uint32(order[0] + 1)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(tab.runs) < 2 || tab.runs[0].file == nil {
+		t.Fatalf("want a spilled run among several, got %d runs", len(tab.runs))
+	}
+	for i := range n {
+		loc, ok, err := tab.get(tableID(i))
+		if err != nil || !ok || loc != (packLocation{pack: uint32(i % 7), offset: uint32(i), length: uint32(i + 1)}) {
+			t.Fatalf("entry %d: got %+v, %v, %v", i, loc, ok, err)
+		}
+	}
+	count := 0
+	if err := tab.all(func(digest.Digest, packLocation) { count++ }); err != nil || count != n {
+		t.Fatalf("all gave %d entries (%v), want %d", count, err, n)
+	}
 }

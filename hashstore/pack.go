@@ -81,18 +81,24 @@ type packIndex struct {
 }
 
 func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) error {
-	n, ok := ix.packNum[pack]
-	if !ok {
-		n = uint32(len(ix.packs))
-		ix.packs = append(ix.packs, pack)
-		ix.packNum[pack] = n
-	}
+	n := ix.packNumber(pack)
 	for _, e := range entries {
 		if err := ix.entries.add(e.ID, packLocation{pack: n, offset: e.Offset, length: e.Length}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// packNumber is the number standing for pack in table entries.
+func (ix *packIndex) packNumber(pack digest.Digest) uint32 {
+	n, ok := ix.packNum[pack]
+	if !ok {
+		n = uint32(len(ix.packs))
+		ix.packs = append(ix.packs, pack)
+		ix.packNum[pack] = n
+	}
+	return n
 }
 
 // loadIndex reads every index file once, on first use.
@@ -121,16 +127,31 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		return nil, fmt.Errorf("list pack indexes: %w", err)
 	}
 	sort.Strings(keys)
+	// Entries go to the table in batches of a spilled run's length: long
+	// enough to sort once, short enough to keep memory flat. (The capacity
+	// is reserved, not touched: pages a small repository does not fill are
+	// never faulted in.)
+	batch := make([]tableEntry, 0, spillEntries+MaxPackEntries)
 	for _, key := range keys {
 		packs, err := s.readIndexFile(ctx, key)
 		if err != nil {
 			return nil, err
 		}
 		for _, p := range packs {
-			if err := ix.add(p.id, p.entries); err != nil {
-				return nil, err
+			n := ix.packNumber(p.id)
+			for _, e := range p.entries {
+				batch = append(batch, tableEntry{e.ID, packLocation{pack: n, offset: e.Offset, length: e.Length}})
+			}
+			if len(batch) >= spillEntries {
+				if err := ix.entries.addBatch(batch); err != nil {
+					return nil, err
+				}
+				batch = batch[:0]
 			}
 		}
+	}
+	if err := ix.entries.addBatch(batch); err != nil {
+		return nil, err
 	}
 	ix.loaded = true
 	return ix, nil

@@ -70,8 +70,8 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		return nil, err
 	}
 	ix.mu.RLock()
-	st.PackedObjects = ix.entries.len()
 	err = ix.entries.all(func(id digest.Digest, loc packLocation) {
+		st.PackedObjects++
 		if _, loose := stored[id]; !loose {
 			stored[id] = int64(loc.length)
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
@@ -182,6 +183,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 		return err
 	}
 	defer f.Close()
+	readStart := time.Now().UnixNano()
 	var before unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
 		return err
@@ -267,7 +269,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	}
 	e.node, e.keep = n, true
 	e.extra = entryExtra{ino: before.Ino, ctime: before.Ctim.Nano()}
-	if racy(&before) {
+	if racy(&before, readStart) {
 		e.extra = entryExtra{}
 	}
 	return nil

@@ -68,7 +68,7 @@ type Options struct {
 	// system than the source (mount points are kept, empty).
 	OneFileSystem bool
 	// Parallel is the number of goroutines walking and hashing; default
-	// runtime.NumCPU().
+	// DefaultParallel().
 	Parallel int
 	// EmbedThreshold: files of at most this many bytes are embedded in
 	// their directory's tree; negative embeds nothing.
@@ -106,11 +106,17 @@ type Options struct {
 	Sink Sink
 }
 
+// DefaultParallel is twice the number of CPUs: a walker waits in the
+// kernel for every stat, open and directory read, and another can use its
+// CPU meanwhile (a no-change backup of 200,000 small files on 2 CPUs took
+// 0.37 s with 2 walkers and 0.33 s with 4).
+func DefaultParallel() int { return 2 * runtime.NumCPU() }
+
 // DefaultOptions returns the defaults.
 func DefaultOptions() Options {
 	return Options{
 		Includes:         []string{"**"},
-		Parallel:         runtime.NumCPU(),
+		Parallel:         DefaultParallel(),
 		EmbedThreshold:   DefaultEmbedThreshold,
 		MinDeltaFileSize: DefaultMinDeltaFileSize,
 		ChangeRetries:    3,
@@ -250,7 +256,7 @@ func New(src string, opts Options) (*Snapshotter, error) {
 		}
 	}
 	if opts.Parallel <= 0 {
-		opts.Parallel = runtime.NumCPU()
+		opts.Parallel = DefaultParallel()
 	}
 	if opts.ChangeRetries < 0 {
 		opts.ChangeRetries = 0

@@ -112,7 +112,9 @@ type entry struct {
 	name string
 	rel  string
 	st   unix.Stat_t
-	typ  NodeType
+	// listed is the time taken before st (see racy).
+	listed int64
+	typ    NodeType
 	// prev is the entry's node in the previous tree when its status is
 	// unchanged, so its content and metadata can be taken from there.
 	prev *Node
@@ -295,7 +297,10 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included 
 		w.s.logger.Debug("directory contents excluded by a marker", "path", rel, "marker", marker)
 	}
 	ents := make([]*entry, 0, len(des))
-	for _, de := range des {
+	// One allocation for the directory's entries rather than one each.
+	store := make([]entry, len(des))
+	listed := time.Now().UnixNano()
+	for i, de := range des {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -310,7 +315,8 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included 
 			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
 			continue
 		}
-		e := &entry{name: de.Name, rel: childRel, included: included || matchAny(opts.Includes, childRel)}
+		e := &store[i]
+		*e = entry{name: de.Name, rel: childRel, included: included || matchAny(opts.Includes, childRel), listed: listed}
 		e.st, err = d.Fstatat(de.Name)
 		if err != nil {
 			if e.included {
@@ -423,7 +429,7 @@ func (w *walker) localSignature(ents []*entry) (digest.Digest, bool) {
 			buf = append(buf, 0)
 		}
 		h.Write(buf)
-		if e.typ != TypeDir && racy(st) {
+		if e.typ != TypeDir && racy(st, e.listed) {
 			racyAny = true
 		}
 	}
@@ -461,14 +467,17 @@ func fullSignature(local digest.Digest, ents []*entry) digest.Digest {
 // racy reports whether a status is too recent to be trusted: a file
 // modified this close to when it was read could change again within the
 // same timestamp tick without its status changing (git's "racily clean").
-func racy(st *unix.Stat_t) bool {
+//
+// now is a time no later than when st was taken (a directory's entries
+// share the time taken before they were listed: an earlier now only
+// makes more entries racy).
+func racy(st *unix.Stat_t, now int64) bool {
 	window := racyWindow
 	if st.Ctim.Nsec == 0 {
 		// Nobody can set ctime, so whole seconds mean a file system with
 		// coarse stamps.
 		window = coarseRacyWindow
 	}
-	now := time.Now().UnixNano()
 	return now-st.Mtim.Nano() < int64(window) || now-st.Ctim.Nano() < int64(window)
 }
 
@@ -665,7 +674,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 				p.AddSuccess(1)
 			}
 		}
-		if e.extra.ctime == 0 || racy(&e.st) {
+		if e.extra.ctime == 0 || racy(&e.st, e.listed) {
 			e.extra = entryExtra{}
 		}
 		e.node, e.keep = n, true
@@ -704,7 +713,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 		e.node, e.keep = n, true
 		e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
 	}
-	if racy(&e.st) {
+	if racy(&e.st, e.listed) {
 		e.extra = entryExtra{}
 	}
 	return nil

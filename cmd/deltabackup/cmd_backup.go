@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -117,7 +116,7 @@ func addBackupFlags(cmd *cobra.Command, f *backupFlags) {
 	fl.BoolVar(&f.oneFileSystem, "one-file-system", false, "do not descend into other file systems mounted below SRC (mount points are kept, empty)")
 	fl.Var(&f.embedBelow, "embed-below", "embed files of at most this size in their directory's tree instead of storing objects (-1: never)")
 	fl.Var(&f.minDeltaFileSize, "min-delta-file-size", "store contents smaller than this in packs with other small contents (should_be_bundled)")
-	fl.IntVar(&f.parallel, "parallel", runtime.NumCPU(), "directories walked and files hashed and uploaded at once")
+	fl.IntVar(&f.parallel, "parallel", snapshot.DefaultParallel(), "directories walked and files hashed and uploaded at once")
 	fl.StringVar(&f.name, "name", "", "name of the backup (default: the UTC start time and the node)")
 	fl.StringVar(&f.node, "node", "", "name of this machine in the backup (default: the host name)")
 	fl.StringArrayVar(&f.tags, "tag", nil, "tag the backup (repeatable), to select it with --tag later")
