@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -175,7 +173,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 		testHookBeforeOpen(path)
 	}
 	// O_NONBLOCK: a FIFO swapped in must not hang the worker.
-	f, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := dir.OpenRead(name)
 	if err != nil {
 		if errors.Is(err, beneath.ErrSymlink) {
 			return fmt.Errorf("%w: no longer a regular file (a symlink)", ErrChangedWhileReading)
@@ -184,8 +182,8 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	}
 	defer f.Close()
 	readStart := time.Now().UnixNano()
-	var before unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
+	before, err := f.Stat()
+	if err != nil {
 		return err
 	}
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
@@ -233,8 +231,8 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	}
 	w.col.hashedBytes.Add(read)
 	w.col.hashedFiles.Add(1)
-	var after unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &after); err != nil {
+	after, err := f.Stat()
+	if err != nil {
 		return err
 	}
 	if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim || read != dataSize {
@@ -286,7 +284,7 @@ func (w *walker) stageDir() *beneath.Dir {
 // read with one call of size+1 bytes: a short read of a regular file means
 // its end, so no second call is needed to see EOF. The whole content of a
 // file read in one piece stays in h.whole.
-func (h *hasher) hashRead(ctx context.Context, f *os.File, path string, attempt int, size int64, readOnly bool) (digest.Digest, int64, error) {
+func (h *hasher) hashRead(ctx context.Context, f io.Reader, path string, attempt int, size int64, readOnly bool) (digest.Digest, int64, error) {
 	h.h.Reset()
 	h.whole = nil
 	var n int64
@@ -367,7 +365,7 @@ func (h *hasher) hashReader(ctx context.Context, r io.Reader, keep bool) (digest
 // hashMapped hashes a large file from read-only memory mappings. A file
 // truncated while mapped raises SIGBUS; SetPanicOnFault turns that into a
 // panic recovered here and reported as a change, never a crash.
-func (h *hasher) hashMapped(ctx context.Context, f *os.File, attempt int, size int64) (id digest.Digest, n int64, err error) {
+func (h *hasher) hashMapped(ctx context.Context, f *beneath.File, attempt int, size int64) (id digest.Digest, n int64, err error) {
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
 	h.whole = nil

@@ -3,7 +3,6 @@ package snapshot
 import (
 	"errors"
 	"io"
-	"os"
 	"os/user"
 	"slices"
 	"strconv"
@@ -88,7 +87,7 @@ func entryXattrs(d *beneath.Dir, name string) ([]Xattr, error) {
 }
 
 // fileXattrs reads the extended attributes of an open file or directory.
-func fileXattrs(f *os.File) ([]Xattr, error) {
+func fileXattrs(f beneath.Descriptor) ([]Xattr, error) {
 	names, err := beneath.FileXattrs(f)
 	if err != nil || len(names) == 0 {
 		return nil, err
@@ -100,7 +99,7 @@ func fileXattrs(f *os.File) ([]Xattr, error) {
 // may be sparse (fewer blocks than its size needs), or nil when it has no
 // holes. The ranges come from SEEK_DATA/SEEK_HOLE, so they are as fine as
 // the file system's allocation.
-func dataRanges(f *os.File, size int64) ([]Range, error) {
+func dataRanges(f beneath.Descriptor, size int64) ([]Range, error) {
 	fd := int(f.Fd())
 	var out []Range
 	for off := int64(0); off < size; {
@@ -139,14 +138,14 @@ func dataRanges(f *os.File, size int64) ([]Range, error) {
 // rangeReader reads the data ranges of a file one after the other with
 // pread, so it does not depend on (or move) the file offset.
 type rangeReader struct {
-	f      *os.File
+	f      io.ReaderAt
 	ranges []Range
 	off    int64 // within ranges[0]
 }
 
 // newDataReader reads the data of f: its ranges when sparse, else its
 // size bytes from the start.
-func newDataReader(f *os.File, size int64, sparse bool, ranges []Range) io.Reader {
+func newDataReader(f io.ReaderAt, size int64, sparse bool, ranges []Range) io.Reader {
 	if !sparse {
 		ranges = []Range{{Offset: 0, Length: size}}
 	}

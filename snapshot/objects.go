@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"syscall"
 
@@ -153,13 +152,13 @@ func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, in
 	}
 	// No symbolic link is followed in any component: a directory swapped
 	// for a link since the snapshot makes the file unavailable.
-	file, err := dir.Open(f.rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	file, err := dir.OpenRead(f.rel)
 	dir.Close()
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %s: %w", ErrUnavailable, f.rel, unwrapPathError(err))
 	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(file.Fd()), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
+	st, err := file.Stat()
+	if err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
 		st.Size != f.size || st.Mtim.Nano() != f.mtimeNs {
 		file.Close()
 		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
@@ -171,7 +170,7 @@ func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, in
 // checkedFile hashes what it reads and turns the end into an error when
 // the content was not the one promised.
 type checkedFile struct {
-	f    *os.File
+	f    *beneath.File
 	r    io.Reader
 	want digest.Digest
 	size int64

@@ -473,10 +473,16 @@ func (d *Dir) ListXattrs(name string) ([]string, error) {
 }
 
 // FileXattrs is ListXattrs for an open file.
-func FileXattrs(f *os.File) ([]string, error) {
+func FileXattrs(f Descriptor) ([]string, error) {
 	fd := int(f.Fd())
 	return listXattrs(func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
 		func(op, _ string, err error) error { return &os.PathError{Op: op, Path: f.Name(), Err: err} }, "")
+}
+
+// Descriptor is an open file: an *os.File or a *File.
+type Descriptor interface {
+	Fd() uintptr
+	Name() string
 }
 
 func listXattrs(list func([]byte) (int, error), wrap func(op, rel string, err error) error, name string) ([]string, error) {
@@ -514,7 +520,7 @@ func (d *Dir) GetXattr(name, attr string) ([]byte, error) {
 }
 
 // FileGetXattr is GetXattr for an open file.
-func FileGetXattr(f *os.File, attr string) ([]byte, error) {
+func FileGetXattr(f Descriptor, attr string) ([]byte, error) {
 	fd := int(f.Fd())
 	return getXattr(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, attr, buf) },
 		func(err error) error { return &os.PathError{Op: "getxattr " + attr, Path: f.Name(), Err: err} })
