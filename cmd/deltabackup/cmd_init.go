@@ -12,9 +12,11 @@ func newInitCommand(g *globals) *cobra.Command {
 		Short: "Create a new, empty repository",
 		Long: `init creates a repository at --repo. It refuses a location that already
 holds a repository or any other data. For s3:// repositories the bucket must
-exist, unless --create-bucket is given.`,
+exist, unless --create-bucket is given; a local or sftp:// directory is
+created with its parents.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			g.createDir = true // an sftp:// directory is made like a local one
 			o, err := g.openLocation(cmd.Context(), g.repo)
 			if err != nil {
 				return err

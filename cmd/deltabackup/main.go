@@ -21,6 +21,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore/location"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
+	"github.com/deltabackup/deltabackup/hashstore/sftpstore"
 )
 
 // Exit codes are an API: wrappers hard-code them. Never renumber.
@@ -44,9 +45,12 @@ type globals struct {
 	quiet      bool
 	cacheDir   string
 
-	s3Flags      map[string]string
-	createBucket bool
-	retryTime    time.Duration
+	s3Flags        map[string]string
+	createBucket   bool
+	createDir      bool
+	sftpIdentities []string
+	sftpKnownHosts []string
+	retryTime      time.Duration
 
 	// What a run builds as it goes, not flags.
 	stdout io.Writer
@@ -125,7 +129,7 @@ repository is locked by another process, 130 interrupted.`,
 		return usageError{fmt.Errorf("%w; see '%s --help'", err, cmd.CommandPath())}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path or s3://bucket/prefix (env DELTABACKUP_REPO)")
+	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path, s3://bucket/prefix or sftp://user@host[:port]/path (env DELTABACKUP_REPO)")
 	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
@@ -142,6 +146,8 @@ repository is locked by another process, 130 interrupted.`,
 	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
 	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
 	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
+	pf.StringArrayVar(&g.sftpIdentities, "sftp-identity", nil, "SSH private key for sftp:// repositories (repeatable; default: ssh-agent's keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
+	pf.StringArrayVar(&g.sftpKnownHosts, "sftp-known-hosts", nil, "known_hosts file holding the SFTP server's key (repeatable; default ~/.ssh/known_hosts)")
 	pf.StringVar(&g.metricsFile, "metrics-file", "", "after a backup, write its metrics here in the Prometheus text format (node_exporter textfile collector)")
 	pf.StringVar(&g.notifyURL, "notify-url", "", "POST a JSON event here when a backup finishes or fails and when gc deletes (in the background; never fails the command)")
 	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) to this file")
@@ -284,6 +290,16 @@ func advise(err error, g *globals) error {
 		return fmt.Errorf("%w; set --s3-region or AWS_REGION", err)
 	case errors.Is(err, s3store.ErrAccessDenied):
 		return fmt.Errorf("%w; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --s3-profile) and the bucket policy", err)
+	case errors.Is(err, sftpstore.ErrUnknownHostKey):
+		return fmt.Errorf("%w; if the fingerprint is the server's (ask its administrator), add its key with 'ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts', or name a file with --sftp-known-hosts", err)
+	case errors.Is(err, sftpstore.ErrHostKeyChanged):
+		return fmt.Errorf("%w; if the server's key really changed, remove the old line (ssh-keygen -R '[HOST]:PORT') and add the new one", err)
+	case errors.Is(err, sftpstore.ErrAuth):
+		return fmt.Errorf("%w; load the key the server accepts into ssh-agent, or give it with --sftp-identity", err)
+	case errors.Is(err, sftpstore.ErrDirMissing):
+		return fmt.Errorf("%w; check the path, or create it with 'deltabackup init'", err)
+	case errors.Is(err, sftpstore.ErrPermission):
+		return fmt.Errorf("%w; check the owner and mode of the repository's directories on the server", err)
 	case errors.Is(err, peer.ErrUnauthorized):
 		return fmt.Errorf("%w; give the peers' token with --peer-token-file", err)
 	case errors.Is(err, hashstore.ErrEmptyPolicy):

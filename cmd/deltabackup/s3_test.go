@@ -13,6 +13,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
 	"github.com/deltabackup/deltabackup/hashstore/s3store/s3test"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 )
 
@@ -99,7 +100,7 @@ func TestS3BackupIncrementalRestore(t *testing.T) {
 func TestS3BackupAndRestoreThroughResets(t *testing.T) {
 	endpoint := s3test.Endpoint(t)
 	u, _ := url.Parse(endpoint)
-	proxy := s3test.NewProxy(t, u.Host)
+	proxy := storetest.NewProxy(t, u.Host)
 	c := newCLI(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
@@ -120,7 +121,7 @@ func TestS3BackupAndRestoreThroughResets(t *testing.T) {
 func TestS3ServerGoneFailsCleanly(t *testing.T) {
 	endpoint := s3test.Endpoint(t)
 	u, _ := url.Parse(endpoint)
-	proxy := s3test.NewProxy(t, u.Host)
+	proxy := storetest.NewProxy(t, u.Host)
 	c := newCLI(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
+	"github.com/deltabackup/deltabackup/hashstore/sftpstore"
 )
 
 // ErrInvalid marks a location that is not one: empty, not a URL, or of a
@@ -25,9 +26,20 @@ type Options struct {
 	S3 map[string]string
 	// CreateBucket creates a missing bucket (for Init).
 	CreateBucket bool
+	// CreateDir creates a missing directory on an SFTP server (for Init).
+	CreateDir bool
+	// SFTP holds the keys and known_hosts files for sftp:// locations
+	// (empty: ssh-agent and ~/.ssh's).
+	SFTP SFTPOptions
 	// Retry is the retry policy for remote storage.
 	Retry  hashstore.RetryPolicy
 	Logger *slog.Logger
+}
+
+// SFTPOptions are the SSH settings that do not belong in a URL.
+type SFTPOptions struct {
+	IdentityFiles   []string
+	KnownHostsFiles []string
 }
 
 // Opened is a location's backend.
@@ -58,7 +70,8 @@ func (o *Opened) Remote() bool { return o.Local == "" }
 
 // Open turns location into a Backend. A plain path or file:///path is a
 // local directory (no server needed); s3://bucket/prefix is S3 or an
-// S3-compatible server, wrapped in retries.
+// S3-compatible server, sftp://user@host[:port]/path an SFTP server; remote
+// storage is wrapped in retries.
 func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 	if location == "" {
 		return nil, fmt.Errorf("%w: none given", ErrInvalid)
@@ -93,13 +106,31 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 		if err != nil {
 			return nil, err
 		}
-		retry := opts.Retry
-		if retry.Logger == nil {
-			retry.Logger = opts.Logger
+		return remote(b, u.Redacted(), b.Requests, b.Close, opts), nil
+	case "sftp":
+		cfg, err := sftpstore.ParseURL(location)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
-		return &Opened{Backend: hashstore.WithRetry(b, retry), Location: u.Redacted(), Requests: b.Requests, closer: b.Close}, nil
+		cfg.IdentityFiles = opts.SFTP.IdentityFiles
+		cfg.KnownHostsFiles = opts.SFTP.KnownHostsFiles
+		cfg.CreateDir = opts.CreateDir
+		b, err := sftpstore.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return remote(b, b.String(), b.Requests, b.Close, opts), nil
 	}
-	return nil, fmt.Errorf("%w: %s: unsupported scheme %q (supported: a path, file:///path, s3://bucket/prefix)", ErrInvalid, u.Redacted(), u.Scheme)
+	return nil, fmt.Errorf("%w: %s: unsupported scheme %q (supported: a path, file:///path, s3://bucket/prefix, sftp://user@host/path)", ErrInvalid, u.Redacted(), u.Scheme)
+}
+
+// remote wraps a remote backend in the retry policy of opts.
+func remote(b hashstore.Backend, location string, requests func() map[string]int64, closer func() error, opts Options) *Opened {
+	retry := opts.Retry
+	if retry.Logger == nil {
+		retry.Logger = opts.Logger
+	}
+	return &Opened{Backend: hashstore.WithRetry(b, retry), Location: location, Requests: requests, closer: closer}
 }
 
 func local(dir string) *Opened {

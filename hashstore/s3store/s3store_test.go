@@ -228,7 +228,7 @@ func TestRetriesThroughConnectionResets(t *testing.T) {
 	cfg := s3test.Config(t)
 	open(t, cfg) // create the bucket directly
 	u, _ := url.Parse(cfg.Endpoint)
-	proxy := s3test.NewProxy(t, u.Host)
+	proxy := storetest.NewProxy(t, u.Host)
 	proxy.SetResetRate(0.1)
 	cfg.Endpoint = "http://" + proxy.Addr
 	cfg.CreateBucket = false
