@@ -11,8 +11,9 @@ func newInitCommand(g *globals) *cobra.Command {
 		Use:   "init --repo PATH",
 		Short: "Create a new, empty repository",
 		Long: `init creates a repository at --repo. It refuses a location that already
-holds a repository or any other data. For s3:// repositories the bucket must
-exist, unless --create-bucket is given; a local or sftp:// directory is
+holds a repository or any other data. For s3://, gs:// and azure://
+repositories the bucket (container) must exist, unless --create-bucket is
+given; a local or sftp:// directory is
 created with its parents.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -32,6 +33,6 @@ created with its parents.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&g.createBucket, "create-bucket", false, "for s3:// repositories: create the bucket if it does not exist")
+	cmd.Flags().BoolVar(&g.createBucket, "create-bucket", false, "for s3://, gs:// and azure:// repositories: create the bucket (container) if it does not exist")
 	return cmd
 }

@@ -18,6 +18,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/azurestore"
+	"github.com/deltabackup/deltabackup/hashstore/gcsstore"
 	"github.com/deltabackup/deltabackup/hashstore/location"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
@@ -50,6 +52,7 @@ type globals struct {
 	createDir      bool
 	sftpIdentities []string
 	sftpKnownHosts []string
+	gcsProject     string
 	retryTime      time.Duration
 
 	// What a run builds as it goes, not flags.
@@ -129,7 +132,7 @@ repository is locked by another process, 130 interrupted.`,
 		return usageError{fmt.Errorf("%w; see '%s --help'", err, cmd.CommandPath())}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path, s3://bucket/prefix or sftp://user@host[:port]/path (env DELTABACKUP_REPO)")
+	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix or sftp://user@host[:port]/path (env DELTABACKUP_REPO)")
 	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
@@ -146,6 +149,7 @@ repository is locked by another process, 130 interrupted.`,
 	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
 	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
 	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
+	pf.StringVar(&g.gcsProject, "gcs-project", "", "Google Cloud project of a bucket that init --create-bucket makes (default GOOGLE_CLOUD_PROJECT)")
 	pf.StringArrayVar(&g.sftpIdentities, "sftp-identity", nil, "SSH private key for sftp:// repositories (repeatable; default: ssh-agent's keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
 	pf.StringArrayVar(&g.sftpKnownHosts, "sftp-known-hosts", nil, "known_hosts file holding the SFTP server's key (repeatable; default ~/.ssh/known_hosts)")
 	pf.StringVar(&g.metricsFile, "metrics-file", "", "after a backup, write its metrics here in the Prometheus text format (node_exporter textfile collector)")
@@ -290,6 +294,14 @@ func advise(err error, g *globals) error {
 		return fmt.Errorf("%w; set --s3-region or AWS_REGION", err)
 	case errors.Is(err, s3store.ErrAccessDenied):
 		return fmt.Errorf("%w; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --s3-profile) and the bucket policy", err)
+	case errors.Is(err, gcsstore.ErrBucketMissing):
+		return fmt.Errorf("%w; create it, or pass --create-bucket to init (with --gcs-project or GOOGLE_CLOUD_PROJECT)", err)
+	case errors.Is(err, gcsstore.ErrAccessDenied):
+		return fmt.Errorf("%w; check GOOGLE_APPLICATION_CREDENTIALS (or 'gcloud auth application-default login') and the bucket's IAM roles", err)
+	case errors.Is(err, azurestore.ErrContainerMissing):
+		return fmt.Errorf("%w; create it, or pass --create-bucket to init", err)
+	case errors.Is(err, azurestore.ErrAccessDenied):
+		return fmt.Errorf("%w; check AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, and the container's role assignments", err)
 	case errors.Is(err, sftpstore.ErrUnknownHostKey):
 		return fmt.Errorf("%w; if the fingerprint is the server's (ask its administrator), add its key with 'ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts', or name a file with --sftp-known-hosts", err)
 	case errors.Is(err, sftpstore.ErrHostKeyChanged):

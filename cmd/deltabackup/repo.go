@@ -14,8 +14,9 @@ import (
 // --retry-max-time into the options of location.Open.
 func (g *globals) locationOptions() (location.Options, error) {
 	opts := location.Options{S3: map[string]string{}, CreateBucket: g.createBucket, CreateDir: g.createDir, Logger: g.logger,
-		Retry: hashstore.RetryPolicy{MaxElapsed: g.retryTime},
-		SFTP:  location.SFTPOptions{IdentityFiles: g.sftpIdentities, KnownHostsFiles: g.sftpKnownHosts}}
+		Retry:      hashstore.RetryPolicy{MaxElapsed: g.retryTime},
+		SFTP:       location.SFTPOptions{IdentityFiles: g.sftpIdentities, KnownHostsFiles: g.sftpKnownHosts},
+		GCSProject: g.gcsProject}
 	for name, value := range g.s3Flags {
 		if name == "part-size" {
 			n, err := parseSize(value)

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/azurestore"
+	"github.com/deltabackup/deltabackup/hashstore/gcsstore"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
 	"github.com/deltabackup/deltabackup/hashstore/sftpstore"
 )
@@ -28,6 +30,9 @@ type Options struct {
 	CreateBucket bool
 	// CreateDir creates a missing directory on an SFTP server (for Init).
 	CreateDir bool
+	// GCSProject is the project of a bucket CreateBucket makes on Google
+	// Cloud Storage (default GOOGLE_CLOUD_PROJECT).
+	GCSProject string
 	// SFTP holds the keys and known_hosts files for sftp:// locations
 	// (empty: ssh-agent and ~/.ssh's).
 	SFTP SFTPOptions
@@ -70,8 +75,9 @@ func (o *Opened) Remote() bool { return o.Local == "" }
 
 // Open turns location into a Backend. A plain path or file:///path is a
 // local directory (no server needed); s3://bucket/prefix is S3 or an
-// S3-compatible server, sftp://user@host[:port]/path an SFTP server; remote
-// storage is wrapped in retries.
+// S3-compatible server, gs://bucket/prefix Google Cloud Storage,
+// azure://container/prefix Azure Blob Storage, sftp://user@host[:port]/path
+// an SFTP server; remote storage is wrapped in retries.
 func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 	if location == "" {
 		return nil, fmt.Errorf("%w: none given", ErrInvalid)
@@ -107,6 +113,29 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 			return nil, err
 		}
 		return remote(b, u.Redacted(), b.Requests, b.Close, opts), nil
+	case "gs":
+		cfg, err := gcsstore.ParseURL(location)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		cfg.CreateBucket = opts.CreateBucket
+		cfg.Project = opts.GCSProject
+		b, err := gcsstore.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return remote(b, b.String(), b.Requests, b.Close, opts), nil
+	case "azure":
+		cfg, err := azurestore.ParseURL(location)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		cfg.CreateContainer = opts.CreateBucket
+		b, err := azurestore.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return remote(b, b.String(), b.Requests, nil, opts), nil
 	case "sftp":
 		cfg, err := sftpstore.ParseURL(location)
 		if err != nil {
@@ -121,7 +150,7 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 		}
 		return remote(b, b.String(), b.Requests, b.Close, opts), nil
 	}
-	return nil, fmt.Errorf("%w: %s: unsupported scheme %q (supported: a path, file:///path, s3://bucket/prefix, sftp://user@host/path)", ErrInvalid, u.Redacted(), u.Scheme)
+	return nil, fmt.Errorf("%w: %s: unsupported scheme %q (supported: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix, sftp://user@host/path)", ErrInvalid, u.Redacted(), u.Scheme)
 }
 
 // remote wraps a remote backend in the retry policy of opts.

@@ -26,7 +26,7 @@ type Proxy struct {
 	cutAfter atomic.Int64
 	// windowLo and windowHi bound the bytes a doomed connection carries.
 	windowLo, windowHi atomic.Int64
-	wg       sync.WaitGroup
+	wg                 sync.WaitGroup
 	// mu guards live, the connections open in either direction, which
 	// the proxy closes when the test ends rather than wait for clients
 	// that keep idle connections.

@@ -1,14 +1,12 @@
 package s3test
 
 import (
-	"fmt"
 	"os"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 )
 
 // Endpoint returns the S3 server the tests use. Outside CI, with no server
@@ -27,25 +25,8 @@ func Endpoint(t testing.TB) string {
 	return endpoint
 }
 
-var bucketSeq atomic.Int64
-
 // NewBucket returns a bucket name no other test uses.
-func NewBucket(t testing.TB) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(t.Name()) {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('-')
-		}
-	}
-	name := strings.Trim(b.String(), "-")
-	suffix := fmt.Sprintf("-%d-%d", time.Now().UnixNano()%1e9, bucketSeq.Add(1))
-	if len(name)+len(suffix) > 63 {
-		name = name[:63-len(suffix)]
-	}
-	return strings.Trim(name, "-") + suffix
-}
+func NewBucket(t testing.TB) string { return storetest.BucketName(t) }
 
 // Config returns a configuration for a new bucket on the test server,
 // created when the backend opens.

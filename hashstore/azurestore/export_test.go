@@ -1,0 +1,4 @@
+package azurestore
+
+// BlockSize is blockSize for tests.
+var BlockSize = blockSize
