@@ -422,3 +422,63 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// batchSize is the most sub-requests one blob batch may hold.
+const batchSize = 256
+
+// DeleteMany removes keys with blob batches of 256 deletes per request;
+// a missing key is not an error. Where the account cannot submit batches
+// (SAS tokens without the right, some emulators), it deletes one by one.
+func (b *Backend) DeleteMany(ctx context.Context, keys []string) error {
+	for start := 0; start < len(keys); start += batchSize {
+		chunk := keys[start:min(start+batchSize, len(keys))]
+		for _, k := range chunk {
+			if err := hashstore.ValidateKey(k); err != nil {
+				return err
+			}
+		}
+		if err := b.deleteBatch(ctx, chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) deleteBatch(ctx context.Context, keys []string) error {
+	oneByOne := func() error {
+		for _, k := range keys {
+			if err := b.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	bb, err := b.container.NewBatchBuilder()
+	if err != nil {
+		return oneByOne()
+	}
+	for _, k := range keys {
+		if err := bb.Delete(b.name(k), nil); err != nil {
+			return oneByOne()
+		}
+	}
+	b.count("SubmitBatch")
+	resp, err := b.container.SubmitBatch(ctx, bb, nil)
+	var re *azcore.ResponseError
+	if errors.As(err, &re) && (re.StatusCode == http.StatusBadRequest || re.StatusCode == http.StatusNotImplemented || re.StatusCode == http.StatusMethodNotAllowed) {
+		return oneByOne()
+	}
+	if err != nil {
+		return b.fail("delete", fmt.Sprintf("%d keys", len(keys)), err)
+	}
+	for _, item := range resp.Responses {
+		if item.Error != nil && !bloberror.HasCode(item.Error, bloberror.BlobNotFound) {
+			name := ""
+			if item.BlobName != nil {
+				name = *item.BlobName
+			}
+			return b.fail("delete", name, item.Error)
+		}
+	}
+	return nil
+}

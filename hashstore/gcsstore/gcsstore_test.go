@@ -3,6 +3,9 @@ package gcsstore_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -63,5 +66,22 @@ func TestParseURL(t *testing.T) {
 		if err != nil || cfg.Bucket != tc.bucket || cfg.Prefix != tc.prefix {
 			t.Errorf("%s: got %+v, %v", tc.in, cfg, err)
 		}
+	}
+}
+
+// TestRefusedCredentialsAreAccessDenied: the emulator checks no
+// credentials, so a server that refuses every request stands in for GCS
+// refusing a service account.
+func TestRefusedCredentialsAreAccessDenied(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `{"error":{"code":403,"message":"sa@p.iam.gserviceaccount.com does not have storage.buckets.get access"}}`)
+	}))
+	defer srv.Close()
+	t.Setenv("STORAGE_EMULATOR_HOST", srv.URL)
+	_, err := gcsstore.Open(context.Background(), gcsstore.Config{Bucket: "b"})
+	if !errors.Is(err, gcsstore.ErrAccessDenied) || hashstore.Retryable(err) {
+		t.Fatalf("refused credentials: got %v, want ErrAccessDenied, not retried", err)
 	}
 }

@@ -40,6 +40,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) hashstore.Backend) {
 		{"InvalidKeys", testInvalidKeys},
 		{"Cancellation", testCancellation},
 		{"CreateIfAbsent", testCreateIfAbsent},
+		{"DeleteMany", testDeleteMany},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -488,5 +489,40 @@ func testCreateIfAbsent(t *testing.T, b hashstore.Backend) {
 	}
 	if got := string(get(t, b, "backups/existing.json")); got != "first" {
 		t.Fatalf("an existing key was replaced: %q", got)
+	}
+}
+
+// testDeleteMany: a backend that deletes in batches removes exactly the
+// keys it is given, missing ones included, across batch boundaries.
+func testDeleteMany(t *testing.T, b hashstore.Backend) {
+	bd, ok := b.(hashstore.BatchDeleter)
+	if !ok {
+		t.Skip("the backend deletes one key at a time")
+	}
+	ctx := context.Background()
+	var doomed []string
+	for i := range 1100 {
+		key := fmt.Sprintf("objects/dm/%04d", i)
+		if i%3 != 0 {
+			put(t, b, key, []byte{byte(i)})
+		}
+		if i%2 == 0 {
+			doomed = append(doomed, key)
+		}
+	}
+	put(t, b, "objects/dm/kept", []byte("kept"))
+	if err := bd.DeleteMany(ctx, doomed); err != nil {
+		t.Fatalf("DeleteMany of %d keys: %v", len(doomed), err)
+	}
+	left := listKeys(t, b, "objects/dm/")
+	want := []string{"objects/dm/kept"}
+	for i := range 1100 {
+		if i%3 != 0 && i%2 != 0 {
+			want = append(want, fmt.Sprintf("objects/dm/%04d", i))
+		}
+	}
+	sort.Strings(want)
+	if !slices.Equal(left, want) {
+		t.Fatalf("after DeleteMany %d keys are left, want %d", len(left), len(want))
 	}
 }
