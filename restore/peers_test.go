@@ -269,10 +269,20 @@ func TestObjectOnlyADeadPeerHeld(t *testing.T) {
 	})
 	f.mem.Delete(context.Background(), hashstore.ObjectKey(lost.Hexdigest))
 	var srv *httptest.Server
+	var gone atomic.Bool
 	dead, srv := f.peer(t, peer.ServerOptions{}, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if gone.Load() {
+				// Dead: a request that still reaches it gets its
+				// connection dropped, never an answer.
+				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+					conn.Close()
+				}
+				return
+			}
 			h.ServeHTTP(w, r)
 			if r.URL.Path == "/v1/has" {
+				gone.Store(true)
 				go func() { srv.CloseClientConnections(); srv.Listener.Close() }()
 			}
 		})

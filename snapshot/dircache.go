@@ -48,6 +48,7 @@ type DirCache struct {
 	Trusted bool
 
 	oldFile     *os.File
+	oldSize     int64
 	index       map[string]int64
 	fingerprint string
 	generation  string
@@ -122,6 +123,7 @@ func (c *DirCache) load() error {
 	if err != nil {
 		return fmt.Errorf("directory cache: %w", err)
 	}
+	c.oldSize = fi.Size()
 	head := make([]byte, min(fi.Size(), 64<<10))
 	if _, err := f.ReadAt(head, 0); err != nil {
 		return fmt.Errorf("directory cache: %w", err)
@@ -194,7 +196,9 @@ func (c *DirCache) lookup(rel string) (*dirRecord, error) {
 	}
 	r := &sectionReader{f: c.oldFile, off: off}
 	br := bufio.NewReaderSize(r, 4096)
-	rec, err := readDirRecord(br)
+	// A record cannot be longer than what follows it in the file: lengths
+	// it claims beyond that are refused before anything is allocated.
+	rec, err := readDirRecord(br, uint64(max(0, c.oldSize-off)))
 	if err != nil {
 		return nil, fmt.Errorf("directory cache %s, record of %q: %w", c.path, rel, err)
 	}
@@ -229,9 +233,9 @@ func readUvarint(r *bufio.Reader, limit uint64, what string) (uint64, error) {
 	return v, nil
 }
 
-func readDirRecord(r *bufio.Reader) (*dirRecord, error) {
+func readDirRecord(r *bufio.Reader, left uint64) (*dirRecord, error) {
 	rec := &dirRecord{}
-	n, err := readUvarint(r, 1<<16, "path length")
+	n, err := readUvarint(r, min(1<<16, left), "path length")
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +256,7 @@ func readDirRecord(r *bufio.Reader) (*dirRecord, error) {
 		}
 		*v = int64(u)
 	}
-	n, err = readUvarint(r, MaxTreeSize, "tree length")
+	n, err = readUvarint(r, min(MaxTreeSize, left), "tree length")
 	if err != nil {
 		return nil, err
 	}

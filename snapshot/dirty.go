@@ -66,7 +66,7 @@ func (w *walker) rootIncremental(ctx context.Context, root *beneath.Dir, st *uni
 
 // incDir rebuilds the tree of a directory on the way to a dirty path.
 func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *unix.Stat_t, included bool, base *Tree, dirty *dirtySet) (dirResult, error) {
-	ents, err := w.list(ctx, rel, d, included)
+	ents, err := w.list(ctx, rel, d, included, false)
 	if err != nil {
 		return dirResult{}, err
 	}

@@ -56,6 +56,13 @@ func newHasher() *hasher {
 // Sink, and on a file that keeps changing reports it and leaves it out.
 func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
 	p := w.s.opts.Progress
+	if e.lazy {
+		// Its status comes with the open; a file with several names
+		// turns out so only then, and goes the way of hard links.
+		if err := w.readFile(ctx, d, e); !errors.Is(err, errHardLink) {
+			return err
+		}
+	}
 	if e.st.Nlink > 1 {
 		// One read per inode: the other names take the first's result.
 		k := linkKey{dev: e.st.Dev, ino: e.st.Ino, ctime: e.st.Ctim.Nano(), mtime: e.st.Mtim.Nano(), size: e.st.Size}
@@ -99,6 +106,10 @@ func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
 
 var errLeftOut = errors.New("left out")
 
+// errHardLink: a file opened without a status from the listing has
+// several names; it is read through the hard-link path instead.
+var errHardLink = errors.New("several names")
+
 func ignoreLeftOut(err error) error {
 	if errors.Is(err, errLeftOut) {
 		return nil
@@ -130,6 +141,9 @@ func (w *walker) readFile(ctx context.Context, d *beneath.Dir, e *entry) error {
 				p.AddSuccess(1)
 			}
 			return nil
+		}
+		if errors.Is(err, errHardLink) {
+			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -189,9 +203,16 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%w: no longer a regular file", ErrChangedWhileReading)
 	}
-	if dir == w.stageDir() {
+	switch {
+	case dir == w.stageDir():
 		// The staged link is the source's inode: its status is the status.
-	} else if before.Ino != e.st.Ino || before.Dev != e.st.Dev {
+	case e.lazy:
+		// Not stat'ed when listed: this is its status.
+		e.st, e.lazy = before, false
+		if before.Nlink > 1 {
+			return errHardLink
+		}
+	case before.Ino != e.st.Ino || before.Dev != e.st.Dev:
 		return fmt.Errorf("%w: replaced since it was listed", ErrChangedWhileReading)
 	}
 	size := before.Size

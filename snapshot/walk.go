@@ -114,6 +114,9 @@ type entry struct {
 	st   unix.Stat_t
 	// listed is the time taken before st (see racy).
 	listed int64
+	// lazy: a regular file not stat'ed yet; st is filled in when the file
+	// is opened.
+	lazy bool
 	typ    NodeType
 	// prev is the entry's node in the previous tree when its status is
 	// unchanged, so its content and metadata can be taken from there.
@@ -196,10 +199,6 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 	if err := ctx.Err(); err != nil {
 		return dirResult{}, err
 	}
-	ents, err := w.list(ctx, rel, d, included)
-	if err != nil {
-		return dirResult{}, err
-	}
 	var prev *prevDir
 	switch {
 	case base != nil:
@@ -212,9 +211,23 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 			prev = &prevDir{rec: rec, strong: true}
 		}
 	}
-	localSig, racyEntries := w.localSignature(ents)
-	if rel == "" {
-		localSig = signRoot(localSig, st)
+	// With nothing to compare against, every file is read anyway, and the
+	// status taken when it is opened serves instead of an lstat first.
+	lazy := prev == nil && w.stage == nil && w.s.opts.ExcludeLargerThan <= 0
+	ents, err := w.list(ctx, rel, d, included, lazy)
+	if err != nil {
+		return dirResult{}, err
+	}
+	var localSig digest.Digest
+	var racyEntries bool
+	signLocal := func() {
+		localSig, racyEntries = w.localSignature(ents)
+		if rel == "" {
+			localSig = signRoot(localSig, st)
+		}
+	}
+	if !lazy {
+		signLocal()
 	}
 	unchanged := prev != nil && prev.rec != nil && w.trusted && !racyEntries && prev.rec.localSig == localSig
 
@@ -242,6 +255,9 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 	}
 	if err := g.Wait(); err != nil {
 		return dirResult{}, err
+	}
+	if lazy {
+		signLocal() // now that every file's status is known
 	}
 	fullSig := fullSignature(localSig, ents)
 	if unchanged && prev.rec.fullSig == fullSig && w.s.opts.OnFile == nil {
@@ -279,7 +295,10 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 
 // list reads and stats the entries of a directory, sorted by name, and
 // decides which are selected.
-func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included bool) ([]*entry, error) {
+//
+// With lazy, regular files (as the directory listing types them) are not
+// stat'ed here: their status is the one taken when they are opened.
+func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included, lazy bool) ([]*entry, error) {
 	opts := &w.s.opts
 	des, err := d.Entries()
 	if err != nil {
@@ -317,6 +336,17 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included 
 		}
 		e := &store[i]
 		*e = entry{name: de.Name, rel: childRel, included: included || matchAny(opts.Includes, childRel), listed: listed}
+		if lazy && de.Type.IsRegular() {
+			if !e.included {
+				continue
+			}
+			e.typ, e.lazy = TypeFile, true
+			if p := opts.Progress; p != nil {
+				p.AddTotal(1)
+			}
+			ents = append(ents, e)
+			continue
+		}
 		e.st, err = d.Fstatat(de.Name)
 		if err != nil {
 			if e.included {
