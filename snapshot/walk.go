@@ -117,7 +117,7 @@ type entry struct {
 	// lazy: a regular file not stat'ed yet; st is filled in when the file
 	// is opened.
 	lazy bool
-	typ    NodeType
+	typ  NodeType
 	// prev is the entry's node in the previous tree when its status is
 	// unchanged, so its content and metadata can be taken from there.
 	prev *Node
