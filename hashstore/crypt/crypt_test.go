@@ -169,7 +169,7 @@ func TestKeyFileClaimingAbsurdParametersIsRefusedFirst(t *testing.T) {
 		if perr == nil {
 			t.Errorf("%s: parsed", name)
 		}
-		if (uerr == nil || errors.Is(uerr, ErrWrongPassword)) {
+		if uerr == nil || errors.Is(uerr, ErrWrongPassword) {
 			t.Errorf("%s: unwrap did not refuse the parameters: %v", name, uerr)
 		}
 		if grown := after.TotalAlloc - before.TotalAlloc; grown > 4<<20 {
