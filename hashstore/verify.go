@@ -38,6 +38,9 @@ type VerifyOptions struct {
 	// ReadData reads every referenced object and checks that it decodes
 	// and hashes to its key; otherwise only presence is checked.
 	ReadData bool
+	// Subset, with ReadData, reads only part of the objects (whole packs
+	// and loose objects): see Subset. Presence is checked for all.
+	Subset Subset
 	// Parallel is how many objects are read at once with ReadData.
 	Parallel int
 	// Reading, when set, is called with the number of objects before
@@ -78,11 +81,15 @@ func (p Problem) String() string {
 
 // VerifyReport is what Verify checked and found.
 type VerifyReport struct {
-	Backups   int       `json:"backups"`
-	Objects   int       `json:"objects"` // distinct objects referenced, trees included
-	Packs     int       `json:"packs"`
-	ReadBytes int64     `json:"read_bytes"`
-	Problems  []Problem `json:"problems"`
+	Backups int `json:"backups"`
+	Objects int `json:"objects"` // distinct objects referenced, trees included
+	Packs   int `json:"packs"`
+	// Subset is what ReadData read ("all", "n/m" or "p%"), ReadObjects how
+	// many objects that was.
+	Subset      string    `json:"subset,omitempty"`
+	ReadObjects int       `json:"read_objects"`
+	ReadBytes   int64     `json:"read_bytes"`
+	Problems    []Problem `json:"problems"`
 }
 
 // OK reports whether Verify found nothing wrong.
@@ -176,12 +183,23 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	slices.SortFunc(ids, digest.Compare)
 	rep.Objects = len(ids)
 
-	found, packs, err := s.verifyPresence(ctx, ids, bad, errs)
+	found, units, packs, err := s.verifyPresence(ctx, ids, bad, errs)
 	if err != nil {
 		return nil, err
 	}
 	rep.Packs = packs
 	if opts.ReadData {
+		rep.Subset = opts.Subset.String()
+		if !opts.Subset.IsZero() {
+			chosen := found[:0:0]
+			for i, h := range found {
+				if opts.Subset.Contains(units[i]) {
+					chosen = append(chosen, h)
+				}
+			}
+			found = chosen
+		}
+		rep.ReadObjects = len(found)
 		n, err := s.verifyData(ctx, found, opts, bad, errs)
 		rep.ReadBytes = n
 		if err != nil {
@@ -244,11 +262,12 @@ func (s *Store) verifyNames(ctx context.Context, given []string, f BackupFilter)
 }
 
 // verifyPresence marks the objects that are not stored, or whose pack is
-// missing or too short, and returns those that are there.
-func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, errs map[digest.Digest]string) (found []digest.Digest, packs int, err error) {
+// missing or too short, and returns those that are there, each with the
+// key of the unit it is read in (its pack's, or its own).
+func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, errs map[digest.Digest]string) (found []digest.Digest, units []string, packs int, err error) {
 	infos, err := s.LookupAll(ctx, ids)
 	if err != nil {
-		return nil, 0, fmt.Errorf("look up objects: %w", err)
+		return nil, nil, 0, fmt.Errorf("look up objects: %w", err)
 	}
 	packSizes := map[string]int64{}
 	err = s.backend.List(ctx, "packs/", func(info Info) error {
@@ -256,7 +275,7 @@ func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, er
 		return nil
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("list packs: %w", err)
+		return nil, nil, 0, fmt.Errorf("list packs: %w", err)
 	}
 	usedPacks := map[string]bool{}
 	for i, h := range ids {
@@ -267,11 +286,13 @@ func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, er
 			bad[h], errs[h] = ProblemMissing, "not in the repository"
 			continue
 		}
+		unit := ObjectKey(h)
 		if infos[i].Packed {
 			loc, err := s.Locate(ctx, h)
 			if err != nil {
-				return nil, 0, err
+				return nil, nil, 0, err
 			}
+			unit = loc.Key
 			usedPacks[loc.Key] = true
 			size, ok := packSizes[loc.Key]
 			switch {
@@ -284,8 +305,9 @@ func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, er
 			}
 		}
 		found = append(found, h)
+		units = append(units, unit)
 	}
-	return found, len(usedPacks), nil
+	return found, units, len(usedPacks), nil
 }
 
 // verifyData reads every object in found through the verifying readers.

@@ -22,24 +22,35 @@ type verifySummary struct {
 
 func newVerifyCommand(g *globals) *cobra.Command {
 	var readData bool
+	var subset string
 	var parallel int
 	var sel selection
 	cmd := &cobra.Command{
-		Use:   "verify --repo URL [--read-data] [BACKUP...]",
+		Use:   "verify --repo URL [--read-data | --read-data-subset N/M | --read-data-subset P%] [BACKUP...]",
 		Short: "Check that backups are complete, and with --read-data intact",
 		Long: `verify checks that every backup record (or the named ones) decodes, and
 that its manifest and every object the manifest references are stored:
 objects are looked up in batches (a listing or one HEAD each, whichever
 costs fewer requests) and packs are listed once. With --read-data every
 referenced object is also read, decoded and hashed against its key.
+--read-data-subset reads only part of them, whole packs at a time: N/M is
+the N-th of M parts that together are everything (run 1/7 to 7/7 on seven
+nights to read the whole repository once a week), P% a random P percent.
 
 Every missing or corrupt object is named with the files that use it
 (backup:path). The exit code is 1 when anything is wrong, 0 otherwise.`,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			ctx := cmd.Context()
 			start := time.Now()
 			if parallel < 1 {
 				return usagef("--parallel must be at least 1")
+			}
+			var sub hashstore.Subset
+			if subset != "" {
+				if sub, err = hashstore.ParseSubset(subset); err != nil {
+					return usagef("--read-data-subset: %v", err)
+				}
+				readData = true
 			}
 			// No cache: the objects it remembers would answer for the
 			// storage, and verify asks the storage itself.
@@ -53,7 +64,7 @@ Every missing or corrupt object is named with the files that use it
 					return err
 				}
 			}
-			opts := hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, Backups: args, Filter: filter, ReadData: readData, Parallel: parallel}
+			opts := hashstore.VerifyOptions{Referrer: upload.Referrer{Store: store}, Backups: args, Filter: filter, ReadData: readData, Subset: sub, Parallel: parallel}
 			stopProgress, finish := func() {}, func() {}
 			if readData {
 				var ps []*progress.Progress
@@ -83,6 +94,9 @@ Every missing or corrupt object is named with the files that use it
 				what := "present"
 				if readData {
 					what = fmt.Sprintf("present and intact (%s read)", progress.FormatBytes(rep.ReadBytes))
+					if !sub.IsZero() {
+						what = fmt.Sprintf("present, and intact where read (subset %s: %d objects, %s)", sub, rep.ReadObjects, progress.FormatBytes(rep.ReadBytes))
+					}
 				}
 				g.printf("checked %d backups, %d objects (%d packs): %s\n", rep.Backups, rep.Objects, rep.Packs, what)
 				printRequests(g, s.Requests)
@@ -101,6 +115,7 @@ Every missing or corrupt object is named with the files that use it
 		},
 	}
 	cmd.Flags().BoolVar(&readData, "read-data", false, "read every object and check that it decodes and hashes to its key")
+	cmd.Flags().StringVar(&subset, "read-data-subset", "", "read only part of the data: N/M (the N-th of M parts that together are all of it) or P% (a random P percent)")
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "objects read at once with --read-data")
 	addSelectionFlags(cmd.Flags(), &sel, true)
 	return cmd

@@ -171,3 +171,29 @@ func TestNotifications(t *testing.T) {
 		t.Fatalf("the failing endpoint was tried %d times, want %d", failing, notifyAttempts)
 	}
 }
+
+// TestVerifyReadDataSubset: the parts of --read-data-subset N/M read
+// everything between them; a bad specification is a usage error.
+func TestVerifyReadDataSubset(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, src)
+	all := summary(t, c.ok("verify", "--repo", repo, "--read-data", "--json"))
+	read := 0.0
+	for _, part := range []string{"1/2", "2/2"} {
+		s := summary(t, c.ok("verify", "--repo", repo, "--read-data-subset", part, "--json"))
+		if s["subset"] != part {
+			t.Fatalf("summary of part %s: %v", part, s)
+		}
+		read += s["read_objects"].(float64)
+	}
+	if read != all["read_objects"].(float64) {
+		t.Fatalf("parts 1/2 and 2/2 read %v objects, everything is %v", read, all["read_objects"])
+	}
+	if o := c.run("verify", "--repo", repo, "--read-data-subset", "3/2"); o.code != exitUsage || !strings.Contains(o.stderr, "n/m") {
+		t.Fatalf("--read-data-subset 3/2: exit %d\n%s", o.code, o.stderr)
+	}
+}
