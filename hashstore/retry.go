@@ -102,8 +102,14 @@ func (r *retrying) DeleteMany(ctx context.Context, keys []string) error {
 	if bd, ok := r.Backend.(BatchDeleter); ok {
 		return r.do(ctx, "delete", fmt.Sprintf("%d keys", len(keys)), func() error { return bd.DeleteMany(ctx, keys) })
 	}
+	return deleteEach(ctx, r, keys)
+}
+
+// deleteEach deletes keys one by one, for wrappers of backends that have
+// no batch delete.
+func deleteEach(ctx context.Context, b Backend, keys []string) error {
 	for _, k := range keys {
-		if err := r.Delete(ctx, k); err != nil {
+		if err := b.Delete(ctx, k); err != nil {
 			return err
 		}
 	}

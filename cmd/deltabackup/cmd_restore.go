@@ -106,7 +106,8 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 				return err
 			}
 			for _, location := range from {
-				src, err := openSource(ctx, g, location, peer.ClientOptions{Token: token, CABundle: peerCA})
+				_, down := g.limiters()
+				src, err := openSource(ctx, g, location, peer.ClientOptions{Token: token, CABundle: peerCA, DownloadLimit: down})
 				if err != nil {
 					return err
 				}

@@ -123,7 +123,7 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 		providers = append(providers, peer.StoreProvider{Store: store})
 	}
 	srv, err := peer.NewServer(peer.ServerOptions{Node: node, Token: token, NoAuth: f.noAuth, PerClient: f.perClient,
-		Throttle: int64(f.throttle), Logger: g.logger, SpoolDir: f.spoolDir}, providers...)
+		Throttle: serveThrottle(int64(f.throttle), int64(g.limitUpload)), Logger: g.logger, SpoolDir: f.spoolDir}, providers...)
 	if err != nil {
 		return err
 	}
@@ -240,4 +240,16 @@ func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duratio
 			}
 		}
 	}
+}
+
+// serveThrottle is what serve sends per second: --limit-upload, or the
+// hidden --throttle of tests and benchmarks, whichever is lower.
+func serveThrottle(throttle, limit int64) int64 {
+	switch {
+	case throttle <= 0:
+		return limit
+	case limit <= 0:
+		return throttle
+	}
+	return min(throttle, limit)
 }

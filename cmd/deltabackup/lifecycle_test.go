@@ -197,3 +197,23 @@ func TestVerifyReadDataSubset(t *testing.T) {
 		t.Fatalf("--read-data-subset 3/2: exit %d\n%s", o.code, o.stderr)
 	}
 }
+
+// TestBandwidthLimitsAreAccepted: backups, restores and copies run with
+// --limit-upload and --limit-download (the rate they keep is measured by
+// BenchmarkRateLimitedPut, not here); a bad size is a usage error.
+func TestBandwidthLimitsAreAccepted(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, other, src := filepath.Join(dir, "repo"), filepath.Join(dir, "other"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--limit-upload", "512MiB", src)
+	c.ok("init", "--repo", other)
+	c.ok("copy", "--from", repo, "--to", other, "--limit-upload", "512MiB", "--limit-download", "512MiB")
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", other, "--limit-download", "512MiB", "latest", out)
+	restoretest.CompareTrees(t, src, out)
+	if o := c.run("backup", "--repo", repo, "--limit-upload", "fast", src); o.code != exitUsage {
+		t.Fatalf("--limit-upload fast: exit %d\n%s", o.code, o.stderr)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
+	"golang.org/x/time/rate"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/azurestore"
@@ -53,7 +54,12 @@ type globals struct {
 	sftpIdentities []string
 	sftpKnownHosts []string
 	gcsProject     string
-	retryTime      time.Duration
+	limitUpload    sizeValue
+	limitDownload  sizeValue
+	// upLimiter and downLimiter are made once from the limits, so every
+	// transfer of the process shares them.
+	upLimiter, downLimiter *rate.Limiter
+	retryTime              time.Duration
 
 	// What a run builds as it goes, not flags.
 	stdout io.Writer
@@ -149,6 +155,8 @@ repository is locked by another process, 130 interrupted.`,
 	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
 	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
 	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
+	pf.Var(&g.limitUpload, "limit-upload", "send at most this many bytes per second to storage (and, for serve, to peers), all transfers together, e.g. 20MiB (default: no limit)")
+	pf.Var(&g.limitDownload, "limit-download", "receive at most this many bytes per second from storage and peers, all transfers together (default: no limit)")
 	pf.StringVar(&g.gcsProject, "gcs-project", "", "Google Cloud project of a bucket that init --create-bucket makes (default GOOGLE_CLOUD_PROJECT)")
 	pf.StringArrayVar(&g.sftpIdentities, "sftp-identity", nil, "SSH private key for sftp:// repositories (repeatable; default: ssh-agent's keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
 	pf.StringArrayVar(&g.sftpKnownHosts, "sftp-known-hosts", nil, "known_hosts file holding the SFTP server's key (repeatable; default ~/.ssh/known_hosts)")

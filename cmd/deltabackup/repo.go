@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"golang.org/x/time/rate"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/location"
 )
@@ -17,6 +19,7 @@ func (g *globals) locationOptions() (location.Options, error) {
 		Retry:      hashstore.RetryPolicy{MaxElapsed: g.retryTime},
 		SFTP:       location.SFTPOptions{IdentityFiles: g.sftpIdentities, KnownHostsFiles: g.sftpKnownHosts},
 		GCSProject: g.gcsProject}
+	opts.UploadLimit, opts.DownloadLimit = g.limiters()
 	for name, value := range g.s3Flags {
 		if name == "part-size" {
 			n, err := parseSize(value)
@@ -122,4 +125,15 @@ func requestTotal(m map[string]int64) int64 {
 		n += v
 	}
 	return n
+}
+
+// limiters returns the process's rate limiters (nil without limits).
+func (g *globals) limiters() (up, down *rate.Limiter) {
+	if g.upLimiter == nil {
+		g.upLimiter = hashstore.NewLimiter(int64(g.limitUpload))
+	}
+	if g.downLimiter == nil {
+		g.downLimiter = hashstore.NewLimiter(int64(g.limitDownload))
+	}
+	return g.upLimiter, g.downLimiter
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/time/rate"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/azurestore"
 	"github.com/deltabackup/deltabackup/hashstore/gcsstore"
@@ -33,6 +35,10 @@ type Options struct {
 	// GCSProject is the project of a bucket CreateBucket makes on Google
 	// Cloud Storage (default GOOGLE_CLOUD_PROJECT).
 	GCSProject string
+	// UploadLimit and DownloadLimit, when set, bound the bytes per second
+	// sent to and received from the storage (hashstore.NewLimiter); share
+	// them between locations to bound a process as a whole.
+	UploadLimit, DownloadLimit *rate.Limiter
 	// SFTP holds the keys and known_hosts files for sftp:// locations
 	// (empty: ssh-agent and ~/.ssh's).
 	SFTP SFTPOptions
@@ -83,7 +89,7 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 		return nil, fmt.Errorf("%w: none given", ErrInvalid)
 	}
 	if !strings.Contains(location, "://") {
-		return local(location), nil
+		return local(location, opts), nil
 	}
 	u, err := url.Parse(location)
 	if err != nil {
@@ -94,7 +100,7 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 		if u.Host != "" && u.Host != "localhost" {
 			return nil, fmt.Errorf("%w: %s: file URLs name a local path (file:///path)", ErrInvalid, u.Redacted())
 		}
-		return local(u.Path), nil
+		return local(u.Path, opts), nil
 	case "s3":
 		cfg, err := s3store.ParseURL(location)
 		if err != nil {
@@ -153,17 +159,20 @@ func Open(ctx context.Context, location string, opts Options) (*Opened, error) {
 	return nil, fmt.Errorf("%w: %s: unsupported scheme %q (supported: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix, sftp://user@host/path)", ErrInvalid, u.Redacted(), u.Scheme)
 }
 
-// remote wraps a remote backend in the retry policy of opts.
+// remote wraps a remote backend in the rate limits and the retry policy
+// of opts (limits inside, so a retried transfer waits for them too).
 func remote(b hashstore.Backend, location string, requests func() map[string]int64, closer func() error, opts Options) *Opened {
 	retry := opts.Retry
 	if retry.Logger == nil {
 		retry.Logger = opts.Logger
 	}
+	b = hashstore.WithRateLimit(b, opts.UploadLimit, opts.DownloadLimit)
 	return &Opened{Backend: hashstore.WithRetry(b, retry), Location: location, Requests: requests, closer: closer}
 }
 
-func local(dir string) *Opened {
-	return &Opened{Backend: hashstore.NewLocal(dir), Location: dir, Local: filepath.Clean(dir)}
+func local(dir string, opts Options) *Opened {
+	b := hashstore.WithRateLimit(hashstore.NewLocal(dir), opts.UploadLimit, opts.DownloadLimit)
+	return &Opened{Backend: b, Location: dir, Local: filepath.Clean(dir)}
 }
 
 func redactURLError(err error) error {

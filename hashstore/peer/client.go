@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
@@ -32,6 +34,9 @@ type ClientOptions struct {
 	// stall before the request fails (a peer that hangs is given up).
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
+	// DownloadLimit, when set, bounds the bytes per second received
+	// (hashstore.NewLimiter; shared by every client of a restore).
+	DownloadLimit *rate.Limiter
 }
 
 // ErrUnauthorized is a peer refusing the token (or its absence).
@@ -87,7 +92,11 @@ func NewClient(rawURL string, opts ClientOptions) (*Client, error) {
 	// Redirects are refused: the token is for this peer only, and Go would
 	// send it along to another port of the same host.
 	noRedirects := func(*http.Request, []*http.Request) error { return ErrRedirect }
-	return &Client{base: u, http: &http.Client{Transport: transport, CheckRedirect: noRedirects}, token: opts.Token, idle: opts.IdleTimeout}, nil
+	var rt http.RoundTripper = transport
+	if opts.DownloadLimit != nil {
+		rt = limitedTransport{base: transport, l: opts.DownloadLimit}
+	}
+	return &Client{base: u, http: &http.Client{Transport: rt, CheckRedirect: noRedirects}, token: opts.Token, idle: opts.IdleTimeout}, nil
 }
 
 // String names the peer.
@@ -470,3 +479,17 @@ func (p StoreProvider) Open(ctx context.Context, id digest.Digest) (io.ReadClose
 
 // Count implements Provider (not known without listing: 0).
 func (p StoreProvider) Count() int64 { return 0 }
+
+// limitedTransport makes response bodies wait for a limiter.
+type limitedTransport struct {
+	base http.RoundTripper
+	l    *rate.Limiter
+}
+
+func (t limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err == nil {
+		resp.Body = hashstore.LimitReadCloser(req.Context(), resp.Body, t.l)
+	}
+	return resp, err
+}
