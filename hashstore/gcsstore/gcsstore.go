@@ -184,21 +184,40 @@ func (b *Backend) put(ctx context.Context, key string, r io.Reader, size int64, 
 	if ifAbsent {
 		obj = obj.If(storage.Conditions{DoesNotExist: true})
 	}
-	// Cancelling wctx abandons the upload: nothing is stored.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := obj.NewWriter(wctx)
-	w.ChunkSize = chunkSize
-	if size >= 0 && size < chunkSize {
-		w.ChunkSize = 0
-		b.count("objects.insert")
-	} else {
-		b.count("objects.insert.resumable")
-	}
 	body := io.Reader(hashstore.ContextReader(ctx, r))
 	if size >= 0 {
 		body = io.LimitReader(body, size+1)
 	}
+	if size >= 0 && size < chunkSize {
+		// A single-request upload streams its body as it is read, so a
+		// body that fails late could still complete it: small bodies are
+		// read whole, and checked, first.
+		data, err := io.ReadAll(body)
+		switch {
+		case err != nil:
+			return fmt.Errorf("write %s: %w", key, err)
+		case int64(len(data)) != size:
+			return fmt.Errorf("write %s: got %d bytes, want %d", key, len(data), size)
+		}
+		w := obj.NewWriter(ctx)
+		w.ChunkSize = 0
+		b.count("objects.insert")
+		if _, err := w.Write(data); err != nil {
+			w.Close()
+			return b.fail("write", key, err)
+		}
+		if err := w.Close(); err != nil {
+			return b.fail("write", key, err)
+		}
+		return nil
+	}
+	// A resumable upload is completed only by Close; cancelling wctx
+	// first abandons it, so nothing is stored.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := obj.NewWriter(wctx)
+	w.ChunkSize = chunkSize
+	b.count("objects.insert.resumable")
 	n, err := io.Copy(w, body)
 	switch {
 	case err != nil:
