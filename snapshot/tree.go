@@ -547,8 +547,24 @@ func (d *treeDecoder) uvarint() uint64 {
 		d.fail("truncated or overlong number")
 		return 0
 	}
+	// Only the shortest form: otherwise one tree would have several
+	// encodings, and so several ids.
+	if n != uvarintLen(v) {
+		d.fail("number not in its shortest form")
+		return 0
+	}
 	d.b = d.b[n:]
 	return v
+}
+
+// uvarintLen is the length of v's shortest uvarint encoding.
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
 }
 
 func (d *treeDecoder) varint() int64 {
@@ -558,6 +574,14 @@ func (d *treeDecoder) varint() int64 {
 	v, n := binary.Varint(d.b)
 	if n <= 0 {
 		d.fail("truncated or overlong number")
+		return 0
+	}
+	ux := uint64(v) << 1 // zigzag, as binary.PutVarint
+	if v < 0 {
+		ux = ^ux
+	}
+	if n != uvarintLen(ux) {
+		d.fail("number not in its shortest form")
 		return 0
 	}
 	d.b = d.b[n:]
