@@ -47,9 +47,15 @@ func FuzzDirCache(f *testing.F) {
 	c.Commit("gen")
 	seed, _ := os.ReadFile(p)
 	f.Add(seed)
+	// One file, rewritten for every input: a worker runs inputs one at a
+	// time, and a directory made and removed per input made minimizing
+	// an input take minutes.
+	input := filepath.Join(dir, "input")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(t.TempDir(), "c")
-		os.WriteFile(p, data, 0o600)
+		p := input
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		c, err := OpenDirCache(p)
 		if err != nil {
 			return
