@@ -4,22 +4,29 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 )
 
 // RetentionPolicy says which backups to keep, as restic's forget does:
-// the Last newest, and the newest of each of the Daily, Weekly (ISO weeks)
-// and Monthly most recent days, weeks and months that have backups. Days,
-// weeks and months are those of Location (local time when nil).
+// the Last newest; the newest of each of the Hourly, Daily, Weekly (ISO
+// weeks), Monthly and Yearly most recent hours, days, weeks, months and
+// years that have backups; every backup that ended within Within of the
+// newest one (so a node that stopped backing up keeps its last ones);
+// and every backup carrying one of Tags. Hours, days, weeks, months and
+// years are those of Location (local time when nil).
 type RetentionPolicy struct {
-	Last, Daily, Weekly, Monthly int
-	Location                     *time.Location
+	Last, Hourly, Daily, Weekly, Monthly, Yearly int
+	Within                                       time.Duration
+	Tags                                         []string
+	Location                                     *time.Location
 }
 
 // Empty reports whether the policy keeps nothing, which forget refuses.
 func (p RetentionPolicy) Empty() bool {
-	return p.Last <= 0 && p.Daily <= 0 && p.Weekly <= 0 && p.Monthly <= 0
+	return p.Last <= 0 && p.Hourly <= 0 && p.Daily <= 0 && p.Weekly <= 0 && p.Monthly <= 0 && p.Yearly <= 0 &&
+		p.Within <= 0 && len(p.Tags) == 0
 }
 
 // RetentionDecision is the fate of one backup under a policy.
@@ -59,9 +66,11 @@ func ApplyRetention(records []BackupRecord, p RetentionPolicy) []RetentionDecisi
 		n    int
 		key  func(time.Time) string
 	}{
+		{"hourly", p.Hourly, func(t time.Time) string { return t.Format("2006-01-02T15") }},
 		{"daily", p.Daily, func(t time.Time) string { return t.Format("2006-01-02") }},
 		{"weekly", p.Weekly, func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%04d-W%02d", y, w) }},
 		{"monthly", p.Monthly, func(t time.Time) string { return t.Format("2006-01") }},
+		{"yearly", p.Yearly, func(t time.Time) string { return t.Format("2006") }},
 	}
 	for _, b := range buckets {
 		seen := map[string]bool{}
@@ -73,6 +82,21 @@ func ApplyRetention(records []BackupRecord, p RetentionPolicy) []RetentionDecisi
 			if !seen[k] {
 				seen[k] = true
 				keep(i, b.name+" "+k)
+			}
+		}
+	}
+	if p.Within > 0 && len(decisions) > 0 {
+		since := decisions[0].Record.End.Add(-p.Within)
+		for i := range decisions {
+			if !decisions[i].Record.End.Before(since) {
+				keep(i, "within "+p.Within.String())
+			}
+		}
+	}
+	for i := range decisions {
+		for _, tag := range p.Tags {
+			if slices.Contains(decisions[i].Record.Tags, tag) {
+				keep(i, "tag "+tag)
 			}
 		}
 	}

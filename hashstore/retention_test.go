@@ -41,6 +41,13 @@ func TestRetentionPolicies(t *testing.T) {
 		{"combined", nightly(40), hashstore.RetentionPolicy{Last: 2, Daily: 3, Weekly: 2, Monthly: 2},
 			"2026-11-24 2026-11-23 2026-11-22 2026-10-31"},
 		{"nothing to keep from", nil, hashstore.RetentionPolicy{Last: 1}, ""},
+		{"hourly 2 keeps the newest of each hour", nightly(3, "2026-11-24T02:30:00Z", "2026-11-24T01:10:00Z", "2026-11-24T01:50:00Z"),
+			hashstore.RetentionPolicy{Hourly: 2}, "extra-1124T0230 extra-1124T0150"},
+		{"yearly 2", nightly(800), hashstore.RetentionPolicy{Yearly: 2}, "2026-11-24 2025-12-31"},
+		{"within 3 days of the newest", nightly(10), hashstore.RetentionPolicy{Within: 72 * time.Hour}, "2026-11-24 2026-11-23 2026-11-22 2026-11-21"},
+		{"within counts from the newest backup, not from now", nightly(3), hashstore.RetentionPolicy{Within: time.Hour}, "2026-11-24"},
+		{"tags", tagged(nightly(5), map[string][]string{"2026-11-22": {"monthly-check"}, "2026-11-20": {"other", "pre-upgrade"}}),
+			hashstore.RetentionPolicy{Last: 1, Tags: []string{"pre-upgrade", "monthly-check"}}, "2026-11-24 2026-11-22 2026-11-20"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -72,4 +79,12 @@ func TestRetentionReasons(t *testing.T) {
 	if !(hashstore.RetentionPolicy{}).Empty() || (hashstore.RetentionPolicy{Weekly: 1}).Empty() {
 		t.Fatal("Empty is wrong")
 	}
+}
+
+// tagged sets the tags of the named records.
+func tagged(recs []hashstore.BackupRecord, tags map[string][]string) []hashstore.BackupRecord {
+	for i := range recs {
+		recs[i].Tags = tags[recs[i].Name]
+	}
+	return recs
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -44,23 +45,15 @@ consistent repository and the next gc finishes the work.`,
 			if err != nil {
 				return err
 			}
-			opts.Referrer = upload.Referrer{Store: store}
-			rep, err := store.GC(ctx, opts)
+			rep, err := collect(ctx, g, store, opts)
 			if err != nil {
 				return err
 			}
 			s := gcSummary{MessageType: "summary", GCReport: rep, DurationSeconds: time.Since(start).Seconds(), Requests: g.requests()}
-			g.notify(ctx, "objects_deleted", map[string]any{"objects": rep.DeletedObjects, "packs": rep.DeletedPacks, "bytes": rep.DeletedBytes, "dry_run": rep.DryRun})
 			if g.json {
 				return g.printJSON(s)
 			}
-			verb := "deleted"
-			if rep.DryRun {
-				verb = "would delete (dry run)"
-			}
-			g.printf("%d backups reference %d objects; %s %d objects and %d packs, repacked %d packs (%d objects, %s), freeing %s in %.1fs\n",
-				rep.Backups, rep.LiveObjects, verb, rep.DeletedObjects, rep.DeletedPacks, rep.RepackedPacks, rep.RepackedObjects,
-				progress.FormatBytes(rep.RepackedBytes), progress.FormatBytes(rep.DeletedBytes), s.DurationSeconds)
+			printGC(g, rep, s.DurationSeconds)
 			printRequests(g, s.Requests)
 			return nil
 		},
@@ -70,4 +63,25 @@ consistent repository and the next gc finishes the work.`,
 	fl.Float64Var(&opts.RepackBelow, "repack-below", hashstore.DefaultRepackBelow, "repack packs whose live share is below this (0: never)")
 	fl.DurationVar(&opts.LockWait, "lock-wait", 0, "how long to wait for running backups before giving up")
 	return cmd
+}
+
+// collect runs gc on store and announces what it deleted.
+func collect(ctx context.Context, g *globals, store *hashstore.Store, opts hashstore.GCOptions) (*hashstore.GCReport, error) {
+	opts.Referrer = upload.Referrer{Store: store}
+	rep, err := store.GC(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	g.notify(ctx, "objects_deleted", map[string]any{"objects": rep.DeletedObjects, "packs": rep.DeletedPacks, "bytes": rep.DeletedBytes, "dry_run": rep.DryRun})
+	return rep, nil
+}
+
+func printGC(g *globals, rep *hashstore.GCReport, seconds float64) {
+	verb := "deleted"
+	if rep.DryRun {
+		verb = "would delete (dry run)"
+	}
+	g.printf("%d backups reference %d objects; %s %d objects and %d packs, repacked %d packs (%d objects, %s), freeing %s in %.1fs\n",
+		rep.Backups, rep.LiveObjects, verb, rep.DeletedObjects, rep.DeletedPacks, rep.RepackedPacks, rep.RepackedObjects,
+		progress.FormatBytes(rep.RepackedBytes), progress.FormatBytes(rep.DeletedBytes), seconds)
 }

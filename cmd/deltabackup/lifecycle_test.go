@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -215,5 +217,44 @@ func TestBandwidthLimitsAreAccepted(t *testing.T) {
 	restoretest.CompareTrees(t, src, out)
 	if o := c.run("backup", "--repo", repo, "--limit-upload", "fast", src); o.code != exitUsage {
 		t.Fatalf("--limit-upload fast: exit %d\n%s", o.code, o.stderr)
+	}
+}
+
+func TestParseRetentionDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{"36h": 36 * time.Hour, "14d": 14 * 24 * time.Hour, "2w": 14 * 24 * time.Hour,
+		"1y": 365 * 24 * time.Hour, "1y2w3d4h": (365+14+3)*24*time.Hour + 4*time.Hour, "90m": 90 * time.Minute} {
+		if got, err := parseRetentionDuration(in); err != nil || got != want {
+			t.Errorf("%q: %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "d", "3", "3x", "0d", "-1d", "1.5d", "99999999d"} {
+		if _, err := parseRetentionDuration(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+// TestForgetKeepTagAndPrune: a tagged backup outlives --keep-last, and
+// --prune deletes the data of the removed ones in the same run.
+func TestForgetKeepTagAndPrune(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--name", "a", "--tag", "pre-upgrade", src)
+	os.WriteFile(filepath.Join(src, "data/only-b.bin"), bytes.Repeat([]byte("only in b "), 100000), 0o644)
+	c.ok("backup", "--repo", repo, "--name", "b", src)
+	os.Remove(filepath.Join(src, "data/only-b.bin"))
+	c.ok("backup", "--repo", repo, "--name", "c", src)
+	s := summary(t, c.ok("forget", "--repo", repo, "--keep-last", "1", "--keep-tag", "pre-upgrade", "--prune", "--json"))
+	removed := fmt.Sprint(s["removed"])
+	gc, _ := s["gc"].(map[string]any)
+	if removed != "[b]" || gc == nil || gc["deleted_objects"].(float64)+gc["deleted_packs"].(float64)+gc["repacked_packs"].(float64) == 0 {
+		t.Fatalf("forget --keep-last 1 --keep-tag pre-upgrade --prune: removed %s, gc %v", removed, gc)
+	}
+	c.ok("verify", "--repo", repo, "--read-data")
+	if o := c.run("forget", "--repo", repo, "--keep-within", "3x"); o.code != exitUsage {
+		t.Fatalf("--keep-within 3x: exit %d", o.code)
 	}
 }
