@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,12 @@ type backupFlags struct {
 	noCache           bool
 	compression       string
 	lockWait          time.Duration
+	// Backup only (not watch): hooks and stream input.
+	preHook, postHook string
+	hookTimeout       time.Duration
+	stdin             bool
+	stdinFromCommand  bool
+	stdinFilename     string
 }
 
 // backupSummary is the last line of 'backup --json'.
@@ -87,19 +94,142 @@ unchanged directory is taken by id (the directory cache).
 Files that cannot be read are listed and the backup goes on; the exit code
 is then 3. A file that keeps changing while it is read is listed as changed
 and left out rather than stored with mixed content.`,
-		Args: exactArgs(1, "one source directory"),
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case f.stdin && f.stdinFromCommand:
+				return usagef("give --stdin or --stdin-from-command, not both")
+			case f.stdinFromCommand && len(args) == 0:
+				return usagef("--stdin-from-command needs the command after --, e.g. -- pg_dump mydb")
+			case f.stdin && len(args) > 0:
+				return usagef("--stdin reads standard input: give no source directory")
+			case f.stdin || f.stdinFromCommand:
+				return nil
+			}
+			return exactArgs(1, "one source directory")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			start := time.Now()
-			s, err := runBackup(cmd, g, &f, args[0])
+			ctx := cmd.Context()
+			stream := f.stdin || f.stdinFromCommand
+			source := upload.StreamSource(f.stdinFilename)
+			if !stream {
+				source = args[0]
+			}
+			hookEnv := []string{"DELTABACKUP_REPO=" + g.repo, "DELTABACKUP_SOURCE=" + source}
+			var s *backupSummary
+			var err error
+			if f.preHook != "" {
+				err = runHook(ctx, g, "pre-hook", f.preHook, f.hookTimeout, append(hookEnv, "DELTABACKUP_HOOK=pre"))
+				if err != nil {
+					err = fmt.Errorf("%w; nothing was backed up", err)
+				}
+			}
+			if err == nil {
+				if stream {
+					s, err = runStreamBackup(cmd, g, &f, args)
+				} else {
+					s, err = runBackup(cmd, g, &f, source)
+				}
+			}
 			var incomplete incompleteError
 			ok := err == nil || errors.As(err, &incomplete)
+			if f.postHook != "" {
+				env := append(hookEnv, "DELTABACKUP_HOOK=post", "DELTABACKUP_OUTCOME="+hookOutcome(err, ok))
+				if s != nil {
+					env = append(env, "DELTABACKUP_BACKUP="+s.Name)
+				}
+				if err != nil {
+					env = append(env, "DELTABACKUP_ERROR="+err.Error())
+				}
+				// The post-hook runs however the backup ended, even when
+				// the command is being interrupted.
+				if herr := runHook(context.WithoutCancel(ctx), g, "post-hook", f.postHook, f.hookTimeout, env); herr != nil {
+					if err == nil {
+						err = fmt.Errorf("backup %s is stored, but %w", s.Name, herr)
+						ok = false
+					} else {
+						g.logger.Warn("post-hook failed too", "err", herr)
+					}
+				}
+			}
 			g.writeBackupMetrics(backupMetrics{success: ok, duration: time.Since(start), summary: s})
-			g.notifyBackup(cmd.Context(), args[0], s, ok, err)
+			g.notifyBackup(ctx, source, s, ok, err)
 			return err
 		},
 	}
 	addBackupFlags(cmd, &f)
+	fl := cmd.Flags()
+	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command first; if it fails, nothing is backed up (env: DELTABACKUP_HOOK=pre, DELTABACKUP_REPO, DELTABACKUP_SOURCE)")
+	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command afterwards, however the backup ended (env adds DELTABACKUP_OUTCOME=success|incomplete|failure, DELTABACKUP_BACKUP, DELTABACKUP_ERROR)")
+	fl.DurationVar(&f.hookTimeout, "hook-timeout", 10*time.Minute, "stop a hook (and what it started) after this long; a stopped pre-hook fails the backup")
+	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input as one file (named by --stdin-filename) instead of a directory")
+	fl.BoolVar(&f.stdinFromCommand, "stdin-from-command", false, "back up the output of the command given after -- (e.g. -- pg_dump mydb); if it exits non-zero, no backup is written")
+	fl.StringVar(&f.stdinFilename, "stdin-filename", "stdin", "the file name a stream is stored under")
 	return cmd
+}
+
+// hookOutcome names how a backup ended, for the post-hook.
+func hookOutcome(err error, ok bool) string {
+	switch {
+	case err == nil:
+		return "success"
+	case ok:
+		return "incomplete"
+	}
+	return "failure"
+}
+
+// runStreamBackup backs up standard input, or the output of the command
+// in args, as one file.
+func runStreamBackup(cmd *cobra.Command, g *globals, f *backupFlags, args []string) (*backupSummary, error) {
+	ctx := cmd.Context()
+	store, opts, err := prepareBackup(ctx, g, f, "")
+	if err != nil {
+		return nil, err
+	}
+	var r io.Reader = cmd.InOrStdin()
+	var ready func() error
+	if f.stdinFromCommand {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		c := exec.CommandContext(cctx, args[0], args[1:]...)
+		c.Stderr = g.stderr
+		out, err := c.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Start(); err != nil {
+			return nil, fmt.Errorf("--stdin-from-command: %w", err)
+		}
+		r = out
+		ready = func() error {
+			if err := c.Wait(); err != nil {
+				return fmt.Errorf("%s: %v; nothing was backed up", strings.Join(args, " "), err)
+			}
+			return nil
+		}
+		// On an early return (the spool failed, say) the command may be
+		// blocked writing to a pipe no one reads: it is stopped, then
+		// reaped. After ready, this Wait only says it waited already.
+		defer func() {
+			cancel()
+			_ = c.Wait()
+		}()
+	}
+	spool := filepath.Join(g.cacheBase(), "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, fmt.Errorf("spool directory: %w", err)
+	}
+	var up upload.Options
+	start := time.Now()
+	done := g.backupProgress(ctx, f, &opts, &up)
+	up.Source = upload.StreamSource(f.stdinFilename)
+	sum, err := upload.BackupStream(ctx, store, r, f.stdinFilename, spool, ready, opts, up)
+	done()
+	if err != nil {
+		return nil, err
+	}
+	return g.reportBackup(sum, time.Since(start))
 }
 
 // addBackupFlags registers the flags backup and watch share.
@@ -175,8 +305,10 @@ func prepareBackup(ctx context.Context, g *globals, f *backupFlags, src string) 
 	opts.Parallel = f.parallel
 	opts.Dst = f.stageDir
 	opts.Logger = g.logger
-	if _, err := snapshot.New(src, opts); err != nil {
-		return nil, opts, err
+	if src != "" {
+		if _, err := snapshot.New(src, opts); err != nil {
+			return nil, opts, err
+		}
 	}
 	store, err := openStoreAt(ctx, g, g.repo, hashstore.Options{Compression: compression})
 	if err != nil {

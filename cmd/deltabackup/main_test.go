@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,7 +73,13 @@ func (c *cli) run(args ...string) outcome {
 		return c.runWithin(0, args...)
 	}
 	var stdout, stderr bytes.Buffer
-	args = append(append([]string(nil), args...), "--cache-dir", c.cacheDir)
+	// The flag goes before a "--", after which come a command's own
+	// arguments (backup --stdin-from-command).
+	at := slices.Index(args, "--")
+	if at < 0 {
+		at = len(args)
+	}
+	args = slices.Concat(args[:at], []string{"--cache-dir", c.cacheDir}, args[at:])
 	code := run(context.Background(), args, &stdout, &stderr)
 	return outcome{stdout.String(), stderr.String(), code}
 }

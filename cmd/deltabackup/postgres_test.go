@@ -187,3 +187,68 @@ func TestPostgresClusterRestoredAsANewNodeStarts(t *testing.T) {
 		})
 	}
 }
+
+// TestPostgresDumpFromACommandWithHooks backs up pg_dump's output as a
+// stream, bracketed by a pre-hook (a CHECKPOINT) and a post-hook that
+// records the outcome; the dump comes back with 'dump' and loads into a
+// new database that answers the queries as the original did. A pg_dump
+// that fails writes no record.
+func TestPostgresDumpFromACommandWithHooks(t *testing.T) {
+	pg := findPostgres(t)
+	c := newCLI(t)
+	top := t.TempDir()
+	os.Chmod(top, 0o755)
+	os.Chmod(filepath.Dir(top), 0o755)
+	mkdir := func(name string) string {
+		d := filepath.Join(top, name)
+		os.Mkdir(d, 0o700)
+		os.Chown(d, int(pg.cred.Uid), int(pg.cred.Gid))
+		return d
+	}
+	cl := cluster{data: mkdir("data"), sock: mkdir("sock"), port: freePort(t)}
+	pg.run("initdb", "-D", cl.data, "-U", "postgres", "--auth=trust", "--no-sync")
+	pg.start(cl)
+	defer pg.stop(cl)
+	port := strconv.Itoa(cl.port)
+	pg.run("pgbench", "-i", "-s", "1", "-q", "-h", cl.sock, "-p", port, "postgres")
+	pg.run("pgbench", "-t", "200", "-c", "2", "-h", cl.sock, "-p", port, "postgres")
+	var want []string
+	for _, q := range checks {
+		want = append(want, pg.query(cl, q))
+	}
+
+	repo, post := filepath.Join(top, "repo"), filepath.Join(top, "post")
+	c.ok("init", "--repo", repo)
+	psql := filepath.Join(pg.bin, "psql")
+	dump := []string{filepath.Join(pg.bin, "pg_dump"), "-h", cl.sock, "-p", port, "-U", "postgres", "-d"}
+	s := summary(t, c.ok(append([]string{"backup", "--json", "--repo", repo, "--stdin-from-command", "--stdin-filename", "postgres.sql",
+		"--pre-hook", fmt.Sprintf("%s -h %s -p %s -U postgres -d postgres -X -q -c CHECKPOINT", psql, cl.sock, port),
+		"--post-hook", `echo "$DELTABACKUP_OUTCOME $DELTABACKUP_BACKUP" > ` + post, "--"}, append(dump, "postgres")...)...))
+	if got, _ := os.ReadFile(post); string(got) != "success "+s["name"].(string)+"\n" {
+		t.Fatalf("post-hook saw %q", got)
+	}
+
+	sql := c.ok("dump", "--repo", repo, "latest", "--source", "stdin:postgres.sql", "postgres.sql").stdout
+	file := filepath.Join(top, "restore.sql")
+	os.WriteFile(file, []byte(sql), 0o644)
+	pg.run("createdb", "-h", cl.sock, "-p", port, "-U", "postgres", "restored")
+	pg.run("psql", "-h", cl.sock, "-p", port, "-U", "postgres", "-d", "restored", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file)
+	for i, q := range checks {
+		got := strings.TrimSpace(pg.run("psql", "-h", cl.sock, "-p", port, "-d", "restored", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", q))
+		if got != want[i] {
+			t.Errorf("%s on the database loaded from the backed-up dump: %q, want %q", q, got, want[i])
+		}
+	}
+
+	before := len(records(t, c, repo))
+	o := c.run(append([]string{"backup", "--repo", repo, "--stdin-from-command", "--post-hook", `echo "$DELTABACKUP_OUTCOME" > ` + post, "--"}, append(dump, "no_such_database")...)...)
+	if o.code != 1 || !strings.Contains(o.stderr, "nothing was backed up") {
+		t.Fatalf("pg_dump of a missing database: exit %d\n%s", o.code, o.stderr)
+	}
+	if n := len(records(t, c, repo)); n != before {
+		t.Fatalf("a failed pg_dump changed the records from %d to %d", before, n)
+	}
+	if got, _ := os.ReadFile(post); string(got) != "failure\n" {
+		t.Fatalf("post-hook after a failed pg_dump saw %q", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -55,7 +56,8 @@ func (s selection) latest() (hashstore.BackupFilter, error) {
 // filter selects backups by the flags given, any node when none is.
 func (s selection) filter() hashstore.BackupFilter {
 	f := hashstore.BackupFilter{Node: s.node, Source: s.source, Tags: s.tags}
-	if f.Source != "" {
+	// A stream's source ("stdin:NAME") is a name, not a path.
+	if f.Source != "" && !strings.HasPrefix(f.Source, "stdin:") {
 		if abs, err := filepath.Abs(f.Source); err == nil {
 			f.Source = abs // recorded sources are absolute
 		}
