@@ -391,3 +391,39 @@ func (s *Store) Backup(ctx context.Context, name string, f BackupFilter) (Backup
 	sort.Slice(amb.Candidates, func(i, j int) bool { return RetentionGroup(amb.Candidates[i]) < RetentionGroup(amb.Candidates[j]) })
 	return BackupRecord{}, amb
 }
+
+// TagBackup adds tags to the backup name, then removes tags, and rewrites
+// its record (the only change ever made to a record: its root, times and
+// statistics stay as written). Two taggers racing on one record may lose
+// one's change, never the record.
+func (s *Store) TagBackup(ctx context.Context, name string, add, remove []string) (BackupRecord, error) {
+	for _, t := range slices.Concat(add, remove) {
+		if err := ValidateTag(t); err != nil {
+			return BackupRecord{}, err
+		}
+	}
+	rec, err := s.Backup(ctx, name, BackupFilter{})
+	if err != nil {
+		return rec, err
+	}
+	// Adds first, then removes: a tag named in both is removed.
+	tags := slices.Clone(rec.Tags)
+	for _, t := range add {
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	tags = slices.DeleteFunc(tags, func(t string) bool { return slices.Contains(remove, t) })
+	if slices.Equal(tags, rec.Tags) {
+		return rec, nil
+	}
+	rec.Tags = tags
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return rec, err
+	}
+	if err := s.backend.Put(ctx, backupKey(rec.Name), bytes.NewReader(data), int64(len(data))); err != nil {
+		return rec, fmt.Errorf("rewrite backup %s: %w", rec.Name, err)
+	}
+	return rec, nil
+}

@@ -258,3 +258,38 @@ func TestForgetKeepTagAndPrune(t *testing.T) {
 		t.Fatalf("--keep-within 3x: exit %d", o.code)
 	}
 }
+
+// TestTagCommand: tags added and removed after the fact select backups
+// and keep them through forget; nothing else in the record changes.
+func TestTagCommand(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--name", "one", "--tag", "nightly", src)
+	c.ok("backup", "--repo", repo, "--name", "two", src)
+	before := c.ok("show", "--repo", repo, "--json", "one").stdout
+	c.ok("tag", "--repo", repo, "--add", "pre-upgrade", "--add", "nightly", "--remove", "nightly", "one")
+	var tagged []map[string]any
+	json.Unmarshal([]byte(c.ok("list", "--json", "--repo", repo, "--tag", "pre-upgrade").stdout), &tagged)
+	if len(tagged) != 1 || tagged[0]["name"] != "one" || fmt.Sprint(tagged[0]["tags"]) != "[pre-upgrade]" {
+		t.Fatalf("list --tag pre-upgrade after tagging: %v", tagged)
+	}
+	var was, is map[string]any
+	json.Unmarshal([]byte(before), &was)
+	json.Unmarshal([]byte(c.ok("show", "--repo", repo, "--json", "one").stdout), &is)
+	if fmt.Sprint(was["root"]) != fmt.Sprint(is["root"]) || fmt.Sprint(was["hashes"]) != fmt.Sprint(is["hashes"]) {
+		t.Fatal("tagging changed what the backup holds")
+	}
+	s := summary(t, c.ok("forget", "--repo", repo, "--json", "--keep-last", "1", "--keep-tag", "pre-upgrade"))
+	if fmt.Sprint(s["removed"]) != "[]" {
+		t.Fatalf("forget removed %v; the tagged backup and the newest should stay", s["removed"])
+	}
+	if o := c.run("tag", "--repo", repo, "one"); o.code != exitUsage {
+		t.Fatalf("tag without --add or --remove: exit %d", o.code)
+	}
+	if o := c.run("tag", "--repo", repo, "--add", "bad tag!", "one"); o.code == 0 {
+		t.Fatal("an invalid tag was accepted")
+	}
+}

@@ -168,7 +168,7 @@ repository is locked by another process, 130 interrupted.`,
 	_ = pf.MarkHidden("mem-profile")
 	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g),
 		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g), newWatchCommand(g),
-		newLsCommand(g), newDumpCommand(g))
+		newLsCommand(g), newDumpCommand(g), newTagCommand(g))
 	return root
 }
 
