@@ -191,9 +191,16 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	if opts.ReadData {
 		rep.Subset = opts.Subset.String()
 		if !opts.Subset.IsZero() {
+			// Many objects share a pack: each unit is decided once.
+			in := map[string]bool{}
 			chosen := found[:0:0]
 			for i, h := range found {
-				if opts.Subset.Contains(units[i]) {
+				take, known := in[units[i]]
+				if !known {
+					take = opts.Subset.Contains(units[i])
+					in[units[i]] = take
+				}
+				if take {
 					chosen = append(chosen, h)
 				}
 			}

@@ -70,14 +70,17 @@ func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
 	if n.Sparse {
 		// Data where the backup has a hole would go unnoticed by reading
 		// only the ranges: the target's data must lie within them.
-		have, err := fileRanges(file, n.Size)
+		have, err := snapshot.DataRanges(file, n.Size)
+		if have == nil {
+			have = []snapshot.Range{{Offset: 0, Length: n.Size}} // no holes, as far as the file system tells
+		}
 		if err != nil || !within(have, n.Data) {
 			return false, nil
 		}
 	} else {
 		data = []snapshot.Range{{Offset: 0, Length: n.Size}}
 	}
-	rd := &rangeReader{f: file, ranges: data}
+	rd := snapshot.RangeReader(file, data)
 	if n.IsEmbedded() {
 		have, err := io.ReadAll(io.LimitReader(rd, int64(len(n.Embedded))+1))
 		if err != nil || !bytes.Equal(have, n.Embedded) {
@@ -101,33 +104,6 @@ func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
 	return true, nil
 }
 
-// fileRanges returns the data ranges of an open file, the whole file
-// when the file system cannot tell.
-func fileRanges(f *os.File, size int64) ([]snapshot.Range, error) {
-	fd := int(f.Fd())
-	var out []snapshot.Range
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break
-		}
-		if err != nil {
-			return []snapshot.Range{{Offset: 0, Length: size}}, nil
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, err
-		}
-		hole = min(hole, size)
-		if hole > data {
-			out = append(out, snapshot.Range{Offset: data, Length: hole - data})
-		}
-		off = hole
-	}
-	_, err := unix.Seek(fd, 0, io.SeekStart)
-	return out, err
-}
-
 // within reports whether every range of have lies inside ranges of want
 // (both sorted).
 func within(have, want []snapshot.Range) bool {
@@ -141,35 +117,6 @@ func within(have, want []snapshot.Range) bool {
 		}
 	}
 	return true
-}
-
-// rangeReader reads ranges of a file one after the other.
-type rangeReader struct {
-	f      *os.File
-	ranges []snapshot.Range
-	off    int64
-}
-
-func (r *rangeReader) Read(p []byte) (int, error) {
-	for len(r.ranges) > 0 && r.off >= r.ranges[0].Length {
-		r.ranges, r.off = r.ranges[1:], 0
-	}
-	if len(r.ranges) == 0 {
-		return 0, io.EOF
-	}
-	cur := r.ranges[0]
-	if left := cur.Length - r.off; int64(len(p)) > left {
-		p = p[:left]
-	}
-	n, err := r.f.ReadAt(p, cur.Offset+r.off)
-	r.off += int64(n)
-	if err == io.EOF && r.off < cur.Length {
-		return n, io.ErrUnexpectedEOF
-	}
-	if err == io.EOF {
-		err = nil
-	}
-	return n, err
 }
 
 func (r *restorer) tempName(rel string) string {
@@ -331,7 +278,7 @@ func (r *restorer) copyLocal(from *tempFile, rel string, n *snapshot.Node) (*tem
 		return nil, err
 	}
 	ranges := from.allRanges()
-	if _, err := io.Copy(t, &rangeReader{f: from.f, ranges: ranges}); err != nil {
+	if _, err := io.Copy(t, snapshot.RangeReader(from.f, ranges)); err != nil {
 		t.abort()
 		return nil, err
 	}

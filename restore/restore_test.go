@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
+	"github.com/deltabackup/deltabackup/snapshot/treetest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
@@ -104,18 +105,7 @@ func (f *fixture) restore(t *testing.T, target string) (*restore.Result, error) 
 // files returns the backup's regular files by path.
 func (f *fixture) files(t *testing.T) map[string]*snapshot.Node {
 	t.Helper()
-	out := map[string]*snapshot.Node{}
-	err := snapshot.Walk(context.Background(), f.trees, f.root, func(rel string, n *snapshot.Node) error {
-		if n.Type == snapshot.TypeFile {
-			c := *n
-			out[rel] = &c
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return treetest.FileNodes(t, f.trees, f.root)
 }
 
 // hashes returns the backup's distinct contents.

@@ -308,13 +308,9 @@ func appendDirRecord(b []byte, rec *dirRecord) []byte {
 func (c *DirCache) begin(fingerprint string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tmp != nil {
-		// The previous snapshot's cache was not committed (its backup
-		// failed): it is dropped.
-		c.tmp.Close()
-		os.Remove(c.tmp.Name())
-		c.tmp = nil
-	}
+	// The previous snapshot's cache was not committed (its backup
+	// failed): it is dropped.
+	c.dropTmp()
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("directory cache: %w", err)
 	}
@@ -403,11 +399,16 @@ func (c *DirCache) Commit(generation string) error {
 func (c *DirCache) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dropTmp()
+	c.dropOld()
+	return nil
+}
+
+// dropTmp discards a new cache not committed; c.mu is held.
+func (c *DirCache) dropTmp() {
 	if c.tmp != nil {
 		c.tmp.Close()
 		os.Remove(c.tmp.Name())
 		c.tmp = nil
 	}
-	c.dropOld()
-	return nil
 }

@@ -218,7 +218,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	size := before.Size
 	var ranges []Range
 	if size > 0 && before.Blocks*512 < size {
-		if ranges, err = dataRanges(f, size); err != nil {
+		if ranges, err = DataRanges(f, size); err != nil {
 			return err
 		}
 	}

@@ -95,11 +95,12 @@ func fileXattrs(f beneath.Descriptor) ([]Xattr, error) {
 	return readXattrs(names, func(attr string) ([]byte, error) { return beneath.FileGetXattr(f, attr) })
 }
 
-// dataRanges returns the data ranges of an open file of size bytes that
+// DataRanges returns the data ranges of an open file of size bytes that
 // may be sparse (fewer blocks than its size needs), or nil when it has no
-// holes. The ranges come from SEEK_DATA/SEEK_HOLE, so they are as fine as
-// the file system's allocation.
-func dataRanges(f beneath.Descriptor, size int64) ([]Range, error) {
+// holes or the file system cannot tell. The ranges come from
+// SEEK_DATA/SEEK_HOLE, so they are as fine as the file system's
+// allocation. The file offset is left at the start.
+func DataRanges(f beneath.Descriptor, size int64) ([]Range, error) {
 	fd := int(f.Fd())
 	var out []Range
 	for off := int64(0); off < size; {
@@ -149,6 +150,12 @@ func newDataReader(f io.ReaderAt, size int64, sparse bool, ranges []Range) io.Re
 	if !sparse {
 		ranges = []Range{{Offset: 0, Length: size}}
 	}
+	return RangeReader(f, ranges)
+}
+
+// RangeReader reads the ranges of f one after the other, with pread; a
+// range that ends early (the file shrank) is io.ErrUnexpectedEOF.
+func RangeReader(f io.ReaderAt, ranges []Range) io.Reader {
 	return &rangeReader{f: f, ranges: ranges}
 }
 

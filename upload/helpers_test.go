@@ -10,6 +10,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/treetest"
 	"github.com/deltabackup/deltabackup/upload"
 )
 
@@ -53,16 +54,5 @@ func restoreTo(t *testing.T, store *hashstore.Store, rec hashstore.BackupRecord)
 // files walks a backup into a map of regular file nodes by path.
 func files(t *testing.T, store *hashstore.Store, rec hashstore.BackupRecord) map[string]*snapshot.Node {
 	t.Helper()
-	out := map[string]*snapshot.Node{}
-	err := snapshot.Walk(context.Background(), &upload.Trees{Store: store}, rec.Root, func(rel string, n *snapshot.Node) error {
-		if n.Type == snapshot.TypeFile {
-			c := *n
-			out[rel] = &c
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return treetest.FileNodes(t, &upload.Trees{Store: store}, rec.Root)
 }

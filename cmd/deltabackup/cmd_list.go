@@ -66,11 +66,7 @@ should_be_bundled}...], "hashes": [{hexdigest, size}...]}.`,
 		Args: exactArgs(1, "a backup name or 'latest'"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			store, filter, err := openSelected(ctx, g, sel)
-			if err != nil {
-				return err
-			}
-			rec, err := store.Backup(ctx, args[0], filter)
+			store, rec, err := openSelectedBackup(ctx, g, sel, args[0])
 			if err != nil {
 				return err
 			}
@@ -111,39 +107,32 @@ func writeRohmuManifest(cmd *cobra.Command, g *globals, trees snapshot.TreeReade
 		return err
 	}
 	fmt.Fprintf(w, `{"message_type":"manifest","root":%q,"record":%s,"files":[`, rec.Root.String(), recJSON)
-	first := true
-	err = snapshot.Files(ctx, trees, rec.Root, rec.MinDeltaFileSize, func(f snapshot.File) error {
-		if !first {
-			w.WriteByte(',')
-		}
-		first = false
-		b, err := json.Marshal(f)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
-	})
+	err = snapshot.Files(ctx, trees, rec.Root, rec.MinDeltaFileSize, jsonItems[snapshot.File](w))
 	if err != nil {
 		return err
 	}
 	w.WriteString(`],"hashes":[`)
-	first = true
-	err = snapshot.Hashes(ctx, trees, rec.Root, func(h snapshot.Hash) error {
+	if err := snapshot.Hashes(ctx, trees, rec.Root, jsonItems[snapshot.Hash](w)); err != nil {
+		return err
+	}
+	w.WriteString("]}\n")
+	return w.Flush()
+}
+
+// jsonItems returns a function that writes each item it is given to w as
+// an element of a JSON array (the brackets are the caller's).
+func jsonItems[T any](w *bufio.Writer) func(T) error {
+	first := true
+	return func(item T) error {
 		if !first {
 			w.WriteByte(',')
 		}
 		first = false
-		b, err := json.Marshal(h)
+		b, err := json.Marshal(item)
 		if err != nil {
 			return err
 		}
 		_, err = w.Write(b)
 		return err
-	})
-	if err != nil {
-		return err
 	}
-	w.WriteString("]}\n")
-	return w.Flush()
 }

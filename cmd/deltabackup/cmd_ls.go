@@ -55,11 +55,7 @@ mtime; --json prints one JSON object per entry.`,
 		Args: rangeArgs(1, 2, "a backup name (or 'latest') and optionally a path in it"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			store, filter, err := openSelected(ctx, g, sel)
-			if err != nil {
-				return err
-			}
-			rec, err := store.Backup(ctx, args[0], filter)
+			store, rec, err := openSelectedBackup(ctx, g, sel, args[0])
 			if err != nil {
 				return err
 			}
@@ -166,11 +162,7 @@ trees dump needs are read.`,
 		Args: exactArgs(2, "a backup name (or 'latest') and a path in it"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			store, filter, err := openSelected(ctx, g, sel)
-			if err != nil {
-				return err
-			}
-			rec, err := store.Backup(ctx, args[0], filter)
+			store, rec, err := openSelectedBackup(ctx, g, sel, args[0])
 			if err != nil {
 				return err
 			}

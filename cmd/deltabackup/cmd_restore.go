@@ -87,13 +87,9 @@ falls behind hands its work to the others; -v shows bytes per source.`,
 			if parallel < 1 {
 				return usagef("--parallel must be at least 1")
 			}
-			store, filter, err := openSelected(ctx, g, sel)
-			if err != nil {
-				return err
-			}
 			name, sub, _ := strings.Cut(args[0], ":")
 			sub = strings.Trim(sub, "/")
-			rec, err := store.Backup(ctx, name, filter)
+			store, rec, err := openSelectedBackup(ctx, g, sel, name)
 			if err != nil {
 				return err
 			}

@@ -73,6 +73,20 @@ func (pg *postgres) run(tool string, args ...string) string {
 	return out.String()
 }
 
+// tempDirs returns a test directory postgres can reach, and a function
+// that makes a directory in it owned by postgres.
+func (pg *postgres) tempDirs(t *testing.T) (string, func(name string) string) {
+	top := t.TempDir()
+	os.Chmod(top, 0o755) // postgres must reach its directories
+	os.Chmod(filepath.Dir(top), 0o755)
+	return top, func(name string) string {
+		d := filepath.Join(top, name)
+		os.Mkdir(d, 0o700)
+		os.Chown(d, int(pg.cred.Uid), int(pg.cred.Gid))
+		return d
+	}
+}
+
 // cluster is a data directory, its socket directory and port.
 type cluster struct {
 	data, sock string
@@ -124,15 +138,7 @@ func TestPostgresClusterRestoredAsANewNodeStarts(t *testing.T) {
 	pg := findPostgres(t)
 	c := newCLI(t)
 	c.process = true // hundreds of MB: the race detector would only slow it down
-	top := t.TempDir()
-	os.Chmod(top, 0o755) // postgres must reach its directories
-	os.Chmod(filepath.Dir(top), 0o755)
-	mkdir := func(name string) string {
-		d := filepath.Join(top, name)
-		os.Mkdir(d, 0o700)
-		os.Chown(d, int(pg.cred.Uid), int(pg.cred.Gid))
-		return d
-	}
+	top, mkdir := pg.tempDirs(t)
 	orig := cluster{data: mkdir("data"), sock: mkdir("sock"), port: freePort(t)}
 	pg.run("initdb", "-D", orig.data, "-U", "postgres", "--auth=trust", "--no-sync")
 	pg.start(orig)
@@ -196,15 +202,7 @@ func TestPostgresClusterRestoredAsANewNodeStarts(t *testing.T) {
 func TestPostgresDumpFromACommandWithHooks(t *testing.T) {
 	pg := findPostgres(t)
 	c := newCLI(t)
-	top := t.TempDir()
-	os.Chmod(top, 0o755)
-	os.Chmod(filepath.Dir(top), 0o755)
-	mkdir := func(name string) string {
-		d := filepath.Join(top, name)
-		os.Mkdir(d, 0o700)
-		os.Chown(d, int(pg.cred.Uid), int(pg.cred.Gid))
-		return d
-	}
+	top, mkdir := pg.tempDirs(t)
 	cl := cluster{data: mkdir("data"), sock: mkdir("sock"), port: freePort(t)}
 	pg.run("initdb", "-D", cl.data, "-U", "postgres", "--auth=trust", "--no-sync")
 	pg.start(cl)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 // selection is the --node, --source and --all-nodes flags of the commands
@@ -57,7 +58,7 @@ func (s selection) latest() (hashstore.BackupFilter, error) {
 func (s selection) filter() hashstore.BackupFilter {
 	f := hashstore.BackupFilter{Node: s.node, Source: s.source, Tags: s.tags}
 	// A stream's source ("stdin:NAME") is a name, not a path.
-	if f.Source != "" && !strings.HasPrefix(f.Source, "stdin:") {
+	if f.Source != "" && !strings.HasPrefix(f.Source, upload.StreamSource("")) {
 		if abs, err := filepath.Abs(f.Source); err == nil {
 			f.Source = abs // recorded sources are absolute
 		}
@@ -74,4 +75,15 @@ func openSelected(ctx context.Context, g *globals, sel selection) (*hashstore.St
 	}
 	store, err := openStore(ctx, g)
 	return store, filter, err
+}
+
+// openSelectedBackup opens the repository and finds the backup name in
+// it ("latest" as the selection flags say).
+func openSelectedBackup(ctx context.Context, g *globals, sel selection, name string) (*hashstore.Store, hashstore.BackupRecord, error) {
+	store, filter, err := openSelected(ctx, g, sel)
+	if err != nil {
+		return nil, hashstore.BackupRecord{}, err
+	}
+	rec, err := store.Backup(ctx, name, filter)
+	return store, rec, err
 }

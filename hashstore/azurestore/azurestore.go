@@ -9,8 +9,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -97,7 +95,7 @@ type Backend struct {
 	cfg       Config
 	client    *azblob.Client
 	container *container.Client
-	counts    sync.Map // operation -> *atomic.Int64
+	counts    hashstore.RequestCounts
 }
 
 var (
@@ -167,19 +165,9 @@ func (b *Backend) String() string {
 }
 
 // Requests returns the operations sent so far, by REST operation.
-func (b *Backend) Requests() map[string]int64 {
-	out := map[string]int64{}
-	b.counts.Range(func(k, v any) bool {
-		out[k.(string)] = v.(*atomic.Int64).Load()
-		return true
-	})
-	return out
-}
+func (b *Backend) Requests() map[string]int64 { return b.counts.Snapshot() }
 
-func (b *Backend) count(op string) {
-	v, _ := b.counts.LoadOrStore(op, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
-}
+func (b *Backend) count(op string) { b.counts.Add(op) }
 
 func (b *Backend) name(key string) string {
 	if b.cfg.Prefix == "" {
@@ -304,53 +292,19 @@ func (b *Backend) GetRange(ctx context.Context, key string, offset, length int64
 	if err := hashstore.ValidateKey(key); err != nil {
 		return nil, err
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("%s: negative offset %d: %w", key, offset, hashstore.ErrInvalidRange)
-	}
-	if length == 0 {
-		// A zero count means "to the end" to the service.
-		info, err := b.Stat(ctx, key)
+	return hashstore.ReadObjectRange(ctx, key, offset, length, b.Stat, func() (io.ReadCloser, error) {
+		rng := blob.HTTPRange{Offset: offset}
+		if length > 0 {
+			rng.Count = length
+		}
+		b.count("GetBlob")
+		resp, err := b.client.DownloadStream(ctx, b.cfg.Container, b.name(key), &azblob.DownloadStreamOptions{Range: rng})
 		if err != nil {
-			return nil, err
+			return nil, b.fail("read", key, err)
 		}
-		if offset > info.Size {
-			return nil, fmt.Errorf("%s: offset %d beyond its %d bytes: %w", key, offset, info.Size, hashstore.ErrInvalidRange)
-		}
-		return io.NopCloser(strings.NewReader("")), nil
-	}
-	rng := blob.HTTPRange{Offset: offset}
-	if length > 0 {
-		rng.Count = length
-	}
-	b.count("GetBlob")
-	resp, err := b.client.DownloadStream(ctx, b.cfg.Container, b.name(key), &azblob.DownloadStreamOptions{Range: rng})
-	if err != nil {
-		err = b.fail("read", key, err)
-		if errors.Is(err, hashstore.ErrInvalidRange) {
-			// An offset at the very end is an empty read, not an error.
-			if info, serr := b.Stat(ctx, key); serr == nil && offset == info.Size {
-				return io.NopCloser(strings.NewReader("")), nil
-			}
-		}
-		return nil, err
-	}
-	return &reader{r: resp.Body, key: key}, nil
+		return hashstore.NameReadErrors(key, resp.Body, resp.Body), nil
+	})
 }
-
-type reader struct {
-	r   io.ReadCloser
-	key string
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("read %s: %w", r.key, err)
-	}
-	return n, err
-}
-
-func (r *reader) Close() error { return r.r.Close() }
 
 // Stat describes key.
 func (b *Backend) Stat(ctx context.Context, key string) (hashstore.Info, error) {

@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -102,35 +101,16 @@ type Backend struct {
 var _ hashstore.Backend = (*Backend)(nil)
 
 // requestCounts counts S3 requests by operation, retries included.
-type requestCounts struct {
-	mu sync.Mutex
-	m  map[string]*atomic.Int64
-}
+type requestCounts struct{ hashstore.RequestCounts }
 
 func (c *requestCounts) BeforeTransmit(ctx context.Context, in *smithyhttp.InterceptorContext) error {
-	op := strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", in.Input), "*s3."), "Input")
-	c.mu.Lock()
-	n := c.m[op]
-	if n == nil {
-		n = new(atomic.Int64)
-		c.m[op] = n
-	}
-	c.mu.Unlock()
-	n.Add(1)
+	c.Add(strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", in.Input), "*s3."), "Input"))
 	return nil
 }
 
 // Requests returns the number of S3 requests sent so far, by operation
 // (PutObject, UploadPart, HeadObject, ListObjectsV2, ...).
-func (b *Backend) Requests() map[string]int64 {
-	b.counts.mu.Lock()
-	defer b.counts.mu.Unlock()
-	out := make(map[string]int64, len(b.counts.m))
-	for op, n := range b.counts.m {
-		out[op] = n.Load()
-	}
-	return out
-}
+func (b *Backend) Requests() map[string]int64 { return b.counts.Snapshot() }
 
 // String names the backend without credentials.
 func (b *Backend) String() string {
@@ -220,7 +200,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if awsCfg.Region == "" {
 		awsCfg.Region = "us-east-1"
 	}
-	counts := &requestCounts{m: map[string]*atomic.Int64{}}
+	counts := &requestCounts{}
 	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
@@ -566,32 +546,13 @@ func (b *Backend) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // GetRange implements hashstore.Backend.
 func (b *Backend) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	if offset < 0 {
-		return nil, fmt.Errorf("get %s: negative offset %d: %w", key, offset, hashstore.ErrInvalidRange)
-	}
-	if length == 0 {
-		// S3 has no empty range: check the offset against the size.
-		info, err := b.Stat(ctx, key)
-		if err != nil {
-			return nil, err
+	return hashstore.ReadObjectRange(ctx, key, offset, length, b.Stat, func() (io.ReadCloser, error) {
+		rng := fmt.Sprintf("bytes=%d-", offset)
+		if length > 0 {
+			rng = fmt.Sprintf("bytes=%d-%d", offset, offset+length-1)
 		}
-		if offset > info.Size {
-			return nil, fmt.Errorf("get %s: offset %d beyond size %d: %w", key, offset, info.Size, hashstore.ErrInvalidRange)
-		}
-		return io.NopCloser(bytes.NewReader(nil)), nil
-	}
-	rng := fmt.Sprintf("bytes=%d-", offset)
-	if length > 0 {
-		rng = fmt.Sprintf("bytes=%d-%d", offset, offset+length-1)
-	}
-	rc, err := b.get(ctx, key, &rng)
-	if errors.Is(err, hashstore.ErrInvalidRange) {
-		// A range starting exactly at the end is empty, not invalid.
-		if info, serr := b.Stat(ctx, key); serr == nil && offset == info.Size {
-			return io.NopCloser(bytes.NewReader(nil)), nil
-		}
-	}
-	return rc, err
+		return b.get(ctx, key, &rng)
+	})
 }
 
 func (b *Backend) get(ctx context.Context, key string, rng *string) (io.ReadCloser, error) {

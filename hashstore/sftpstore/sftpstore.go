@@ -12,7 +12,6 @@ import (
 	"path"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -36,7 +35,7 @@ type Backend struct {
 	mu   sync.Mutex
 	sess *session
 
-	counts sync.Map // operation -> *atomic.Int64
+	counts hashstore.RequestCounts
 }
 
 var (
@@ -108,19 +107,9 @@ func (b *Backend) CanCreate() bool {
 }
 
 // Requests returns the SFTP requests sent so far, by operation.
-func (b *Backend) Requests() map[string]int64 {
-	out := map[string]int64{}
-	b.counts.Range(func(k, v any) bool {
-		out[k.(string)] = v.(*atomic.Int64).Load()
-		return true
-	})
-	return out
-}
+func (b *Backend) Requests() map[string]int64 { return b.counts.Snapshot() }
 
-func (b *Backend) count(op string) {
-	v, _ := b.counts.LoadOrStore(op, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
-}
+func (b *Backend) count(op string) { b.counts.Add(op) }
 
 // session returns the live session, dialling when there is none.
 func (b *Backend) session(ctx context.Context) (*session, error) {
@@ -345,27 +334,11 @@ func (b *Backend) GetRange(ctx context.Context, key string, offset, length int64
 			body = io.LimitReader(f, n)
 		}
 		b.count("read")
-		rc = &reader{r: hashstore.ContextReader(ctx, body), f: f, key: key}
+		rc = hashstore.NameReadErrors(key, hashstore.ContextReader(ctx, body), f)
 		return nil
 	})
 	return rc, err
 }
-
-type reader struct {
-	r   io.Reader
-	f   *sftp.File
-	key string
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("read %s: %w", r.key, err)
-	}
-	return n, err
-}
-
-func (r *reader) Close() error { return r.f.Close() }
 
 // Stat describes key.
 func (b *Backend) Stat(ctx context.Context, key string) (hashstore.Info, error) {

@@ -4,7 +4,6 @@
 package azuretest
 
 import (
-	"os"
 	"testing"
 
 	"github.com/deltabackup/deltabackup/hashstore/azurestore"
@@ -16,14 +15,8 @@ import (
 // set) a missing emulator fails the test.
 func ConnectionString(t testing.TB) string {
 	t.Helper()
-	cs := os.Getenv("DELTABACKUP_AZURE_CONNECTION_STRING")
-	if cs == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but DELTABACKUP_AZURE_CONNECTION_STRING is not: .ci/run starts Azurite for these tests")
-		}
-		t.Skip("no Azure Storage emulator: run .ci/run, which starts Azurite, or set DELTABACKUP_AZURE_CONNECTION_STRING")
-	}
-	return cs
+	return storetest.ServerFromEnv(t, "DELTABACKUP_AZURE_CONNECTION_STRING", ".ci/run starts Azurite for these tests",
+		"no Azure Storage emulator: run .ci/run, which starts Azurite, or set DELTABACKUP_AZURE_CONNECTION_STRING")
 }
 
 // Config returns a configuration for a new container on the emulator,

@@ -4,7 +4,6 @@
 package gcstest
 
 import (
-	"os"
 	"testing"
 
 	"github.com/deltabackup/deltabackup/hashstore/gcsstore"
@@ -16,14 +15,8 @@ import (
 // emulator fails the test.
 func Emulator(t testing.TB) string {
 	t.Helper()
-	host := os.Getenv("STORAGE_EMULATOR_HOST")
-	if host == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but STORAGE_EMULATOR_HOST is not: .ci/run starts fake-gcs-server for these tests")
-		}
-		t.Skip("no GCS emulator: run .ci/run, which starts fake-gcs-server, or set STORAGE_EMULATOR_HOST")
-	}
-	return host
+	return storetest.ServerFromEnv(t, "STORAGE_EMULATOR_HOST", ".ci/run starts fake-gcs-server for these tests",
+		"no GCS emulator: run .ci/run, which starts fake-gcs-server, or set STORAGE_EMULATOR_HOST")
 }
 
 // Config returns a configuration for a new bucket on the emulator,

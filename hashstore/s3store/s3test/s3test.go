@@ -1,7 +1,6 @@
 package s3test
 
 import (
-	"os"
 	"testing"
 	"time"
 
@@ -15,14 +14,8 @@ import (
 // run there.
 func Endpoint(t testing.TB) string {
 	t.Helper()
-	endpoint := os.Getenv("DELTABACKUP_S3_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but DELTABACKUP_S3_ENDPOINT is not: .ci/run starts the S3 server these tests need")
-		}
-		t.Skip("no S3 server: run .ci/run, which starts one, or set DELTABACKUP_S3_ENDPOINT and AWS credentials")
-	}
-	return endpoint
+	return storetest.ServerFromEnv(t, "DELTABACKUP_S3_ENDPOINT", ".ci/run starts the S3 server these tests need",
+		"no S3 server: run .ci/run, which starts one, or set DELTABACKUP_S3_ENDPOINT and AWS credentials")
 }
 
 // NewBucket returns a bucket name no other test uses.
