@@ -35,7 +35,7 @@ func BenchmarkObjectEncode(b *testing.B) {
 		data := benchContent(c.size, c.text)
 		h := digest.Of(data)
 		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
-			s, _ := Init(context.Background(), NewMemory(), Options{})
+			s, _ := Init(context.Background(), NewMemory(), testOptions(Options{}))
 			b.SetBytes(int64(len(data)))
 			for range b.N {
 				if _, err := s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
@@ -54,7 +54,7 @@ func BenchmarkObjectDecode(b *testing.B) {
 		data := benchContent(c.size, c.text)
 		h := digest.Of(data)
 		b.Run(fmt.Sprintf("%dKiB/text=%v", c.size>>10, c.text), func(b *testing.B) {
-			s, _ := Init(context.Background(), NewMemory(), Options{})
+			s, _ := Init(context.Background(), NewMemory(), testOptions(Options{}))
 			s.Put(context.Background(), h, bytes.NewReader(data), int64(len(data)))
 			b.SetBytes(int64(len(data)))
 			for range b.N {
@@ -75,7 +75,7 @@ func BenchmarkObjectDecode(b *testing.B) {
 // coalesced read.
 func BenchmarkPackedGetMany(b *testing.B) {
 	ctx := context.Background()
-	s, _ := Init(ctx, NewMemory(), Options{})
+	s, _ := Init(ctx, NewMemory(), testOptions(Options{}))
 	var hs []digest.Digest
 	var total int64
 	s.WithPacker(ctx, 0, func(ctx context.Context, p *Packer) error {

@@ -33,8 +33,8 @@ import (
 // knownObjects is the remembered set of loose objects.
 type knownObjects struct {
 	mu      sync.Mutex
-	sizes   map[digest.Digest]int64
-	marker  string // the gc/ markers the set was built under
+	sizes   map[digest.Digest]int64 // by loose name (sealer.looseName)
+	marker  string                  // the gc/ markers the set was built under
 	loaded  bool
 	changed bool
 	// listed is when objects/ was last listed whole: for a while after,
@@ -278,7 +278,7 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 	for i, id := range ids {
 		// Remembered answers only stand in for remote requests; without
 		// a cache the backend is asked, which is cheap and current.
-		if size, ok := k.lookup(id); ok && s.cacheDir != "" {
+		if size, ok := k.lookup(s.seal.looseName(id)); ok && s.cacheDir != "" {
 			found(i, size)
 		} else {
 			unknown = append(unknown, i)
@@ -294,7 +294,7 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 		// A listing moments ago saw every loose object; the ones it did
 		// not see are absent (or were stored since, which costs a copy).
 		for _, i := range unknown {
-			if size, ok := k.lookup(ids[i]); ok {
+			if size, ok := k.lookup(s.seal.looseName(ids[i])); ok {
 				found(i, size)
 			}
 		}
@@ -305,9 +305,9 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 	if len(unknown) > listThreshold && len(unknown) > remembered/1000 {
 		present := map[digest.Digest]int64{}
 		err := s.backend.List(ctx, objectsPrefix, func(info Info) error {
-			if id, ok := parseObjectKey(info.Key); ok {
-				present[id] = info.Size
-				k.remember(id, info.Size)
+			if name, ok := parseObjectKey(info.Key); ok {
+				present[name] = info.Size
+				k.remember(name, info.Size)
 			}
 			return nil
 		})
@@ -318,7 +318,7 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 		k.listed = time.Now()
 		k.mu.Unlock()
 		for _, i := range unknown {
-			if size, ok := present[ids[i]]; ok {
+			if size, ok := present[s.seal.looseName(ids[i])]; ok {
 				found(i, size)
 			}
 		}
@@ -329,10 +329,10 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 	g.SetLimit(s.lookupParallel)
 	for _, i := range unknown {
 		g.Go(func() error {
-			info, err := s.backend.Stat(gctx, ObjectKey(ids[i]))
+			info, err := s.backend.Stat(gctx, s.ObjectKey(ids[i]))
 			switch {
 			case err == nil:
-				k.remember(ids[i], info.Size)
+				k.remember(s.seal.looseName(ids[i]), info.Size)
 				mu.Lock()
 				found(i, info.Size)
 				mu.Unlock()

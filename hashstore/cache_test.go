@@ -10,6 +10,7 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 )
 
 type listCountingBackend struct {
@@ -39,10 +40,11 @@ func putLoose(t *testing.T, s *hashstore.Store, n int) []digest.Digest {
 func TestManyUnknownObjectsAreListedNotStated(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	hs := putLoose(t, s, 1500)
 	lb := &listCountingBackend{countingBackend: countingBackend{Backend: mem}}
-	fresh, _ := hashstore.Open(ctx, lb, hashstore.Options{})
+	fresh, _ := hashstore.Open(ctx, lb, storetest.Options(hashstore.Options{}))
+	lb.lists = 0 // opening listed the key files
 	missing := digest.Of([]byte("not there"))
 	infos, err := fresh.LookupAll(ctx, append(hs, missing))
 	if err != nil {
@@ -64,7 +66,7 @@ func TestManyUnknownObjectsAreListedNotStated(t *testing.T) {
 func TestCacheSavesRequestsUntilGC(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	hs := putLoose(t, s, 50)
 	packed := []byte(strings.Repeat("packed ", 100))
 	packAll(t, s, 0, [][]byte{packed})
@@ -72,7 +74,7 @@ func TestCacheSavesRequestsUntilGC(t *testing.T) {
 
 	open := func() (*hashstore.Store, *listCountingBackend) {
 		lb := &listCountingBackend{countingBackend: countingBackend{Backend: mem}}
-		st, err := hashstore.Open(ctx, lb, hashstore.Options{CacheDir: cacheDir})
+		st, err := hashstore.Open(ctx, lb, storetest.Options(hashstore.Options{CacheDir: cacheDir}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +108,7 @@ func TestCacheSavesRequestsUntilGC(t *testing.T) {
 	// gc leaves a marker before deleting: the remembered objects are
 	// asked for again.
 	mem.Put(ctx, "gc/20261124T000000Z", bytes.NewReader(nil), 0)
-	mem.Delete(ctx, hashstore.ObjectKey(hs[0]))
+	mem.Delete(ctx, s.ObjectKey(hs[0]))
 	third, lb := open()
 	infos, err = third.LookupAll(ctx, hs)
 	if err != nil {

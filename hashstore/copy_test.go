@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/upload"
 )
@@ -15,7 +16,7 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t, hashstore.NewLocal(filepath.Join(t.TempDir(), "from")))
 	target := hashstore.NewMemory()
-	to, err := hashstore.Init(ctx, target, hashstore.Options{})
+	to, err := hashstore.Init(ctx, target, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestCopyOnlyWhatTheTargetLacks(t *testing.T) {
 	// A different backup under a taken name is refused, not merged.
 	src := filepath.Join(t.TempDir(), "other")
 	gcTree(t, src, 9, func(i int) bool { return i == 1 })
-	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	other, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	if _, err := upload.Backup(ctx, other, src, snapshot.DefaultOptions(), upload.Options{Name: "b2"}); err != nil {
 		t.Fatal(err)
 	}

@@ -35,16 +35,16 @@ func FuzzObjectDecode(f *testing.F) {
 	content := bytes.Repeat([]byte("fuzz me "), 200)
 	key := digest.Of(content)
 	for _, c := range [][]byte{content, []byte("x"), bytes.Repeat([]byte("zstd seed "), 10000)} {
-		s, _ := Init(ctx, NewMemory(), Options{})
+		s, _ := Init(ctx, NewMemory(), testOptions(Options{}))
 		s.Put(ctx, digest.Of(c), bytes.NewReader(c), int64(len(c)))
-		rc, _ := s.backend.Get(ctx, ObjectKey(digest.Of(c)))
+		rc, _ := s.backend.Get(ctx, s.ObjectKey(digest.Of(c)))
 		stored, _ := io.ReadAll(rc)
 		f.Add(stored)
 	}
 	f.Fuzz(func(t *testing.T, stored []byte) {
 		mem := NewMemory()
-		s, _ := Init(ctx, mem, Options{})
-		mem.Put(ctx, ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
+		s, _ := Init(ctx, mem, testOptions(Options{}))
+		mem.Put(ctx, s.ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
 		got, err := s.ReadAll(ctx, key, 1<<20)
 		if err != nil {
 			return

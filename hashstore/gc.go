@@ -150,8 +150,15 @@ func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
 		return nil, err
 	}
 	plan := &gcPlan{backups: backups, live: live, packs: packs, indexFiles: indexFiles}
+	liveNames := live
+	if s.seal != nil {
+		liveNames = make(map[digest.Digest]bool, len(live))
+		for id := range live {
+			liveNames[s.seal.looseName(id)] = true
+		}
+	}
 	err = s.backend.List(ctx, objectsPrefix, func(info Info) error {
-		if id, ok := parseObjectKey(info.Key); ok && !live[id] {
+		if name, ok := parseObjectKey(info.Key); ok && !liveNames[name] {
 			plan.deadLoose = append(plan.deadLoose, info.Key)
 			plan.deadBytes += info.Size
 		}
@@ -393,7 +400,7 @@ func (s *Store) repack(ctx context.Context, ids []digest.Digest) error {
 
 // putIndex stores an index file listing packs.
 func (s *Store) putIndex(ctx context.Context, packs []packEntries) error {
-	idx := encodeIndex(packs)
+	idx := s.seal.seal(encodeIndex(packs), []byte(adIndex))
 	id := digest.Of(idx)
 	if err := s.backend.Put(ctx, indexKey(id), bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("store index: %w", err)

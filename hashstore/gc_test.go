@@ -16,6 +16,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/faultstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -55,7 +56,7 @@ type gcFixture struct {
 // few, so forgetting b1 leaves its packs mostly dead.
 func newGCFixture(t *testing.T, backend hashstore.Backend) *gcFixture {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, backend, hashstore.Options{})
+	store, err := hashstore.Init(ctx, backend, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func (f *gcFixture) forget(t *testing.T, name string) {
 func (f *gcFixture) check(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	store, err := hashstore.Open(ctx, f.backend, hashstore.Options{}) // a fresh reader, no cached index
+	store, err := hashstore.Open(ctx, f.backend, storetest.Options(hashstore.Options{})) // a fresh reader, no cached index
 	if err != nil {
 		t.Fatal(err)
 	}

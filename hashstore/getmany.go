@@ -141,7 +141,7 @@ func (s *Store) readRunEntry(rc io.Reader, pos *int64, loc packLocation, id dige
 	}
 	entry := &io.LimitedReader{R: rc, N: int64(loc.length)}
 	*pos = int64(loc.offset + loc.length)
-	o, err := decodeObject(io.NopCloser(entry), id)
+	o, err := s.decodeObject(io.NopCloser(entry), int64(loc.length), id)
 	var ferr error
 	if err != nil {
 		ferr = fn(id, nil, err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deltabackup/deltabackup/hashstore/crypt"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/klauspost/compress/zstd"
@@ -49,9 +50,9 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 	for name, stored := range objects {
 		t.Run(name, func(t *testing.T) {
 			mem := NewMemory()
-			s, _ := Init(ctx, mem, Options{})
+			s, _ := Init(ctx, mem, testOptions(Options{}))
 			key := digest.Of([]byte(name))
-			mem.Put(ctx, ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
+			mem.Put(ctx, s.ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
 			var err error
 			n := allocated(func() { _, err = s.ReadAll(ctx, key, maxClaim) })
 			if err == nil {
@@ -80,7 +81,7 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 	for name, data := range records {
 		t.Run("record "+name, func(t *testing.T) {
 			mem := NewMemory()
-			s, _ := Init(ctx, mem, Options{})
+			s, _ := Init(ctx, mem, testOptions(Options{}))
 			recName := strings.Fields(name)[0]
 			mem.Put(ctx, backupKey(recName), strings.NewReader(data), int64(len(data)))
 			var err error
@@ -113,7 +114,7 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 // which must refuse it without holding what it decodes to.
 func TestMetadataBombIsRefusedCheaply(t *testing.T) {
 	ctx := context.Background()
-	s, _ := Init(ctx, NewMemory(), Options{})
+	s, _ := Init(ctx, NewMemory(), testOptions(Options{}))
 	root, _, err := s.PutGenerated(ctx, func(w io.Writer) error {
 		spaces := bytes.Repeat([]byte{' '}, 1<<20)
 		for range 256 {
@@ -140,4 +141,16 @@ func TestMetadataBombIsRefusedCheaply(t *testing.T) {
 	if !strings.Contains(err.Error(), root.String()) {
 		t.Errorf("error %v does not name the object", err)
 	}
+}
+
+// testOptions makes o ready for an encrypted test repository (as
+// storetest.Options does for the other packages' tests).
+func testOptions(o Options) Options {
+	if o.Password == nil {
+		o.Password = func(context.Context) ([]byte, error) { return []byte("test password"), nil }
+	}
+	if o.KDF.Algorithm == "" {
+		o.KDF = crypt.CheapKDF()
+	}
+	return o
 }

@@ -17,6 +17,7 @@ import (
 //	backups/<name>.json            backup records
 //	locks/<kind>/<time>-<id>.json  held locks
 //	gc/<time>-<id>                 gc markers
+//	keys/<id>                      key files (encrypted repositories)
 const (
 	configKey     = "config"
 	objectsPrefix = "objects/"
@@ -25,6 +26,7 @@ const (
 	backupsPrefix = "backups/"
 	locksPrefix   = "locks/"
 	gcPrefix      = "gc/"
+	keysPrefix    = "keys/"
 )
 
 // fanned is prefix, the first two hex digits of id, and id.
@@ -48,10 +50,15 @@ func parseFanned(prefix, key string) (digest.Digest, bool) {
 	return id, err == nil
 }
 
-// ObjectKey returns the backend key of a loose object.
-func ObjectKey(id digest.Digest) string { return fanned(objectsPrefix, id) }
+// ObjectKey returns the backend key of the loose object of content id:
+// named by the id itself, or in an encrypted repository by its keyed
+// name (see sealer).
+func (s *Store) ObjectKey(id digest.Digest) string {
+	return fanned(objectsPrefix, s.seal.looseName(id))
+}
 
-// parseObjectKey returns the id of a loose object's key.
+// parseObjectKey returns the name of a loose object's key: its content
+// id in an unencrypted repository, else what sealer.looseName made of it.
 func parseObjectKey(key string) (digest.Digest, bool) { return parseFanned(objectsPrefix, key) }
 
 func packKey(id digest.Digest) string { return fanned(packsPrefix, id) }

@@ -222,7 +222,9 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		}
 		return n, v.err
 	case err != nil:
-		if v.source.err != nil {
+		if v.source.err != nil && isSealBroken(v.source.err) {
+			v.err = &CorruptObjectError{v.id, "sealed bytes do not authenticate: " + v.source.err.Error()}
+		} else if v.source.err != nil {
 			v.err = fmt.Errorf("read object %s: %w", v.id, v.source.err)
 		} else {
 			v.err = &CorruptObjectError{v.id, "payload does not decode: " + err.Error()}

@@ -185,7 +185,11 @@ func (s *Store) readIndexFile(ctx context.Context, key string) ([]packEntries, e
 		}
 		s.cacheIndexFile(id, data)
 	}
-	packs, err := decodeIndex(data)
+	plain, err := s.seal.open(data, []byte(adIndex))
+	if err != nil {
+		return nil, &CorruptObjectError{ID: id, Reason: "index file does not authenticate: " + err.Error()}
+	}
+	packs, err := decodeIndex(plain)
 	if err != nil {
 		return nil, &CorruptObjectError{ID: id, Reason: "index file: " + err.Error()}
 	}
@@ -375,7 +379,8 @@ func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte
 	defer bufferPool.Put(encoded)
 	encoded.Reset()
 	codec := encodeObject(encoded, content, p.store.compression)
-	res := PutResult{StoredSize: int64(encoded.Len()), Codec: codec}
+	stored := p.store.seal.seal(encoded.Bytes(), objectAD(id))
+	res := PutResult{StoredSize: int64(len(stored)), Codec: codec}
 
 	p.mu.Lock()
 	if p.err != nil {
@@ -390,15 +395,15 @@ func (p *Packer) AddHashed(ctx context.Context, id digest.Digest, content []byte
 		p.cur = p.store.openPack(p.ctx)
 	}
 	cur := p.cur
-	if _, err := cur.pw.Write(encoded.Bytes()); err != nil {
+	if _, err := cur.pw.Write(stored); err != nil {
 		p.err = fmt.Errorf("store pack: %w", err)
 		p.cur = nil
 		p.mu.Unlock()
 		return PutResult{}, p.err
 	}
 	p.pending[id] = true
-	cur.entries = append(cur.entries, PackEntry{ID: id, Offset: uint32(cur.size), Length: uint32(encoded.Len()), DecodedSize: uint32(len(content))})
-	cur.size += int64(encoded.Len())
+	cur.entries = append(cur.entries, PackEntry{ID: id, Offset: uint32(cur.size), Length: uint32(len(stored)), DecodedSize: uint32(len(content))})
+	cur.size += int64(len(stored))
 	full := cur.size >= p.target || len(cur.entries) >= MaxPackEntries
 	if full {
 		p.cur = nil
@@ -491,7 +496,7 @@ func (s *Store) openPack(ctx context.Context) *openPack {
 func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	var trailer bytes.Buffer
 	encodeEntries(&trailer, op.entries)
-	compressed := metadataZstd().EncodeAll(trailer.Bytes(), nil)
+	compressed := s.seal.seal(metadataZstd().EncodeAll(trailer.Bytes(), nil), []byte(adTrailer))
 	var footer [8]byte
 	binary.BigEndian.PutUint32(footer[:4], uint32(len(compressed)))
 	copy(footer[4:], packFooterMagic)
@@ -504,12 +509,9 @@ func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	if perr := <-op.stored; perr != nil || err != nil {
 		return fmt.Errorf("store pack: %w", errors.Join(perr, err))
 	}
-	idx := encodeIndex([]packEntries{{id: op.id, entries: op.entries}})
-	id := digest.Of(idx)
-	if err := s.backend.Put(ctx, indexKey(id), bytes.NewReader(idx), int64(len(idx))); err != nil {
-		return fmt.Errorf("store pack index: %w", err)
+	if err := s.putIndex(ctx, []packEntries{{id: op.id, entries: op.entries}}); err != nil {
+		return err
 	}
-	s.cacheIndexFile(id, idx)
 	s.index.mu.Lock()
 	if s.index.packNum == nil {
 		s.index.packNum = make(map[digest.Digest]uint32)
@@ -557,7 +559,7 @@ func (s *Store) Locate(ctx context.Context, id digest.Digest) (Location, error) 
 	if packed {
 		return Location{Key: pack, Packed: true, Offset: int64(loc.offset), Length: int64(loc.length)}, nil
 	}
-	info, err := s.backend.Stat(ctx, ObjectKey(id))
+	info, err := s.backend.Stat(ctx, s.ObjectKey(id))
 	if err != nil {
 		return Location{}, fmt.Errorf("object %s: %w", id, err)
 	}
@@ -595,9 +597,13 @@ func (s *Store) ReadPackTrailer(ctx context.Context, key string) ([]PackEntry, e
 		return nil, err
 	}
 	defer rc.Close()
-	compressed, err := io.ReadAll(rc)
+	stored, err := io.ReadAll(rc)
 	if err != nil {
 		return nil, err
+	}
+	compressed, err := s.seal.open(stored, []byte(adTrailer))
+	if err != nil {
+		return nil, sealError("pack "+key+": trailer", err)
 	}
 	dec := decoderPool.Get().(*zstd.Decoder)
 	defer decoderPool.Put(dec)

@@ -14,6 +14,7 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 )
 
 // countingBackend counts calls by operation.
@@ -69,7 +70,7 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	cb := &countingBackend{Backend: mem}
-	s, _ := hashstore.Init(ctx, cb, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, cb, storetest.Options(hashstore.Options{}))
 	contents := smallContents(600)
 	err := s.WithPacker(ctx, 256<<10, func(ctx context.Context, p *hashstore.Packer) error {
 		var wg sync.WaitGroup
@@ -121,7 +122,7 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 	}
 	check(s)
 	// A new Store on the same backend learns the packs from the index files.
-	reopened, err := hashstore.Open(ctx, mem, hashstore.Options{})
+	reopened, err := hashstore.Open(ctx, mem, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestPackerStoresSmallObjectsInPacks(t *testing.T) {
 func TestGetManyCoalescesReads(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	contents := smallContents(300)
 	var want []digest.Digest
 	for _, c := range contents {
@@ -155,7 +156,7 @@ func TestGetManyCoalescesReads(t *testing.T) {
 	missing := digest.Of([]byte("not stored"))
 
 	cb := &countingBackend{Backend: mem}
-	s2, _ := hashstore.Open(ctx, cb, hashstore.Options{})
+	s2, _ := hashstore.Open(ctx, cb, storetest.Options(hashstore.Options{}))
 	// every third object, a duplicate, the loose one and a missing one
 	var ask []digest.Digest
 	for i := 0; i < len(want); i += 3 {
@@ -205,7 +206,7 @@ func TestGetManyCoalescesReads(t *testing.T) {
 func TestCorruptPackedObjectFailsAlone(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	contents := smallContents(20)
 	packAll(t, s, 0, contents)
 	key := keysUnder(t, mem, "packs/")[0]
@@ -241,14 +242,14 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	cb := &countingBackend{Backend: mem, failPutPrefix: "index/"}
-	s, _ := hashstore.Init(ctx, cb, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, cb, storetest.Options(hashstore.Options{}))
 	c := []byte(strings.Repeat("lost index ", 100))
 	if err := packAll(nil, s, 0, [][]byte{c}); err == nil {
 		t.Fatal("the pack was completed although its index could not be stored")
 	}
 	// The pack exists without an index: the object counts as missing and
 	// is simply stored again.
-	s2, _ := hashstore.Open(ctx, mem, hashstore.Options{})
+	s2, _ := hashstore.Open(ctx, mem, storetest.Options(hashstore.Options{}))
 	missing, err := s2.Missing(ctx, []digest.Digest{digest.Of(c)})
 	if err != nil || len(missing) != 1 {
 		t.Fatalf("Missing = %v, %v; want the unindexed object", missing, err)
@@ -262,14 +263,14 @@ func TestCrashBetweenPackAndIndex(t *testing.T) {
 func TestDamagedIndexIsNamed(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	c := []byte(strings.Repeat("x", 400))
 	packAll(t, s, 0, [][]byte{c})
 	key := keysUnder(t, mem, "index/")[0]
 	data := storedBytes(t, mem, key)
 	data[len(data)-1] ^= 1
 	mem.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
-	s2, _ := hashstore.Open(ctx, mem, hashstore.Options{})
+	s2, _ := hashstore.Open(ctx, mem, storetest.Options(hashstore.Options{}))
 	_, err := s2.Missing(ctx, []digest.Digest{digest.Of(c)})
 	if !errors.Is(err, hashstore.ErrCorrupt) || !strings.Contains(err.Error(), key[len(key)-64:]) {
 		t.Fatalf("damaged index: %v", err)
@@ -290,7 +291,7 @@ func TestPackerRefusesWrongContent(t *testing.T) {
 func TestAbortedPackLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	var kept *hashstore.Packer
 	errGiveUp := errors.New("give up")
 	err := s.WithPacker(ctx, 0, func(ctx context.Context, p *hashstore.Packer) error {
@@ -335,7 +336,7 @@ func packAll(t *testing.T, s *hashstore.Store, target int, contents [][]byte) er
 func TestPackOfTinyObjectsIsCompletedByCount(t *testing.T) {
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	s, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	s, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	n := hashstore.MaxPackEntries + 10
 	ids := make([]digest.Digest, n)
 	err := s.WithPacker(ctx, 0, func(ctx context.Context, p *hashstore.Packer) error {

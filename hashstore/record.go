@@ -102,17 +102,20 @@ func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 		return fmt.Errorf("backup %s: no root", rec.Name)
 	}
 	rec.Version = recordVersion
-	data, err := json.MarshalIndent(rec, "", "  ")
+	plain, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return err
 	}
+	data := s.seal.seal(plain, recordAD(rec.Name))
 	key := backupKey(rec.Name)
 	if c, ok := creatorOf(s.backend); ok {
 		err := c.PutIfAbsent(ctx, key, bytes.NewReader(data), int64(len(data)))
 		if errors.Is(err, ErrExists) {
 			// A retried write may find its own first attempt stored.
-			if stored, rerr := s.readRaw(ctx, key); rerr == nil && bytes.Equal(stored, data) {
-				return nil
+			if stored, rerr := s.readRaw(ctx, key); rerr == nil {
+				if opened, oerr := s.seal.open(stored, recordAD(rec.Name)); oerr == nil && bytes.Equal(opened, plain) {
+					return nil
+				}
 			}
 			return fmt.Errorf("backup %q: %w", rec.Name, ErrBackupExists)
 		}
@@ -197,6 +200,10 @@ func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, erro
 	}
 	if len(data) > maxRecordSize {
 		return BackupRecord{}, &damagedRecordError{fmt.Errorf("backup record %s is larger than %d bytes", name, maxRecordSize)}
+	}
+	data, err = s.seal.open(data, recordAD(name))
+	if err != nil {
+		return BackupRecord{}, &damagedRecordError{sealError("backup record "+name, err)}
 	}
 	rec, err := DecodeBackupRecord(data)
 	if err != nil {
@@ -418,10 +425,11 @@ func (s *Store) TagBackup(ctx context.Context, name string, add, remove []string
 		return rec, nil
 	}
 	rec.Tags = tags
-	data, err := json.MarshalIndent(rec, "", "  ")
+	plain, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return rec, err
 	}
+	data := s.seal.seal(plain, recordAD(rec.Name))
 	if err := s.backend.Put(ctx, backupKey(rec.Name), bytes.NewReader(data), int64(len(data))); err != nil {
 		return rec, fmt.Errorf("rewrite backup %s: %w", rec.Name, err)
 	}

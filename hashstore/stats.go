@@ -44,15 +44,15 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		return nil, ErrNoReferrer
 	}
 	st := &RepoStats{PerBackup: []BackupUse{}}
-	stored := map[digest.Digest]int64{} // id → stored bytes
+	stored := map[digest.Digest]int64{} // loose name (sealer.looseName) → stored bytes
 	err := s.backend.List(ctx, "", func(info Info) error {
 		st.StoredBytes += info.Size
 		switch {
 		case strings.HasPrefix(info.Key, objectsPrefix):
-			if id, ok := parseObjectKey(info.Key); ok {
+			if name, ok := parseObjectKey(info.Key); ok {
 				st.LooseObjects++
 				st.LooseBytes += info.Size
-				stored[id] = info.Size
+				stored[name] = info.Size
 			}
 		case strings.HasPrefix(info.Key, packsPrefix):
 			st.Packs++
@@ -72,8 +72,9 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 	ix.mu.RLock()
 	err = ix.entries.all(func(id digest.Digest, loc packLocation) {
 		st.PackedObjects++
-		if _, loose := stored[id]; !loose {
-			stored[id] = int64(loc.length)
+		// Keyed by loose name, so an id both loose and packed counts once.
+		if name := s.seal.looseName(id); stored[name] == 0 {
+			stored[name] = int64(loc.length)
 		}
 	})
 	ix.mu.RUnlock()
@@ -112,7 +113,7 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 	for i, refs := range perBackup {
 		for h := range refs {
 			if users[h] == 1 {
-				st.PerBackup[i].UniqueBytes += stored[h]
+				st.PerBackup[i].UniqueBytes += stored[s.seal.looseName(h)]
 			}
 		}
 	}

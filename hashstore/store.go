@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 
+	"github.com/deltabackup/deltabackup/hashstore/crypt"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
@@ -33,6 +34,10 @@ var (
 	// ErrOldFormat: the repository is of a format this program no
 	// longer reads (format 1, the flat manifests).
 	ErrOldFormat = errors.New("repository format is no longer supported")
+	// ErrConfigAltered: the config contradicts the repository (says
+	// "not encrypted" beside key files, or says nothing): refused, since
+	// writing by it could store plain bytes in an encrypted repository.
+	ErrConfigAltered = errors.New("repository config contradicts the repository")
 )
 
 // RepositoryVersion is the storage layout version this code writes and
@@ -46,7 +51,23 @@ type Config struct {
 	Version       int       `json:"version"`
 	HashAlgorithm string    `json:"hash_algorithm"`
 	Created       time.Time `json:"created"`
+	// Encryption is EncryptionNone or EncryptionXChaCha20; always
+	// present, so that a config without it is refused, not read as
+	// unencrypted.
+	Encryption string `json:"encryption"`
 }
+
+// Encryption modes of a repository (Config.Encryption).
+const (
+	EncryptionNone = "none"
+	// EncryptionXChaCha20: every stored byte but config and the key
+	// files sealed with XChaCha20-Poly1305, loose objects named by keyed
+	// BLAKE3 (README "Encryption").
+	EncryptionXChaCha20 = "xchacha20-poly1305"
+)
+
+// Encrypted reports whether the repository seals what it stores.
+func (c Config) Encrypted() bool { return c.Encryption == EncryptionXChaCha20 }
 
 // Options configure a Store; zero values mean defaults.
 type Options struct {
@@ -61,6 +82,15 @@ type Options struct {
 	// remote storage makes few requests. Leave it empty for a local
 	// repository, and for a check that must ask the storage (verify).
 	CacheDir string
+	// Password returns the repository's password. Open calls it only for
+	// an encrypted repository, Init unless Unencrypted is set.
+	Password func(ctx context.Context) ([]byte, error)
+	// Unencrypted makes Init create a repository that stores plain bytes
+	// under plain BLAKE3 ids.
+	Unencrypted bool
+	// KDF is the argon2id cost of the key files Init and AddKey write
+	// (zero: calibrated to about half a second with 64 MiB).
+	KDF crypt.KDF
 }
 
 // Store holds objects under their ids on a Backend, encoded and verified
@@ -85,6 +115,14 @@ type Store struct {
 	refreshMarker string
 	refreshed     bool
 	objectsRead   time.Time // last ReloadObjects
+	// seal is nil for an unencrypted repository; master and keyID are the
+	// master key and the key file it was unwrapped from.
+	seal   *sealer
+	master crypt.MasterKey
+	keyID  string
+	kdf    crypt.KDF
+	// passwordFunc is Options.Password.
+	passwordFunc func(ctx context.Context) ([]byte, error)
 }
 
 // describe names a backend in messages without revealing anything secret:
@@ -118,7 +156,25 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
-	cfg := Config{ID: hex.EncodeToString(id), Version: RepositoryVersion, HashAlgorithm: "blake3", Created: time.Now().UTC()}
+	cfg := Config{ID: hex.EncodeToString(id), Version: RepositoryVersion, HashAlgorithm: "blake3", Created: time.Now().UTC(),
+		Encryption: EncryptionNone}
+	if !opts.Unencrypted {
+		cfg.Encryption = EncryptionXChaCha20
+	}
+	s := newStore(b, cfg, opts)
+	if cfg.Encrypted() {
+		// The key file first: a config names a repository that opens.
+		password, err := s.password(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("init %s: %w", describe(b), err)
+		}
+		s.unlock(crypt.NewMasterKey(), "")
+		info, err := s.writeKeyFile(ctx, password)
+		if err != nil {
+			return nil, fmt.Errorf("init %s: %w", describe(b), err)
+		}
+		s.keyID = info.ID
+	}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, err
@@ -126,7 +182,7 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	if err := b.Put(ctx, configKey, bytes.NewReader(data), int64(len(data))); err != nil {
 		return nil, fmt.Errorf("init %s: write config: %w", describe(b), err)
 	}
-	return newStore(b, cfg, opts), nil
+	return s, nil
 }
 
 // Open reads the config of the repository on b.
@@ -161,7 +217,27 @@ func Open(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	if cfg.HashAlgorithm != "blake3" {
 		return nil, fmt.Errorf("%s: unsupported hash algorithm %q", describe(b), cfg.HashAlgorithm)
 	}
-	return newStore(b, cfg, opts), nil
+	s := newStore(b, cfg, opts)
+	switch cfg.Encryption {
+	case EncryptionXChaCha20:
+		if err := s.openKey(ctx); err != nil {
+			return nil, err
+		}
+	case EncryptionNone:
+		// A config edited to say "none" must not make this program
+		// write plain bytes into an encrypted repository.
+		if key, err := s.firstKeyFile(ctx); err != nil {
+			return nil, fmt.Errorf("open repository %s: %w", describe(b), err)
+		} else if key != "" {
+			return nil, fmt.Errorf("%s: config says the repository is not encrypted, but it holds key file %s: %w",
+				describe(b), key, ErrConfigAltered)
+		}
+	case "":
+		return nil, fmt.Errorf("%s: config does not say whether the repository is encrypted: %w", describe(b), ErrConfigAltered)
+	default:
+		return nil, fmt.Errorf("%s: repository encryption %q is not supported by this program: %w", describe(b), cfg.Encryption, ErrNewerFormat)
+	}
+	return s, nil
 }
 
 func newStore(b Backend, cfg Config, opts Options) *Store {
@@ -169,7 +245,8 @@ func newStore(b Backend, cfg Config, opts Options) *Store {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32, compression: opts.Compression}
+	s := &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32, compression: opts.Compression,
+		passwordFunc: opts.Password, kdf: opts.KDF}
 	if opts.CacheDir != "" {
 		s.cacheDir = filepath.Join(opts.CacheDir, "repos", cfg.ID)
 		// The pack index's long runs go to files beside the cache (they
@@ -254,11 +331,12 @@ func (s *Store) PutBytes(ctx context.Context, id digest.Digest, content []byte) 
 	defer bufferPool.Put(out)
 	out.Reset()
 	codec := encodeObject(out, content, s.compression)
-	stored := int64(out.Len())
-	if err := s.backend.Put(ctx, ObjectKey(id), bytes.NewReader(out.Bytes()), stored); err != nil {
+	sealed := s.seal.seal(out.Bytes(), objectAD(id))
+	stored := int64(len(sealed))
+	if err := s.backend.Put(ctx, s.ObjectKey(id), bytes.NewReader(sealed), stored); err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(id, stored)
+	s.known.remember(s.seal.looseName(id), stored)
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
@@ -285,11 +363,12 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	enc.Reset(nil)
 	copy(out.Bytes(), ObjectHeader{Codec: CodecZstd, DecodedSize: content.n}.marshal())
 	id := digest.Digest(hasher.Sum(nil))
-	if err := s.backend.Put(ctx, ObjectKey(id), bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
+	sealed := s.seal.seal(out.Bytes(), objectAD(id))
+	if err := s.backend.Put(ctx, s.ObjectKey(id), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return digest.Digest{}, PutResult{}, err
 	}
-	s.known.remember(id, int64(out.Len()))
-	return id, PutResult{StoredSize: int64(out.Len()), Codec: CodecZstd}, nil
+	s.known.remember(s.seal.looseName(id), int64(len(sealed)))
+	return id, PutResult{StoredSize: int64(len(sealed)), Codec: CodecZstd}, nil
 }
 
 // entropySample is how many leading bytes looksIncompressible examines.
@@ -393,22 +472,27 @@ func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader,
 	}
 	storedSize := int64(-1)
 	if codec == CodecRaw {
-		storedSize = objectHeaderSize + size
+		storedSize = s.seal.sealedSize(objectHeaderSize + size)
 	}
 	pr, pw := io.Pipe()
 	counter := &countingWriter{w: pw}
 	encodeDone := make(chan struct{})
 	go func() {
 		defer close(encodeDone)
-		pw.CloseWithError(encodeVerified(counter, io.MultiReader(bytes.NewReader(sample), r), id, size, codec, s.compression))
+		sealer := s.seal.writer(counter, objectAD(id))
+		err := encodeVerified(sealer, io.MultiReader(bytes.NewReader(sample), r), id, size, codec, s.compression)
+		if err == nil {
+			err = sealer.Close() // only verified content gets its last segment
+		}
+		pw.CloseWithError(err)
 	}()
-	err := s.backend.Put(ctx, ObjectKey(id), pr, storedSize)
+	err := s.backend.Put(ctx, s.ObjectKey(id), pr, storedSize)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
 	<-encodeDone
 	if err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(id, counter.n)
+	s.known.remember(s.seal.looseName(id), counter.n)
 	return PutResult{StoredSize: counter.n, Codec: codec}, nil
 }
 
@@ -479,15 +563,17 @@ func (s *Store) Get(ctx context.Context, id digest.Digest) (*ObjectReader, error
 		return nil, err
 	}
 	var rc io.ReadCloser
+	length := int64(-1)
 	if packed {
-		rc, err = s.backend.GetRange(ctx, pack, int64(loc.offset), int64(loc.length))
+		length = int64(loc.length)
+		rc, err = s.backend.GetRange(ctx, pack, int64(loc.offset), length)
 	} else {
-		rc, err = s.backend.Get(ctx, ObjectKey(id))
+		rc, err = s.backend.Get(ctx, s.ObjectKey(id))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", id, err)
 	}
-	o, err := decodeObject(rc, id)
+	o, err := s.decodeObject(rc, length, id)
 	if err != nil {
 		rc.Close()
 		return nil, err
@@ -495,12 +581,17 @@ func (s *Store) Get(ctx context.Context, id digest.Digest) (*ObjectReader, error
 	return o, nil
 }
 
-// decodeObject reads the header of one encoded object from rc and returns
-// a reader of its verified content; closing it closes rc.
-func decodeObject(rc io.ReadCloser, id digest.Digest) (*ObjectReader, error) {
+// decodeObject reads the header of one stored object (length bytes, -1 if
+// unknown) from rc and returns a reader of its verified content; closing
+// it closes rc.
+func (s *Store) decodeObject(rc io.ReadCloser, length int64, id digest.Digest) (*ObjectReader, error) {
+	plain := s.seal.reader(rc, length, objectAD(id))
 	raw := make([]byte, objectHeaderSize)
-	if _, err := io.ReadFull(rc, raw); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := io.ReadFull(plain, raw); err != nil {
+		switch {
+		case isSealBroken(err):
+			return nil, &CorruptObjectError{id, "sealed bytes do not authenticate: " + err.Error()}
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 			return nil, &CorruptObjectError{id, "shorter than its header"}
 		}
 		return nil, fmt.Errorf("object %s: %w", id, err)
@@ -509,7 +600,7 @@ func decodeObject(rc io.ReadCloser, id digest.Digest) (*ObjectReader, error) {
 	if err != nil {
 		return nil, &CorruptObjectError{id, err.Error()}
 	}
-	source := &sourceReader{r: rc}
+	source := &sourceReader{r: plain}
 	v := &verifyingReader{source: source, id: id, want: header.DecodedSize, hasher: GetHasher()}
 	v.closer = func() error {
 		if v.hasher != nil {

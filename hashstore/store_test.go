@@ -13,12 +13,13 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 )
 
 func newStore(t *testing.T) (*hashstore.Store, *hashstore.Memory) {
 	t.Helper()
 	b := hashstore.NewMemory()
-	s, err := hashstore.Init(context.Background(), b, hashstore.Options{})
+	s, err := hashstore.Init(context.Background(), b, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestPutGetRoundTripAndCodec(t *testing.T) {
 			if res.Codec != c.wantCodec {
 				t.Errorf("codec %v, want %v", res.Codec, c.wantCodec)
 			}
-			stored := storedBytes(t, b, hashstore.ObjectKey(h))
+			stored := storedBytes(t, b, s.ObjectKey(h))
 			if int64(len(stored)) != res.StoredSize {
 				t.Errorf("PutResult.StoredSize %d, backend holds %d bytes", res.StoredSize, len(stored))
 			}
@@ -121,7 +122,7 @@ func TestPutRefusesContentThatDoesNotMatch(t *testing.T) {
 			if !errors.Is(err, hashstore.ErrContentMismatch) {
 				t.Errorf("%d bytes %s: Put returned %v, want ErrContentMismatch", n, name, err)
 			}
-			if _, err := b.Stat(context.Background(), hashstore.ObjectKey(h)); !errors.Is(err, hashstore.ErrNotFound) {
+			if _, err := b.Stat(context.Background(), s.ObjectKey(h)); !errors.Is(err, hashstore.ErrNotFound) {
 				t.Fatalf("%d bytes %s: an object was stored under the wrong key", n, name)
 			}
 		}
@@ -147,7 +148,7 @@ func TestCorruptObjectsAreDetectedAndNamed(t *testing.T) {
 				if _, err := s.Put(context.Background(), h, bytes.NewReader(content), int64(len(content))); err != nil {
 					t.Fatal(err)
 				}
-				key := hashstore.ObjectKey(h)
+				key := s.ObjectKey(h)
 				bad := fn(storedBytes(t, b, key))
 				if err := b.Put(context.Background(), key, bytes.NewReader(bad), int64(len(bad))); err != nil {
 					t.Fatal(err)
@@ -173,8 +174,8 @@ func TestSwappedObjectIsCorrupt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	other := storedBytes(t, b, hashstore.ObjectKey(hc))
-	if err := b.Put(context.Background(), hashstore.ObjectKey(ha), bytes.NewReader(other), int64(len(other))); err != nil {
+	other := storedBytes(t, b, s.ObjectKey(hc))
+	if err := b.Put(context.Background(), s.ObjectKey(ha), bytes.NewReader(other), int64(len(other))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := readObject(t, s, ha); !errors.Is(err, hashstore.ErrCorrupt) {
@@ -223,17 +224,17 @@ func TestInitAndOpen(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	b := hashstore.NewLocal(dir)
-	if _, err := hashstore.Open(ctx, b, hashstore.Options{}); !errors.Is(err, hashstore.ErrNotRepository) {
+	if _, err := hashstore.Open(ctx, b, storetest.Options(hashstore.Options{})); !errors.Is(err, hashstore.ErrNotRepository) {
 		t.Fatalf("Open of an empty dir: %v, want ErrNotRepository", err)
 	}
-	s, err := hashstore.Init(ctx, b, hashstore.Options{})
+	s, err := hashstore.Init(ctx, b, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Init(ctx, b, hashstore.Options{}); !errors.Is(err, hashstore.ErrRepositoryExists) {
+	if _, err := hashstore.Init(ctx, b, storetest.Options(hashstore.Options{})); !errors.Is(err, hashstore.ErrRepositoryExists) {
 		t.Fatalf("second Init: %v, want ErrRepositoryExists", err)
 	}
-	s2, err := hashstore.Open(ctx, b, hashstore.Options{})
+	s2, err := hashstore.Open(ctx, b, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,10 +246,10 @@ func TestInitAndOpen(t *testing.T) {
 	if err := other.Put(ctx, "photos/cat.jpg", strings.NewReader("meow"), 4); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Init(ctx, other, hashstore.Options{}); !errors.Is(err, hashstore.ErrRepositoryExists) || !strings.Contains(err.Error(), "not empty") {
+	if _, err := hashstore.Init(ctx, other, storetest.Options(hashstore.Options{})); !errors.Is(err, hashstore.ErrRepositoryExists) || !strings.Contains(err.Error(), "not empty") {
 		t.Fatalf("Init over unrelated data: %v", err)
 	}
-	if _, err := hashstore.Open(ctx, other, hashstore.Options{}); !errors.Is(err, hashstore.ErrNotRepository) {
+	if _, err := hashstore.Open(ctx, other, storetest.Options(hashstore.Options{})); !errors.Is(err, hashstore.ErrNotRepository) {
 		t.Fatalf("Open of unrelated data: %v, want ErrNotRepository", err)
 	}
 	newer := hashstore.NewMemory()
@@ -256,7 +257,7 @@ func TestInitAndOpen(t *testing.T) {
 	if err := newer.Put(ctx, "config", strings.NewReader(cfg), int64(len(cfg))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hashstore.Open(ctx, newer, hashstore.Options{}); !errors.Is(err, hashstore.ErrNewerFormat) {
+	if _, err := hashstore.Open(ctx, newer, storetest.Options(hashstore.Options{})); !errors.Is(err, hashstore.ErrNewerFormat) {
 		t.Fatalf("Open of a newer format: %v", err)
 	}
 }
@@ -298,11 +299,24 @@ func TestBackupRecords(t *testing.T) {
 	if _, err := s.Backup(ctx, "nope", hashstore.BackupFilter{}); !errors.Is(err, hashstore.ErrNotFound) {
 		t.Fatalf("unknown backup: %v", err)
 	}
+	// A record that is not sealed does not open in an encrypted
+	// repository; in an unencrypted one, its content is checked.
 	bad := `{"version":2,"name":"c-mid","root":"../../etc"}`
 	if err := b.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "not a hexdigest") {
+	if _, err := s.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "does not authenticate") {
+		t.Fatalf("unsealed record in an encrypted repository: %v", err)
+	}
+	plain := hashstore.NewMemory()
+	ps, err := hashstore.Init(ctx, plain, hashstore.Options{Unencrypted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Put(ctx, "backups/c-mid.json", strings.NewReader(bad), int64(len(bad))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.Backup(ctx, "c-mid", hashstore.BackupFilter{}); err == nil || !strings.Contains(err.Error(), "not a hexdigest") {
 		t.Fatalf("record with a bad root: %v", err)
 	}
 }
@@ -338,7 +352,7 @@ func TestCompressionLevels(t *testing.T) {
 	sizes := map[hashstore.Compression]int64{}
 	for _, level := range []hashstore.Compression{hashstore.CompressionOff, hashstore.CompressionFast, hashstore.CompressionBetter, hashstore.CompressionMax} {
 		b := hashstore.NewMemory()
-		s, err := hashstore.Init(context.Background(), b, hashstore.Options{Compression: level})
+		s, err := hashstore.Init(context.Background(), b, storetest.Options(hashstore.Options{Compression: level}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +365,7 @@ func TestCompressionLevels(t *testing.T) {
 			if level == hashstore.CompressionOff && res.Codec != hashstore.CodecRaw {
 				t.Fatalf("compression off stored %v", res.Codec)
 			}
-			sizes[level] += int64(len(storedBytes(t, b, hashstore.ObjectKey(h))))
+			sizes[level] += int64(len(storedBytes(t, b, s.ObjectKey(h))))
 			if got, err := readObject(t, s, h); err != nil || !bytes.Equal(got, c) {
 				t.Fatalf("%v: round trip: %v", level, err)
 			}

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"strings"
 	"testing"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/upload"
 )
 
@@ -31,9 +31,13 @@ func TestVerifySubsetsPartitionTheData(t *testing.T) {
 	ctx := context.Background()
 	backend := hashstore.NewLocal(t.TempDir())
 	newGCFixture(t, backend)
+	store, err := hashstore.Open(ctx, backend, storetest.Options(hashstore.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	verify := func(spec string) *hashstore.VerifyReport {
 		t.Helper()
-		store, err := hashstore.Open(ctx, backend, hashstore.Options{})
+		store, err := hashstore.Open(ctx, backend, storetest.Options(hashstore.Options{}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +85,7 @@ func TestVerifySubsetsPartitionTheData(t *testing.T) {
 	found := 0
 	for _, part := range []string{"1/3", "2/3", "3/3"} {
 		for _, p := range verify(part).Problems {
-			if p.Kind == hashstore.ProblemCorrupt && strings.HasSuffix(victim, p.ID.String()) {
+			if p.Kind == hashstore.ProblemCorrupt && store.ObjectKey(p.ID) == victim {
 				found++
 			}
 		}

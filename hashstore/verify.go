@@ -293,7 +293,7 @@ func (s *Store) verifyPresence(ctx context.Context, ids []digest.Digest, bad, er
 			bad[h], errs[h] = ProblemMissing, "not in the repository"
 			continue
 		}
-		unit := ObjectKey(h)
+		unit := s.ObjectKey(h)
 		if infos[i].Packed {
 			loc, err := s.Locate(ctx, h)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -23,7 +24,7 @@ import (
 func backupDir(t *testing.T, src string) (*hashstore.Store, hashstore.BackupRecord) {
 	t.Helper()
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +132,7 @@ func TestOwnersMapByName(t *testing.T) {
 		t.Skip("restoring owners needs root")
 	}
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	data, _ := (&snapshot.Tree{Nodes: []snapshot.Node{
 		// "root" exists everywhere as uid 0; the backup's machine called it 777.
 		{Name: "byname", Type: snapshot.TypeFile, Mode: 0o644, UID: 777, GID: 888, User: "root", Group: "root", Embedded: []byte{}},
@@ -248,7 +249,7 @@ func TestPartialRestore(t *testing.T) {
 // anything is written, naming the entry.
 func TestPrivilegedXattrsNeedRoot(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	data, _ := (&snapshot.Tree{Nodes: []snapshot.Node{
 		{Name: "labelled", Type: snapshot.TypeFile, Mode: 0o644, Embedded: []byte{}, Xattrs: []snapshot.Xattr{{Name: "security.selinux", Value: []byte("x")}}},
 	}}).Encode()

@@ -18,6 +18,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/hashstore/peer/peertest"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -67,7 +68,7 @@ func newPeerFixture(t testing.TB) *peerFixture {
 	}
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	store, _ := hashstore.Init(ctx, mem, hashstore.Options{})
+	store, _ := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	opts := snapshot.DefaultOptions()
 	opts.MinDeltaFileSize = 64 << 10 // the ~150 KB files are loose objects: more to balance
 	sum, err := upload.Backup(ctx, store, src, opts, upload.Options{})
@@ -267,7 +268,7 @@ func TestObjectOnlyADeadPeerHeld(t *testing.T) {
 		}
 		return nil
 	})
-	f.mem.Delete(context.Background(), hashstore.ObjectKey(lost.Hexdigest))
+	f.mem.Delete(context.Background(), f.store.ObjectKey(lost.Hexdigest))
 	var srv *httptest.Server
 	var gone atomic.Bool
 	dead, srv := f.peer(t, peer.ServerOptions{}, func(h http.Handler) http.Handler {

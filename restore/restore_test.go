@@ -17,6 +17,7 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/treetest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -84,7 +85,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
-	store, err := hashstore.Init(ctx, mem, hashstore.Options{})
+	store, err := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestMissingObjectIsNamed(t *testing.T) {
 			h = hash.Hexdigest // a loose object, which can be deleted alone
 		}
 	}
-	f.mem.Delete(context.Background(), hashstore.ObjectKey(h))
+	f.mem.Delete(context.Background(), f.store.ObjectKey(h))
 	res, err := f.restore(t, t.TempDir())
 	if err == nil || len(res.Failed) == 0 {
 		t.Fatal("restore with a missing object succeeded")
@@ -288,7 +289,7 @@ func TestHostileTreesWriteNothing(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			parent := t.TempDir()
 			target := filepath.Join(parent, "target")
-			store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+			store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 			root := build(store)
 			_, err := restore.Restore(ctx, &upload.Trees{Store: store}, root, target, []restore.Source{restore.StoreSource(store)}, restore.Options{})
 			if err == nil || !strings.Contains(err.Error(), "refusing to restore") {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 	"github.com/deltabackup/deltabackup/upload"
@@ -38,7 +39,7 @@ func backupTree(t *testing.T, files map[string]string, modes map[string]os.FileM
 			}
 		}
 	}
-	store, err := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, err := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestRestoreNeverWritesThroughASwappedDirectory(t *testing.T) {
 // user's (root's) setuid program.
 func TestSetuidIsNotRestoredWithoutItsOwner(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	content := strings.Repeat("E", 3000)
 	id := digest.Of([]byte(content))
 	if _, err := store.PutBytes(ctx, id, []byte(content)); err != nil {
@@ -240,7 +241,7 @@ func (r *blockingReader) Close() error { return r.r.Close() }
 // the bytes that arrived, so a lying tree cannot fill the target.
 func TestPreallocationFollowsVerifiedBytes(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	content := []byte(strings.Repeat("x", 2<<20))
 	id := digest.Of(content)
 	store.PutBytes(ctx, id, content)

@@ -13,6 +13,7 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/upload"
 )
@@ -107,7 +108,7 @@ func (s *storm) step(files []string, version int) {
 // only for files that were changed.
 func TestChangingSourceNeverStoresWrongContent(t *testing.T) {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")), hashstore.Options{})
+	store, err := hashstore.Init(ctx, hashstore.NewLocal(filepath.Join(t.TempDir(), "repo")), storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/faultstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
@@ -37,7 +38,7 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 	mem := hashstore.NewMemory()
 	f := faultstore.New(mem)
 	policy := hashstore.RetryPolicy{MaxAttempts: 30, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxElapsed: time.Minute}
-	store, err := hashstore.Init(ctx, hashstore.WithRetry(f, policy), hashstore.Options{})
+	store, err := hashstore.Init(ctx, hashstore.WithRetry(f, policy), storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestBackupThroughFlakyStorage(t *testing.T) {
 func TestCancelledBackupLeavesNoRecord(t *testing.T) {
 	src := faultySource(t)
 	f := faultstore.New(hashstore.NewMemory())
-	store, err := hashstore.Init(context.Background(), f, hashstore.Options{})
+	store, err := hashstore.Init(context.Background(), f, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
@@ -18,7 +19,7 @@ import (
 // way to it, and restores to the whole tree.
 func TestIncrementalBackupWritesOnlyTheChangedPath(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	src := t.TempDir()
 	for i := range 100 {
 		write(t, src, fmt.Sprintf("d%d/s%d/f%d", i%5, i%3, i), strings.Repeat(fmt.Sprint(i), 300+i))
@@ -43,7 +44,7 @@ func TestIncrementalBackupWritesOnlyTheChangedPath(t *testing.T) {
 // gone (forgotten, maybe collected), the backup scans the whole source.
 func TestIncrementalBackupTrustsOnlyAPresentBase(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	src := t.TempDir()
 	write(t, src, "a", strings.Repeat("a", 500))
 	write(t, src, "b", strings.Repeat("b", 500))
@@ -75,7 +76,7 @@ func TestLongLivedStoreSeesGC(t *testing.T) {
 	write(t, src, "x", oldContent)
 	write(t, src, "y", strings.Repeat("steady ", 100))
 	backend := hashstore.NewMemory()
-	long, _ := hashstore.Init(ctx, backend, hashstore.Options{})
+	long, _ := hashstore.Init(ctx, backend, storetest.Options(hashstore.Options{}))
 	cacheDir := t.TempDir()
 	b1, err := upload.Backup(ctx, long, src, snapshot.DefaultOptions(), upload.Options{Name: "b1", CacheDir: cacheDir})
 	if err != nil {
@@ -85,7 +86,7 @@ func TestLongLivedStoreSeesGC(t *testing.T) {
 	if _, err := upload.Backup(ctx, long, src, snapshot.DefaultOptions(), upload.Options{Name: "b2", CacheDir: cacheDir}); err != nil {
 		t.Fatal(err)
 	}
-	other, err := hashstore.Open(ctx, backend, hashstore.Options{})
+	other, err := hashstore.Open(ctx, backend, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
@@ -20,7 +21,7 @@ import (
 
 func TestIncrementalUploadsOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
-	store, err := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, err := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 	for _, prefix := range []string{"objects/", "packs/", "backups/"} {
 		t.Run(prefix, func(t *testing.T) {
 			b := &failingBackend{Backend: hashstore.NewMemory()}
-			store, err := hashstore.Init(ctx, b, hashstore.Options{})
+			store, err := hashstore.Init(ctx, b, storetest.Options(hashstore.Options{}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,7 +135,7 @@ func TestStorageFailureLeavesNoRecord(t *testing.T) {
 
 func TestExplicitNameMustBeFree(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	src := t.TempDir()
 	write(t, src, "a", strings.Repeat("a", 400))
 	opts := upload.Options{Name: "nightly-1", Tags: []string{"nightly", "db"}}
@@ -160,7 +161,7 @@ func TestContentChangedAfterHashingIsReadAgain(t *testing.T) {
 	write(t, src, "big", strings.Repeat("1", 2<<20))
 	write(t, src, "steady", strings.Repeat("3", 3000))
 	b := &rewritingBackend{Backend: hashstore.NewMemory(), path: filepath.Join(src, "big")}
-	store, _ := hashstore.Init(ctx, b, hashstore.Options{})
+	store, _ := hashstore.Init(ctx, b, storetest.Options(hashstore.Options{}))
 	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
 		t.Fatal(err)

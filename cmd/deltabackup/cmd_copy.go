@@ -26,6 +26,7 @@ func newCopyCommand(g *globals) *cobra.Command {
 	var from, to string
 	var lockWait time.Duration
 	var sel selection
+	fromPassword := passwordSource{flagPrefix: "from-", envPrefix: "DELTABACKUP_FROM_"}
 	cmd := &cobra.Command{
 		Use:   "copy --from URL --to URL [BACKUP...]",
 		Short: "Copy backups between repositories, storing only the objects the target lacks",
@@ -33,7 +34,11 @@ func newCopyCommand(g *globals) *cobra.Command {
 repository to another, say from a local repository to S3: objects the target
 already holds are not read; the others are read, verified, stored, and the
 backup records written last under their names. A backup already in the
-target is skipped; a different backup under the same name is an error.`,
+target is skipped; a different backup under the same name is an error.
+Between repositories with different keys, contents are re-sealed and
+renamed under the target's key. The source's password comes from
+--from-password-file, --from-password-command or DELTABACKUP_FROM_PASSWORD*
+when one is set, otherwise from the sources of the target's.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			start := time.Now()
@@ -47,7 +52,11 @@ target is skipped; a different backup under the same name is an error.`,
 					return err
 				}
 			}
-			src, err := openStoreAt(ctx, g, from, hashstore.Options{})
+			srcOpts := hashstore.Options{}
+			if fromPassword.given() {
+				srcOpts.Password = g.passwordFunc(&fromPassword, from, false)
+			}
+			src, err := openStoreAt(ctx, g, from, srcOpts)
 			if err != nil {
 				return fmt.Errorf("--from: %w", err)
 			}
@@ -81,5 +90,6 @@ target is skipped; a different backup under the same name is an error.`,
 	fl.StringVar(&to, "to", "", "repository to copy to (initialised with 'deltabackup init')")
 	fl.DurationVar(&lockWait, "lock-wait", 0, "how long to wait for a gc of the target")
 	addSelectionFlags(fl, &sel, true)
+	fromPassword.addFlags(fl, "the --from repository")
 	return cmd
 }

@@ -7,6 +7,8 @@ import (
 )
 
 func newInitCommand(g *globals) *cobra.Command {
+	var unencrypted bool
+	var kdf kdfOptions
 	cmd := &cobra.Command{
 		Use:   "init --repo PATH",
 		Short: "Create a new, empty repository",
@@ -14,7 +16,14 @@ func newInitCommand(g *globals) *cobra.Command {
 holds a repository or any other data. For s3://, gs:// and azure://
 repositories the bucket (container) must exist, unless --create-bucket is
 given; a local or sftp:// directory is
-created with its parents.`,
+created with its parents.
+
+The repository is encrypted: every stored byte but its config and key
+files is sealed with a random master key, which the key file keys/<id>
+holds wrapped under the password (--password-file, --password-command,
+DELTABACKUP_PASSWORD_FILE, DELTABACKUP_PASSWORD, or asked twice on a
+terminal). Lose every password and the data is lost. With
+--insecure-no-encryption it stores plain bytes under plain BLAKE3 ids.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g.createDir = true // an sftp:// directory is made like a local one
@@ -22,17 +31,27 @@ created with its parents.`,
 			if err != nil {
 				return err
 			}
-			s, err := hashstore.Init(cmd.Context(), o.Backend, hashstore.Options{Logger: g.logger})
+			opts := hashstore.Options{Logger: g.logger, Unencrypted: unencrypted}
+			if opts.KDF, err = kdf.kdf(); err != nil {
+				return err
+			}
+			if !unencrypted {
+				opts.Password = g.passwordFunc(&g.password, o.Location, true)
+			}
+			s, err := hashstore.Init(cmd.Context(), o.Backend, opts)
 			if err != nil {
 				return err
 			}
+			cfg := s.Config()
 			if g.json {
-				return g.printJSON(map[string]any{"message_type": "summary", "repository": o.Location, "id": s.Config().ID})
+				return g.printJSON(map[string]any{"message_type": "summary", "repository": o.Location, "id": cfg.ID, "encryption": cfg.Encryption})
 			}
-			g.printf("created repository %s at %s\n", s.Config().ID, o.Location)
+			g.printf("created repository %s at %s (encryption: %s)\n", cfg.ID, o.Location, cfg.Encryption)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&unencrypted, "insecure-no-encryption", false, "store plain bytes under plain BLAKE3 ids: whoever reads the storage reads the data (for storage that encrypts at rest, or rohmu-compatible hexdigests)")
+	kdf.addFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&g.createBucket, "create-bucket", false, "for s3://, gs:// and azure:// repositories: create the bucket (container) if it does not exist")
 	return cmd
 }

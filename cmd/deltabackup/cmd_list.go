@@ -46,7 +46,11 @@ func newListCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.End.Local().Format(time.DateTime), r.Stats.Files,
 					progress.FormatBytes(r.Stats.TotalBytes), progress.FormatBytes(r.Stats.UploadedBytes), r.Node, strings.Join(r.Tags, ","), r.Root.Short())
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			g.printf("%d backups; encryption: %s\n", len(records), encryptionMode(store))
+			return nil
 		},
 	}
 	addSelectionFlags(cmd.Flags(), &sel, false)

@@ -13,6 +13,7 @@ import (
 
 type statsSummary struct {
 	MessageType string `json:"message_type"`
+	Encryption  string `json:"encryption"`
 	*hashstore.RepoStats
 }
 
@@ -33,9 +34,10 @@ func newStatsCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return g.printJSON(statsSummary{MessageType: "summary", RepoStats: st})
+				return g.printJSON(statsSummary{MessageType: "summary", Encryption: store.Config().Encryption, RepoStats: st})
 			}
 			g.printf("repository %s (id %s)\n", store, store.Config().ID)
+			g.printf("  encryption:   %s\n", encryptionMode(store))
 			g.printf("  stored:       %s in all\n", progress.FormatBytes(st.StoredBytes))
 			g.printf("  objects:      %d loose (%s), %d in %d packs (%s), %d index files\n", st.LooseObjects, progress.FormatBytes(st.LooseBytes),
 				st.PackedObjects, st.Packs, progress.FormatBytes(st.PackBytes), st.IndexFiles)
@@ -49,4 +51,12 @@ func newStatsCommand(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
+}
+
+// encryptionMode says in words how a repository stores its bytes.
+func encryptionMode(store *hashstore.Store) string {
+	if store.Encrypted() {
+		return store.Config().Encryption + " (sealed contents, keyed object names)"
+	}
+	return "none (plain contents under plain BLAKE3 ids)"
 }

@@ -44,10 +44,7 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 	c.ok("init", "--repo", f.repo)
 	c.ok("backup", "--repo", f.repo, "--name", "b1", src1)
 	c.ok("backup", "--repo", f.repo, "--name", "b2", src2)
-	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(f.repo), hashstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openTestStore(t, f.repo)
 	f.store = store
 	for _, b := range []string{"b1", "b2"} {
 		rec, err := store.Backup(context.Background(), b, hashstore.BackupFilter{})

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
-
-	"github.com/deltabackup/deltabackup/hashstore"
 )
 
 var (
@@ -309,6 +307,7 @@ func TestCrashAtRandomPoints(t *testing.T) {
 // returns how many of newLoose were stored when it died.
 func (c *cli) killBackup(repo, src, name string, kind crashKill, delay time.Duration, share float64, newLoose []string) int {
 	c.t.Helper()
+	store := openTestStore(c.t, repo)
 	cmd := exec.Command(binary, "backup", "--repo", repo, "--name", name, src)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
 	stderr, _ := cmd.StderrPipe()
@@ -325,7 +324,7 @@ func (c *cli) killBackup(repo, src, name string, kind crashKill, delay time.Dura
 	storedCount := func() int {
 		n := 0
 		for _, h := range newLoose {
-			if _, err := os.Stat(filepath.Join(repo, filepath.FromSlash(hashstore.ObjectKey(digest.MustParse(h))))); err == nil {
+			if _, err := os.Stat(filepath.Join(repo, filepath.FromSlash(store.ObjectKey(digest.MustParse(h))))); err == nil {
 				n++
 			}
 		}

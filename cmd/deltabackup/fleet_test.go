@@ -52,7 +52,7 @@ func concurrentNodes(t *testing.T, c *cli, repo string) {
 		seen[n] = i
 	}
 	list := c.ok("list", "--repo", repo)
-	if got := strings.Count(list.stdout, "\n") - 1; got != backups {
+	if got := strings.Count(list.stdout, "\n") - 2; got != backups { // a header and a summary line
 		t.Fatalf("%d records after %d backups:\n%s", got, backups, list.stdout)
 	}
 	for i, n := range names {
@@ -117,7 +117,7 @@ func TestLatestIsPerNodeAndSource(t *testing.T) {
 		t.Fatalf("show --source: %s", show.stdout)
 	}
 	// list filters by node.
-	if l := c.ok("list", "--node", "node-b", "--repo", repo); strings.Count(l.stdout, "\n") != 2 {
+	if l := c.ok("list", "--node", "node-b", "--repo", repo); strings.Count(l.stdout, "\n") != 3 || !strings.Contains(l.stdout, "1 backups; encryption: xchacha20-poly1305") {
 		t.Fatalf("list --node node-b:\n%s", l.stdout)
 	}
 	// --all-nodes: the newest of any node, as before.

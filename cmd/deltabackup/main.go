@@ -35,6 +35,7 @@ const (
 	exitIncomplete   = 3  // finished, but some files could not be read
 	exitNoRepository = 10 // there is no repository at the location
 	exitLocked       = 11 // another process holds the repository
+	exitPassword     = 12 // wrong password, or none could be read
 	exitInterrupted  = 130
 )
 
@@ -73,6 +74,9 @@ type globals struct {
 	notifyURL   string
 	notifier    *notifier
 	openedStore *hashstore.Store
+	// password is the password of --repo (and of the other repositories a
+	// command opens unless it has flags of their own).
+	password passwordSource
 }
 
 // usageError marks errors in how the command was called (exit code 2).
@@ -117,7 +121,8 @@ for byte, from the repository and from peers at once.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but some files
 could not be read (they are listed), 10 no repository at --repo, 11 the
-repository is locked by another process, 130 interrupted.`,
+repository is locked by another process, 12 wrong password or none given,
+130 interrupted.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -139,6 +144,7 @@ repository is locked by another process, 130 interrupted.`,
 	})
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix or sftp://user@host[:port]/path (env DELTABACKUP_REPO)")
+	g.password.addFlags(pf, "the repository")
 	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
@@ -168,7 +174,7 @@ repository is locked by another process, 130 interrupted.`,
 	_ = pf.MarkHidden("mem-profile")
 	root.AddCommand(newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newListCommand(g), newShowCommand(g), newBenchCommand(g), newServeCommand(g), newVerifyCommand(g),
 		newForgetCommand(g), newGCCommand(g), newDiffCommand(g), newStatsCommand(g), newCopyCommand(g), newWatchCommand(g),
-		newLsCommand(g), newDumpCommand(g), newTagCommand(g))
+		newLsCommand(g), newDumpCommand(g), newTagCommand(g), newKeyCommand(g))
 	return root
 }
 
@@ -209,7 +215,7 @@ func (g *globals) printf(format string, args ...any) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
+	g := &globals{stdout: stdout, stderr: stderr, password: passwordSource{envPrefix: "DELTABACKUP_"}}
 	root := newRootCommand(g)
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -246,6 +252,8 @@ func exitCode(ctx context.Context, err error) int {
 		return exitNoRepository
 	case errors.Is(err, hashstore.ErrLocked):
 		return exitLocked
+	case errors.Is(err, hashstore.ErrWrongPassword), errors.Is(err, hashstore.ErrNoPassword), errors.As(err, new(errPasswordSource)):
+		return exitPassword
 	}
 	// cobra reports unknown commands and flags as plain errors.
 	if isCobraUsageError(err) {
@@ -282,6 +290,14 @@ func advise(err error, g *globals) error {
 		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, g.repo)
 	case errors.Is(err, hashstore.ErrRepositoryExists):
 		return fmt.Errorf("%w; choose an empty location", err)
+	case errors.Is(err, hashstore.ErrWrongPassword):
+		return fmt.Errorf("%w; check the password given (--password-file, --password-command, DELTABACKUP_PASSWORD_FILE or DELTABACKUP_PASSWORD); 'deltabackup key list' shows the repository's keys", err)
+	case errors.Is(err, hashstore.ErrNoPassword):
+		return fmt.Errorf("%w; give it with --password-file, --password-command, DELTABACKUP_PASSWORD_FILE or DELTABACKUP_PASSWORD, or run on a terminal to be asked", err)
+	case errors.Is(err, hashstore.ErrKeyInUse):
+		return fmt.Errorf("%w; open the repository with another key's password to remove it, or use 'deltabackup key passwd' to replace it", err)
+	case errors.Is(err, hashstore.ErrConfigAltered):
+		return fmt.Errorf("%w; restore the config file from a copy you trust (its \"encryption\" field)", err)
 	case errors.Is(err, hashstore.ErrNewerFormat):
 		return fmt.Errorf("%w; upgrade deltabackup", err)
 	case errors.Is(err, hashstore.ErrLocked):

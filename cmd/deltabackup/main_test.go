@@ -19,6 +19,7 @@ import (
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot"
 )
@@ -28,6 +29,16 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	// Every repository the tests make is encrypted, under this password,
+	// with key files that open in milliseconds; every command run in
+	// this process or as a process of its own finds them here.
+	os.Setenv("DELTABACKUP_PASSWORD", storetest.Password)
+	os.Setenv("DELTABACKUP_KDF_MEMORY", "8MiB")
+	os.Setenv("DELTABACKUP_KDF_PASSES", "1")
+	for _, v := range []string{"DELTABACKUP_PASSWORD_FILE", "DELTABACKUP_PASSWORD_COMMAND", "DELTABACKUP_FROM_PASSWORD", "DELTABACKUP_FROM_PASSWORD_FILE",
+		"DELTABACKUP_FROM_PASSWORD_COMMAND", "DELTABACKUP_NEW_PASSWORD", "DELTABACKUP_NEW_PASSWORD_FILE", "DELTABACKUP_NEW_PASSWORD_COMMAND"} {
+		os.Unsetenv(v)
+	}
 	dir, err := os.MkdirTemp("", "deltabackup-bin-")
 	if err != nil {
 		panic(err)
@@ -119,6 +130,16 @@ func (c *cli) runWithin(d time.Duration, args ...string) outcome {
 		c.t.Fatal(err)
 	}
 	return outcome{stdout.String(), stderr.String(), code}
+}
+
+// openTestStore opens the local repository a test made with the CLI.
+func openTestStore(t testing.TB, repo string) *hashstore.Store {
+	t.Helper()
+	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(repo), storetest.Options(hashstore.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
 }
 
 // ok runs a command that must succeed.
@@ -272,10 +293,7 @@ func TestCorruptObjectThenRepair(t *testing.T) {
 
 	content, _ := os.ReadFile(filepath.Join(src, "bin/run.sh"))
 	h := digest.Of(content)
-	store, err := hashstore.Open(context.Background(), hashstore.NewLocal(repo), hashstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openTestStore(t, repo)
 	loc, err := store.Locate(context.Background(), h)
 	if err != nil || !loc.Packed {
 		t.Fatalf("small file's object is not in a pack: %+v, %v", loc, err)
@@ -313,10 +331,7 @@ func TestHandMadeTreeWithEscapeIsRefused(t *testing.T) {
 	repo := filepath.Join(dir, "repo")
 	c.ok("init", "--repo", repo)
 	ctx := context.Background()
-	store, err := hashstore.Open(ctx, hashstore.NewLocal(repo), hashstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openTestStore(t, repo)
 	// A valid tree with a file "xx-escape", patched into "../escape" as
 	// a hostile writer would.
 	tree, _ := (&snapshot.Tree{Nodes: []snapshot.Node{{Name: "xx-escape", Type: snapshot.TypeFile, Mode: 0o644, Size: 5, Embedded: []byte("owned")}}}).Encode()

@@ -74,6 +74,9 @@ func openStoreCached(ctx context.Context, g *globals, loc string, opts hashstore
 	if opts.Logger == nil {
 		opts.Logger = g.logger
 	}
+	if opts.Password == nil {
+		opts.Password = g.passwordFunc(&g.password, loc, false)
+	}
 	s, o, err := location.OpenStore(ctx, loc, lopts, opts, cacheDir)
 	if o != nil {
 		g.counted = append(g.counted, o)

@@ -104,13 +104,9 @@ func TestSealNeverRepeatsANonce(t *testing.T) {
 	}
 }
 
-func fastKDF() KDF {
-	return KDF{Algorithm: "argon2id", Time: 1, MemoryKiB: minKDFMemoryKiB, Threads: 1, Salt: randomBytes(saltSize)}
-}
-
 func TestKeyFileWrapsTheMasterKey(t *testing.T) {
 	m := NewMasterKey()
-	f, err := Wrap(m, []byte("correct horse"), fastKDF(), "db-1", "postgres")
+	f, err := Wrap(m, []byte("correct horse"), CheapKDF(), "repo-1", "db-1", "postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +143,7 @@ func TestKeyFileWrapsTheMasterKey(t *testing.T) {
 // cannot make unwrapping allocate or spin: it is refused before argon2id
 // runs.
 func TestKeyFileClaimingAbsurdParametersIsRefusedFirst(t *testing.T) {
-	f, _ := Wrap(NewMasterKey(), []byte("pw"), fastKDF(), "", "")
+	f, _ := Wrap(NewMasterKey(), []byte("pw"), CheapKDF(), "", "", "")
 	for name, change := range map[string]func(*KeyFile){
 		"4 GiB of memory":  func(f *KeyFile) { f.KDF.MemoryKiB = 4 << 20 },
 		"a million passes": func(f *KeyFile) { f.KDF.Time = 1_000_000 },
@@ -183,7 +179,7 @@ func TestKeyFileClaimingAbsurdParametersIsRefusedFirst(t *testing.T) {
 
 func TestCalibrateStaysWithinLimits(t *testing.T) {
 	p := Calibrate(20*time.Millisecond, 16<<10)
-	if err := p.check(); err != nil {
+	if err := p.Check(); err != nil {
 		t.Fatal(err)
 	}
 	if p.MemoryKiB != 16<<10 {

@@ -31,7 +31,7 @@ func FuzzOpenEnvelope(f *testing.F) {
 // FuzzParseKeyFile: a parsed key file has parameters within the limits,
 // so unwrapping it costs at most what Calibrate could choose.
 func FuzzParseKeyFile(f *testing.F) {
-	kf, _ := Wrap(NewMasterKey(), []byte("pw"), fastKDF(), "h", "u")
+	kf, _ := Wrap(NewMasterKey(), []byte("pw"), CheapKDF(), "r", "h", "u")
 	seed, _ := kf.Marshal()
 	f.Add(seed)
 	f.Add([]byte(`{"version":1,"kdf":{"algorithm":"argon2id","time":4294967295,"memory_kib":4294967295,"threads":255,"salt":"AAAAAAAAAAAAAAAAAAAAAA=="},"wrapped":""}`))
@@ -40,7 +40,7 @@ func FuzzParseKeyFile(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if err := kf.KDF.check(); err != nil {
+		if err := kf.KDF.Check(); err != nil {
 			t.Fatalf("parsed a key file with %v", err)
 		}
 		if kf.KDF.MemoryKiB > maxKDFMemoryKiB || kf.KDF.Time > maxKDFTime {

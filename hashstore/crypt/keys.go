@@ -69,7 +69,8 @@ const (
 	maxKeyFileSize  = 64 << 10
 )
 
-func (p KDF) check() error {
+// Check refuses parameters outside the limits a key file may claim.
+func (p KDF) Check() error {
 	switch {
 	case p.Algorithm != "argon2id":
 		return fmt.Errorf("unknown key derivation %q", p.Algorithm)
@@ -109,13 +110,35 @@ func Calibrate(target time.Duration, memoryKiB uint32) KDF {
 	return p
 }
 
+// CheapKDF returns the cheapest parameters a key file may hold (8 MiB,
+// one pass: milliseconds to unwrap). For tests and throwaway
+// repositories only: a password behind it is as easy to guess as the
+// password itself.
+func CheapKDF() KDF {
+	return KDF{Algorithm: "argon2id", Time: 1, MemoryKiB: minKDFMemoryKiB, Threads: 1}.WithNewSalt()
+}
+
+// WithNewSalt returns p's costs with a new random salt: every key file
+// gets its own.
+func (p KDF) WithNewSalt() KDF {
+	p.Salt = make([]byte, saltSize)
+	if _, err := rand.Read(p.Salt); err != nil {
+		panic(err)
+	}
+	return p
+}
+
 // KeyFile is a master key wrapped under a password: what keys/<id> holds.
 type KeyFile struct {
-	Version  int       `json:"version"`
-	Created  time.Time `json:"created"`
-	Host     string    `json:"host,omitempty"`
-	Username string    `json:"username,omitempty"`
-	KDF      KDF       `json:"kdf"`
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+	// Repository is the id of the repository the key belongs to, bound
+	// into the wrapping: a key file copied from another repository does
+	// not open here even under the same password.
+	Repository string `json:"repository"`
+	Host       string `json:"host,omitempty"`
+	Username   string `json:"username,omitempty"`
+	KDF        KDF    `json:"kdf"`
 	// Wrapped is the master key sealed (envelope) under the KDF's key.
 	Wrapped []byte `json:"wrapped"`
 }
@@ -124,30 +147,33 @@ type KeyFile struct {
 // file's wrapped key was changed, which cannot be told apart).
 var ErrWrongPassword = errors.New("wrong password")
 
-// wrapAD binds the wrapped key to its purpose and key file format.
-var wrapAD = []byte("deltabackup key file v1")
+// wrapAD binds the wrapped key to its purpose, key file format and
+// repository.
+func wrapAD(repository string) []byte { return []byte("deltabackup key file v1\x00" + repository) }
 
-// Wrap wraps m under password with the KDF parameters p (from Calibrate).
-func Wrap(m MasterKey, password []byte, p KDF, host, username string) (*KeyFile, error) {
-	if err := p.check(); err != nil {
+// Wrap wraps m, the master key of repository, under password with the KDF
+// parameters p (from Calibrate or CheapKDF). Host and username say where
+// the key file was made (shown by key list).
+func Wrap(m MasterKey, password []byte, p KDF, repository, host, username string) (*KeyFile, error) {
+	if err := p.Check(); err != nil {
 		return nil, err
 	}
 	k := p.key(password)
-	return &KeyFile{Version: keyFileVersion, Created: time.Now().UTC(), Host: host, Username: username,
-		KDF: p, Wrapped: Seal(&k, m[:], wrapAD)}, nil
+	return &KeyFile{Version: keyFileVersion, Created: time.Now().UTC(), Repository: repository, Host: host, Username: username,
+		KDF: p, Wrapped: Seal(&k, m[:], wrapAD(repository))}, nil
 }
 
 // Unwrap returns the master key if password opens the key file.
 func (f *KeyFile) Unwrap(password []byte) (MasterKey, error) {
 	var m MasterKey
-	if err := f.KDF.check(); err != nil {
+	if err := f.KDF.Check(); err != nil {
 		return m, fmt.Errorf("key file: %w", err)
 	}
 	if want := SealedSize(int64(len(m))); int64(len(f.Wrapped)) != want {
 		return m, fmt.Errorf("key file: wrapped key of %d bytes, want %d", len(f.Wrapped), want)
 	}
 	k := f.KDF.key(password)
-	plain, err := Open(&k, f.Wrapped, wrapAD)
+	plain, err := Open(&k, f.Wrapped, wrapAD(f.Repository))
 	if err != nil || len(plain) != len(m) {
 		return m, ErrWrongPassword
 	}
@@ -171,7 +197,7 @@ func ParseKeyFile(data []byte) (*KeyFile, error) {
 	if f.Version != keyFileVersion {
 		return nil, fmt.Errorf("key file version %d, want %d", f.Version, keyFileVersion)
 	}
-	if err := f.KDF.check(); err != nil {
+	if err := f.KDF.Check(); err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
 	if want := SealedSize(int64(len(MasterKey{}))); int64(len(f.Wrapped)) != want {

@@ -21,6 +21,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/hashstore/peer/peertest"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/snapshot"
 )
 
@@ -282,7 +283,7 @@ func TestWrongBytesAreRejected(t *testing.T) {
 
 func TestStoreProvider(t *testing.T) {
 	ctx := context.Background()
-	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), hashstore.Options{})
+	store, _ := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{}))
 	content := bytes.Repeat([]byte("from the repository "), 5000)
 	h := digest.Of(content)
 	store.Put(ctx, h, bytes.NewReader(content), int64(len(content)))
@@ -388,7 +389,7 @@ func TestBrokenTransferResumesWithRange(t *testing.T) {
 func TestStoreProviderSeesLaterBackups(t *testing.T) {
 	ctx := context.Background()
 	backend := hashstore.NewMemory()
-	served, _ := hashstore.Init(ctx, backend, hashstore.Options{})
+	served, _ := hashstore.Init(ctx, backend, storetest.Options(hashstore.Options{}))
 	srv := serve(t, peer.ServerOptions{}, peer.StoreProvider{Store: served, ReloadAfter: time.Nanosecond})
 	c := client(t, srv.URL, "")
 	content := bytes.Repeat([]byte("packed later by a backup "), 40)
@@ -396,7 +397,7 @@ func TestStoreProviderSeesLaterBackups(t *testing.T) {
 	if missing, err := c.Missing(ctx, []digest.Digest{h}); err != nil || len(missing) != 1 {
 		t.Fatalf("before the backup: missing %v, %v", missing, err)
 	}
-	writer, _ := hashstore.Open(ctx, backend, hashstore.Options{})
+	writer, _ := hashstore.Open(ctx, backend, storetest.Options(hashstore.Options{}))
 	err := writer.WithPacker(ctx, 0, func(ctx context.Context, pk *hashstore.Packer) error {
 		_, err := pk.Add(ctx, h, content)
 		return err

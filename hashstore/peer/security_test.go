@@ -21,6 +21,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/faultstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
+	"github.com/deltabackup/deltabackup/hashstore/storetest"
 )
 
 func get(t *testing.T, url, rng string) (int, []byte) {
@@ -272,7 +273,7 @@ func TestHealthNamesNoPaths(t *testing.T) {
 func TestHasDoesNotListTheRepositoryPerRequest(t *testing.T) {
 	ctx := context.Background()
 	faulty := faultstore.New(hashstore.NewMemory())
-	store, err := hashstore.Init(ctx, faulty, hashstore.Options{})
+	store, err := hashstore.Init(ctx, faulty, storetest.Options(hashstore.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
