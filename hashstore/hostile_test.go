@@ -52,7 +52,9 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 			mem := NewMemory()
 			s, _ := Init(ctx, mem, testOptions(Options{}))
 			key := digest.Of([]byte(name))
-			mem.Put(ctx, s.ObjectKey(key), bytes.NewReader(stored), int64(len(stored)))
+			// Sealed with the key: a hostile writer holding it.
+			sealed := s.seal.seal(stored, objectAD(key))
+			mem.Put(ctx, s.ObjectKey(key), bytes.NewReader(sealed), int64(len(sealed)))
 			var err error
 			n := allocated(func() { _, err = s.ReadAll(ctx, key, maxClaim) })
 			if err == nil {
@@ -83,7 +85,8 @@ func TestUntrustedSizesDoNotDriveAllocation(t *testing.T) {
 			mem := NewMemory()
 			s, _ := Init(ctx, mem, testOptions(Options{}))
 			recName := strings.Fields(name)[0]
-			mem.Put(ctx, backupKey(recName), strings.NewReader(data), int64(len(data)))
+			sealed := s.seal.seal([]byte(data), recordAD(recName)) // a hostile writer holding the key
+			mem.Put(ctx, backupKey(recName), bytes.NewReader(sealed), int64(len(sealed)))
 			var err error
 			n := allocated(func() { _, err = s.Backup(ctx, recName, BackupFilter{}) })
 			if err == nil {

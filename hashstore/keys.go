@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/user"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -176,6 +177,10 @@ func (s *Store) openKey(ctx context.Context) error {
 		}
 		tried++
 		m, err := kf.Unwrap(password)
+		// argon2id's memory (64 MiB by default) is garbage now: hand it
+		// back at once, so it does not stay in the process's footprint
+		// under the work that follows.
+		debug.FreeOSMemory()
 		if errors.Is(err, crypt.ErrWrongPassword) {
 			continue
 		}

@@ -116,8 +116,12 @@ func (s *sealer) reader(r io.Reader, length int64, ad []byte) io.Reader {
 		return r
 	}
 	if length >= 0 && length <= wholeOpenLimit {
-		stored, err := io.ReadAll(io.LimitReader(r, length))
-		if err != nil {
+		stored := make([]byte, length)
+		if n, err := io.ReadFull(r, stored); err != nil {
+			if err == io.ErrUnexpectedEOF || err == io.EOF {
+				// Short: what arrived will not authenticate.
+				err = fmt.Errorf("%w: only %d of %d sealed bytes", crypt.ErrAuth, n, length)
+			}
 			return errReader{err}
 		}
 		plain, err := crypt.Open(&s.key, stored, ad)

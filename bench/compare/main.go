@@ -40,7 +40,7 @@ func main() {
 	flag.BoolVar(&c.small, "small", false, "quick run: 1/10 of each data set")
 	flag.IntVar(&c.runs, "runs", 3, "runs per measurement (the median is reported)")
 	flag.StringVar(&datasets, "datasets", "src,tiny,big", "data sets to measure")
-	flag.StringVar(&tools, "tools", "deltabackup,restic,kopia,borg", "tools to measure (missing ones are skipped)")
+	flag.StringVar(&tools, "tools", "deltabackup,restic,kopia,borg", "tools to measure (missing ones are skipped); deltabackup-plain is deltabackup without encryption")
 	flag.BoolVar(&c.install, "install", false, "install restic, borgbackup and b3sum from Debian packages when missing")
 	flag.BoolVar(&c.goPeers, "go-peers", false, "build restic 0.18.1 and kopia 0.22.3 with go (about 2 minutes)")
 	flag.DurationVar(&c.settle, "settle", 0, "pause after deleting a restored tree, so file system clean-up does not land in the next run")
@@ -398,12 +398,18 @@ func findTool(name, bin, work string) *tool {
 	}
 	cache := filepath.Join(work, "cache", name)
 	switch name {
-	case "deltabackup":
+	case "deltabackup", "deltabackup-plain":
+		// deltabackup encrypts like restic and kopia; deltabackup-plain
+		// (--insecure-no-encryption) shows what encryption costs.
 		p := filepath.Join(bin, "deltabackup")
+		init := []string{"init", "-q"}
+		if name == "deltabackup-plain" {
+			init = append(init, "--insecure-no-encryption")
+		}
 		return &tool{
-			name:    "deltabackup",
-			env:     []string{"DELTABACKUP_CACHE_DIR=" + cache},
-			init:    func(repo string) []string { return []string{p, "init", "-q", "--repo", repo} },
+			name:    name,
+			env:     []string{"DELTABACKUP_CACHE_DIR=" + cache, "DELTABACKUP_PASSWORD=bench"},
+			init:    func(repo string) []string { return append(append([]string{p}, init...), "--repo", repo) },
 			backup:  func(repo, src string) []string { return []string{p, "backup", "-q", "--repo", repo, src} },
 			restore: func(repo, src, t string) []string { return []string{p, "restore", "-q", "--repo", repo, "latest", t} },
 		}
@@ -694,7 +700,7 @@ func writeOutputs(c config, res results) error {
 	rows := summarize(res.Measurements)
 	ours := map[[2]string]row{}
 	for _, r := range rows {
-		if strings.HasPrefix(r.tool, "deltabackup") {
+		if r.tool == "deltabackup" {
 			ours[[2]string{r.dataset, r.op}] = r
 		}
 	}
@@ -713,7 +719,8 @@ func writeOutputs(c config, res results) error {
 	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
 		ratio := ""
-		if o, ok := ours[[2]string{r.dataset, r.op}]; ok && !strings.HasPrefix(r.tool, "deltabackup") && r.wall > 0 {
+		// Against deltabackup-plain, the ratio is what encryption costs.
+		if o, ok := ours[[2]string{r.dataset, r.op}]; ok && r.tool != "deltabackup" && r.wall > 0 {
 			ratio = fmt.Sprintf("%.2f", o.wall/r.wall)
 		}
 		repo, files := "", ""

@@ -1,13 +1,13 @@
 package crypt
 
 import (
-	"bytes"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"golang.org/x/crypto/chacha20poly1305"
 )
@@ -86,15 +86,39 @@ func Seal(k *Key, plaintext, ad []byte) []byte {
 	}
 }
 
-// Open opens what Seal sealed under k with the same ad.
+// Open opens what Seal sealed under k with the same ad. It works on the
+// slice in place (no segment buffer), so opening many small blobs costs
+// little more than their decryption.
 func Open(k *Key, sealed, ad []byte) ([]byte, error) {
-	r := NewReader(bytes.NewReader(sealed), k, ad)
-	out := make([]byte, 0, max(0, len(sealed)-headerSize))
-	buf := bytes.NewBuffer(out)
-	if _, err := buf.ReadFrom(r); err != nil {
-		return nil, err
+	if len(sealed) < headerSize {
+		return nil, authErr("shorter than its header")
 	}
-	return buf.Bytes(), nil
+	if sealed[0] != envelopeVersion {
+		return nil, authErr("unknown envelope version %d", sealed[0])
+	}
+	prefix := sealed[1:headerSize]
+	rest := sealed[headerSize:]
+	a := k.aead()
+	out := make([]byte, 0, max(0, len(rest)-tagSize))
+	for seg := uint64(0); ; seg++ {
+		n := min(len(rest), SegmentSize+tagSize)
+		last := len(rest) <= SegmentSize+tagSize
+		if n < tagSize {
+			return nil, authErr("segment %d is truncated", seg)
+		}
+		nn := nonce(prefix, seg, last)
+		var err error
+		if out, err = a.Open(out, nn[:], rest[:n], ad); err != nil {
+			if last {
+				return nil, authErr("segment %d (the last) does not open: changed, truncated or not sealed with this key", seg)
+			}
+			return nil, authErr("segment %d does not open: changed, reordered or not sealed with this key", seg)
+		}
+		rest = rest[n:]
+		if last {
+			return out, nil
+		}
+	}
 }
 
 // NewWriter returns a writer that seals what is written to it onto w;
@@ -180,7 +204,21 @@ func (s *sealWriter) Close() error {
 // io.EOF only after the last segment authenticated; anything wrong is an
 // error wrapping ErrAuth.
 func NewReader(r io.Reader, k *Key, ad []byte) io.Reader {
-	return &openReader{r: r, a: k.aead(), ad: append([]byte(nil), ad...), in: make([]byte, SegmentSize+tagSize+1)}
+	return &openReader{r: r, a: k.aead(), ad: append([]byte(nil), ad...)}
+}
+
+// segmentPool holds the segment buffers of readers: a reader takes one
+// on its first segment and gives it back once it returned its verdict
+// (EOF or an error), so a restore of many objects does not allocate
+// 64 KiB for each.
+var segmentPool = sync.Pool{New: func() any { b := make([]byte, SegmentSize+tagSize+1); return &b }}
+
+func (o *openReader) release() {
+	if o.buf != nil {
+		o.in, o.plain = nil, nil
+		segmentPool.Put(o.buf)
+		o.buf = nil
+	}
 }
 
 type openReader struct {
@@ -190,6 +228,7 @@ type openReader struct {
 	prefix []byte
 	seg    uint64
 	in     []byte
+	buf    *[]byte // in's pooled backing, nil once released
 	// ahead is the byte read beyond a full segment, to know whether that
 	// segment was the last.
 	ahead    byte
@@ -202,9 +241,11 @@ type openReader struct {
 func (o *openReader) Read(p []byte) (int, error) {
 	for len(o.plain) == 0 {
 		if o.err != nil {
+			o.release()
 			return 0, o.err
 		}
 		if o.done {
+			o.release()
 			return 0, io.EOF
 		}
 		o.err = o.next()
@@ -233,6 +274,10 @@ func (o *openReader) next() error {
 			return authErr("unknown envelope version %d", h[0])
 		}
 		o.prefix = append([]byte(nil), h[1:]...)
+	}
+	if o.buf == nil {
+		o.buf = segmentPool.Get().(*[]byte)
+		o.in = *o.buf
 	}
 	o.in = o.in[:SegmentSize+tagSize+1]
 	have := 0

@@ -93,21 +93,27 @@ func (p KDF) key(password []byte) Key {
 }
 
 // Calibrate chooses argon2id parameters that take about target on this
-// machine with memoryKiB of memory: the time parameter grows until one
-// derivation takes target.
+// machine with memoryKiB of memory: the number of passes is scaled by
+// what the last try took until it settles (a few tries; the first one
+// only faults the memory in, which would make passes look dear).
 func Calibrate(target time.Duration, memoryKiB uint32) KDF {
 	memoryKiB = min(max(memoryKiB, minKDFMemoryKiB), maxKDFMemoryKiB)
 	p := KDF{Algorithm: "argon2id", Time: 1, MemoryKiB: memoryKiB, Threads: uint8(min(runtime.NumCPU(), 4)), Salt: make([]byte, saltSize)}
-	start := time.Now()
 	p.key([]byte("calibration"))
-	one := time.Since(start)
-	if one > 0 {
-		p.Time = uint32(min(max(int64(target/one), 1), maxKDFTime))
+	for range 4 {
+		start := time.Now()
+		p.key([]byte("calibration"))
+		took := time.Since(start)
+		if took <= 0 {
+			break
+		}
+		next := uint32(min(max(int64(p.Time)*int64(target)/int64(took), 1), maxKDFTime))
+		if next == p.Time || (next > p.Time && next-p.Time <= p.Time/10) || (next < p.Time && p.Time-next <= p.Time/10) {
+			break
+		}
+		p.Time = next
 	}
-	if _, err := rand.Read(p.Salt); err != nil {
-		panic(err)
-	}
-	return p
+	return p.WithNewSalt()
 }
 
 // CheapKDF returns the cheapest parameters a key file may hold (8 MiB,
