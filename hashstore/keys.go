@@ -163,6 +163,10 @@ func (s *Store) openKey(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open repository %s: %w", s, err)
 	}
+	if s.cachedKey(password, ids) {
+		s.logger.Debug("master key from the key cache", "key", s.keyID)
+		return nil
+	}
 	var damaged []error
 	tried := 0
 	for _, id := range ids {
@@ -191,6 +195,7 @@ func (s *Store) openKey(ctx context.Context) error {
 			s.logger.Warn("skipped a damaged key file", "err", d)
 		}
 		s.unlock(m, id)
+		s.cacheKey(password)
 		return nil
 	}
 	if tried == 0 {
@@ -314,6 +319,7 @@ func (s *Store) ChangePassword(ctx context.Context, password []byte) (KeyInfo, e
 		return info, fmt.Errorf("new key %s written, but the old key file %s was not removed: %w", info.ID, old, err)
 	}
 	s.keyID = info.ID
+	s.cacheKey(password)
 	info.Current = true
 	return info, nil
 }

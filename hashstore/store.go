@@ -91,6 +91,9 @@ type Options struct {
 	// KDF is the argon2id cost of the key files Init and AddKey write
 	// (zero: calibrated to about half a second with 64 MiB).
 	KDF crypt.KDF
+	// KeyCache, when set, keeps the unwrapped master key between runs
+	// (see KeyCache); nil derives it from the password every time.
+	KeyCache KeyCache
 }
 
 // Store holds objects under their ids on a Backend, encoded and verified
@@ -123,6 +126,7 @@ type Store struct {
 	kdf    crypt.KDF
 	// passwordFunc is Options.Password.
 	passwordFunc func(ctx context.Context) ([]byte, error)
+	keyCache     KeyCache
 }
 
 // describe names a backend in messages without revealing anything secret:
@@ -174,6 +178,7 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("init %s: %w", describe(b), err)
 		}
 		s.keyID = info.ID
+		s.cacheKey(password)
 	}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -246,7 +251,7 @@ func newStore(b Backend, cfg Config, opts Options) *Store {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{backend: b, config: cfg, logger: logger, lookupParallel: 32, compression: opts.Compression,
-		passwordFunc: opts.Password, kdf: opts.KDF}
+		passwordFunc: opts.Password, kdf: opts.KDF, keyCache: opts.KeyCache}
 	if opts.CacheDir != "" {
 		s.cacheDir = filepath.Join(opts.CacheDir, "repos", cfg.ID)
 		// The pack index's long runs go to files beside the cache (they

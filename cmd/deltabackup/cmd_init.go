@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/keycache"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
@@ -31,7 +32,7 @@ terminal). Lose every password and the data is lost. With
 			if err != nil {
 				return err
 			}
-			opts := hashstore.Options{Logger: g.logger, Unencrypted: unencrypted}
+			opts := hashstore.Options{Logger: g.logger, Unencrypted: unencrypted, KeyCache: keycache.Kernel(g.keyCache)}
 			if opts.KDF, err = kdf.kdf(); err != nil {
 				return err
 			}

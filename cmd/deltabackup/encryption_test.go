@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/keycache"
 	"github.com/deltabackup/deltabackup/hashstore/storetest"
 	"github.com/deltabackup/deltabackup/restore/restoretest"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
@@ -409,4 +411,48 @@ func TestCopyBetweenKeysRenamesAndReseals(t *testing.T) {
 	if fromPeer == 0 {
 		t.Errorf("the peer with another key delivered nothing: %+v", sourcesOf(t, s))
 	}
+}
+
+// TestKeyCacheServesTheRightPasswordOnly: with the kernel keyring cache
+// on, a command after another opens the repository without its key
+// file (shown by damaging the key file's bytes: only the cache can open
+// it then), never for a wrong password, and never for the password of a
+// key that was removed.
+func TestKeyCacheServesTheRightPasswordOnly(t *testing.T) {
+	if keycache.Kernel(time.Minute) == nil {
+		t.Skip("the kernel keyring cannot be used here (keyctl refused): the key cache is off")
+	}
+	t.Setenv("DELTABACKUP_KEY_CACHE", "1m")
+	c := newCLI(t)
+	dir := t.TempDir()
+	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
+	makeSource(t, src)
+	c.ok("init", "--repo", repo) // caches the new key
+	c.ok("backup", "--repo", repo, src)
+	keys, _ := filepath.Glob(filepath.Join(repo, "keys", "*"))
+	original, _ := os.ReadFile(keys[0])
+	flipByte(t, keys[0], 40)
+	c.ok("list", "--repo", repo)
+	if o := c.run("list", "--repo", repo, "--key-cache", "0"); o.code == 0 || !strings.Contains(o.stderr, "is damaged") {
+		t.Fatalf("without the cache the damaged key file should stop the open: exit %d\n%s", o.code, o.stderr)
+	}
+	wrong := filepath.Join(dir, "wrong")
+	os.WriteFile(wrong, []byte("not the password"), 0o600)
+	if o := c.run("list", "--repo", repo, "--password-file", wrong); o.code == 0 {
+		t.Fatalf("a wrong password opened through the cache:\n%s", o.stdout)
+	}
+	os.WriteFile(keys[0], original, 0o600)
+
+	// Another key; the first one removed: its password, cached a moment
+	// ago, no longer opens the repository.
+	second := filepath.Join(dir, "second")
+	os.WriteFile(second, []byte("the second password"), 0o600)
+	c.ok("key", "add", "--repo", repo, "--new-password-file", second)
+	// Removed by a process that does not touch the cache: the entry of
+	// the first password stays, and must not be honoured.
+	c.ok("key", "remove", "--repo", repo, "--key-cache", "0", "--password-file", second, filepath.Base(keys[0])[:12])
+	if o := c.run("list", "--repo", repo); o.code != exitPassword {
+		t.Fatalf("the removed key's password still opens the repository through the cache: exit %d\n%s", o.code, o.stderr)
+	}
+	c.ok("list", "--repo", repo, "--password-file", second)
 }

@@ -77,6 +77,9 @@ type globals struct {
 	// password is the password of --repo (and of the other repositories a
 	// command opens unless it has flags of their own).
 	password passwordSource
+	// keyCache is how long an unwrapped master key stays in the user's
+	// kernel keyring (0: not at all).
+	keyCache time.Duration
 }
 
 // usageError marks errors in how the command was called (exit code 2).
@@ -145,6 +148,11 @@ repository is locked by another process, 12 wrong password or none given,
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("DELTABACKUP_REPO"), "repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix or sftp://user@host[:port]/path (env DELTABACKUP_REPO)")
 	g.password.addFlags(pf, "the repository")
+	keyCacheDefault := 10 * time.Minute
+	if v, err := time.ParseDuration(os.Getenv("DELTABACKUP_KEY_CACHE")); err == nil {
+		keyCacheDefault = v
+	}
+	pf.DurationVar(&g.keyCache, "key-cache", keyCacheDefault, "keep the unwrapped key of an encrypted repository this long in the user's kernel keyring, so the next command skips the 0.5 s key derivation (env DELTABACKUP_KEY_CACHE; 0 turns it off)")
 	pf.BoolVar(&g.json, "json", false, "machine-readable output: JSON progress lines and a JSON summary")
 	pf.CountVarP(&g.verbose, "verbose", "v", "more output (repeat for debug logs)")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")

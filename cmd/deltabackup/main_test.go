@@ -35,6 +35,8 @@ func TestMain(m *testing.M) {
 	os.Setenv("DELTABACKUP_PASSWORD", storetest.Password)
 	os.Setenv("DELTABACKUP_KDF_MEMORY", "8MiB")
 	os.Setenv("DELTABACKUP_KDF_PASSES", "1")
+	// Key files are read on every open, unless a test turns the cache on.
+	os.Setenv("DELTABACKUP_KEY_CACHE", "0")
 	for _, v := range []string{"DELTABACKUP_PASSWORD_FILE", "DELTABACKUP_PASSWORD_COMMAND", "DELTABACKUP_FROM_PASSWORD", "DELTABACKUP_FROM_PASSWORD_FILE",
 		"DELTABACKUP_FROM_PASSWORD_COMMAND", "DELTABACKUP_NEW_PASSWORD", "DELTABACKUP_NEW_PASSWORD_FILE", "DELTABACKUP_NEW_PASSWORD_COMMAND"} {
 		os.Unsetenv(v)

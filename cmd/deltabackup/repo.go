@@ -9,6 +9,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/deltabackup/deltabackup/hashstore"
+	"github.com/deltabackup/deltabackup/hashstore/keycache"
 	"github.com/deltabackup/deltabackup/hashstore/location"
 )
 
@@ -76,6 +77,9 @@ func openStoreCached(ctx context.Context, g *globals, loc string, opts hashstore
 	}
 	if opts.Password == nil {
 		opts.Password = g.passwordFunc(&g.password, loc, false)
+	}
+	if opts.KeyCache == nil {
+		opts.KeyCache = keycache.Kernel(g.keyCache)
 	}
 	s, o, err := location.OpenStore(ctx, loc, lopts, opts, cacheDir)
 	if o != nil {
