@@ -376,8 +376,12 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	return id, PutResult{StoredSize: int64(len(sealed)), Codec: CodecZstd}, nil
 }
 
-// entropySample is how many leading bytes looksIncompressible examines.
-const entropySample = 2048
+// entropySample is the size of each window looksIncompressible examines,
+// entropyWindows how many it examines at most, spread over the content.
+const (
+	entropySample  = 2048
+	entropyWindows = 16
+)
 
 // xlog2x[c] is c*log2(c), so the entropy of a sample of n bytes is
 // log2(n) - sum(xlog2x[count])/n without a logarithm per byte value.
@@ -388,23 +392,43 @@ var xlog2x = func() (t [entropySample + 1]float64) {
 	return
 }()
 
-// looksIncompressible estimates the byte entropy of a sample of content:
-// random, compressed or encrypted data (close to 8 bits per byte) would
-// only cost a failed compression attempt. Text and most binaries are far
-// below.
+// looksIncompressible estimates whether content would only cost a failed
+// compression attempt: random, compressed or encrypted data, close to 8
+// bits of entropy per byte. It looks at windows spread over the whole
+// content, not only its start, and calls content incompressible only if
+// every window is: a database table whose pages begin with dense rows
+// and end in free space compresses well although its first bytes do not
+// (zstd then stores each 128 KiB block raw or compressed, as that block
+// warrants).
 func looksIncompressible(content []byte) bool {
 	if len(content) < 256 {
 		return false
 	}
+	windows := min(entropyWindows, max(1, len(content)/entropySample))
+	stride := len(content) / windows
+	for i := range windows {
+		// Each window a little further into its stride than the last
+		// (by a fraction of it and an odd number of bytes), so windows do
+		// not all fall on the same part of fixed-size pages.
+		start := min(i*stride+i*stride/windows+i*521, max(0, len(content)-entropySample))
+		if !windowIncompressible(content[start:min(start+entropySample, len(content))]) {
+			return false
+		}
+	}
+	return true
+}
+
+// windowIncompressible estimates the byte entropy of one window.
+func windowIncompressible(w []byte) bool {
 	var counts [256]uint16
-	n := min(len(content), entropySample)
-	for _, b := range content[:n] {
+	for _, b := range w {
 		counts[b]++
 	}
 	sum := 0.0
 	for _, c := range counts {
 		sum += xlog2x[c]
 	}
+	n := len(w)
 	entropy := math.Log2(float64(n)) - sum/float64(n)
 	// A uniform sample of n bytes shows less than 8 bits of entropy; the
 	// bound leaves room for that and still rejects anything zstd can use.
@@ -469,8 +493,8 @@ func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader,
 		}
 		return PutResult{}, fmt.Errorf("store %s: read content: %w", id, err)
 	}
-	// The entropy of the first bytes decides: a trial compression of the
-	// sample would cost a megabyte of compression per large file.
+	// Windows spread over the first megabyte decide: a trial compression
+	// of the sample would cost a megabyte of compression per large file.
 	codec := CodecRaw
 	if s.compression != CompressionOff && !looksIncompressible(sample) {
 		codec = CodecZstd

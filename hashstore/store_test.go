@@ -378,3 +378,39 @@ func TestCompressionLevels(t *testing.T) {
 		t.Fatal("unknown level accepted")
 	}
 }
+
+// TestCompressionDecidedAcrossTheContent: pages that begin with dense
+// bytes and end in free space (a database table's) are compressed,
+// although their first bytes look random; random content is stored raw.
+func TestCompressionDecidedAcrossTheContent(t *testing.T) {
+	s, _ := newStore(t)
+	pages := func(n int) []byte {
+		b := make([]byte, n)
+		for p := 0; p < n; p += 8192 {
+			copy(b[p:], randomContent(uint64(p), 2048))
+		}
+		return b
+	}
+	for _, c := range []struct {
+		name      string
+		content   []byte
+		maxStored float64 // share of the content's size
+	}{
+		{"buffered pages", pages(512 << 10), 0.4},
+		{"streamed pages", pages(6 << 20), 0.4},
+		{"buffered random", randomContent(5, 512<<10), 1.01},
+		{"streamed random", randomContent(6, 6<<20), 1.01},
+	} {
+		res, err := s.Put(context.Background(), digest.Of(c.content), bytes.NewReader(c.content), int64(len(c.content)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		share := float64(res.StoredSize) / float64(len(c.content))
+		if share > c.maxStored {
+			t.Errorf("%s: stored %.0f%% of its size (%v), want at most %.0f%%", c.name, 100*share, res.Codec, 100*c.maxStored)
+		}
+		if c.maxStored > 1 && res.Codec != hashstore.CodecRaw {
+			t.Errorf("%s: stored as %v, want raw", c.name, res.Codec)
+		}
+	}
+}

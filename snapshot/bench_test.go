@@ -131,3 +131,27 @@ func benchTree(n int) *Tree {
 	}
 	return t
 }
+
+// BenchmarkHashLarge compares the two kernels of kernel.go on 16 MiB.
+func BenchmarkHashLarge(b *testing.B) {
+	data := benchData(16 << 20)
+	b.Run("zeebo", func(b *testing.B) {
+		h := blake3.New()
+		b.SetBytes(int64(len(data)))
+		for range b.N {
+			h.Reset()
+			h.Write(data)
+			h.Sum(nil)
+		}
+	})
+	b.Run("guts", func(b *testing.B) {
+		var t treeHasher
+		b.SetBytes(int64(len(data)))
+		for range b.N {
+			t.reset()
+			cut := lastBlockStart(int64(len(data)))
+			t.writeBlocks(data[:cut])
+			t.finish(data[cut:])
+		}
+	})
+}

@@ -38,8 +38,8 @@ var (
 // hasher is one worker's state: a read buffer and BLAKE3 states.
 type hasher struct {
 	buf []byte
-	// h is fastest on small inputs; tree uses the AVX-512 kernels on large
-	// ones. Both compute the same BLAKE3.
+	// h hashes small inputs, and large ones unless the CPU has AVX-512,
+	// where tree does (see kernel.go). Both compute the same BLAKE3.
 	h    *blake3.Hasher
 	tree treeHasher
 	// whole is the file's entire data when the last read took it in one
@@ -399,7 +399,9 @@ func (h *hasher) hashMapped(ctx context.Context, f *beneath.File, attempt int, s
 			id, n, err = digest.Digest{}, 0, fmt.Errorf("%w: fault while reading a mapping (truncated?)", ErrChangedWhileReading)
 		}
 	}()
+	chooseKernel()
 	h.tree.reset()
+	h.h.Reset()
 	cut := lastBlockStart(size)
 	for off := int64(0); off < size; off += mmapWindow {
 		if err := ctx.Err(); err != nil {
@@ -411,9 +413,15 @@ func (h *hasher) hashMapped(ctx context.Context, f *beneath.File, attempt int, s
 			return digest.Digest{}, 0, fmt.Errorf("map %d bytes at %d: %w", length, off, err)
 		}
 		_ = unix.Madvise(mapped, unix.MADV_SEQUENTIAL)
-		if off+length <= cut {
+		switch {
+		case !useAVX512Kernel:
+			_, _ = h.h.Write(mapped)
+			if off+length == size {
+				h.h.Sum(id[:0])
+			}
+		case off+length <= cut:
 			h.tree.writeBlocks(mapped)
-		} else {
+		default:
 			h.tree.writeBlocks(mapped[:cut-off])
 			id = h.tree.finish(mapped[cut-off:])
 		}

@@ -19,7 +19,8 @@ func newBenchCommand(g *globals) *cobra.Command {
 		Short: "Measure BLAKE3 hashing of a tree against the rate it can merely be read",
 		Long: `bench reads every file under DIR with 1..N workers, once hashing with BLAKE3
 exactly as a backup does and once only reading, and prints GB/s and files/s
-of each. The read-only rate (from the page cache when the tree was read
+of each, and the BLAKE3 kernel used (AVX-512 or AVX2, by what the CPU
+has; GODEBUG=cpu.avx512f=off forces the AVX2 one). The read-only rate (from the page cache when the tree was read
 recently) is the limit hashing can reach on this machine. Run it twice to
 measure with a warm page cache.`,
 		Args: exactArgs(1, "a directory"),
@@ -37,6 +38,9 @@ measure with a warm page cache.`,
 				}
 			}
 			var results []snapshot.Measurement
+			if !g.json {
+				g.printf("BLAKE3 kernel for large files: %s\n", snapshot.HashKernel())
+			}
 			for _, n := range counts {
 				modes := []bool{true}
 				if !noBaseline {
@@ -59,7 +63,7 @@ measure with a warm page cache.`,
 				}
 			}
 			if g.json {
-				return g.printJSON(map[string]any{"message_type": "summary", "results": results})
+				return g.printJSON(map[string]any{"message_type": "summary", "kernel": snapshot.HashKernel(), "results": results})
 			}
 			return nil
 		},
