@@ -82,6 +82,14 @@ func (t *treeHasher) finish(last []byte) [32]byte {
 	return digest
 }
 
+// sum returns the BLAKE3 of data, a whole input in memory.
+func (t *treeHasher) sum(data []byte) [32]byte {
+	t.reset()
+	cut := lastBlockStart(int64(len(data)))
+	t.writeBlocks(data[:cut])
+	return t.finish(data[cut:])
+}
+
 // lastBlockStart returns where the last block of an input of size bytes
 // starts: everything before it can go to writeBlocks.
 func lastBlockStart(size int64) int64 {

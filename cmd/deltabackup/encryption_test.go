@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,11 +151,7 @@ func repoListing(t *testing.T, repo string) map[string]string {
 
 func TestWrongOrMissingPasswordWritesNothing(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
-	makeSource(t, src)
-	c.ok("init", "--repo", repo)
-	c.ok("backup", "--repo", repo, src)
+	dir, src, repo := c.backedUpSource()
 	before := repoListing(t, repo)
 
 	const wrong = "wrong-password-do-not-echo"
@@ -192,21 +189,9 @@ func TestWrongOrMissingPasswordWritesNothing(t *testing.T) {
 	if o.code != exitPassword || strings.Contains(o.stderr, wrong) || !strings.Contains(o.stderr, "--password-command failed") {
 		t.Errorf("failing password command: exit %d\n%s", o.code, o.stderr)
 	}
-	if after := repoListing(t, repo); !mapsEqual(before, after) {
+	if after := repoListing(t, repo); !maps.Equal(before, after) {
 		t.Error("commands refused for their password changed the repository")
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestKeyRotation: add a password, remove the old one while opened with
@@ -214,11 +199,7 @@ func mapsEqual(a, b map[string]string) bool {
 // longer opens the repository; the key in use cannot be removed.
 func TestKeyRotation(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
-	makeSource(t, src)
-	c.ok("init", "--repo", repo)
-	c.ok("backup", "--repo", repo, src)
+	dir, src, repo := c.backedUpSource()
 	newFile := filepath.Join(dir, "new")
 	os.WriteFile(newFile, []byte("the new password\n"), 0o600)
 
@@ -333,7 +314,7 @@ func TestDamagedOrForeignKeyFiles(t *testing.T) {
 	if o := c.run("backup", "--repo", repo, src); o.code == 0 || !strings.Contains(o.stderr, "holds key file") {
 		t.Errorf("backup into a repository whose config says no encryption: exit %d\n%s", o.code, o.stderr)
 	}
-	if !mapsEqual(before, repoListing(t, repo)) {
+	if !maps.Equal(before, repoListing(t, repo)) {
 		t.Error("a refused backup wrote to the repository")
 	}
 }
@@ -342,11 +323,7 @@ func TestDamagedOrForeignKeyFiles(t *testing.T) {
 // corruption test does not reach.
 func TestDamagedIndexFileAndPackTrailerAreNamed(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	repo, src := filepath.Join(dir, "repo"), filepath.Join(dir, "src")
-	makeSource(t, src)
-	c.ok("init", "--repo", repo)
-	c.ok("backup", "--repo", repo, src)
+	_, _, repo := c.backedUpSource()
 	indexes, _ := filepath.Glob(filepath.Join(repo, "index", "*", "*"))
 	if len(indexes) == 0 {
 		t.Fatal("no index files")
