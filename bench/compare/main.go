@@ -39,7 +39,7 @@ func main() {
 	flag.StringVar(&c.work, "work", "/tmp/deltabackup-bench", "work directory for data sets, repositories and restores")
 	flag.BoolVar(&c.small, "small", false, "quick run: 1/10 of each data set")
 	flag.IntVar(&c.runs, "runs", 3, "runs per measurement (the median is reported)")
-	flag.StringVar(&datasets, "datasets", "src,tiny,big", "data sets to measure")
+	flag.StringVar(&datasets, "datasets", "src,tiny,big", "data sets to measure: src, tiny, big, db")
 	flag.StringVar(&tools, "tools", "deltabackup,restic,kopia,borg", "tools to measure (missing ones are skipped); deltabackup-plain is deltabackup without encryption")
 	flag.BoolVar(&c.install, "install", false, "install restic, borgbackup and b3sum from Debian packages when missing")
 	flag.BoolVar(&c.goPeers, "go-peers", false, "build restic 0.18.1 and kopia 0.22.3 with go (about 2 minutes)")
@@ -67,6 +67,8 @@ type measurement struct {
 	MaxRSSKB  int64   `json:"max_rss_kb"`
 	RepoBytes int64   `json:"repo_bytes,omitempty"`
 	RepoFiles int64   `json:"repo_files,omitempty"`
+	// AddedBytes is how much an incremental backup grew the repository.
+	AddedBytes int64 `json:"added_bytes,omitempty"`
 }
 
 type results struct {
@@ -195,8 +197,11 @@ func generate(c config, ds string) (string, string, error) {
 		desc = fmt.Sprintf("%d files of 1-4 KiB in %d dirs", 200000/scale, 400/min(scale, 4))
 	case "big":
 		desc = fmt.Sprintf("4 x %d MiB random + %d MiB text", 1024/scale, 1024/scale)
+	case "db":
+		desc = fmt.Sprintf("a database directory: %d table files of 8 KiB pages (%d MiB), 4 WAL segments of 16 MiB, a 32 MiB log, 200 catalog files; "+
+			"a night rewrites 1%% of the pages in place, appends 4 MiB to the log and inserts 100 bytes near the start of one table", dbTables, dbTableBytes(scale)>>20)
 	default:
-		return "", "", fmt.Errorf("unknown data set %q (src, tiny, big)", ds)
+		return "", "", fmt.Errorf("unknown data set %q (src, tiny, big, db)", ds)
 	}
 	if _, err := os.Stat(done); err == nil {
 		return dir, desc, nil
@@ -211,6 +216,8 @@ func generate(c config, ds string) (string, string, error) {
 		err = genTiny(dir, scale)
 	case "big":
 		err = genBig(dir, scale)
+	case "db":
+		err = genDB(dir, scale)
 	}
 	if err != nil {
 		return "", "", err
@@ -331,9 +338,149 @@ func genBig(dir string, scale int) error {
 	return write("text.log", func(n int) []byte { return text(r, n) })
 }
 
+// The db data set: table files made of 8 KiB pages as a database keeps
+// them, each page a header and line pointers (dense, high-entropy bytes:
+// LSNs, checksums, offsets), then rows of text and numbers, then free
+// space (zeros).
+const (
+	dbPage   = 8192
+	dbTables = 24
+	dbMarker = "PG_VERSION"
+)
+
+func dbTableBytes(scale int) int64 { return int64(768<<20) / int64(scale) }
+
+// dbPageBytes returns one page: a fresh LSN and checksum make every
+// rewrite of a page differ.
+func dbPageBytes(r *rand.Rand) []byte {
+	p := make([]byte, dbPage)
+	rows := 20 + r.IntN(40)
+	header := 24 + 4*rows
+	copy(p, random(r, header))
+	fill := dbPage * (40 + r.IntN(55)) / 100 // 40-95% of the page holds rows
+	if fill > header {
+		copy(p[header:fill], text(r, fill-header))
+	}
+	return p
+}
+
+func genDB(dir string, scale int) error {
+	r := rand.New(rand.NewPCG(5432, 16))
+	base := filepath.Join(dir, "base", "16384")
+	for _, d := range []string{base, filepath.Join(dir, "pg_wal"), filepath.Join(dir, "global"), filepath.Join(dir, "log")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, dbMarker), []byte("16\n"), 0o600); err != nil {
+		return err
+	}
+	// Tables of 1 to 47 units, the units summing to the total.
+	total := dbTableBytes(scale) / dbPage
+	units := int64(dbTables * (dbTables + 1) / 2)
+	for i := range dbTables {
+		pages := total * int64(i+1) / units
+		var b bytes.Buffer
+		for range pages {
+			b.Write(dbPageBytes(r))
+		}
+		if err := os.WriteFile(filepath.Join(base, strconv.Itoa(16400+i)), b.Bytes(), 0o600); err != nil {
+			return err
+		}
+	}
+	for i := range 4 {
+		if err := os.WriteFile(filepath.Join(dir, "pg_wal", fmt.Sprintf("%024X", i+1)), random(r, (16<<20)/scale), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "log", "postgresql.log"), text(r, (32<<20)/scale), 0o600); err != nil {
+		return err
+	}
+	for i := range 200 {
+		pages := 1 + r.IntN(8)
+		var b bytes.Buffer
+		for range pages {
+			b.Write(dbPageBytes(r))
+		}
+		if err := os.WriteFile(filepath.Join(dir, "global", strconv.Itoa(1200+i)), b.Bytes(), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// changeDB is one night of a database: 1% of the table pages rewritten
+// in place, 4 MiB appended to the log, and 100 bytes inserted 4 KiB into
+// one table (everything after them moves).
+func changeDB(dir string, seed uint64) error {
+	r := rand.New(rand.NewPCG(seed, 5432))
+	base := filepath.Join(dir, "base", "16384")
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return err
+	}
+	type table struct {
+		path  string
+		pages int64
+	}
+	var tables []table
+	var pages int64
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		tables = append(tables, table{filepath.Join(base, e.Name()), fi.Size() / dbPage})
+		pages += fi.Size() / dbPage
+	}
+	for range pages / 100 {
+		n := r.Int64N(pages)
+		for _, t := range tables {
+			if n < t.pages {
+				f, err := os.OpenFile(t.path, os.O_WRONLY, 0)
+				if err != nil {
+					return err
+				}
+				_, err = f.WriteAt(dbPageBytes(r), n*dbPage)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+				break
+			}
+			n -= t.pages
+		}
+	}
+	logFile, err := os.OpenFile(filepath.Join(dir, "log", "postgresql.log"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = logFile.Write(text(r, 4<<20))
+	if cerr := logFile.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	victim := tables[r.IntN(len(tables))].path
+	data, err := os.ReadFile(victim)
+	if err != nil {
+		return err
+	}
+	at := min(4096, len(data))
+	data = append(data[:at], append(random(r, 100), data[at:]...)...)
+	return os.WriteFile(victim, data, 0o600)
+}
+
 // change rewrites about 1% of the bytes of a data set, differently for
-// each seed: whole small files, or a 1% stretch of one big file.
+// each seed: whole small files, or a 1% stretch of one big file; a db
+// data set gets a night of a database (changeDB).
 func change(dir string, seed uint64) error {
+	if _, err := os.Stat(filepath.Join(dir, dbMarker)); err == nil {
+		return changeDB(dir, seed)
+	}
 	var files []string
 	var total int64
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -594,10 +741,13 @@ func measureTool(c config, t *tool, ds, src string) ([]measurement, error) {
 		if err := change(src, uint64(1000*i+len(ms))); err != nil {
 			return nil, err
 		}
+		before, _ := duStats(repo)
 		m, err := timed(t, t.backup(repo, src), "")
 		if err != nil {
 			return nil, err
 		}
+		after, _ := duStats(repo)
+		m.AddedBytes = after - before // what this incremental stored
 		record("incremental", i, m)
 	}
 	for i := range c.runs {
@@ -657,6 +807,7 @@ type row struct {
 	wall, cpu, rss    float64
 	repoBytes         int64
 	repoFiles         int64
+	addedBytes        float64 // median, incremental backups
 }
 
 func summarize(ms []measurement) []row {
@@ -672,17 +823,18 @@ func summarize(ms []measurement) []row {
 	}
 	var rows []row
 	for _, k := range order {
-		var wall, cpu, rss []float64
+		var wall, cpu, rss, added []float64
 		r := row{dataset: k.ds, op: k.op, tool: k.tool}
 		for _, m := range groups[k] {
 			wall = append(wall, m.Wall)
 			cpu = append(cpu, m.CPU)
 			rss = append(rss, float64(m.MaxRSSKB)/1024)
+			added = append(added, float64(m.AddedBytes))
 			if m.RepoBytes > 0 {
 				r.repoBytes, r.repoFiles = m.RepoBytes, m.RepoFiles
 			}
 		}
-		r.wall, r.cpu, r.rss = benchutil.Median(wall), benchutil.Median(cpu), benchutil.Median(rss)
+		r.wall, r.cpu, r.rss, r.addedBytes = benchutil.Median(wall), benchutil.Median(cpu), benchutil.Median(rss), benchutil.Median(added)
 		rows = append(rows, r)
 	}
 	return rows
@@ -715,6 +867,7 @@ func writeOutputs(c config, res results) error {
 	for _, ds := range names {
 		fmt.Fprintf(&b, "- **%s**: %s\n", ds, res.Datasets[ds])
 	}
+	b.WriteString("\nrepo MiB: the repository after a full backup; +N on an incremental row: what that incremental stored (median).\n")
 	b.WriteString("\n| data set | operation | tool | wall s | CPU s | peak RSS MiB | repo MiB | repo files | deltabackup/tool (wall) |\n")
 	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
@@ -726,6 +879,9 @@ func writeOutputs(c config, res results) error {
 		repo, files := "", ""
 		if r.repoBytes > 0 {
 			repo, files = fmt.Sprintf("%.1f", float64(r.repoBytes)/(1<<20)), strconv.FormatInt(r.repoFiles, 10)
+		}
+		if r.op == "incremental" {
+			repo = fmt.Sprintf("+%.1f", r.addedBytes/(1<<20)) // what one incremental stored
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | %.1f | %s | %s | %s |\n", r.dataset, r.op, r.tool, r.wall, r.cpu, r.rss, repo, files, ratio)
 	}

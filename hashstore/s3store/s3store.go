@@ -442,14 +442,54 @@ func (b *Backend) PutIfAbsent(ctx context.Context, key string, r io.Reader, size
 	return b.putObject(ctx, key, bytes.NewReader(data), int64(len(data)), true)
 }
 
-func (b *Backend) getPart() *[]byte {
+func (b *Backend) getPart() *[]byte { return b.getPartOf(b.cfg.PartSize) }
+
+// getPartOf returns a buffer of n bytes: pooled at the part size, made
+// for the larger parts of uploads beyond 10,000 × PartSize.
+func (b *Backend) getPartOf(n int64) *[]byte {
 	b.parts <- struct{}{}
+	if n != b.cfg.PartSize {
+		buf := make([]byte, n)
+		return &buf
+	}
 	return b.pool.Get().(*[]byte)
 }
 
 func (b *Backend) putPart(buf *[]byte) {
-	b.pool.Put(buf)
+	if int64(len(*buf)) == b.cfg.PartSize {
+		b.pool.Put(buf)
+	}
 	<-b.parts
+}
+
+// S3's limits on one multipart upload (variables only so that a test can
+// scale them down: no S3 server takes parts under 5 MiB, so 10,001 parts
+// would be 50 GB).
+var (
+	maxParts    int64 = 10000
+	maxPartSize int64 = 5 << 30
+	// partTier is how many parts of one size an upload of unknown size
+	// sends before the size doubles: 900, so that even 5 MiB parts reach
+	// S3's 5 TiB object limit within 10,000 parts.
+	partTier int32 = 900
+)
+
+// partSize is the size of part number n (1-based) of an upload of size
+// bytes (-1: unknown) with the configured part size base, so that no
+// upload needs more than 10,000 parts: a known size gets parts of
+// max(base, size/9,999 rounded up to 64 KiB); an unknown one starts at
+// base and doubles every 900 parts (8 MiB parts carry the first 7.5 GB,
+// and 10,000 parts over 14 TB; S3 objects end at 5 TiB), capped at S3's
+// 5 GiB. Memory follows the part size: UploadConcurrency+1 buffers.
+func partSize(base, size int64, n int32) int64 {
+	if size >= 0 {
+		need := (size + maxParts - 2) / (maxParts - 1)
+		if need <= base {
+			return base
+		}
+		return min((need+(64<<10)-1)&^((64<<10)-1), maxPartSize)
+	}
+	return min(base<<min(uint((n-1)/partTier), 20), maxPartSize)
 }
 
 // putMultipart uploads first (a full part already read) and the rest of r
@@ -484,10 +524,10 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 	g.SetLimit(b.cfg.UploadConcurrency)
 	buf, n := first, len(*first)
 	for number := int32(1); ; number++ {
-		if number > 10000 {
+		if int64(number) > maxParts {
 			b.putPart(buf)
 			g.Wait()
-			return fmt.Errorf("put %s: more than 10,000 parts; raise the part size", key)
+			return fmt.Errorf("put %s: more than %d parts (the object is larger than S3 allows)", key, maxParts)
 		}
 		part, partNumber := buf, number
 		body := (*part)[:n]
@@ -509,7 +549,7 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 		if gctx.Err() != nil {
 			break
 		}
-		buf = b.getPart()
+		buf = b.getPartOf(partSize(b.cfg.PartSize, size, number+1))
 		var rerr error
 		n, rerr = io.ReadFull(r, *buf)
 		if rerr == io.EOF || (rerr == io.ErrUnexpectedEOF && n == 0) {

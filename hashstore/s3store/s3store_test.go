@@ -282,3 +282,64 @@ func TestRetriesThroughConnectionResets(t *testing.T) {
 	}
 	t.Logf("%d of %d connections reset", proxy.Resets(), proxy.Connections())
 }
+
+// TestPartSizeKeepsEveryUploadWithin10000Parts: the rule alone, for
+// object sizes up to S3's 5 TiB, known and unknown.
+func TestPartSizeKeepsEveryUploadWithin10000Parts(t *testing.T) {
+	for _, base := range []int64{5 << 20, 8 << 20, 64 << 20} {
+		for _, size := range []int64{10000*base - 1, 10000 * base, 10000*base + 1, 78 << 30, 1 << 40, 5 << 40} {
+			for _, known := range []bool{true, false} {
+				declared := size
+				if !known {
+					declared = -1
+				}
+				var sent int64
+				n := int32(0)
+				for sent < size {
+					n++
+					p := s3store.PartSize(base, declared, n)
+					if p < base || p > 5<<30 {
+						t.Fatalf("base %d, size %d: part %d of %d bytes", base, declared, n, p)
+					}
+					sent += p
+				}
+				if n > 10000 {
+					t.Errorf("base %d MiB, %d GiB (known %v): %d parts", base>>20, size>>30, known, n)
+				}
+			}
+		}
+	}
+}
+
+// TestUploadBeyondThePartLimit: the rule on a real server, with S3's
+// 10,000 parts scaled down to 20 (and tiers of 900 parts to 4): an object
+// of 21 parts at the configured 5 MiB, its size known or not, uploads in
+// at most 20 parts and reads back whole; without the rule it fails.
+func TestUploadBeyondThePartLimit(t *testing.T) {
+	cfg := s3test.Config(t)
+	cfg.PartSize = 5 << 20
+	b := open(t, cfg)
+	defer s3store.SetPartLimitsForTest(20, 4)()
+	ctx := context.Background()
+	data := randomBytes(3, 21*(5<<20)+1)
+	for _, size := range []int64{int64(len(data)), -1} {
+		before := b.Requests()["UploadPart"]
+		if err := b.Put(ctx, "objects/many-parts", onlyReader{bytes.NewReader(data)}, size); err != nil {
+			t.Fatalf("put (size %d): %v", size, err)
+		}
+		parts := b.Requests()["UploadPart"] - before
+		if parts > 20 {
+			t.Errorf("size %d: %d parts, more than the limit of 20", size, parts)
+		}
+		t.Logf("size %d: %d parts", size, parts)
+		rc, err := b.Get(ctx, "objects/many-parts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("size %d: read back %d bytes, %v", size, len(got), err)
+		}
+	}
+}
