@@ -20,6 +20,7 @@ const (
 	ProblemTree    = "damaged tree"   // a tree of a backup is missing, corrupt or invalid
 	ProblemMissing = "missing object" // an object a backup references is not stored
 	ProblemCorrupt = "corrupt object" // an object does not decode or hash to its key
+	ProblemKey     = "damaged key"    // a key file does not hash to its name, or does not parse
 )
 
 // maxUsersListed bounds the files named per problem object, so one
@@ -53,6 +54,7 @@ type VerifyOptions struct {
 type Problem struct {
 	Kind   string        `json:"kind"`
 	Backup string        `json:"backup,omitempty"` // for damaged records and trees
+	Key    string        `json:"key,omitempty"`    // for damaged key files: keys/<id>
 	ID     digest.Digest `json:"hexdigest,omitzero"`
 	Files  []string      `json:"files,omitempty"` // "backup:path" of files that use the object
 	// MoreFiles counts the files beyond those listed.
@@ -65,6 +67,9 @@ func (p Problem) String() string {
 	b.WriteString(p.Kind)
 	if p.Backup != "" {
 		fmt.Fprintf(&b, " in backup %s", p.Backup)
+	}
+	if p.Key != "" {
+		fmt.Fprintf(&b, " %s", p.Key)
 	}
 	if !p.ID.IsZero() {
 		fmt.Fprintf(&b, " %s", p.ID)
@@ -120,6 +125,21 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	// gc removed some.
 	s.forgetObjects()
 	rep := &VerifyReport{Problems: []Problem{}}
+	// Every key file, not only the one this store opened with (or the
+	// key cache stood in for): a damaged one would fail its password.
+	if s.Encrypted() {
+		ids, err := s.keyIDs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			if _, err := s.readKeyFile(ctx, id); errors.Is(err, ErrCorrupt) {
+				rep.Problems = append(rep.Problems, Problem{Kind: ProblemKey, Key: keysPrefix + id, Err: err.Error()})
+			} else if err != nil {
+				return nil, err
+			}
+		}
+	}
 	names, err := s.verifyNames(ctx, opts.Backups, opts.Filter)
 	if err != nil {
 		return nil, err

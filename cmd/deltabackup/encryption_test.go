@@ -305,6 +305,19 @@ func TestDamagedOrForeignKeyFiles(t *testing.T) {
 			}
 		})
 	}
+	// A damaged key file the command did not open with: verify names it.
+	repo2 := fresh("second-key-damaged")
+	second := filepath.Join(dir, "second-password")
+	os.WriteFile(second, []byte("second"), 0o600)
+	var added struct {
+		Key hashstore.KeyInfo `json:"key"`
+	}
+	json.Unmarshal([]byte(c.ok("--json", "key", "add", "--repo", repo2, "--new-password-file", second).stdout), &added)
+	flipByte(t, filepath.Join(repo2, "keys", added.Key.ID), 50)
+	if o := c.run("verify", "--repo", repo2); o.code != 1 || !strings.Contains(o.stdout+o.stderr, "damaged key keys/"+added.Key.ID) {
+		t.Errorf("verify with a damaged second key file: exit %d\n%s%s", o.code, o.stdout, o.stderr)
+	}
+
 	// A config edited to claim no encryption is refused, not obeyed.
 	repo := fresh("edited-config")
 	cfgPath := filepath.Join(repo, "config")
