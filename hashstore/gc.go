@@ -53,6 +53,11 @@ type GCReport struct {
 	RepackedBytes   int64    `json:"repacked_bytes"`
 	KeptPacks       int      `json:"kept_packs"`
 	TempFiles       int      `json:"temp_files_removed"` // left by killed writes to a local repository
+	// Retained counts the packs, index files and objects gc would have
+	// deleted or rewritten but left alone, being under object lock until
+	// RetainedUntil at the latest.
+	Retained      int       `json:"kept_under_object_lock,omitempty"`
+	RetainedUntil time.Time `json:"object_lock_until,omitzero"`
 	RewrittenIndex  int      `json:"rewritten_index_files"`
 	StaleLocks      []string `json:"stale_locks_removed"`
 }
@@ -87,6 +92,12 @@ type gcPlan struct {
 	indexFiles map[string][]packEntries
 	deadLoose  []string
 	deadBytes  int64
+	deadSizes  map[string]int64
+	// keptIndex are index files under object lock: never rewritten;
+	// retained counts what object lock kept, until retainedUntil.
+	keptIndex     map[string]bool
+	retained      int
+	retainedUntil time.Time
 }
 
 // GC deletes every object no backup record references and rewrites packs
@@ -149,7 +160,7 @@ func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	plan := &gcPlan{backups: backups, live: live, packs: packs, indexFiles: indexFiles}
+	plan := &gcPlan{backups: backups, live: live, packs: packs, indexFiles: indexFiles, keptIndex: map[string]bool{}, deadSizes: map[string]int64{}}
 	liveNames := live
 	if s.seal != nil {
 		liveNames = make(map[digest.Digest]bool, len(live))
@@ -160,12 +171,16 @@ func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
 	err = s.backend.List(ctx, objectsPrefix, func(info Info) error {
 		if name, ok := parseObjectKey(info.Key); ok && !liveNames[name] {
 			plan.deadLoose = append(plan.deadLoose, info.Key)
+			plan.deadSizes[info.Key] = info.Size
 			plan.deadBytes += info.Size
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list objects: %w", err)
+	}
+	if plan.retained, plan.retainedUntil, err = s.keepRetained(ctx, plan); err != nil {
+		return nil, err
 	}
 	return plan, nil
 }
@@ -174,6 +189,7 @@ func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
 func (p *gcPlan) report(rep *GCReport) {
 	rep.Backups, rep.LiveObjects = p.backups, len(p.live)
 	rep.DeletedObjects, rep.DeletedBytes = len(p.deadLoose), p.deadBytes
+	rep.Retained, rep.RetainedUntil = p.retained, p.retainedUntil
 	for _, pk := range p.packs {
 		switch pk.fate {
 		case deletePack:
@@ -220,7 +236,7 @@ func (s *Store) executeGC(ctx context.Context, plan *gcPlan, rep *GCReport) erro
 				touched = true
 			}
 		}
-		if !touched {
+		if !touched || plan.keptIndex[key] {
 			continue
 		}
 		if len(keep) > 0 {

@@ -330,3 +330,80 @@ func TestGCRefusesWhenABackupCannotBeRead(t *testing.T) {
 		t.Fatalf("gc with a damaged record: %v", err)
 	}
 }
+
+// retainingBackend holds chosen keys under retention (as S3 Object Lock
+// would): deleting or overwriting one fails.
+type retainingBackend struct {
+	hashstore.Backend
+	mu       sync.Mutex
+	retained map[string]bool
+}
+
+func (r *retainingBackend) RetainedUntil(ctx context.Context, key string) (time.Time, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := r.Backend.Stat(ctx, key); err != nil {
+		return time.Time{}, err
+	}
+	if r.retained[key] {
+		return time.Now().Add(time.Hour), nil
+	}
+	return time.Time{}, nil
+}
+
+func (r *retainingBackend) Delete(ctx context.Context, key string) error {
+	r.mu.Lock()
+	retained := r.retained[key]
+	r.mu.Unlock()
+	if retained {
+		return fmt.Errorf("delete %s: retained", key)
+	}
+	return r.Backend.Delete(ctx, key)
+}
+
+// TestGCLeavesRetainedKeysAlone: gc after forgetting b1, with one of the
+// index files naming b1's packs and one dead pack under retention: the
+// retained index file is not rewritten, every pack it names stays (or
+// readers would take objects of a deleted pack as stored), the retained
+// pack stays, the rest is collected, and every remaining backup verifies
+// and restores; a later gc, once nothing is retained, collects the rest.
+func TestGCLeavesRetainedKeysAlone(t *testing.T) {
+	ctx := context.Background()
+	rb := &retainingBackend{Backend: hashstore.NewMemory(), retained: map[string]bool{}}
+	f := newGCFixture(t, rb)
+	f.forget(t, "b1")
+	// b1's first index file and its packs.
+	var indexKeys []string
+	rb.List(ctx, "index/", func(i hashstore.Info) error { indexKeys = append(indexKeys, i.Key); return nil })
+	var packKeys []string
+	rb.List(ctx, "packs/", func(i hashstore.Info) error { packKeys = append(packKeys, i.Key); return nil })
+	plain, _ := hashstore.Open(ctx, rb, storetest.Options(hashstore.Options{}))
+	dry, err := plain.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: plain}, DryRun: true})
+	if err != nil || dry.DeletedPacks+dry.RepackedPacks == 0 {
+		t.Fatalf("the fixture leaves nothing to collect: %+v %v", dry, err)
+	}
+	for _, k := range indexKeys {
+		rb.retained[k] = true // every index file: no pack may go
+	}
+	store, _ := hashstore.Open(ctx, rb, storetest.Options(hashstore.Options{}))
+	rep, err := store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: store}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.DeletedPacks != 0 || rep.RepackedPacks != 0 || rep.RewrittenIndex != 0 || rep.Retained == 0 {
+		t.Errorf("gc with every index file retained: %+v", rep)
+	}
+	var after []string
+	rb.List(ctx, "packs/", func(i hashstore.Info) error { after = append(after, i.Key); return nil })
+	if len(after) != len(packKeys) {
+		t.Errorf("%d packs before gc, %d after, with every index file retained", len(packKeys), len(after))
+	}
+	f.check(t)
+	// Retention over: the next gc collects what it can now.
+	rb.retained = map[string]bool{}
+	rep, err = store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: store}})
+	if err != nil || rep.DeletedPacks+rep.RepackedPacks == 0 || rep.Retained != 0 {
+		t.Errorf("gc after retention: %+v %v", rep, err)
+	}
+	f.check(t)
+}

@@ -297,6 +297,9 @@ func (s *Store) RemoveKey(ctx context.Context, prefix string) (KeyInfo, error) {
 	case match[0] == s.keyID:
 		return KeyInfo{}, fmt.Errorf("key %s opened this repository: %w", match[0], ErrKeyInUse)
 	}
+	if err := s.checkDeletable(ctx, "key file "+keysPrefix+match[0], keysPrefix+match[0]); err != nil {
+		return KeyInfo{}, err
+	}
 	info := KeyInfo{ID: match[0]}
 	if kf, err := s.readKeyFile(ctx, match[0]); err == nil {
 		info = keyInfo(match[0], kf, false)
@@ -310,6 +313,11 @@ func (s *Store) RemoveKey(ctx context.Context, prefix string) (KeyInfo, error) {
 // ChangePassword replaces the key file the store was opened with by one
 // under password: the new one is written before the old one is removed.
 func (s *Store) ChangePassword(ctx context.Context, password []byte) (KeyInfo, error) {
+	if s.Encrypted() {
+		if err := s.checkDeletable(ctx, "key file "+keysPrefix+s.keyID+" (the one in use)", keysPrefix+s.keyID); err != nil {
+			return KeyInfo{}, err
+		}
+	}
 	info, err := s.AddKey(ctx, password)
 	if err != nil {
 		return KeyInfo{}, err

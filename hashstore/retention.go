@@ -118,6 +118,9 @@ func (s *Store) DeleteBackup(ctx context.Context, name string) error {
 		}
 		return err
 	}
+	if err := s.checkDeletable(ctx, "backup "+name, backupKey(name)); err != nil {
+		return err
+	}
 	if err := s.backend.Delete(ctx, backupKey(name)); err != nil {
 		return fmt.Errorf("delete backup %s: %w", name, err)
 	}
@@ -147,6 +150,9 @@ type ForgetReport struct {
 	DryRun  bool          `json:"dry_run"`
 	Groups  []ForgetGroup `json:"groups"`
 	Removed []string      `json:"removed"`
+	// Retained are backups the policy would remove that are under object
+	// lock: kept until their retention ends (a later forget removes them).
+	Retained []string `json:"retained,omitempty"`
 }
 
 // ErrEmptyPolicy is Forget's answer to a policy that keeps nothing.
@@ -186,7 +192,13 @@ func (s *Store) Forget(ctx context.Context, opts ForgetOptions) (*ForgetReport, 
 				continue
 			}
 			if !opts.DryRun {
-				if err := s.DeleteBackup(ctx, d.Record.Name); err != nil {
+				err := s.DeleteBackup(ctx, d.Record.Name)
+				if errors.Is(err, ErrRetained) {
+					s.logger.Info("backup kept: under object lock", "backup", d.Record.Name, "err", err)
+					rep.Retained = append(rep.Retained, d.Record.Name)
+					continue
+				}
+				if err != nil {
 					return rep, err
 				}
 			}

@@ -17,6 +17,8 @@ type forgetSummary struct {
 	DryRun      bool                          `json:"dry_run"`
 	Decisions   []hashstore.RetentionDecision `json:"decisions"`
 	Removed     []string                      `json:"removed"`
+	// Retained: backups the policy would remove, kept by object lock.
+	Retained []string `json:"retained,omitempty"`
 	// GC is what --prune's gc did.
 	GC *hashstore.GCReport `json:"gc,omitempty"`
 }
@@ -67,7 +69,7 @@ prints every backup with what keeps it. Objects are deleted by
 				}
 			}
 			if g.json {
-				s := forgetSummary{MessageType: "summary", DryRun: rep.DryRun, Decisions: []hashstore.RetentionDecision{}, Removed: rep.Removed, GC: gcRep}
+				s := forgetSummary{MessageType: "summary", DryRun: rep.DryRun, Decisions: []hashstore.RetentionDecision{}, Removed: rep.Removed, Retained: rep.Retained, GC: gcRep}
 				for _, gr := range rep.Groups {
 					s.Decisions = append(s.Decisions, gr.Decisions...)
 				}
@@ -84,6 +86,9 @@ prints every backup with what keeps it. Objects are deleted by
 					fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", verdict, d.Record.Name, d.Record.End.Local().Format(time.DateTime), strings.Join(d.Reasons, ", "))
 				}
 				w.Flush()
+			}
+			if len(rep.Retained) > 0 {
+				g.printf("kept %d backups the policy would remove, under object lock until their retention ends: %s\n", len(rep.Retained), strings.Join(rep.Retained, ", "))
 			}
 			what := "removed"
 			if rep.DryRun {

@@ -84,4 +84,7 @@ func printGC(g *globals, rep *hashstore.GCReport, seconds float64) {
 	g.printf("%d backups reference %d objects; %s %d objects and %d packs, repacked %d packs (%d objects, %s), freeing %s in %.1fs\n",
 		rep.Backups, rep.LiveObjects, verb, rep.DeletedObjects, rep.DeletedPacks, rep.RepackedPacks, rep.RepackedObjects,
 		progress.FormatBytes(rep.RepackedBytes), progress.FormatBytes(rep.DeletedBytes), seconds)
+	if rep.Retained > 0 {
+		g.printf("left %d packs, index files and objects alone: under object lock until %s at the latest\n", rep.Retained, rep.RetainedUntil.Local().Format(time.DateTime))
+	}
 }

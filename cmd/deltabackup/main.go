@@ -169,6 +169,8 @@ repository is locked by another process, 12 wrong password or none given,
 	pf.String("s3-part-size", "", "multipart part size, also the largest single PUT (default 8MiB, at least 5MiB)")
 	pf.Int("s3-upload-concurrency", 0, "parts uploaded at once per object (default 4)")
 	pf.String("s3-storage-class", "", "storage class for new objects (default: the bucket's)")
+	pf.String("s3-object-lock", "", "put what is written (all but locks) under S3 Object Lock for this long, e.g. 30d: no one can delete or overwrite it until then; init --create-bucket makes the bucket with Object Lock")
+	pf.String("s3-object-lock-mode", "", "compliance (default: not even the account's root can shorten it) or governance")
 	pf.Var(&g.limitUpload, "limit-upload", "send at most this many bytes per second to storage (and, for serve, to peers), all transfers together, e.g. 20MiB (default: no limit)")
 	pf.Var(&g.limitDownload, "limit-download", "receive at most this many bytes per second from storage and peers, all transfers together (default: no limit)")
 	pf.StringVar(&g.gcsProject, "gcs-project", "", "Google Cloud project of a bucket that init --create-bucket makes (default GOOGLE_CLOUD_PROJECT)")

@@ -22,12 +22,19 @@ func (g *globals) locationOptions() (location.Options, error) {
 		GCSProject: g.gcsProject}
 	opts.UploadLimit, opts.DownloadLimit = g.limiters()
 	for name, value := range g.s3Flags {
-		if name == "part-size" {
+		switch name {
+		case "part-size":
 			n, err := parseSize(value)
 			if err != nil {
 				return opts, usagef("--s3-part-size: %v", err)
 			}
 			value = strconv.FormatInt(n, 10)
+		case "object-lock":
+			d, err := parseRetentionDuration(value)
+			if err != nil {
+				return opts, usagef("--s3-object-lock: %v", err)
+			}
+			value = d.String()
 		}
 		opts.S3[name] = value
 	}

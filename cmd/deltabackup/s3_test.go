@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/s3store"
 	"github.com/deltabackup/deltabackup/hashstore/s3store/s3test"
 	"github.com/deltabackup/deltabackup/hashstore/storetest"
@@ -226,4 +228,97 @@ func TestS3WrongCredentialsHint(t *testing.T) {
 	if strings.Contains(o.stderr+o.stdout, "wrong-secret-do-not-print") {
 		t.Fatalf("the secret is printed: %s", o.stderr)
 	}
+}
+
+// TestS3ObjectLock: with --s3-object-lock, what a backup writes (records,
+// packs, index files, objects, key files) can be neither deleted nor
+// overwritten by any credentials until the retention ends, while its lock
+// files go as usual; forget keeps the backups its policy would remove
+// that are still retained, and gc leaves retained garbage alone and
+// succeeds. versitygw enforces Object Lock (compliance mode).
+func TestS3ObjectLock(t *testing.T) {
+	endpoint := s3test.Endpoint(t)
+	c := newCLI(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	makeSource(t, src)
+	bucket := s3test.NewBucket(t)
+	repo := fmt.Sprintf("s3://%s/repo?endpoint=%s", bucket, url.QueryEscape(endpoint))
+	lock := []string{"--s3-object-lock", "1h"}
+	c.ok(append([]string{"init", "--create-bucket", "--repo", repo}, lock...)...)
+	c.ok(append([]string{"backup", "--repo", repo, "--name", "b1", src}, lock...)...)
+	os.WriteFile(filepath.Join(src, "new.txt"), []byte(strings.Repeat("new file ", 100)), 0o644)
+	c.ok(append([]string{"backup", "--repo", repo, "--name", "b2", src}, lock...)...)
+
+	ctx := context.Background()
+	b, err := s3store.Open(ctx, s3store.Config{Bucket: bucket, Prefix: "repo/", Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var locked []string
+	err = b.List(ctx, "", func(i hashstore.Info) error {
+		if strings.HasPrefix(i.Key, "locks/") {
+			t.Errorf("lock file %s left behind", i.Key)
+		}
+		locked = append(locked, i.Key)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, prefix := range []string{"backups/", "packs/", "index/", "objects/", "keys/"} {
+		var key string
+		for _, k := range locked {
+			if strings.HasPrefix(k, prefix) {
+				key = k
+				break
+			}
+		}
+		if key == "" {
+			t.Fatalf("nothing stored under %s", prefix)
+		}
+		if until, err := b.RetainedUntil(ctx, key); err != nil || time.Until(until) < 50*time.Minute {
+			t.Errorf("%s retained until %v (%v), want about an hour", key, until, err)
+		}
+		if err := b.Delete(ctx, key); err == nil {
+			t.Errorf("%s could be deleted", key)
+		}
+		if err := b.Put(ctx, key, strings.NewReader("overwritten"), 11); err == nil {
+			t.Errorf("%s could be overwritten", key)
+		}
+	}
+
+	// forget keeps what is retained; nothing is removed, nothing fails.
+	o := c.ok("forget", "--json", "--repo", repo, "--keep-last", "1")
+	var f struct {
+		Removed  []string `json:"removed"`
+		Retained []string `json:"retained"`
+	}
+	json.Unmarshal([]byte(lastLine(o.stdout)), &f)
+	if len(f.Removed) != 0 || len(f.Retained) != 1 || f.Retained[0] != "b1" {
+		t.Errorf("forget with b1 retained: removed %v, retained %v", f.Removed, f.Retained)
+	}
+	// Garbage under retention (an object no backup references) is left
+	// alone by gc, which still succeeds.
+	lb, err := s3store.Open(ctx, s3store.Config{Bucket: bucket, Prefix: "repo/", Endpoint: endpoint, ObjectLock: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	orphan := "objects/ab/ab" + strings.Repeat("0", 62)
+	if err := lb.Put(ctx, orphan, strings.NewReader("orphan"), 6); err != nil {
+		t.Fatal(err)
+	}
+	var gc hashstore.GCReport
+	json.Unmarshal([]byte(lastLine(c.ok("gc", "--json", "--repo", repo).stdout)), &gc)
+	if gc.Retained < 1 || gc.DeletedObjects != 0 {
+		t.Errorf("gc with retained garbage: %+v", gc)
+	}
+	if _, err := b.Stat(ctx, orphan); err != nil {
+		t.Errorf("the retained orphan is gone: %v", err)
+	}
+	c.ok("verify", "--repo", repo, "--read-data")
+	out := filepath.Join(dir, "out")
+	c.ok("restore", "--repo", repo, "b1", out)
 }

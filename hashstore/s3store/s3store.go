@@ -71,8 +71,17 @@ type Config struct {
 	// StorageClass for new objects (STANDARD, STANDARD_IA, ...); empty is
 	// the bucket's default.
 	StorageClass string
-	// CreateBucket creates a missing bucket when the backend opens.
+	// CreateBucket creates a missing bucket when the backend opens (with
+	// Object Lock enabled when ObjectLock is set).
 	CreateBucket bool
+	// ObjectLock, when set, puts every key written but locks and gc
+	// markers under S3 Object Lock for this long: until then no one, with
+	// any credentials, can delete or overwrite it (in compliance mode;
+	// governance mode lets users with s3:BypassGovernanceRetention). The
+	// bucket must have Object Lock enabled.
+	ObjectLock time.Duration
+	// ObjectLockMode is "compliance" (default) or "governance".
+	ObjectLockMode string
 }
 
 // Defaults for Config fields left zero.
@@ -132,6 +141,13 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	if cfg.PartSize == 0 {
 		cfg.PartSize = DefaultPartSize
+	}
+	switch cfg.ObjectLockMode {
+	case "":
+		cfg.ObjectLockMode = "compliance"
+	case "compliance", "governance":
+	default:
+		return nil, fmt.Errorf("s3: object lock mode %q: want compliance or governance", cfg.ObjectLockMode)
 	}
 	if cfg.PartSize < minPartSize {
 		return nil, fmt.Errorf("s3: part size %d is below S3's minimum of 5 MiB", cfg.PartSize)
@@ -242,6 +258,9 @@ func (b *Backend) checkBucket(ctx context.Context) error {
 			return hashstore.Permanent(fmt.Errorf("s3 bucket %q: %w", b.cfg.Bucket, ErrBucketMissing))
 		}
 		in := &s3.CreateBucketInput{Bucket: aws.String(b.cfg.Bucket)}
+		if b.cfg.ObjectLock > 0 {
+			in.ObjectLockEnabledForBucket = aws.Bool(true)
+		}
 		if region := b.client.Options().Region; region != "" && region != "us-east-1" {
 			in.CreateBucketConfiguration = &types.CreateBucketConfiguration{LocationConstraint: types.BucketLocationConstraint(region)}
 		}
@@ -414,6 +433,10 @@ func (b *Backend) putObject(ctx context.Context, key string, body io.ReadSeeker,
 	if b.cfg.StorageClass != "" {
 		in.StorageClass = types.StorageClass(b.cfg.StorageClass)
 	}
+	if mode, until, ok := b.retention(key); ok {
+		// S3 wants a checksum on every locked write.
+		in.ObjectLockMode, in.ObjectLockRetainUntilDate, in.ChecksumAlgorithm = mode, &until, types.ChecksumAlgorithmCrc32
+	}
 	if exclusive {
 		in.IfNoneMatch = aws.String("*")
 	}
@@ -500,6 +523,11 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 	if b.cfg.StorageClass != "" {
 		create.StorageClass = types.StorageClass(b.cfg.StorageClass)
 	}
+	locked := false
+	if mode, until, ok := b.retention(key); ok {
+		create.ObjectLockMode, create.ObjectLockRetainUntilDate, create.ChecksumAlgorithm = mode, &until, types.ChecksumAlgorithmCrc32
+		locked = true
+	}
 	out, cerr := b.client.CreateMultipartUpload(ctx, create)
 	if cerr != nil {
 		b.putPart(first)
@@ -534,15 +562,19 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 		total += int64(n)
 		g.Go(func() error {
 			defer b.putPart(part)
-			res, err := b.client.UploadPart(gctx, &s3.UploadPartInput{
+			in := &s3.UploadPartInput{
 				Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key)), UploadId: uploadID,
 				PartNumber: aws.Int32(partNumber), Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
-			})
+			}
+			if locked {
+				in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
+			}
+			res, err := b.client.UploadPart(gctx, in)
 			if err != nil {
 				return b.mapErr("put part of", key, err)
 			}
 			mu.Lock()
-			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(partNumber)})
+			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(partNumber), ChecksumCRC32: res.ChecksumCRC32})
 			mu.Unlock()
 			return nil
 		})
@@ -577,6 +609,32 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 	})
 	return b.mapErr("complete upload of", key, err)
+}
+
+// retention returns the Object Lock of a new key: every key but locks
+// and gc markers, which their writers delete.
+func (b *Backend) retention(key string) (types.ObjectLockMode, time.Time, bool) {
+	if b.cfg.ObjectLock <= 0 || strings.HasPrefix(key, "locks/") || strings.HasPrefix(key, "gc/") {
+		return "", time.Time{}, false
+	}
+	mode := types.ObjectLockModeCompliance
+	if b.cfg.ObjectLockMode == "governance" {
+		mode = types.ObjectLockModeGovernance
+	}
+	return mode, time.Now().Add(b.cfg.ObjectLock).UTC(), true
+}
+
+// RetainedUntil implements hashstore.Retainer: when the Object Lock of
+// key ends (zero for none).
+func (b *Backend) RetainedUntil(ctx context.Context, key string) (time.Time, error) {
+	if err := hashstore.ValidateKey(key); err != nil {
+		return time.Time{}, err
+	}
+	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.cfg.Bucket), Key: aws.String(b.key(key))})
+	if err != nil {
+		return time.Time{}, b.mapErr("stat", key, err)
+	}
+	return aws.ToTime(out.ObjectLockRetainUntilDate), nil
 }
 
 // Get implements hashstore.Backend.

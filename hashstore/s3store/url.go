@@ -72,8 +72,12 @@ func (c *Config) Set(name, v string) error {
 		c.StorageClass = v
 	case "create-bucket":
 		c.CreateBucket, err = strconv.ParseBool(v)
+	case "object-lock":
+		c.ObjectLock, err = time.ParseDuration(v)
+	case "object-lock-mode":
+		c.ObjectLockMode = v
 	default:
-		return fmt.Errorf("unknown S3 option %q (endpoint, region, profile, path-style, insecure-skip-verify, ca-bundle, connect-timeout, read-timeout, part-size, upload-concurrency, storage-class, create-bucket)", name)
+		return fmt.Errorf("unknown S3 option %q (endpoint, region, profile, path-style, insecure-skip-verify, ca-bundle, connect-timeout, read-timeout, part-size, upload-concurrency, storage-class, create-bucket, object-lock, object-lock-mode)", name)
 	}
 	if err != nil {
 		return fmt.Errorf("S3 option %s=%q: %v", name, v, err)
