@@ -42,24 +42,24 @@ type GCOptions struct {
 
 // GCReport is what GC found and did (or would do, in a dry run).
 type GCReport struct {
-	DryRun          bool     `json:"dry_run"`
-	Backups         int      `json:"backups"`
-	LiveObjects     int      `json:"live_objects"`
-	DeletedObjects  int      `json:"deleted_objects"` // loose objects
-	DeletedBytes    int64    `json:"deleted_bytes"`   // stored bytes freed, packs included
-	DeletedPacks    int      `json:"deleted_packs"`
-	RepackedPacks   int      `json:"repacked_packs"`
-	RepackedObjects int      `json:"repacked_objects"`
-	RepackedBytes   int64    `json:"repacked_bytes"`
-	KeptPacks       int      `json:"kept_packs"`
-	TempFiles       int      `json:"temp_files_removed"` // left by killed writes to a local repository
+	DryRun          bool  `json:"dry_run"`
+	Backups         int   `json:"backups"`
+	LiveObjects     int   `json:"live_objects"`
+	DeletedObjects  int   `json:"deleted_objects"` // loose objects
+	DeletedBytes    int64 `json:"deleted_bytes"`   // stored bytes freed, packs included
+	DeletedPacks    int   `json:"deleted_packs"`
+	RepackedPacks   int   `json:"repacked_packs"`
+	RepackedObjects int   `json:"repacked_objects"`
+	RepackedBytes   int64 `json:"repacked_bytes"`
+	KeptPacks       int   `json:"kept_packs"`
+	TempFiles       int   `json:"temp_files_removed"` // left by killed writes to a local repository
 	// Retained counts the packs, index files and objects gc would have
 	// deleted or rewritten but left alone, being under object lock until
 	// RetainedUntil at the latest.
-	Retained      int       `json:"kept_under_object_lock,omitempty"`
-	RetainedUntil time.Time `json:"object_lock_until,omitzero"`
-	RewrittenIndex  int      `json:"rewritten_index_files"`
-	StaleLocks      []string `json:"stale_locks_removed"`
+	Retained       int       `json:"kept_under_object_lock,omitempty"`
+	RetainedUntil  time.Time `json:"object_lock_until,omitzero"`
+	RewrittenIndex int       `json:"rewritten_index_files"`
+	StaleLocks     []string  `json:"stale_locks_removed"`
 }
 
 // packFate is what gc does with a pack.
