@@ -16,6 +16,29 @@ type Retainer interface {
 	RetainedUntil(ctx context.Context, key string) (time.Time, error)
 }
 
+// RetentionSetter is a backend that can put what it writes under a
+// retention period (S3 Object Lock). Mode is "compliance" or "governance".
+type RetentionSetter interface {
+	SetRetention(d time.Duration, mode string) error
+}
+
+// applyObjectLock sets the retention a repository's config asks for on
+// its backend (raising, never lowering, one its flags set).
+func applyObjectLock(b Backend, cfg Config) error {
+	if cfg.ObjectLock == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(cfg.ObjectLock)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("config object_lock %q is not a duration: %w", cfg.ObjectLock, ErrConfigAltered)
+	}
+	rs, ok := As[RetentionSetter](b)
+	if !ok {
+		return fmt.Errorf("the repository keeps what it stores under object lock for %s, which this storage cannot do (only s3://)", d)
+	}
+	return rs.SetRetention(d, cfg.ObjectLockMode)
+}
+
 // ErrRetained: a key is under a retention period (Object Lock) and
 // cannot be deleted yet.
 var ErrRetained = errors.New("under object lock")

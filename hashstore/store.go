@@ -55,6 +55,11 @@ type Config struct {
 	// present, so that a config without it is refused, not read as
 	// unencrypted.
 	Encryption string `json:"encryption"`
+	// ObjectLock (a Go duration) and ObjectLockMode, when set, are the S3
+	// Object Lock every command puts on what it writes (see Retainer):
+	// a property of the repository, not of each command's flags.
+	ObjectLock     string `json:"object_lock,omitempty"`
+	ObjectLockMode string `json:"object_lock_mode,omitempty"`
 }
 
 // Encryption modes of a repository (Config.Encryption).
@@ -94,6 +99,10 @@ type Options struct {
 	// KeyCache, when set, keeps the unwrapped master key between runs
 	// (see KeyCache); nil derives it from the password every time.
 	KeyCache KeyCache
+	// ObjectLock and ObjectLockMode make Init create a repository whose
+	// every write is retained that long (S3 Object Lock; see Retainer).
+	ObjectLock     time.Duration
+	ObjectLockMode string
 }
 
 // Store holds objects under their ids on a Backend, encoded and verified
@@ -165,6 +174,13 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	if !opts.Unencrypted {
 		cfg.Encryption = EncryptionXChaCha20
 	}
+	if opts.ObjectLock > 0 {
+		cfg.ObjectLock, cfg.ObjectLockMode = opts.ObjectLock.String(), opts.ObjectLockMode
+		// Before the key file and the config: they are retained too.
+		if err := applyObjectLock(b, cfg); err != nil {
+			return nil, fmt.Errorf("init %s: %w", describe(b), err)
+		}
+	}
 	s := newStore(b, cfg, opts)
 	if cfg.Encrypted() {
 		// The key file first: a config names a repository that opens.
@@ -221,6 +237,9 @@ func Open(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	}
 	if cfg.HashAlgorithm != "blake3" {
 		return nil, fmt.Errorf("%s: unsupported hash algorithm %q", describe(b), cfg.HashAlgorithm)
+	}
+	if err := applyObjectLock(b, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", describe(b), err)
 	}
 	s := newStore(b, cfg, opts)
 	switch cfg.Encryption {

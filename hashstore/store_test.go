@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -411,6 +412,25 @@ func TestCompressionDecidedAcrossTheContent(t *testing.T) {
 		}
 		if c.maxStored > 1 && res.Codec != hashstore.CodecRaw {
 			t.Errorf("%s: stored as %v, want raw", c.name, res.Codec)
+		}
+	}
+}
+
+// TestObjectLockNeedsStorageThatKeepsIt: a repository whose config asks
+// for Object Lock is refused by storage that cannot retain (rather than
+// written to without retention), and so is a config whose duration is
+// not one.
+func TestObjectLockNeedsStorageThatKeepsIt(t *testing.T) {
+	ctx := context.Background()
+	if _, err := hashstore.Init(ctx, hashstore.NewMemory(), storetest.Options(hashstore.Options{ObjectLock: time.Hour})); err == nil || !strings.Contains(err.Error(), "only s3://") {
+		t.Errorf("init with object lock on memory: %v", err)
+	}
+	for value, want := range map[string]string{"1h": "only s3://", "forever": "not a duration"} {
+		b := hashstore.NewMemory()
+		cfg := fmt.Sprintf(`{"id":"0123456789abcdef0123456789abcdef","version":2,"hash_algorithm":"blake3","created":"2026-11-29T00:00:00Z","encryption":"none","object_lock":%q}`, value)
+		b.Put(ctx, "config", strings.NewReader(cfg), int64(len(cfg)))
+		if _, err := hashstore.Open(ctx, b, hashstore.Options{}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("object_lock %q: %v, want %q", value, err, want)
 		}
 	}
 }

@@ -36,6 +36,14 @@ terminal). Lose every password and the data is lost. With
 			if opts.KDF, err = kdf.kdf(); err != nil {
 				return err
 			}
+			// Object Lock becomes the repository's: every later command
+			// applies it, flag or not.
+			if v, ok := g.s3Flags["object-lock"]; ok {
+				if opts.ObjectLock, err = parseRetentionDuration(v); err != nil {
+					return usagef("--s3-object-lock: %v", err)
+				}
+				opts.ObjectLockMode = g.s3Flags["object-lock-mode"]
+			}
 			if !unencrypted {
 				opts.Password = g.passwordFunc(&g.password, o.Location, true)
 			}

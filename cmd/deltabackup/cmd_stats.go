@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"text/tabwriter"
 
@@ -38,6 +39,9 @@ func newStatsCommand(g *globals) *cobra.Command {
 			}
 			g.printf("repository %s (id %s)\n", store, store.Config().ID)
 			g.printf("  encryption:   %s\n", encryptionMode(store))
+			if cfg := store.Config(); cfg.ObjectLock != "" {
+				g.printf("  object lock:  every write retained %s (%s)\n", cfg.ObjectLock, cmp.Or(cfg.ObjectLockMode, "compliance"))
+			}
 			g.printf("  stored:       %s in all\n", progress.FormatBytes(st.StoredBytes))
 			g.printf("  objects:      %d loose (%s), %d in %d packs (%s), %d index files\n", st.LooseObjects, progress.FormatBytes(st.LooseBytes),
 				st.PackedObjects, st.Packs, progress.FormatBytes(st.PackBytes), st.IndexFiles)

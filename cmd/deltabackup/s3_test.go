@@ -244,11 +244,15 @@ func TestS3ObjectLock(t *testing.T) {
 	makeSource(t, src)
 	bucket := s3test.NewBucket(t)
 	repo := fmt.Sprintf("s3://%s/repo?endpoint=%s", bucket, url.QueryEscape(endpoint))
-	lock := []string{"--s3-object-lock", "1h"}
-	c.ok(append([]string{"init", "--create-bucket", "--repo", repo}, lock...)...)
-	c.ok(append([]string{"backup", "--repo", repo, "--name", "b1", src}, lock...)...)
+	// The retention is the repository's: later commands apply it
+	// without the flag.
+	c.ok("init", "--create-bucket", "--repo", repo, "--s3-object-lock", "1h")
+	c.ok("backup", "--repo", repo, "--name", "b1", src)
 	os.WriteFile(filepath.Join(src, "new.txt"), []byte(strings.Repeat("new file ", 100)), 0o644)
-	c.ok(append([]string{"backup", "--repo", repo, "--name", "b2", src}, lock...)...)
+	c.ok("backup", "--repo", repo, "--name", "b2", src)
+	if st := c.ok("stats", "--repo", repo); !strings.Contains(st.stdout, "object lock:  every write retained 1h0m0s (compliance)") {
+		t.Errorf("stats does not show the object lock:\n%s", st.stdout)
+	}
 
 	ctx := context.Background()
 	b, err := s3store.Open(ctx, s3store.Config{Bucket: bucket, Prefix: "repo/", Endpoint: endpoint})

@@ -105,6 +105,9 @@ type Backend struct {
 	parts chan struct{}
 	pool  sync.Pool
 	conns *connections
+	// lockMu guards cfg.ObjectLock*, which the repository's config may
+	// set after Open.
+	lockMu sync.Mutex
 }
 
 var _ hashstore.Backend = (*Backend)(nil)
@@ -614,14 +617,35 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 // retention returns the Object Lock of a new key: every key but locks
 // and gc markers, which their writers delete.
 func (b *Backend) retention(key string) (types.ObjectLockMode, time.Time, bool) {
-	if b.cfg.ObjectLock <= 0 || strings.HasPrefix(key, "locks/") || strings.HasPrefix(key, "gc/") {
+	b.lockMu.Lock()
+	d, modeName := b.cfg.ObjectLock, b.cfg.ObjectLockMode
+	b.lockMu.Unlock()
+	if d <= 0 || strings.HasPrefix(key, "locks/") || strings.HasPrefix(key, "gc/") {
 		return "", time.Time{}, false
 	}
 	mode := types.ObjectLockModeCompliance
-	if b.cfg.ObjectLockMode == "governance" {
+	if modeName == "governance" {
 		mode = types.ObjectLockModeGovernance
 	}
-	return mode, time.Now().Add(b.cfg.ObjectLock).UTC(), true
+	return mode, time.Now().Add(d).UTC(), true
+}
+
+// SetRetention implements hashstore.RetentionSetter: the repository's
+// config asks for a retention. A longer one set by Config stays; the
+// mode is the repository's (compliance when it names none).
+func (b *Backend) SetRetention(d time.Duration, mode string) error {
+	switch mode {
+	case "":
+		mode = "compliance"
+	case "compliance", "governance":
+	default:
+		return fmt.Errorf("s3: object lock mode %q: want compliance or governance", mode)
+	}
+	b.lockMu.Lock()
+	defer b.lockMu.Unlock()
+	b.cfg.ObjectLock = max(b.cfg.ObjectLock, d)
+	b.cfg.ObjectLockMode = mode
+	return nil
 }
 
 // RetainedUntil implements hashstore.Retainer: when the Object Lock of
