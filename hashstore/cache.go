@@ -274,11 +274,17 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 	if err != nil {
 		return err
 	}
-	var unknown []int
+	// Loose objects are known, listed and stored by name: one keyed hash
+	// per id, here.
+	names := make([]digest.Digest, len(ids))
 	for i, id := range ids {
+		names[i] = s.seal.looseName(id)
+	}
+	var unknown []int
+	for i := range ids {
 		// Remembered answers only stand in for remote requests; without
 		// a cache the backend is asked, which is cheap and current.
-		if size, ok := k.lookup(s.seal.looseName(id)); ok && s.cacheDir != "" {
+		if size, ok := k.lookup(names[i]); ok && s.cacheDir != "" {
 			found(i, size)
 		} else {
 			unknown = append(unknown, i)
@@ -294,7 +300,7 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 		// A listing moments ago saw every loose object; the ones it did
 		// not see are absent (or were stored since, which costs a copy).
 		for _, i := range unknown {
-			if size, ok := k.lookup(s.seal.looseName(ids[i])); ok {
+			if size, ok := k.lookup(names[i]); ok {
 				found(i, size)
 			}
 		}
@@ -318,7 +324,7 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 		k.listed = time.Now()
 		k.mu.Unlock()
 		for _, i := range unknown {
-			if size, ok := present[s.seal.looseName(ids[i])]; ok {
+			if size, ok := present[names[i]]; ok {
 				found(i, size)
 			}
 		}
@@ -329,10 +335,10 @@ func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func
 	g.SetLimit(s.lookupParallel)
 	for _, i := range unknown {
 		g.Go(func() error {
-			info, err := s.backend.Stat(gctx, s.ObjectKey(ids[i]))
+			info, err := s.backend.Stat(gctx, looseKey(names[i]))
 			switch {
 			case err == nil:
-				k.remember(s.seal.looseName(ids[i]), info.Size)
+				k.remember(names[i], info.Size)
 				mu.Lock()
 				found(i, info.Size)
 				mu.Unlock()

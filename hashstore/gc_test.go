@@ -339,6 +339,8 @@ type retainingBackend struct {
 	retained map[string]bool
 }
 
+func (r *retainingBackend) Retains() bool { return true }
+
 func (r *retainingBackend) RetainedUntil(ctx context.Context, key string) (time.Time, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os/user"
 	"runtime/debug"
 	"sort"
@@ -91,12 +90,7 @@ func (s *Store) Encrypted() bool { return s.seal != nil }
 // name and parse within the limits (crypt.ParseKeyFile), so a hostile
 // key file costs nothing before it is refused.
 func (s *Store) readKeyFile(ctx context.Context, id string) (*crypt.KeyFile, error) {
-	rc, err := s.backend.Get(ctx, keysPrefix+id)
-	if err != nil {
-		return nil, fmt.Errorf("read key file %s: %w", id, err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, 64<<10+1))
+	data, err := s.readRaw(ctx, keysPrefix+id)
 	if err != nil {
 		return nil, fmt.Errorf("read key file %s: %w", id, err)
 	}
@@ -137,17 +131,6 @@ func (s *Store) keyIDs(ctx context.Context) ([]string, error) {
 	}
 	sort.Strings(ids)
 	return ids, nil
-}
-
-// firstKeyFile returns the key of any key file, or "".
-func (s *Store) firstKeyFile(ctx context.Context) (string, error) {
-	errStop := errors.New("stop")
-	var found string
-	err := s.backend.List(ctx, keysPrefix, func(info Info) error { found = info.Key; return errStop })
-	if err != nil && !errors.Is(err, errStop) {
-		return "", fmt.Errorf("list key files: %w", err)
-	}
-	return found, nil
 }
 
 // openKey finds the key file the password opens and unlocks the store.

@@ -53,9 +53,10 @@ func parseFanned(prefix, key string) (digest.Digest, bool) {
 // ObjectKey returns the backend key of the loose object of content id:
 // named by the id itself, or in an encrypted repository by its keyed
 // name (see sealer).
-func (s *Store) ObjectKey(id digest.Digest) string {
-	return fanned(objectsPrefix, s.seal.looseName(id))
-}
+func (s *Store) ObjectKey(id digest.Digest) string { return looseKey(s.seal.looseName(id)) }
+
+// looseKey is the key of the loose object named name (sealer.looseName).
+func looseKey(name digest.Digest) string { return fanned(objectsPrefix, name) }
 
 // parseObjectKey returns the name of a loose object's key: its content
 // id in an unencrypted repository, else what sealer.looseName made of it.

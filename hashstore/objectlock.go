@@ -12,6 +12,10 @@ import (
 // by anyone, whatever their credentials. gc leaves such keys alone, and
 // forget and key remove refuse them with ErrRetained.
 type Retainer interface {
+	// Retains reports whether the repository uses retention (its config
+	// or this command's flags set one); when it does not, keys are not
+	// asked about, which would cost a request each.
+	Retains() bool
 	// RetainedUntil returns when the retention of key ends (zero: none).
 	RetainedUntil(ctx context.Context, key string) (time.Time, error)
 }
@@ -46,7 +50,7 @@ var ErrRetained = errors.New("under object lock")
 // retainedUntil reports whether key is retained now, and until when.
 func (s *Store) retainedUntil(ctx context.Context, key string) (time.Time, bool, error) {
 	r, ok := As[Retainer](s.backend)
-	if !ok {
+	if !ok || !r.Retains() {
 		return time.Time{}, false, nil
 	}
 	until, err := r.RetainedUntil(ctx, key)
@@ -76,7 +80,7 @@ func (s *Store) checkDeletable(ctx context.Context, what, key string) error {
 // retained index's packs stay, loose objects stay. It returns how many
 // keys it kept and the latest retention among them.
 func (s *Store) keepRetained(ctx context.Context, plan *gcPlan) (int, time.Time, error) {
-	if _, ok := As[Retainer](s.backend); !ok {
+	if r, ok := As[Retainer](s.backend); !ok || !r.Retains() {
 		return 0, time.Time{}, nil
 	}
 	kept := 0

@@ -140,7 +140,8 @@ func (s *Store) PutBackup(ctx context.Context, rec BackupRecord) error {
 // collide (upload adds a random suffix to the names it derives).
 func (s *Store) ExclusiveRecords() bool { return CanCreate(s.backend) }
 
-// readRaw reads a small key whole.
+// readRaw reads a small key whole: at most maxRecordSize+1 bytes, so a
+// caller tells a key that is too large by its length.
 func (s *Store) readRaw(ctx context.Context, key string) ([]byte, error) {
 	rc, err := s.backend.Get(ctx, key)
 	if err != nil {
@@ -186,15 +187,10 @@ func DecodeBackupRecord(data []byte) (BackupRecord, error) {
 }
 
 func (s *Store) readBackup(ctx context.Context, name string) (BackupRecord, error) {
-	rc, err := s.backend.Get(ctx, backupKey(name))
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return BackupRecord{}, &noSuchBackupError{name: name}
-		}
-		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
+	data, err := s.readRaw(ctx, backupKey(name))
+	if errors.Is(err, ErrNotFound) {
+		return BackupRecord{}, &noSuchBackupError{name: name}
 	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxRecordSize+1))
 	if err != nil {
 		return BackupRecord{}, fmt.Errorf("read backup %s: %w", name, err)
 	}

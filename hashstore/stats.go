@@ -44,7 +44,8 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		return nil, ErrNoReferrer
 	}
 	st := &RepoStats{PerBackup: []BackupUse{}}
-	stored := map[digest.Digest]int64{} // loose name (sealer.looseName) → stored bytes
+	loose := map[digest.Digest]int64{}  // loose name (sealer.looseName) → stored bytes
+	packed := map[digest.Digest]int64{} // content id → stored bytes in its pack
 	err := s.backend.List(ctx, "", func(info Info) error {
 		st.StoredBytes += info.Size
 		switch {
@@ -52,7 +53,7 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 			if name, ok := parseObjectKey(info.Key); ok {
 				st.LooseObjects++
 				st.LooseBytes += info.Size
-				stored[name] = info.Size
+				loose[name] = info.Size
 			}
 		case strings.HasPrefix(info.Key, packsPrefix):
 			st.Packs++
@@ -72,10 +73,7 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 	ix.mu.RLock()
 	err = ix.entries.all(func(id digest.Digest, loc packLocation) {
 		st.PackedObjects++
-		// Keyed by loose name, so an id both loose and packed counts once.
-		if name := s.seal.looseName(id); stored[name] == 0 {
-			stored[name] = int64(loc.length)
-		}
+		packed[id] = int64(loc.length)
 	})
 	ix.mu.RUnlock()
 	if err != nil {
@@ -113,7 +111,7 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 	for i, refs := range perBackup {
 		for h := range refs {
 			if users[h] == 1 {
-				st.PerBackup[i].UniqueBytes += stored[s.seal.looseName(h)]
+				st.PerBackup[i].UniqueBytes += storedSize(s.seal, loose, packed, h)
 			}
 		}
 	}
@@ -124,4 +122,16 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		st.DedupRatio = float64(st.LogicalBytes) / float64(data)
 	}
 	return st, nil
+}
+
+// storedSize is what the object id takes in storage: its loose copy if it
+// has one (named by keyed hash, computed only when there are loose
+// objects), else its packed one.
+func storedSize(seal *sealer, loose, packed map[digest.Digest]int64, id digest.Digest) int64 {
+	if len(loose) > 0 {
+		if size, ok := loose[seal.looseName(id)]; ok {
+			return size
+		}
+	}
+	return packed[id]
 }

@@ -138,6 +138,18 @@ type Store struct {
 	keyCache     KeyCache
 }
 
+// firstKey returns a key under prefix, or "" when there is none, stopping
+// the listing at the first.
+func firstKey(ctx context.Context, b Backend, prefix string) (string, error) {
+	errStop := errors.New("stop")
+	var found string
+	err := b.List(ctx, prefix, func(info Info) error { found = info.Key; return errStop })
+	if err != nil && !errors.Is(err, errStop) {
+		return "", err
+	}
+	return found, nil
+}
+
 // describe names a backend in messages without revealing anything secret:
 // backends that know how to present themselves implement fmt.Stringer.
 func describe(b Backend) string {
@@ -155,10 +167,8 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("init %s: %w", describe(b), err)
 	}
-	errStop := errors.New("stop")
-	var found string
-	err := b.List(ctx, "", func(info Info) error { found = info.Key; return errStop })
-	if err != nil && !errors.Is(err, errStop) {
+	found, err := firstKey(ctx, b, "")
+	if err != nil {
 		return nil, fmt.Errorf("init %s: %w", describe(b), err)
 	}
 	if found != "" {
@@ -250,8 +260,8 @@ func Open(ctx context.Context, b Backend, opts Options) (*Store, error) {
 	case EncryptionNone:
 		// A config edited to say "none" must not make this program
 		// write plain bytes into an encrypted repository.
-		if key, err := s.firstKeyFile(ctx); err != nil {
-			return nil, fmt.Errorf("open repository %s: %w", describe(b), err)
+		if key, err := firstKey(ctx, b, keysPrefix); err != nil {
+			return nil, fmt.Errorf("open repository %s: list key files: %w", describe(b), err)
 		} else if key != "" {
 			return nil, fmt.Errorf("%s: config says the repository is not encrypted, but it holds key file %s: %w",
 				describe(b), key, ErrConfigAltered)
@@ -357,10 +367,11 @@ func (s *Store) PutBytes(ctx context.Context, id digest.Digest, content []byte) 
 	codec := encodeObject(out, content, s.compression)
 	sealed := s.seal.seal(out.Bytes(), objectAD(id))
 	stored := int64(len(sealed))
-	if err := s.backend.Put(ctx, s.ObjectKey(id), bytes.NewReader(sealed), stored); err != nil {
+	name := s.seal.looseName(id)
+	if err := s.backend.Put(ctx, looseKey(name), bytes.NewReader(sealed), stored); err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(s.seal.looseName(id), stored)
+	s.known.remember(name, stored)
 	return PutResult{StoredSize: stored, Codec: codec}, nil
 }
 
@@ -388,10 +399,11 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	copy(out.Bytes(), ObjectHeader{Codec: CodecZstd, DecodedSize: content.n}.marshal())
 	id := digest.Digest(hasher.Sum(nil))
 	sealed := s.seal.seal(out.Bytes(), objectAD(id))
-	if err := s.backend.Put(ctx, s.ObjectKey(id), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
+	name := s.seal.looseName(id)
+	if err := s.backend.Put(ctx, looseKey(name), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return digest.Digest{}, PutResult{}, err
 	}
-	s.known.remember(s.seal.looseName(id), int64(len(sealed)))
+	s.known.remember(name, int64(len(sealed)))
 	return id, PutResult{StoredSize: int64(len(sealed)), Codec: CodecZstd}, nil
 }
 
@@ -534,13 +546,14 @@ func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader,
 		}
 		pw.CloseWithError(err)
 	}()
-	err := s.backend.Put(ctx, s.ObjectKey(id), pr, storedSize)
+	name := s.seal.looseName(id)
+	err := s.backend.Put(ctx, looseKey(name), pr, storedSize)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
 	<-encodeDone
 	if err != nil {
 		return PutResult{}, err
 	}
-	s.known.remember(s.seal.looseName(id), counter.n)
+	s.known.remember(name, counter.n)
 	return PutResult{StoredSize: counter.n, Codec: codec}, nil
 }
 

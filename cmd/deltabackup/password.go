@@ -39,10 +39,43 @@ func (p *passwordSource) addFlags(fl *pflag.FlagSet, what string) {
 	fl.StringVar(&p.command, p.flagPrefix+"password-command", "", "run this shell command and take its output as the password of "+what+" (env "+p.envPrefix+"PASSWORD_COMMAND)")
 }
 
+// sourceKind is how a password source's value gives the password.
+type sourceKind int
+
+const (
+	fromFile sourceKind = iota
+	fromCommand
+	literal
+)
+
+// setting is one place a password can come from: its name for messages,
+// its kind and value ("" when not set).
+type setting struct {
+	name  string
+	kind  sourceKind
+	value string
+}
+
+// settings lists the sources in the order they win.
+func (p *passwordSource) settings() []setting {
+	env := func(name string) string { return os.Getenv(p.envPrefix + name) }
+	return []setting{
+		{"--" + p.flagPrefix + "password-file", fromFile, p.file},
+		{"--" + p.flagPrefix + "password-command", fromCommand, p.command},
+		{p.envPrefix + "PASSWORD_FILE", fromFile, env("PASSWORD_FILE")},
+		{p.envPrefix + "PASSWORD_COMMAND", fromCommand, env("PASSWORD_COMMAND")},
+		{p.envPrefix + "PASSWORD", literal, env("PASSWORD")},
+	}
+}
+
 // given reports whether any source but the prompt is set.
 func (p *passwordSource) given() bool {
-	return p.file != "" || p.command != "" || os.Getenv(p.envPrefix+"PASSWORD_FILE") != "" ||
-		os.Getenv(p.envPrefix+"PASSWORD_COMMAND") != "" || os.Getenv(p.envPrefix+"PASSWORD") != ""
+	for _, st := range p.settings() {
+		if st.value != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // errPasswordSource marks a password source that failed (unreadable
@@ -60,35 +93,28 @@ func (p *passwordSource) get(g *globals, prompt string, confirm bool) ([]byte, e
 }
 
 func (p *passwordSource) read(g *globals, prompt string, confirm bool) ([]byte, error) {
-	fromFile := func(flag, path string) ([]byte, error) {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, errPasswordSource{fmt.Errorf("%s: %w", flag, err)}
+	for _, st := range p.settings() {
+		switch {
+		case st.value == "":
+			continue
+		case st.kind == fromFile:
+			data, err := os.ReadFile(st.value)
+			if err != nil {
+				return nil, errPasswordSource{fmt.Errorf("%s: %w", st.name, err)}
+			}
+			return trimNewline(data), nil
+		case st.kind == fromCommand:
+			cmd := exec.Command("/bin/sh", "-c", st.value)
+			cmd.Stderr = g.stderr
+			out, err := cmd.Output()
+			if err != nil {
+				// Neither the command's output nor the command itself (it
+				// may hold a secret) goes into the message.
+				return nil, errPasswordSource{fmt.Errorf("%s failed: %v", st.name, err)}
+			}
+			return trimNewline(out), nil
 		}
-		return trimNewline(data), nil
-	}
-	fromCommand := func(flag, command string) ([]byte, error) {
-		cmd := exec.Command("/bin/sh", "-c", command)
-		cmd.Stderr = g.stderr
-		out, err := cmd.Output()
-		if err != nil {
-			// Neither the command's output nor the command itself (it may
-			// hold a secret) goes into the message.
-			return nil, errPasswordSource{fmt.Errorf("%s failed: %v", flag, err)}
-		}
-		return trimNewline(out), nil
-	}
-	switch {
-	case p.file != "":
-		return fromFile("--"+p.flagPrefix+"password-file", p.file)
-	case p.command != "":
-		return fromCommand("--"+p.flagPrefix+"password-command", p.command)
-	case os.Getenv(p.envPrefix+"PASSWORD_FILE") != "":
-		return fromFile(p.envPrefix+"PASSWORD_FILE", os.Getenv(p.envPrefix+"PASSWORD_FILE"))
-	case os.Getenv(p.envPrefix+"PASSWORD_COMMAND") != "":
-		return fromCommand(p.envPrefix+"PASSWORD_COMMAND", os.Getenv(p.envPrefix+"PASSWORD_COMMAND"))
-	case os.Getenv(p.envPrefix+"PASSWORD") != "":
-		return []byte(os.Getenv(p.envPrefix + "PASSWORD")), nil
+		return []byte(st.value), nil
 	}
 	return promptPassword(g, prompt, confirm)
 }

@@ -145,12 +145,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.PartSize == 0 {
 		cfg.PartSize = DefaultPartSize
 	}
-	switch cfg.ObjectLockMode {
-	case "":
-		cfg.ObjectLockMode = "compliance"
-	case "compliance", "governance":
-	default:
-		return nil, fmt.Errorf("s3: object lock mode %q: want compliance or governance", cfg.ObjectLockMode)
+	var err error
+	if cfg.ObjectLockMode, err = objectLockMode(cfg.ObjectLockMode); err != nil {
+		return nil, err
 	}
 	if cfg.PartSize < minPartSize {
 		return nil, fmt.Errorf("s3: part size %d is below S3's minimum of 5 MiB", cfg.PartSize)
@@ -614,6 +611,17 @@ func (b *Backend) putMultipart(ctx context.Context, key string, r io.Reader, siz
 	return b.mapErr("complete upload of", key, err)
 }
 
+// objectLockMode checks a mode name; "" is compliance.
+func objectLockMode(mode string) (string, error) {
+	switch mode {
+	case "":
+		return "compliance", nil
+	case "compliance", "governance":
+		return mode, nil
+	}
+	return "", fmt.Errorf("s3: object lock mode %q: want compliance or governance", mode)
+}
+
 // retention returns the Object Lock of a new key: every key but locks
 // and gc markers, which their writers delete.
 func (b *Backend) retention(key string) (types.ObjectLockMode, time.Time, bool) {
@@ -634,18 +642,23 @@ func (b *Backend) retention(key string) (types.ObjectLockMode, time.Time, bool) 
 // config asks for a retention. A longer one set by Config stays; the
 // mode is the repository's (compliance when it names none).
 func (b *Backend) SetRetention(d time.Duration, mode string) error {
-	switch mode {
-	case "":
-		mode = "compliance"
-	case "compliance", "governance":
-	default:
-		return fmt.Errorf("s3: object lock mode %q: want compliance or governance", mode)
+	mode, err := objectLockMode(mode)
+	if err != nil {
+		return err
 	}
 	b.lockMu.Lock()
 	defer b.lockMu.Unlock()
 	b.cfg.ObjectLock = max(b.cfg.ObjectLock, d)
 	b.cfg.ObjectLockMode = mode
 	return nil
+}
+
+// Retains implements hashstore.Retainer: whether this backend puts
+// writes under Object Lock (flags or the repository's config).
+func (b *Backend) Retains() bool {
+	b.lockMu.Lock()
+	defer b.lockMu.Unlock()
+	return b.cfg.ObjectLock > 0
 }
 
 // RetainedUntil implements hashstore.Retainer: when the Object Lock of
