@@ -155,12 +155,20 @@ func TestExplicitNameMustBeFree(t *testing.T) {
 // between its hash and the second read that stores it; the backup never
 // stores the new bytes under the old id, reads the file again, and
 // records what it stored.
+//
+// The contents are random, so they are stored raw and the store reads
+// only its sample (1 MiB) and a segment ahead of the upload: the rewrite
+// when the upload starts lands in the middle of the second read. (A
+// compressible content may be read whole before the upload starts; its
+// read then saw one version and the test would prove nothing.)
 func TestContentChangedAfterHashingIsReadAgain(t *testing.T) {
 	ctx := context.Background()
 	src := t.TempDir()
-	write(t, src, "big", strings.Repeat("1", 2<<20))
+	const size = 8 << 20
+	before, after := stormContent("big", 1, size), stormContent("big", 2, size)
+	write(t, src, "big", string(before))
 	write(t, src, "steady", strings.Repeat("3", 3000))
-	b := &rewritingBackend{Backend: hashstore.NewMemory(), path: filepath.Join(src, "big")}
+	b := &rewritingBackend{Backend: hashstore.NewMemory(), path: filepath.Join(src, "big"), content: after}
 	store, _ := hashstore.Init(ctx, b, storetest.Options(hashstore.Options{}))
 	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
 	if err != nil {
@@ -170,27 +178,30 @@ func TestContentChangedAfterHashingIsReadAgain(t *testing.T) {
 		t.Fatal("the file was not rewritten during the upload; the test proves nothing")
 	}
 	n := files(t, store, sum.Record)["big"]
-	if n == nil || n.ID != digest.Of([]byte(strings.Repeat("2", 2<<20))) {
+	if n == nil || n.ID != digest.Of(after) {
 		t.Fatalf("big recorded as %+v, want its new content", n)
 	}
-	if has, _ := store.Has(ctx, digest.Of([]byte(strings.Repeat("1", 2<<20)))); has {
+	if has, _ := store.Has(ctx, digest.Of(before)); has {
 		t.Fatal("an object is stored under the id of a content no longer in the file")
 	}
 	restoretest.CompareTrees(t, src, restoreTo(t, store, sum.Record))
 }
 
-// rewritingBackend rewrites path once, when the first loose object is
-// stored, before it reads the object's bytes.
+// rewritingBackend rewrites path with content once, when the first loose
+// object's upload starts.
 type rewritingBackend struct {
 	hashstore.Backend
 	path    string
+	content []byte
 	rewrote bool
 }
 
 func (b *rewritingBackend) Put(ctx context.Context, key string, r io.Reader, size int64) error {
 	if strings.HasPrefix(key, "objects/") && !b.rewrote {
 		b.rewrote = true
-		os.WriteFile(b.path, []byte(strings.Repeat("2", 2<<20)), 0o644)
+		if err := os.WriteFile(b.path, b.content, 0o644); err != nil {
+			return err
+		}
 	}
 	return b.Backend.Put(ctx, key, r, size)
 }
