@@ -60,6 +60,9 @@ type Config struct {
 	// a property of the repository, not of each command's flags.
 	ObjectLock     string `json:"object_lock,omitempty"`
 	ObjectLockMode string `json:"object_lock_mode,omitempty"`
+	// Chunking, when present, is how files with much data are cut into
+	// chunks; a config without it stores every file whole.
+	Chunking *ChunkingConfig `json:"chunking,omitempty"`
 }
 
 // Encryption modes of a repository (Config.Encryption).
@@ -103,6 +106,9 @@ type Options struct {
 	// every write is retained that long (S3 Object Lock; see Retainer).
 	ObjectLock     time.Duration
 	ObjectLockMode string
+	// Chunking is what Init records as the repository's chunking: nil
+	// means DefaultChunking, a zero value stores every file whole.
+	Chunking *ChunkingConfig
 }
 
 // Store holds objects under their ids on a Backend, encoded and verified
@@ -183,6 +189,13 @@ func Init(ctx context.Context, b Backend, opts Options) (*Store, error) {
 		Encryption: EncryptionNone}
 	if !opts.Unencrypted {
 		cfg.Encryption = EncryptionXChaCha20
+	}
+	chunking := DefaultChunking()
+	if opts.Chunking != nil {
+		chunking = *opts.Chunking
+	}
+	if cfg.Chunking, err = newChunkingConfig(chunking, cfg.Encrypted()); err != nil {
+		return nil, err
 	}
 	if opts.ObjectLock > 0 {
 		cfg.ObjectLock, cfg.ObjectLockMode = opts.ObjectLock.String(), opts.ObjectLockMode
@@ -360,6 +373,16 @@ func (s *Store) PutBytes(ctx context.Context, id digest.Digest, content []byte) 
 	}
 	if got := digest.Of(content); got != id {
 		return PutResult{}, mismatch(id, "content hashes to "+got.String())
+	}
+	return s.PutHashed(ctx, id, content)
+}
+
+// PutHashed stores content as a loose object under id, which the caller
+// has just computed from these very bytes (a snapshot hashing its read
+// buffer): unlike PutBytes it does not hash them again.
+func (s *Store) PutHashed(ctx context.Context, id digest.Digest, content []byte) (PutResult, error) {
+	if id.IsZero() {
+		return PutResult{}, errors.New("put: no id")
 	}
 	out := bufferPool.Get().(*bytes.Buffer)
 	defer bufferPool.Put(out)

@@ -10,3 +10,6 @@ func SetEuidForTest(uid int) {
 	}
 	geteuid = func() int { return uid }
 }
+
+// ResumeName is the temporary name a chunked file is put together under.
+var ResumeName = resumeName

@@ -35,6 +35,16 @@ type group struct {
 	size  int64 // the content's size (holes excluded)
 	paths []string
 	files []fileTask
+	// pieces are the places in chunked files that hold this content.
+	pieces []piece
+}
+
+// name is a path that needs the content, for ordering and messages.
+func (gr *group) name() string {
+	if len(gr.paths) > 0 {
+		return gr.paths[0]
+	}
+	return gr.pieces[0].asm.rel
 }
 
 var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
@@ -91,10 +101,11 @@ func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
 		defer hashstore.PutHasher(h)
 		buf := bufferPool.Get().(*[]byte)
 		defer bufferPool.Put(buf)
-		if _, err := io.CopyBuffer(h, rd, *buf); err != nil {
-			return false, nil
-		}
-		if len(n.Chunks) > 0 || digest.Digest(h.Sum(nil)) != n.ID {
+		if len(n.Chunks) > 0 {
+			if !chunksUpToDate(file, n, *buf) {
+				return false, nil
+			}
+		} else if _, err := io.CopyBuffer(h, rd, *buf); err != nil || digest.Digest(h.Sum(nil)) != n.ID {
 			return false, nil
 		}
 	}
@@ -296,9 +307,14 @@ func (t *tempFile) allRanges() []snapshot.Range {
 
 // finishGroup writes a downloaded content, in temporary file tmp, to every
 // path of gr: copies for all but the first, which gets tmp itself.
-func (r *restorer) finishGroup(gr *group, tmp *tempFile) {
+func (r *restorer) finishGroup(gr *group, l landing) {
 	atomic.AddInt64(&r.res.ObjectsDownloaded, 1)
 	atomic.AddInt64(&r.res.BytesDownloaded, gr.size)
+	r.writePieces(gr, l)
+	tmp := l.tmp
+	if tmp == nil {
+		return
+	}
 	for i := 1; i < len(gr.files); i++ {
 		f := gr.files[i]
 		copied, err := r.copyLocal(tmp, f.rel, f.node)

@@ -172,6 +172,9 @@ type restorer struct {
 	// fresh is set when the target was empty or missing: nothing in it can
 	// be up to date, so nothing is examined.
 	fresh bool
+	// resumable holds the paths of partial chunked files (resumeName)
+	// that this restore continues.
+	resumable sync.Map
 
 	// links maps each hard-link group to its first name restored.
 	linksMu sync.Mutex

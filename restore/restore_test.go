@@ -83,6 +83,11 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, snapshot.DefaultOptions())
+}
+
+func newFixtureWith(t *testing.T, opts snapshot.Options) *fixture {
+	t.Helper()
 	ctx := context.Background()
 	mem := hashstore.NewMemory()
 	store, err := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
@@ -90,7 +95,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	src := makeTree(t)
-	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
+	sum, err := upload.Backup(ctx, store, src, opts, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,13 +239,20 @@ func TestCorruptObjectFailsOnlyItsFiles(t *testing.T) {
 	restoretest.CompareTrees(t, f.src, target)
 }
 
+// TestMissingObjectIsNamed: a chunk of a chunked file is gone; the file
+// fails, named with the chunk, and nothing else does.
 func TestMissingObjectIsNamed(t *testing.T) {
-	f := newFixture(t)
+	opts := snapshot.DefaultOptions()
+	opts.MinDeltaFileSize = 64 << 10 // chunks are loose objects
+	f := newFixtureWith(t, opts)
 	var h digest.Digest
 	for _, hash := range f.hashes(t) {
-		if hash.Size >= snapshot.DefaultMinDeltaFileSize {
+		if hash.Size >= opts.MinDeltaFileSize {
 			h = hash.Hexdigest // a loose object, which can be deleted alone
 		}
+	}
+	if h.IsZero() {
+		t.Fatal("no loose object to delete")
 	}
 	f.mem.Delete(context.Background(), f.store.ObjectKey(h))
 	res, err := f.restore(t, t.TempDir())

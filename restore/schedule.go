@@ -225,7 +225,7 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest
 		if a.size > batchObjectMax {
 			return a.size > b.size
 		}
-		return a.paths[0] < b.paths[0]
+		return a.name() < b.name()
 	})
 	for _, it := range items {
 		s.enqueue(plan.Holders[it.gr.id][0], it)
@@ -557,13 +557,13 @@ func (s *scheduler) fetch(si int, req *request, items []*item) {
 	defer req.cancel()
 	if len(items) == 1 && (st.batch == nil || items[0].gr.size > batchObjectMax) {
 		it := items[0]
-		var tmp *tempFile
+		var got landing
 		rc, err := st.src.Get(ctx, it.gr.id)
 		if err == nil {
-			tmp, err = s.r.fetchInto(ctx, countingReader{rc, s.progressOf(si, it)}, it.gr)
+			got, err = s.r.land(ctx, countingReader{rc, s.progressOf(si, it)}, it.gr)
 			rc.Close()
 		}
-		s.complete(si, it, tmp, err)
+		s.complete(si, it, got, err)
 		return
 	}
 	byHash := make(map[digest.Digest]*item, len(items))
@@ -578,18 +578,18 @@ func (s *scheduler) fetch(si int, req *request, items []*item) {
 			return nil
 		}
 		delete(byHash, h)
-		var tmp *tempFile
+		var got landing
 		if err == nil {
-			tmp, err = s.r.fetchInto(ctx, countingReader{rd, s.progressOf(si, it)}, it.gr)
+			got, err = s.r.land(ctx, countingReader{rd, s.progressOf(si, it)}, it.gr)
 		}
-		s.complete(si, it, tmp, err)
+		s.complete(si, it, got, err)
 		return nil
 	})
 	if err == nil {
 		err = errors.New("the source did not answer for it")
 	}
 	for _, it := range byHash { // never handed to fn
-		s.complete(si, it, nil, err)
+		s.complete(si, it, landing{}, err)
 	}
 }
 
@@ -606,14 +606,14 @@ func (s *scheduler) progressOf(si int, it *item) *attempt {
 }
 
 // complete settles one attempt of si on it.
-func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
+func (s *scheduler) complete(si int, it *item, got landing, err error) {
 	s.mu.Lock()
 	st := s.sources[si]
 	req, cancelled := s.settle(si, it)
 	if err == nil {
 		if it.done { // another source was faster
 			s.mu.Unlock()
-			tmp.abort()
+			got.drop()
 			return
 		}
 		s.markDone(it)
@@ -621,7 +621,7 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		s.r.perSrc[si].Add(it.gr.size)
-		s.r.finishGroup(it.gr, tmp)
+		s.r.finishGroup(it.gr, got)
 		return
 	}
 	defer s.mu.Unlock()
@@ -658,6 +658,8 @@ func (s *scheduler) complete(si int, it *item, tmp *tempFile, err error) {
 		s.r.logger.Warn("source dropped after failing repeatedly; its work moves to the others", "source", st.src.String(), "err", err)
 		for _, q := range st.queue {
 			q.tried[si] = true
+			// Why the source was dropped is why it did not deliver these.
+			q.errs = append(q.errs, fmt.Errorf("from %s, dropped after failing repeatedly: %w", st.src, err))
 			s.reassign(q)
 		}
 		st.queue, st.queued = nil, 0
@@ -715,9 +717,7 @@ func (s *scheduler) giveUp(it *item) {
 		reason = errors.New("every source holding it was dropped after failing")
 	}
 	err := fmt.Errorf("object %s could not be fetched (held by %s): %w", it.gr.id, strings.Join(where, ", "), reason)
-	for _, rel := range it.gr.paths {
-		s.r.fail(rel, it.gr.id, err)
-	}
+	s.r.failGroup(it.gr, err)
 }
 
 // failAtTarget fails the files of it because the target refused them.
@@ -729,9 +729,7 @@ func (s *scheduler) failAtTarget(it *item, err error) {
 	it.done = true
 	delete(s.flying, it)
 	s.pending--
-	for _, rel := range it.gr.paths {
-		s.r.fail(rel, it.gr.id, err)
-	}
+	s.r.failGroup(it.gr, err)
 }
 
 // giveUpRest fails whatever is left once every worker has stopped: items

@@ -33,6 +33,9 @@ import (
 const (
 	batchFileLimit = 20000
 	batchByteLimit = 4 << 30
+	// batchChunkedLimit bounds the chunked files of a batch, each open
+	// until its last chunk arrives.
+	batchChunkedLimit = 256
 )
 
 // linkState is one hard-link group of the restore: the name restored
@@ -59,6 +62,8 @@ type walkState struct {
 	order  []digest.Digest
 	files  int
 	bytes  int64
+	// chunked counts the chunked files of the batch.
+	chunked int
 
 	created map[string]bool
 	dirs    []dirMeta
@@ -125,6 +130,15 @@ func (r *restorer) walk(ctx context.Context, root digest.Digest) error {
 // restoreTree restores the entries of tree t into the target directory
 // rel, which exists. selected says whether rel itself was selected.
 func (r *restorer) restoreTree(ctx context.Context, ws *walkState, rel string, t *snapshot.Tree, selected bool) error {
+	if !r.fresh {
+		// The partial files of chunked files an interrupted run left here
+		// are resumed, not removed with other temporary files.
+		for i := range t.Nodes {
+			if n := &t.Nodes[i]; len(n.Chunks) > 0 {
+				r.resumable.Store(path.Join(rel, resumeName(joinRel(rel, n.Name), n)), true)
+			}
+		}
+	}
 	if r.opts.Delete && !r.fresh {
 		r.deleteExtras(rel, t, selected)
 	}
@@ -235,6 +249,9 @@ func (r *restorer) removeTemps(dir string) {
 		if !isTempName(e.Name) || !e.Type.IsRegular() {
 			continue
 		}
+		if _, resume := r.resumable.Load(path.Join(dir, e.Name)); resume {
+			continue
+		}
 		st, err := d.Fstatat(e.Name)
 		if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != 0o600 || st.Nlink != 1 ||
 			!time.Unix(st.Mtim.Unix()).Before(r.start) {
@@ -328,10 +345,6 @@ func (r *restorer) entry(ctx context.Context, ws *walkState, rel string, n *snap
 // right, written at once when its content is embedded, otherwise added to
 // the batch.
 func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snapshot.Node) error {
-	if len(n.Chunks) > 0 {
-		r.fail(rel, digest.Digest{}, errors.New("a chunked file: this version of deltabackup cannot restore it"))
-		return nil
-	}
 	if n.Hardlinked() && r.laterLink(rel, n) {
 		return nil // linked to the group's first name at the end
 	}
@@ -368,6 +381,12 @@ func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snaps
 			r.written(n.Size)
 			return nil
 		}
+		if len(n.Chunks) > 0 {
+			if err := r.chunked(ws, rel, n); err != nil {
+				r.fail(rel, digest.Digest{}, err)
+			}
+			return nil
+		}
 		ws.add(task)
 		return nil
 	})
@@ -378,23 +397,30 @@ func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snaps
 func (ws *walkState) full() bool {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	return ws.files >= batchFileLimit || ws.bytes >= batchByteLimit
+	return ws.files >= batchFileLimit || ws.bytes >= batchByteLimit || ws.chunked >= batchChunkedLimit
 }
 
 // add puts a file whose content must be fetched into the batch.
 func (ws *walkState) add(t fileTask) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	gr := ws.groups[t.node.ID]
-	if gr == nil {
-		gr = &group{id: t.node.ID, size: t.node.DataSize()}
-		ws.groups[t.node.ID] = gr
-		ws.order = append(ws.order, t.node.ID)
-		ws.bytes += gr.size
-	}
+	gr := ws.group(t.node.ID, t.node.DataSize())
 	gr.paths = append(gr.paths, t.rel)
 	gr.files = append(gr.files, t)
 	ws.files++
+}
+
+// group returns the batch's group of content id, new if need be. Called
+// with ws.mu held.
+func (ws *walkState) group(id digest.Digest, size int64) *group {
+	gr := ws.groups[id]
+	if gr == nil {
+		gr = &group{id: id, size: size}
+		ws.groups[id] = gr
+		ws.order = append(ws.order, id)
+		ws.bytes += size
+	}
+	return gr
 }
 
 // flush waits for the pool, then plans and fetches the batch.
@@ -405,7 +431,7 @@ func (r *restorer) flush(ctx context.Context, ws *walkState) error {
 	r.newPool(ctx, ws)
 	ws.mu.Lock()
 	groups, order := ws.groups, ws.order
-	ws.groups, ws.order, ws.files, ws.bytes = map[digest.Digest]*group{}, nil, 0, 0
+	ws.groups, ws.order, ws.files, ws.bytes, ws.chunked = map[digest.Digest]*group{}, nil, 0, 0, 0
 	ws.mu.Unlock()
 	if len(groups) == 0 {
 		return nil
@@ -435,9 +461,7 @@ func (r *restorer) flush(ctx context.Context, ws *walkState) error {
 		for i, s := range r.sources {
 			where[i] = s.String()
 		}
-		for _, rel := range groups[h.Hexdigest].paths {
-			r.fail(rel, h.Hexdigest, fmt.Errorf("object %s is in none of the sources (%s)", h.Hexdigest, strings.Join(where, ", ")))
-		}
+		r.failGroup(groups[h.Hexdigest], fmt.Errorf("object %s is in none of the sources (%s)", h.Hexdigest, strings.Join(where, ", ")))
 		delete(groups, h.Hexdigest)
 	}
 	return r.writeFiles(ctx, plan, groups)

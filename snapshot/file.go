@@ -238,8 +238,11 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	dataSize := n.DataSize()
 	embed := dataSize <= s.opts.EmbedThreshold
 	var id digest.Digest
+	var chunks []Chunk
 	var read int64
 	switch {
+	case s.chunkers != nil && !s.readOnly && !embed && dataSize >= s.opts.Chunking.Threshold:
+		chunks, read, err = w.chunkFile(ctx, h, newDataReader(f, size, sparse, ranges), e.rel, dataSize)
 	case sparse:
 		id, read, err = h.hashReader(ctx, newDataReader(f, size, true, ranges), embed && !s.readOnly)
 	case size >= mmapMin && !s.readOnly && !embed:
@@ -264,13 +267,16 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 		p.AddTotalBytes(size)
 		p.AddBytes(size)
 	}
-	if embed {
+	switch {
+	case chunks != nil:
+		n.Chunks = chunks
+	case embed:
 		if sparse {
 			n.Embedded = append([]byte{}, h.whole...)
 		} else {
 			n.Embedded = append([]byte{}, h.whole[:dataSize]...)
 		}
-	} else {
+	default:
 		n.ID = id
 		if sink := s.opts.Sink; sink != nil && !s.readOnly {
 			c := &Content{ID: id, Size: dataSize, Bundled: dataSize < s.opts.MinDeltaFileSize, Path: e.rel,

@@ -180,3 +180,32 @@ func (r *rangeReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// FileRanges returns where the data bytes [off, off+length) of a file
+// lie in it: data lists the file's data ranges in order (for a dense
+// file, one range over the whole file).
+func FileRanges(data []Range, off, length int64) []Range {
+	var out []Range
+	for _, r := range data {
+		if length <= 0 {
+			break
+		}
+		if off >= r.Length {
+			off -= r.Length
+			continue
+		}
+		n := min(r.Length-off, length)
+		out = append(out, Range{Offset: r.Offset + off, Length: n})
+		off, length = 0, length-n
+	}
+	return out
+}
+
+// DataLayout returns the data ranges of node n's file: its ranges when
+// it is sparse, else one range over the whole file.
+func DataLayout(n *Node) []Range {
+	if n.Sparse {
+		return n.Data
+	}
+	return []Range{{Offset: 0, Length: n.Size}}
+}

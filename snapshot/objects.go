@@ -37,6 +37,9 @@ type objectFile struct {
 	mtimeNs int64
 	sparse  bool
 	ranges  []Range
+	// off and length place the content in the file's data: the whole of
+	// it, or one chunk.
+	off, length int64
 }
 
 // ObjectIndex collects which file holds which content while a snapshot
@@ -53,13 +56,27 @@ func NewObjectIndex() *ObjectIndex {
 
 // Add records a file of the snapshot.
 func (x *ObjectIndex) Add(rel string, n *Node) {
-	if n.ID.IsZero() {
-		return // embedded, or chunked (chunks are served from repositories)
+	if n.ID.IsZero() && len(n.Chunks) == 0 {
+		return // embedded
 	}
+	f := objectFile{rel: rel, size: n.Size, mtimeNs: n.MtimeNs, sparse: n.Sparse, ranges: n.Data}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if _, dup := x.byHash[n.ID]; !dup {
-		x.byHash[n.ID] = objectFile{rel: rel, size: n.Size, mtimeNs: n.MtimeNs, sparse: n.Sparse, ranges: n.Data}
+	if !n.ID.IsZero() {
+		f.length = n.DataSize()
+		if _, dup := x.byHash[n.ID]; !dup {
+			x.byHash[n.ID] = f
+		}
+		return
+	}
+	// Each chunk is served from its place in the file.
+	for _, c := range n.Chunks {
+		if _, dup := x.byHash[c.ID]; !dup {
+			cf := f
+			cf.length = c.Size
+			x.byHash[c.ID] = cf
+		}
+		f.off += c.Size
 	}
 }
 
@@ -131,10 +148,7 @@ func (o *Objects) Has(ctx context.Context, ids []digest.Digest) (map[digest.Dige
 	return out, nil
 }
 
-func (f objectFile) dataSize() int64 {
-	n := Node{Type: TypeFile, Size: f.size, Sparse: f.sparse, Data: f.ranges}
-	return n.DataSize()
-}
+func (f objectFile) dataSize() int64 { return f.length }
 
 // Open returns a reader of the content id from the file that held it,
 // and its size. The reader fails, rather than ends, if what it read does
@@ -164,7 +178,8 @@ func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, in
 		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
 	}
 	size := f.dataSize()
-	return &checkedFile{f: file, r: newDataReader(file, f.size, f.sparse, f.ranges), want: id, size: size, h: blake3.New()}, size, nil
+	layout := DataLayout(&Node{Size: f.size, Sparse: f.sparse, Data: f.ranges})
+	return &checkedFile{f: file, r: RangeReader(file, FileRanges(layout, f.off, f.length)), want: id, size: size, h: blake3.New()}, size, nil
 }
 
 // checkedFile hashes what it reads and turns the end into an error when

@@ -76,6 +76,9 @@ type Options struct {
 	// MinDeltaFileSize: contents smaller than this (and not embedded) are
 	// marked to be bundled into packs.
 	MinDeltaFileSize int64
+	// Chunking cuts files with much data into content-defined chunks,
+	// each stored as a content of its own; zero keeps every file whole.
+	Chunking Chunking
 	// Cache holds what the last backup of this source found, so that
 	// unchanged files are not read and unchanged directories not encoded
 	// again; nil reads everything.
@@ -224,6 +227,8 @@ type Snapshotter struct {
 	owners   *owners
 	// readOnly reads files without hashing them, for Measure.
 	readOnly bool
+	// chunkers holds *chunker values when opts.Chunking is on.
+	chunkers *sync.Pool
 }
 
 // New checks opts and returns a Snapshotter of the directory src.
@@ -269,7 +274,10 @@ func New(src string, opts Options) (*Snapshotter, error) {
 			return nil, errors.New("an incremental snapshot (Base) needs Trees to read the base from")
 		}
 	}
-	s := &Snapshotter{opts: opts, src: abs, logger: opts.Logger, owners: newOwners()}
+	if err := opts.Chunking.Check(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	s := &Snapshotter{opts: opts, src: abs, logger: opts.Logger, owners: newOwners(), chunkers: newChunkerPool(opts.Chunking)}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
@@ -293,8 +301,10 @@ func (s *Snapshotter) Src() string { return s.src }
 // cache written under other options is not used.
 func (s *Snapshotter) Fingerprint() string {
 	o := s.opts
-	return fmt.Sprintf("v2 src=%q inc=%q exc=%q eip=%q caches=%t larger=%d onefs=%t embed=%d bundle=%d",
-		s.src, o.Includes, o.Excludes, o.ExcludeIfPresent, o.ExcludeCaches, o.ExcludeLargerThan, o.OneFileSystem, o.EmbedThreshold, o.MinDeltaFileSize)
+	c := o.Chunking
+	return fmt.Sprintf("v2 src=%q inc=%q exc=%q eip=%q caches=%t larger=%d onefs=%t embed=%d bundle=%d chunks=%s/%d/%d/%d/%d",
+		s.src, o.Includes, o.Excludes, o.ExcludeIfPresent, o.ExcludeCaches, o.ExcludeLargerThan, o.OneFileSystem, o.EmbedThreshold, o.MinDeltaFileSize,
+		c.Algorithm, c.MinSize, c.AvgSize, c.MaxSize, c.Threshold)
 }
 
 // collector gathers what the walk finds.

@@ -503,9 +503,12 @@ func validateFile(n *Node) error {
 			return treeErr(name, "%d chunks, at most %d", len(n.Chunks), maxChunks)
 		}
 		var sum int64
-		for _, c := range n.Chunks {
-			if c.ID.IsZero() || c.Size <= 0 || c.Size > maxFileSize {
-				return treeErr(name, "a chunk without id or with size %d", c.Size)
+		for i, c := range n.Chunks {
+			// Every chunk but the last is at least the smallest minimum a
+			// chunker may have, so a chunk list cannot name a content
+			// absurdly often; none is larger than a chunk may be.
+			if c.ID.IsZero() || c.Size <= 0 || c.Size > MaxChunkSize || (c.Size < MinChunkSize && i < len(n.Chunks)-1) {
+				return treeErr(name, "chunk %d without id or of %d bytes (chunks hold %d to %d bytes)", i, c.Size, MinChunkSize, MaxChunkSize)
 			}
 			sum += c.Size
 			if sum > data {

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -23,7 +24,7 @@ func sampleTree() *Tree {
 			{Name: "c-empty", Type: TypeFile, Mode: 0o600, Embedded: []byte{}},
 			{Name: "d-sparse", Type: TypeFile, Size: 1 << 30, Sparse: true, Data: []Range{{4096, 100}, {1 << 20, 4096}}, ID: id},
 			{Name: "e-hole", Type: TypeFile, Size: 1 << 20, Sparse: true, Data: []Range{}, Embedded: []byte{}},
-			{Name: "f-chunked", Type: TypeFile, Size: 30, Chunks: []Chunk{{id, 10}, {id, 20}}},
+			{Name: "f-chunked", Type: TypeFile, Size: MinChunkSize + 20, Chunks: []Chunk{{id, MinChunkSize}, {id, 20}}},
 			{Name: "g-dir", Type: TypeDir, Mode: 0o2775, Subtree: id, Below: Counts{Files: 1}},
 			{Name: "h-link", Type: TypeSymlink, Mode: 0o777, Target: "../x"},
 			{Name: "i-fifo", Type: TypeFIFO, Mode: 0o600},
@@ -83,6 +84,10 @@ func TestHostileTreesAreRefused(t *testing.T) {
 		"range past the end":  {[]Node{{Name: "f", Type: TypeFile, Size: 10, Sparse: true, Data: []Range{{5, 10}}, ID: id}}, "f", false},
 		"overlapping ranges":  {[]Node{{Name: "f", Type: TypeFile, Size: 100, Sparse: true, Data: []Range{{0, 10}, {5, 10}}, ID: id}}, "f", false},
 		"chunks vs size":      {[]Node{{Name: "f", Type: TypeFile, Size: 10, Chunks: []Chunk{{id, 5}}}}, "f", false},
+		"chunks past the end": {[]Node{{Name: "f", Type: TypeFile, Size: 8 << 10, Chunks: []Chunk{{id, 8 << 10}, {id, 1}}}}, "f", false},
+		"chunk too large":     {[]Node{{Name: "f", Type: TypeFile, Size: MaxChunkSize + 1, Chunks: []Chunk{{id, MaxChunkSize + 1}}}}, "f", false},
+		"chunks absurdly many": {[]Node{{Name: "f", Type: TypeFile, Size: 1 << 20,
+			Chunks: slices.Repeat([]Chunk{{id, 1}}, 1<<20)}}, "f", false},
 		"link without inode":  {[]Node{{Name: "f", Type: TypeFile, Embedded: []byte{}, LinkDev: 1}}, "f", true},
 		"empty symlink":       {[]Node{{Name: "l", Type: TypeSymlink}}, "l", false},
 		"symlink with NUL":    {[]Node{{Name: "l", Type: TypeSymlink, Target: "a\x00"}}, "l", false},

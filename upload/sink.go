@@ -117,7 +117,7 @@ func (s *storeSink) storeContent(ctx context.Context, c *snapshot.Content) error
 		}
 		put, err = s.packer.Add(ctx, c.ID, buf.Bytes())
 	case c.Data != nil:
-		put, err = s.store.PutBytes(ctx, c.ID, c.Data)
+		put, err = s.store.PutHashed(ctx, c.ID, c.Data) // hashed by the snapshot from these bytes
 	default:
 		put, err = s.store.Put(ctx, c.ID, sourceReader{c.Open()}, c.Size)
 	}

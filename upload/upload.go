@@ -107,8 +107,14 @@ const maxRevalidations = 3
 func Backup(ctx context.Context, store *hashstore.Store, src string, snapOpts snapshot.Options, opts Options) (*Summary, error) {
 	opts = opts.withDefaults()
 	logger := opts.Logger
+	var err error
 	if snapOpts.Logger == nil {
 		snapOpts.Logger = logger
+	}
+	// The repository's chunking, checked before anything is written: a
+	// config claiming absurd chunk sizes is refused here.
+	if snapOpts.Chunking, err = RepositoryChunking(store); err != nil {
+		return nil, err
 	}
 	lk, err := lock(ctx, store, opts)
 	if err != nil {
@@ -360,4 +366,18 @@ func escapeGlob(p string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// RepositoryChunking returns the chunking the repository's config asks
+// for, as the snapshot takes it, or why it cannot be used.
+func RepositoryChunking(store *hashstore.Store) (snapshot.Chunking, error) {
+	c, key, err := store.Chunking()
+	if err != nil {
+		return snapshot.Chunking{}, fmt.Errorf("%s: %w", store, err)
+	}
+	sc := snapshot.Chunking{Algorithm: c.Algorithm, MinSize: c.MinSize, AvgSize: c.AvgSize, MaxSize: c.MaxSize, Threshold: c.Threshold, Key: key}
+	if err := sc.Check(); err != nil {
+		return snapshot.Chunking{}, fmt.Errorf("%s: config: %w", store, err)
+	}
+	return sc, nil
 }

@@ -5,10 +5,12 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/keycache"
+	"github.com/deltabackup/deltabackup/snapshot"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
-	var unencrypted bool
+	var unencrypted, noChunking bool
+	var chunkSize sizeValue
 	var kdf kdfOptions
 	cmd := &cobra.Command{
 		Use:   "init --repo PATH",
@@ -44,6 +46,16 @@ terminal). Lose every password and the data is lost. With
 				}
 				opts.ObjectLockMode = g.s3Flags["object-lock-mode"]
 			}
+			switch {
+			case noChunking:
+				opts.Chunking = &hashstore.ChunkingConfig{}
+			case chunkSize != 0:
+				c := hashstore.ChunkingForAverage(int(chunkSize))
+				if chunkSize < 0 || chunkSize&(chunkSize-1) != 0 || c.MinSize < snapshot.MinChunkSize || c.MaxSize > snapshot.MaxChunkSize {
+					return usagef("--chunk-size %d: give a power of two from %d to %d", int64(chunkSize), 2*snapshot.MinChunkSize, snapshot.MaxChunkSize/8)
+				}
+				opts.Chunking = &c
+			}
 			if !unencrypted {
 				opts.Password = g.passwordFunc(&g.password, o.Location, true)
 			}
@@ -60,6 +72,8 @@ terminal). Lose every password and the data is lost. With
 		},
 	}
 	cmd.Flags().BoolVar(&unencrypted, "insecure-no-encryption", false, "store plain bytes under plain BLAKE3 ids: whoever reads the storage reads the data (for storage that encrypts at rest, or rohmu-compatible hexdigests)")
+	cmd.Flags().Var(&chunkSize, "chunk-size", "average chunk size of chunked files, a power of two (chunks are half to eight times as large; default 128KiB)")
+	cmd.Flags().BoolVar(&noChunking, "no-chunking", false, "store every file whole, never in chunks")
 	kdf.addFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&g.createBucket, "create-bucket", false, "for s3://, gs:// and azure:// repositories: create the bucket (container) if it does not exist")
 	return cmd

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -192,22 +191,13 @@ trees dump needs are read.`,
 
 // writeContent writes a file's data, verified, with its holes as zeros.
 func writeContent(ctx context.Context, w io.Writer, store *hashstore.Store, n *snapshot.Node) error {
-	var data io.Reader
-	switch {
-	case n.IsEmbedded():
-		data = strings.NewReader(string(n.Embedded))
-	case len(n.Chunks) > 0:
-		return errors.New("a chunked file: this version of deltabackup cannot read it")
-	default:
-		o, err := store.Get(ctx, n.ID)
-		if err != nil {
-			return err
-		}
-		defer o.Close()
-		data = o
+	data, err := upload.OpenContent(ctx, store, n)
+	if err != nil {
+		return err
 	}
+	defer data.Close()
 	if !n.Sparse {
-		_, err := io.Copy(w, io.LimitReader(data, n.Size+1))
+		_, err = io.Copy(w, io.LimitReader(data, n.Size+1))
 		return err
 	}
 	var at int64
@@ -220,7 +210,7 @@ func writeContent(ctx context.Context, w io.Writer, store *hashstore.Store, n *s
 		}
 		at = r.Offset + r.Length
 	}
-	_, err := io.CopyN(w, zeros{}, n.Size-at)
+	_, err = io.CopyN(w, zeros{}, n.Size-at)
 	return err
 }
 

@@ -13,8 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/peer"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 type serveFlags struct {
@@ -22,7 +24,7 @@ type serveFlags struct {
 	rescan                                           time.Duration
 	perClient, maxConnections, perClientConnections  int
 	throttle                                         sizeValue
-	noAuth                                           bool
+	noAuth, noRepoObjects                            bool
 	spoolDir                                         string
 }
 
@@ -57,6 +59,7 @@ for tests. It listens on 127.0.0.1 unless told otherwise.`,
 	fl.IntVar(&f.maxConnections, "max-connections", 1024, "connections open at once, all clients together")
 	fl.IntVar(&f.perClientConnections, "per-client-connections", 64, "connections open at once from one client address")
 	fl.BoolVar(&f.noAuth, "no-auth", false, "serve without a token (loopback addresses only; for tests)")
+	fl.BoolVar(&f.noRepoObjects, "no-repo-objects", false, "with --source and --repo: read only the repository's chunking, serve no objects from it")
 	fl.StringVar(&f.spoolDir, "spool-dir", "", "where verified copies of large objects are kept while served (default: the system's temporary directory)")
 	fl.Var(&f.throttle, "throttle", "send at most this many bytes per second, all transfers together (for tests and benchmarks)")
 	_ = fl.MarkHidden("throttle")
@@ -105,21 +108,34 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 		node, _ = os.Hostname()
 	}
 	var providers []peer.Provider
+	var store *hashstore.Store
+	if g.repo != "" {
+		if store, err = openStore(ctx, g); err != nil {
+			return err
+		}
+	}
 	if f.source != "" {
-		objects, err := g.snapshotForServing(ctx, f.source)
+		// Chunked files are served chunk by chunk, cut as the repository
+		// cuts them; without a repository only whole files are known.
+		served := servedChunking{cacheID: "serve"}
+		if store != nil {
+			if served.chunking, err = upload.RepositoryChunking(store); err != nil {
+				return err
+			}
+			served.cacheID = "serve-" + store.Config().ID
+		} else {
+			g.logger.Info("no repository given: files the repository keeps in chunks are not served from this directory (give --repo)")
+		}
+		objects, err := g.snapshotForServing(ctx, f.source, served)
 		if err != nil {
 			return err
 		}
 		providers = append(providers, objects)
 		if f.rescan > 0 {
-			go g.rescanLoop(ctx, f.source, f.rescan, objects)
+			go g.rescanLoop(ctx, f.source, f.rescan, objects, served)
 		}
 	}
-	if g.repo != "" {
-		store, err := openStore(ctx, g)
-		if err != nil {
-			return err
-		}
+	if store != nil && !f.noRepoObjects {
 		providers = append(providers, peer.StoreProvider{Store: store})
 	}
 	srv, err := peer.NewServer(peer.ServerOptions{Node: node, Token: token, NoAuth: f.noAuth, PerClient: f.perClient,
@@ -174,8 +190,8 @@ func runServe(ctx context.Context, g *globals, f *serveFlags) error {
 
 // snapshotForServing snapshots dir (with a directory cache of its own,
 // so a restart reads only what changed) and indexes its contents.
-func (g *globals) snapshotForServing(ctx context.Context, dir string) (*snapshot.Objects, error) {
-	root, index, err := g.snapshotDir(ctx, dir)
+func (g *globals) snapshotForServing(ctx context.Context, dir string, served servedChunking) (*snapshot.Objects, error) {
+	root, index, err := g.snapshotDir(ctx, dir, served)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +200,15 @@ func (g *globals) snapshotForServing(ctx context.Context, dir string) (*snapshot
 
 // snapshotDir snapshots dir, storing nothing, and returns the directory
 // files are served from and which file holds which content.
-func (g *globals) snapshotDir(ctx context.Context, dir string) (string, *snapshot.ObjectIndex, error) {
+// servedChunking is how a served directory's files are cut, and the
+// name of its directory cache (one per repository: the cut points
+// depend on the repository's key).
+type servedChunking struct {
+	chunking snapshot.Chunking
+	cacheID  string
+}
+
+func (g *globals) snapshotDir(ctx context.Context, dir string, served servedChunking) (string, *snapshot.ObjectIndex, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", nil, err
@@ -193,9 +217,10 @@ func (g *globals) snapshotDir(ctx context.Context, dir string) (string, *snapsho
 	opts := snapshot.DefaultOptions()
 	opts.Logger = g.logger
 	opts.OnFile = index.Add
+	opts.Chunking = served.chunking
 	var cache *snapshot.DirCache
 	if base := g.cacheBase(); base != "" {
-		cache, err = snapshot.OpenDirCache(snapshot.DirCachePath(filepath.Join(base, "serve"), "serve", abs))
+		cache, err = snapshot.OpenDirCache(snapshot.DirCachePath(filepath.Join(base, "serve"), served.cacheID, abs))
 		if err != nil {
 			g.logger.Warn("directory cache unusable", "err", err)
 		}
@@ -222,7 +247,7 @@ func (g *globals) snapshotDir(ctx context.Context, dir string) (string, *snapsho
 	return res.ReadRoot, index, nil
 }
 
-func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duration, objects *snapshot.Objects) {
+func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duration, objects *snapshot.Objects, served servedChunking) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -230,7 +255,7 @@ func (g *globals) rescanLoop(ctx context.Context, dir string, every time.Duratio
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			root, index, err := g.snapshotDir(ctx, dir)
+			root, index, err := g.snapshotDir(ctx, dir, served)
 			if err != nil {
 				g.logger.Warn("rescan of the served directory failed; serving the previous snapshot", "err", err)
 				continue

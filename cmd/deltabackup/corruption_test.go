@@ -24,14 +24,16 @@ type corruptionFixture struct {
 	dir, repo  string
 	src        map[string]string // backup → its source tree
 	store      *hashstore.Store
-	roots      map[string]string // backup → root tree id
-	hexdigests map[string]string // file path → hexdigest (both backups agree)
+	roots      map[string]string   // backup → root tree id
+	hexdigests map[string]string   // file path → hexdigest (both backups agree)
+	chunks     map[string][]string // file path → its chunks, when chunked
 }
 
-func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
+func newCorruptionFixture(t *testing.T, c *cli, chunked bool) *corruptionFixture {
 	t.Helper()
 	dir := t.TempDir()
-	f := &corruptionFixture{dir: dir, repo: filepath.Join(dir, "repo"), src: map[string]string{}, roots: map[string]string{}, hexdigests: map[string]string{}}
+	f := &corruptionFixture{dir: dir, repo: filepath.Join(dir, "repo"), src: map[string]string{}, roots: map[string]string{}, hexdigests: map[string]string{},
+		chunks: map[string][]string{}}
 	src1, src2 := filepath.Join(dir, "src1"), filepath.Join(dir, "src2")
 	makeSource(t, src1)
 	makeSource(t, src2)
@@ -41,7 +43,11 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 	os.WriteFile(filepath.Join(src2, "data/other.bin"), other, 0o644)
 	f.src["b1"], f.src["b2"] = src1, src2
 
-	c.ok("init", "--repo", f.repo)
+	if chunked {
+		c.ok("init", "--repo", f.repo)
+	} else {
+		c.ok("init", "--repo", f.repo, "--no-chunking") // whole objects, to damage one by one
+	}
 	c.ok("backup", "--repo", f.repo, "--name", "b1", src1)
 	c.ok("backup", "--repo", f.repo, "--name", "b2", src2)
 	store := openTestStore(t, f.repo)
@@ -55,6 +61,9 @@ func newCorruptionFixture(t *testing.T, c *cli) *corruptionFixture {
 		err = snapshot.Walk(context.Background(), &upload.Trees{Store: store}, rec.Root, func(rel string, n *snapshot.Node) error {
 			if n.Type == snapshot.TypeFile && !n.IsEmbedded() {
 				f.hexdigests[rel] = n.ID.String()
+				for _, c := range n.Chunks {
+					f.chunks[rel] = append(f.chunks[rel], c.ID.String())
+				}
 			}
 			return nil
 		})
@@ -71,8 +80,9 @@ func (f *corruptionFixture) usersOf(hexdigest string, backups ...string) []strin
 	for _, b := range backups {
 		filepath.WalkDir(f.src[b], func(p string, d os.DirEntry, err error) error {
 			rel, _ := filepath.Rel(f.src[b], p)
-			if d.Type().IsRegular() && f.hexdigests[filepath.ToSlash(rel)] == hexdigest {
-				out = append(out, b+":"+filepath.ToSlash(rel))
+			rel = filepath.ToSlash(rel)
+			if d.Type().IsRegular() && (f.hexdigests[rel] == hexdigest || slices.Contains(f.chunks[rel], hexdigest)) {
+				out = append(out, b+":"+rel)
 			}
 			return nil
 		})
@@ -189,9 +199,19 @@ func TestCorruptionIsDetectedAndNamed(t *testing.T) {
 			return []string{"record:b1"}
 		}, true},
 	}
-	for _, tc := range cases {
+	// A chunked file loses itself, and nothing else, with one chunk.
+	chunkCases := []damage{
+		{"flip a bit in a chunk", func(t *testing.T, f *corruptionFixture) []string {
+			chunk := f.chunks[other][len(f.chunks[other])/2]
+			name, loc := f.file(t, chunk)
+			flipByte(t, name, loc.Offset+loc.Length/2)
+			return []string{chunk}
+		}, false},
+	}
+	for _, tc := range slices.Concat(cases, chunkCases) {
+		chunked := slices.ContainsFunc(chunkCases, func(d damage) bool { return d.name == tc.name })
 		t.Run(tc.name, func(t *testing.T) {
-			f := newCorruptionFixture(t, c)
+			f := newCorruptionFixture(t, c, chunked)
 			broken := tc.do(t, f)
 			if len(broken) == 0 {
 				t.Fatal("the damage broke nothing; the fixture is wrong")

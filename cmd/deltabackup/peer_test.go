@@ -113,7 +113,7 @@ func TestRestoreFromThreeServingPeers(t *testing.T) {
 	for _, name := range []string{"node-a", "node-b", "node-c"} {
 		replica := filepath.Join(dir, name)
 		copyTree(t, src, replica)
-		urls = append(urls, c.serve("--source", replica))
+		urls = append(urls, c.serve("--source", replica, "--repo", repo, "--no-repo-objects"))
 	}
 
 	args := []string{"restore", "--json", "--repo", repo}
@@ -161,7 +161,7 @@ func TestServeTokenAndLoopback(t *testing.T) {
 
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte("s3cret-peer-token\n"), 0o600)
-	url := c.serve("--source", src, "--token-file", token)
+	url := c.serve("--source", src, "--repo", repo, "--no-repo-objects", "--token-file", token)
 
 	target := filepath.Join(dir, "out")
 	o = c.run("restore", "--repo", repo, "--from", url, "--no-repo-source", "latest", target)

@@ -214,3 +214,11 @@ func ParseKeyFile(data []byte) (*KeyFile, error) {
 
 // Equal reports whether two master keys are the same, in constant time.
 func (m *MasterKey) Equal(o *MasterKey) bool { return subtle.ConstantTimeCompare(m[:], o[:]) == 1 }
+
+// contextChunker derives the key of the chunker's gear table.
+const contextChunker = "deltabackup 2026-11-29 chunker gear table key"
+
+// ChunkerKey keys the gear table of the content-defined chunker, so that
+// chunk boundaries (visible as the sizes of sealed chunks) depend on a
+// secret and do not reveal which known file a repository holds.
+func (m *MasterKey) ChunkerKey() Key { return m.derive(contextChunker) }
