@@ -116,19 +116,25 @@ func (s *sealer) reader(r io.Reader, length int64, ad []byte) io.Reader {
 		return r
 	}
 	if length >= 0 && length <= wholeOpenLimit {
-		stored := make([]byte, length)
+		buf := openBuffers.Get().(*[]byte)
+		if int64(cap(*buf)) < length {
+			*buf = make([]byte, length)
+		}
+		stored := (*buf)[:length]
 		if n, err := io.ReadFull(r, stored); err != nil {
+			openBuffers.Put(buf)
 			if err == io.ErrUnexpectedEOF || err == io.EOF {
 				// Short: what arrived will not authenticate.
 				err = fmt.Errorf("%w: only %d of %d sealed bytes", crypt.ErrAuth, n, length)
 			}
 			return errReader{err}
 		}
-		plain, err := crypt.Open(&s.key, stored, ad)
+		plain, err := crypt.OpenInPlace(&s.key, stored, ad)
 		if err != nil {
+			openBuffers.Put(buf)
 			return errReader{err}
 		}
-		return bytes.NewReader(plain)
+		return &pooledReader{r: bytes.NewReader(plain), buf: buf}
 	}
 	return crypt.NewReader(r, &s.key, ad)
 }
@@ -144,4 +150,27 @@ func isSealBroken(err error) bool { return errors.Is(err, crypt.ErrAuth) }
 // sealError names sealed bytes of what that did not open.
 func sealError(what string, err error) error {
 	return fmt.Errorf("%s is damaged or was altered (it does not authenticate): %w", what, err)
+}
+
+// openBuffers hold sealed blobs while they are opened and read: a restore
+// of many chunks would otherwise allocate each one's size twice.
+var openBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// pooledReader reads a blob opened in a buffer of openBuffers and gives
+// the buffer back when the blob has been read to its end.
+type pooledReader struct {
+	r   *bytes.Reader
+	buf *[]byte
+}
+
+func (r *pooledReader) Read(p []byte) (int, error) {
+	if r.buf == nil {
+		return 0, io.EOF
+	}
+	n, err := r.r.Read(p)
+	if err == io.EOF {
+		openBuffers.Put(r.buf)
+		r.buf, r.r = nil, nil
+	}
+	return n, err
 }

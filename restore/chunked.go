@@ -42,6 +42,11 @@ type assembly struct {
 	mu   sync.Mutex
 	left int   // chunks not yet written or failed
 	err  error // the first failure
+	// writing serialises the writes into the file: the kernel holds the
+	// inode's lock through each write anyway, and workers spinning on it
+	// cost more CPU than the copies (a 5 GiB restore spent 12 s of system
+	// time that way).
+	writing sync.Mutex
 }
 
 // piece is one place a chunk goes: a data offset in an assembly.
@@ -52,6 +57,8 @@ type piece struct {
 
 // write puts a verified chunk at its place.
 func (p piece) write(data []byte) error {
+	p.asm.writing.Lock()
+	defer p.asm.writing.Unlock()
 	for _, fr := range snapshot.FileRanges(p.asm.layout, p.off, int64(len(data))) {
 		if writeHook != nil {
 			if err := writeHook(data[:fr.Length]); err != nil {
@@ -238,11 +245,16 @@ func chunksUpToDate(f *os.File, n *snapshot.Node, buf []byte) bool {
 // fetchChunk reads a content that only chunked files need into memory,
 // verified, and returns it: nothing is written before the whole chunk is
 // known good, so a late copy from a second source never touches a file.
-func (r *restorer) fetchChunk(ctx context.Context, rd io.Reader, gr *group) ([]byte, error) {
+func (r *restorer) fetchChunk(ctx context.Context, rd io.Reader, gr *group) (*[]byte, error) {
 	if gr.size > snapshot.MaxChunkSize {
 		return nil, &hashstore.CorruptObjectError{ID: gr.id, Reason: fmt.Sprintf("a chunk of %d bytes, more than %d", gr.size, snapshot.MaxChunkSize)}
 	}
-	data := make([]byte, gr.size)
+	buf := chunkBuffers.Get().(*[]byte)
+	if int64(cap(*buf)) < gr.size {
+		*buf = make([]byte, gr.size)
+	}
+	*buf = (*buf)[:gr.size] // the buffer's length is the chunk's
+	data := *buf
 	n, err := io.ReadFull(hashstore.ContextReader(ctx, rd), data)
 	if err == nil {
 		// The end, where a verifying reader reports a wrong content.
@@ -263,23 +275,36 @@ func (r *restorer) fetchChunk(ctx context.Context, rd io.Reader, gr *group) ([]b
 		}
 	}
 	if err != nil {
+		chunkBuffers.Put(buf)
 		return nil, err
 	}
-	return data, nil
+	return buf, nil
 }
+
+// chunkBuffers hold chunks between their arrival and their writes: a
+// restore of many chunks would otherwise allocate its size in garbage.
+var chunkBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // landing is where a fetched content waits to be written out: the
 // temporary file of the first whole file that needs it, or memory when
 // only chunked files do.
 type landing struct {
 	tmp  *tempFile
-	data []byte
+	data *[]byte // from chunkBuffers, the content's size
 }
 
 // drop discards a content nobody will use (another source was faster).
 func (l landing) drop() {
 	if l.tmp != nil {
 		l.tmp.abort()
+	}
+	l.release()
+}
+
+// release gives the memory a chunk waited in back.
+func (l landing) release() {
+	if l.data != nil {
+		chunkBuffers.Put(l.data)
 	}
 }
 
@@ -299,9 +324,15 @@ func (r *restorer) writePieces(gr *group, l landing) {
 	if len(gr.pieces) == 0 {
 		return
 	}
-	data := l.data
+	defer l.release()
+	var data []byte
 	var err error
-	if data == nil {
+	if l.data != nil {
+		data = *l.data
+		if int64(len(data)) != gr.size {
+			panic(fmt.Sprintf("restore: a chunk of %d bytes held in %d", gr.size, len(data))) // a pooled buffer's length is wrong
+		}
+	} else {
 		data = make([]byte, gr.size)
 		if _, rerr := io.ReadFull(snapshot.RangeReader(l.tmp.f, l.tmp.allRanges()), data); rerr != nil {
 			err = &TargetError{Path: l.tmp.rel, Err: rerr}

@@ -77,11 +77,25 @@ func TestChunkedFileFromThreeSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoretest.CompareTrees(t, f.src, target)
-	total := res.BytesDownloaded
-	for i, b := range res.BytesPerSource {
-		if b < total/5 {
-			t.Errorf("source %d fetched %d of %d bytes: the chunks were not spread", i, b, total)
+	// The plan gives each source a third. A source that runs ahead takes
+	// work over from the others, so what each fetched varies with timing
+	// (here all three are the same memory), but the file came from more
+	// than one.
+	var planned int64
+	for _, b := range res.Plan.Bytes {
+		planned += b
+	}
+	fetching := 0
+	for i := range sources {
+		if b := res.Plan.Bytes[i]; b < planned/4 {
+			t.Errorf("source %d was planned %d of %d bytes: the chunks were not spread", i, b, planned)
 		}
+		if res.BytesPerSource[i] > 0 {
+			fetching++
+		}
+	}
+	if fetching < 2 {
+		t.Errorf("one source delivered everything: %v", res.BytesPerSource)
 	}
 }
 

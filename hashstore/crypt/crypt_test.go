@@ -39,6 +39,10 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		if err != nil || !bytes.Equal(got, plain) {
 			t.Fatalf("%d bytes: open gave %d bytes, %v", n, len(got), err)
 		}
+		got, err = OpenInPlace(k, bytes.Clone(sealed), []byte("object"))
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("%d bytes: open in place gave %d bytes, %v", n, len(got), err)
+		}
 		// The streaming writer writes the same format, in pieces of any size.
 		var buf bytes.Buffer
 		w := NewWriter(&buf, k, []byte("object"))
@@ -72,6 +76,9 @@ func TestEnvelopeRefusesEveryChange(t *testing.T) {
 		t.Helper()
 		if _, err := Open(key, b, ad); !errors.Is(err, ErrAuth) {
 			t.Fatalf("%s: opened (%v)", what, err)
+		}
+		if _, err := OpenInPlace(key, bytes.Clone(b), ad); !errors.Is(err, ErrAuth) {
+			t.Fatalf("%s: opened in place (%v)", what, err)
 		}
 	}
 	for _, at := range []int{0, 1, headerSize - 1, headerSize, headerSize + 5, headerSize + SegmentSize + tagSize - 1, headerSize + SegmentSize + tagSize + 3, len(sealed) - 1} {

@@ -15,6 +15,10 @@ func FuzzOpenEnvelope(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		plain, err := Open(k, data, []byte("ad"))
+		inPlace, errInPlace := OpenInPlace(k, bytes.Clone(data), []byte("ad"))
+		if (err == nil) != (errInPlace == nil) || !bytes.Equal(plain, inPlace) {
+			t.Fatalf("Open and OpenInPlace disagree: %v / %v", err, errInPlace)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrAuth) {
 				t.Fatalf("error not ErrAuth: %v", err)
