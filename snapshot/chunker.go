@@ -2,13 +2,16 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/bits"
+	"runtime"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/cpu"
 
 	chunkers "github.com/PlakarKorp/go-cdc-chunkers"
@@ -123,6 +126,11 @@ func (k *chunker) split(r io.Reader, fn func(chunk []byte) error) error {
 // file's status before and after, so chunks of two versions of a file
 // never make one node; a chunk stored from a version that did not last
 // is a correct content under its own id that the next gc removes.
+//
+// In a file of parallelChunkMin bytes or more, chunks are hashed and
+// stored by up to one goroutine per CPU while the next are cut (each
+// from a copy, since the cutter's buffer moves on): one large file alone
+// uses every core, as the walkers do for many files.
 func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel string, dataSize int64) ([]Chunk, int64, error) {
 	s := w.s
 	k := s.chunkers.Get().(*chunker)
@@ -130,31 +138,55 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 	h.whole = nil
 	chunks := make([]Chunk, 0, dataSize/int64(s.opts.Chunking.AvgSize)+1)
 	var read int64
-	err := k.split(readerWithContext{ctx, r}, func(data []byte) error {
-		id := h.sum(data)
+	lanes := runtime.NumCPU()
+	if dataSize < parallelChunkMin || lanes < 2 {
+		lanes = 0
+	}
+	var g *errgroup.Group
+	var slots []*digest.Digest // with g: the ids, as each goroutine finds it
+	gctx := ctx
+	if lanes > 0 {
+		g, gctx = errgroup.WithContext(ctx)
+		g.SetLimit(lanes)
+	}
+	err := k.split(readerWithContext{gctx, r}, func(data []byte) error {
 		size := int64(len(data))
-		chunks = append(chunks, Chunk{ID: id, Size: size})
 		read += size
 		if read > dataSize {
 			return fmt.Errorf("%w: grew while read", ErrChangedWhileReading)
 		}
-		if testHookAfterRead != nil && len(chunks) == 1 {
+		i := len(chunks)
+		chunks = append(chunks, Chunk{Size: size})
+		if testHookAfterRead != nil && i == 0 {
 			testHookAfterRead(rel, 0)
 		}
-		sink := s.opts.Sink
-		if sink == nil {
-			return nil
+		if g == nil {
+			id, err := w.storeChunk(ctx, h, data, rel)
+			chunks[i].ID = id
+			return err
 		}
-		c := &Content{ID: id, Size: size, Bundled: size < s.opts.MinDeltaFileSize, Data: data, Path: rel,
-			Open: func() io.Reader { return bytes.NewReader(data) }}
-		if err := sink.StoreContent(ctx, c); err != nil {
-			if errors.Is(err, ErrChangedWhileReading) {
-				return err
-			}
-			return &sinkError{fmt.Errorf("store %s: %w", rel, err)}
-		}
+		buf := chunkCopies.Get().(*[]byte)
+		*buf = append((*buf)[:0], data...)
+		slot := new(digest.Digest) // the goroutine's own: chunks may move as it grows
+		slots = append(slots, slot)
+		g.Go(func() error {
+			defer chunkCopies.Put(buf)
+			lane := w.hashers.Get().(*hasher)
+			defer w.hashers.Put(lane)
+			id, err := w.storeChunk(gctx, lane, *buf, rel)
+			*slot = id
+			return err
+		})
 		return nil
 	})
+	if g != nil {
+		if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) {
+			err = cmp.Or(werr, err)
+		}
+		for i, slot := range slots {
+			chunks[i].ID = *slot
+		}
+	}
 	if err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, 0, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
@@ -162,6 +194,33 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 		return nil, 0, err
 	}
 	return chunks, read, nil
+}
+
+// parallelChunkMin: files at least this large are hashed by several
+// goroutines (a variable for tests).
+var parallelChunkMin int64 = 64 << 20
+
+// chunkCopies hold chunks being hashed and stored while the next ones
+// are cut.
+var chunkCopies = sync.Pool{New: func() any { return new([]byte) }}
+
+// storeChunk hashes a chunk and hands it to the Sink.
+func (w *walker) storeChunk(ctx context.Context, h *hasher, data []byte, rel string) (digest.Digest, error) {
+	id := h.sum(data)
+	sink := w.s.opts.Sink
+	if sink == nil {
+		return id, nil
+	}
+	size := int64(len(data))
+	c := &Content{ID: id, Size: size, Bundled: size < w.s.opts.MinDeltaFileSize, Data: data, Path: rel,
+		Open: func() io.Reader { return bytes.NewReader(data) }}
+	if err := sink.StoreContent(ctx, c); err != nil {
+		if errors.Is(err, ErrChangedWhileReading) {
+			return id, err
+		}
+		return id, &sinkError{fmt.Errorf("store %s: %w", rel, err)}
+	}
+	return id, nil
 }
 
 // readerWithContext stops a long read when ctx ends.

@@ -164,3 +164,31 @@ func TestChunkingChecksItsSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLargeFileChunkedByAllCores: the chunks of a file hashed by several
+// goroutines are the ones one goroutine finds, in order, each stored.
+func TestLargeFileChunkedByAllCores(t *testing.T) {
+	src := t.TempDir()
+	data := randomData(9, 8<<20)
+	if err := os.WriteFile(filepath.Join(src, "big"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Chunking = testChunking(1)
+	one := newMemSink()
+	want := nodes(t, one, snap(t, src, one, opts).Root)["big"].Chunks
+	defer func(old int64) { parallelChunkMin = old }(parallelChunkMin)
+	parallelChunkMin = 1 << 20
+	all := newMemSink()
+	got := nodes(t, all, snap(t, src, all, opts).Root)["big"].Chunks
+	if !slices.Equal(got, want) {
+		t.Fatalf("%d chunks hashed in parallel differ from the %d hashed in turn", len(got), len(want))
+	}
+	var joined bytes.Buffer
+	for _, c := range got {
+		joined.Write(all.objects[c.ID])
+	}
+	if !bytes.Equal(joined.Bytes(), data) {
+		t.Fatal("the chunks stored in parallel do not hold the file")
+	}
+}

@@ -103,6 +103,11 @@ func run(c config) error {
 	if !c.keep {
 		defer os.RemoveAll(c.work)
 	}
+	// Every command of the bench (init, backup, serve, restore) opens the
+	// same encrypted repository.
+	if os.Getenv("DELTABACKUP_PASSWORD") == "" && os.Getenv("DELTABACKUP_PASSWORD_FILE") == "" {
+		os.Setenv("DELTABACKUP_PASSWORD", "bench")
+	}
 	bin, err := benchutil.BuildDeltabackup(c.work)
 	if err != nil {
 		return err
@@ -295,7 +300,9 @@ func (b *bench) cli(args ...string) error {
 }
 
 func (b *bench) serve(args ...string) (*peer, error) {
-	cmd := exec.Command(b.bin, append([]string{"serve", "--json", "--listen", "127.0.0.1:0", "--rescan", "0", "--no-auth"}, args...)...)
+	// The repository is read for its chunking only, so files kept in
+	// chunks are served chunk by chunk from the replica.
+	cmd := exec.Command(b.bin, append([]string{"serve", "--json", "--listen", "127.0.0.1:0", "--rescan", "0", "--no-auth", "--repo", b.repo, "--no-repo-objects"}, args...)...)
 	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+filepath.Join(b.c.work, "cache"))
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()

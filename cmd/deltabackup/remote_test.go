@@ -184,7 +184,11 @@ func TestRemoteThroughResets(t *testing.T) {
 			proxy.SetResetWindow(64<<10, 4<<20)
 			proxy.SetResetRate(0.5)
 			before := proxy.Resets()
-			third := make([]byte, 12<<20) // incompressible, so it crosses the wire
+			// Incompressible, so it crosses the wire; in chunks it goes up
+			// in packs of 16 MiB and comes back in ranged reads, so it
+			// takes three packs to make several large transfers, each of
+			// which the proxy cuts with even odds.
+			third := make([]byte, 48<<20)
 			rand.Read(third)
 			os.WriteFile(filepath.Join(src, "data/third.bin"), third, 0o644)
 			c.rok("backup", src)

@@ -170,7 +170,7 @@ func TestS3CopyForgetGC(t *testing.T) {
 	dir := t.TempDir()
 	local, src := filepath.Join(dir, "local"), filepath.Join(dir, "src")
 	makeSource(t, src)
-	c.ok("init", "--repo", local)
+	c.ok("init", "--repo", local, "--no-chunking") // big.bin one loose object, for gc to delete whole
 	c.ok("backup", "--repo", local, "--name", "one", src)
 	os.WriteFile(filepath.Join(src, "data/second.bin"), []byte(strings.Repeat("second ", 300000)), 0o644)
 	os.Remove(filepath.Join(src, "data/big.bin"))
