@@ -21,24 +21,26 @@ import (
 
 // lsEntry is one line of 'ls --json'.
 type lsEntry struct {
-	MessageType string            `json:"message_type"`
-	Path        string            `json:"path"`
-	Type        string            `json:"type"`
-	Mode        string            `json:"mode"`
-	UID         uint32            `json:"uid"`
-	GID         uint32            `json:"gid"`
-	User        string            `json:"user,omitempty"`
-	Group       string            `json:"group,omitempty"`
-	Size        int64             `json:"size"`
-	Mtime       time.Time         `json:"mtime"`
-	Hexdigest   string            `json:"hexdigest,omitempty"`
-	Target      string            `json:"target,omitempty"`
-	Sparse      bool              `json:"sparse,omitempty"`
-	Links       bool              `json:"hard_linked,omitempty"`
-	Xattrs      []string          `json:"xattrs,omitempty"`
-	Subtree     string            `json:"tree,omitempty"`
-	Below       *snapshot.Counts  `json:"below,omitempty"`
-	Extra       map[string]string `json:"-"`
+	MessageType string    `json:"message_type"`
+	Path        string    `json:"path"`
+	Type        string    `json:"type"`
+	Mode        string    `json:"mode"`
+	UID         uint32    `json:"uid"`
+	GID         uint32    `json:"gid"`
+	User        string    `json:"user,omitempty"`
+	Group       string    `json:"group,omitempty"`
+	Size        int64     `json:"size"`
+	Mtime       time.Time `json:"mtime"`
+	Hexdigest   string    `json:"hexdigest,omitempty"`
+	// Chunks hold a chunked file's data in order (it has no hexdigest).
+	Chunks  []snapshot.Hash   `json:"chunks,omitempty"`
+	Target  string            `json:"target,omitempty"`
+	Sparse  bool              `json:"sparse,omitempty"`
+	Links   bool              `json:"hard_linked,omitempty"`
+	Xattrs  []string          `json:"xattrs,omitempty"`
+	Subtree string            `json:"tree,omitempty"`
+	Below   *snapshot.Counts  `json:"below,omitempty"`
+	Extra   map[string]string `json:"-"`
 }
 
 func newLsCommand(g *globals) *cobra.Command {
@@ -100,6 +102,9 @@ func lsLine(rel string, n *snapshot.Node) lsEntry {
 		Sparse: n.Sparse, Links: n.Hardlinked(), Subtree: n.Subtree.String()}
 	for _, x := range n.Xattrs {
 		e.Xattrs = append(e.Xattrs, x.Name)
+	}
+	for _, c := range n.Chunks {
+		e.Chunks = append(e.Chunks, snapshot.Hash{Hexdigest: c.ID, Size: c.Size})
 	}
 	if n.Type == snapshot.TypeDir {
 		b := n.Below

@@ -286,6 +286,23 @@ func TestBackupRestoreIncremental(t *testing.T) {
 	if err := json.Unmarshal([]byte(c.ok("show", "--json", "--repo", repo, "latest").stdout), &m); err != nil || len(m.Files) != 125 || m.Root != third["root_hash"] || len(m.Hashes) == 0 {
 		t.Fatalf("show --json: %v, %d files, root %s", err, len(m.Files), m.Root)
 	}
+	// The 6 MiB file is kept in chunks: the manifest and ls list them,
+	// and dump puts it together.
+	big, _ := os.ReadFile(filepath.Join(src, "data/big.bin"))
+	for _, f := range m.Files {
+		if f.RelativePath == "data/big.bin" && (len(f.Chunks) < 2 || !f.Hexdigest.IsZero()) {
+			t.Fatalf("show --json lists big.bin as %+v, want its chunks", f)
+		}
+	}
+	var entry struct {
+		Chunks []snapshot.Hash `json:"chunks"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("ls", "--json", "--repo", repo, "latest", "data/big.bin").stdout), &entry); err != nil || len(entry.Chunks) < 2 {
+		t.Fatalf("ls --json of a chunked file: %v, %d chunks", err, len(entry.Chunks))
+	}
+	if dumped := c.ok("dump", "--repo", repo, "latest", "data/big.bin").stdout; dumped != string(big) {
+		t.Fatalf("dump of a chunked file gave %d bytes, want its %d", len(dumped), len(big))
+	}
 }
 
 func TestCorruptObjectThenRepair(t *testing.T) {
