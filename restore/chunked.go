@@ -90,6 +90,7 @@ func (r *restorer) settle(a *assembly, id digest.Digest, err error) {
 	if !last {
 		return
 	}
+	r.assembling.Delete(a)
 	if failed != nil {
 		a.tmp.abort()
 		return
@@ -184,6 +185,7 @@ func (r *restorer) chunked(ws *walkState, rel string, n *snapshot.Node) error {
 		r.written(n.Size)
 		return nil
 	}
+	r.assembling.Store(a, struct{}{})
 	ws.mu.Lock()
 	ws.chunked++
 	ws.mu.Unlock()
@@ -363,4 +365,15 @@ func (ws *walkState) addPiece(c snapshot.Chunk, p piece) {
 	defer ws.mu.Unlock()
 	gr := ws.group(c.ID, c.Size)
 	gr.pieces = append(gr.pieces, p)
+}
+
+// abandonChunked removes the partial files of chunked files not finished
+// when the target filled up: the room they take is what the user must
+// make, and no partial file is left behind.
+func (r *restorer) abandonChunked() {
+	r.assembling.Range(func(k, _ any) bool {
+		k.(*assembly).tmp.abort()
+		r.assembling.Delete(k)
+		return true
+	})
 }

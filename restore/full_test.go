@@ -69,6 +69,9 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 		if i%5 == 0 {
 			size = 700<<10 + rng.IntN(300<<10)
 		}
+		if i%10 == 0 {
+			size = 2<<20 + rng.IntN(1<<20) // chunked
+		}
 		data := make([]byte, size)
 		for j := range data {
 			data[j] = byte(rng.IntN(256))
@@ -88,12 +91,19 @@ func TestFullTargetStopsCleanly(t *testing.T) {
 	trees, root := &upload.Trees{Store: store}, sum.Record.Root
 	total := sum.Record.Stats.TotalBytes
 	want := map[string]digest.Digest{}
+	chunked := 0
 	snapshot.Walk(ctx, trees, root, func(rel string, n *snapshot.Node) error {
 		if n.Type == snapshot.TypeFile {
-			want[rel] = n.ID
+			want[rel], _ = upload.ContentDigest(ctx, store, n)
+			if len(n.Chunks) > 0 {
+				chunked++
+			}
 		}
 		return nil
 	})
+	if chunked == 0 {
+		t.Fatal("no file was chunked; the test would not see partial chunked files")
+	}
 
 	dir, how, grow := smallFileSystem(t, total/2)
 	t.Logf("target of %d bytes for a backup of %d, by %s", total/2, total, how)

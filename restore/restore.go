@@ -175,6 +175,10 @@ type restorer struct {
 	// resumable holds the paths of partial chunked files (resumeName)
 	// that this restore continues.
 	resumable sync.Map
+	// assembling holds the chunked files still being put together
+	// (*assembly keys): an interrupted restore leaves them to be resumed,
+	// a full target has them removed.
+	assembling sync.Map
 
 	// links maps each hard-link group to its first name restored.
 	linksMu sync.Mutex
@@ -291,11 +295,13 @@ func Restore(ctx context.Context, trees snapshot.TreeReader, root digest.Digest,
 	r.res.Plan = &Plan{Sources: sources, Bytes: make([]int64, len(sources)), Objects: make([]int, len(sources)), SourceErrors: make([]error, len(sources))}
 	if err := r.walk(ctx, root); err != nil {
 		if full := r.stopped.Load(); full != nil {
+			r.abandonChunked()
 			return nil, full
 		}
 		return nil, err
 	}
 	if full := r.stopped.Load(); full != nil {
+		r.abandonChunked()
 		return nil, full
 	}
 	// Durable before success is reported, with one syncfs instead of an
