@@ -79,12 +79,13 @@ func (s *sealer) seal(plain, ad []byte) []byte {
 	return crypt.Seal(&s.key, plain, ad)
 }
 
-// open returns the plaintext of stored, sealed for ad.
+// open returns the plaintext of stored, sealed for ad, opening it in
+// place: stored is the caller's own copy and is overwritten.
 func (s *sealer) open(stored, ad []byte) ([]byte, error) {
 	if s == nil {
 		return stored, nil
 	}
-	return crypt.Open(&s.key, stored, ad)
+	return crypt.OpenInPlace(&s.key, stored, ad)
 }
 
 // writer seals what is written to it onto w; Close ends the seal without

@@ -117,14 +117,47 @@ func resumeName(rel string, n *snapshot.Node) string {
 	return tempPrefix + fmt.Sprintf("%x", h.Sum(nil)[:8])
 }
 
-// chunked restores the chunked file n at rel: it keeps what an earlier
-// run or an older version left right, and adds the chunks still missing
-// to the batch.
-func (r *restorer) chunked(ws *walkState, rel string, n *snapshot.Node) error {
+// chunked restores the chunked file n at rel. A file the target holds
+// with n's size, holes and every chunk is up to date (it gets n's
+// metadata, and chunked reports true). Otherwise chunked keeps what an
+// earlier run or an older version left right and adds the chunks still
+// missing to the batch. Each chunk of the old file is hashed once.
+func (r *restorer) chunked(ws *walkState, rel string, n *snapshot.Node) (upToDate bool, err error) {
+	layout := snapshot.DataLayout(n)
+	offs := make([]int64, len(n.Chunks))
+	var off int64
+	for i, c := range n.Chunks {
+		offs[i], off = off, off+c.Size
+	}
+	buf := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(buf)
+	var old *os.File
+	// right counts the leading chunks the old file holds in place; when
+	// it is shaped as n, the chunk after them is known not to be there.
+	right, wrong := 0, -1
+	if !r.fresh {
+		var shaped bool
+		if old, shaped = r.openKept(rel, n); old != nil {
+			defer old.Close()
+			if shaped {
+				for right < len(n.Chunks) && hasChunk(old, layout, offs[right], n.Chunks[right], *buf) {
+					right++
+				}
+				if right == len(n.Chunks) {
+					return true, r.setMetadata(metaTarget{file: old}, rel, n)
+				}
+				wrong = right
+			}
+		}
+	}
+	oldHas := func(i int) bool {
+		return old != nil && i != wrong && (i < right || hasChunk(old, layout, offs[i], n.Chunks[i], *buf))
+	}
+
 	name := resumeName(rel, n)
 	dir, base := r.at(path.Join(path.Dir(rel), name))
 	var reuse bool
-	f, err := dir.Open(base, os.O_RDWR|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	f, err := dir.Open(base, os.O_RDWR|syscall.O_NONBLOCK, 0)
 	if err == nil {
 		var st unix.Stat_t
 		reuse = unix.Fstat(int(f.Fd()), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o7777 == 0o600 && st.Nlink == 1
@@ -136,55 +169,41 @@ func (r *restorer) chunked(ws *walkState, rel string, n *snapshot.Node) error {
 		_ = dir.Remove(base)
 		if f, err = dir.Open(base, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 			dir.Close()
-			return &TargetError{Path: rel, Err: err}
+			return false, &TargetError{Path: rel, Err: err}
 		}
 	}
-	t := &tempFile{f: f, dir: dir, name: base, rel: rel, size: n.Size, sparse: n.Sparse, data: n.Data, ranges: n.Data}
+	t := newTempFile(f, dir, base, rel, n)
 	// Holes stay holes: the file gets its length, and chunks land in it.
 	if err := f.Truncate(n.Size); err != nil {
 		t.abort()
-		return &TargetError{Path: rel, Err: err}
+		return false, &TargetError{Path: rel, Err: err}
 	}
-	a := &assembly{rel: rel, node: n, tmp: t, layout: snapshot.DataLayout(n), left: len(n.Chunks)}
-	var old *os.File
-	if !r.fresh {
-		old = r.openOld(rel)
-		if old != nil {
-			defer old.Close()
-		}
-	}
+	a := &assembly{rel: rel, node: n, tmp: t, layout: layout}
 	var missing []int
-	offs := make([]int64, len(n.Chunks))
-	var off int64
-	buf := bufferPool.Get().(*[]byte)
-	defer bufferPool.Put(buf)
 	for i, c := range n.Chunks {
-		offs[i] = off
-		off += c.Size
 		switch {
-		case reuse && hasChunk(f, a.layout, offs[i], c, *buf):
+		case reuse && hasChunk(f, layout, offs[i], c, *buf):
 			// right in the partial file of an interrupted restore
-		case old != nil && hasChunk(old, a.layout, offs[i], c, *buf):
+		case oldHas(i):
 			if err := copyChunk(a, old, offs[i], c.Size); err != nil {
 				t.abort()
-				return err
+				return false, err
 			}
 		default:
 			missing = append(missing, i)
 		}
 	}
-	kept := len(n.Chunks) - len(missing)
-	if kept > 0 {
+	if kept := len(n.Chunks) - len(missing); kept > 0 {
 		r.logger.Debug("chunks kept from the target", "path", rel, "kept", kept, "missing", len(missing))
 	}
-	a.left = len(missing)
 	if len(missing) == 0 {
 		if err := r.commit(t, rel, n); err != nil {
-			return err
+			return false, err
 		}
 		r.written(n.Size)
-		return nil
+		return false, nil
 	}
+	a.left = len(missing)
 	r.assembling.Store(a, struct{}{})
 	ws.mu.Lock()
 	ws.chunked++
@@ -192,25 +211,7 @@ func (r *restorer) chunked(ws *walkState, rel string, n *snapshot.Node) error {
 	for _, i := range missing {
 		ws.addPiece(n.Chunks[i], piece{asm: a, off: offs[i]})
 	}
-	return nil
-}
-
-// openOld opens the regular file the target holds at rel, if any, to
-// take chunks from. A file with several links is left alone, as
-// upToDate does.
-func (r *restorer) openOld(rel string) *os.File {
-	dir, name := r.at(rel)
-	defer dir.Close()
-	f, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil
-	}
-	var st unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
-		f.Close()
-		return nil
-	}
-	return f
+	return false, nil
 }
 
 // hasChunk reports whether f holds chunk c at data offset off.
@@ -223,25 +224,16 @@ func hasChunk(f *os.File, layout []snapshot.Range, off int64, c snapshot.Chunk, 
 
 // copyChunk copies a chunk found right in the old file into the assembly.
 func copyChunk(a *assembly, old *os.File, off, size int64) error {
-	data := make([]byte, size)
+	buf := chunkBuffers.Get().(*[]byte)
+	defer chunkBuffers.Put(buf)
+	if int64(cap(*buf)) < size {
+		*buf = make([]byte, size)
+	}
+	data := (*buf)[:size]
 	if _, err := io.ReadFull(snapshot.RangeReader(old, snapshot.FileRanges(a.layout, off, size)), data); err != nil {
 		return &TargetError{Path: a.rel, Err: err}
 	}
 	return piece{asm: a, off: off}.write(data)
-}
-
-// chunkUpToDate reports whether the file open at rel already holds every
-// chunk of n (its size and holes were checked by the caller).
-func chunksUpToDate(f *os.File, n *snapshot.Node, buf []byte) bool {
-	layout := snapshot.DataLayout(n)
-	var off int64
-	for _, c := range n.Chunks {
-		if !hasChunk(f, layout, off, c, buf) {
-			return false
-		}
-		off += c.Size
-	}
-	return true
 }
 
 // fetchChunk reads a content that only chunked files need into memory,

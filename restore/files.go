@@ -58,25 +58,26 @@ const (
 	batchObjectMax = 1 << 20
 )
 
-// upToDate reports whether the target already holds n's content at rel.
-// When it does, the file gets n's metadata through the handle opened
-// here, and an error means it could not be set. A file with several
-// links is never up to date: changing it in place would change the other
-// names too, which may lie outside the target.
-func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
+// openKept opens the regular file the target holds at rel, to keep it
+// or take chunks from it, and reports whether its size and holes are
+// those of n. It is nil when there is none, or when it has several
+// links: changing it in place would change the other names too, which
+// may lie outside the target.
+func (r *restorer) openKept(rel string, n *snapshot.Node) (file *os.File, shaped bool) {
 	dir, name := r.at(rel)
 	defer dir.Close()
 	file, err := dir.Open(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return false, nil
+		return nil, false
 	}
-	defer file.Close()
 	var st unix.Stat_t
-	if err := unix.Fstat(int(file.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
-		st.Size != n.Size || st.Nlink != 1 {
-		return false, nil
+	if err := unix.Fstat(int(file.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+		file.Close()
+		return nil, false
 	}
-	data := n.Data
+	if st.Size != n.Size {
+		return file, false
+	}
 	if n.Sparse {
 		// Data where the backup has a hole would go unnoticed by reading
 		// only the ranges: the target's data must lie within them.
@@ -85,12 +86,26 @@ func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
 			have = []snapshot.Range{{Offset: 0, Length: n.Size}} // no holes, as far as the file system tells
 		}
 		if err != nil || !within(have, n.Data) {
-			return false, nil
+			return file, false
 		}
-	} else {
-		data = []snapshot.Range{{Offset: 0, Length: n.Size}}
 	}
-	rd := snapshot.RangeReader(file, data)
+	return file, true
+}
+
+// upToDate reports whether the target already holds the content of n, a
+// file stored whole or embedded, at rel. When it does, the file gets n's
+// metadata through the handle opened here, and an error means it could
+// not be set. (A chunked file is checked chunk by chunk in chunked.)
+func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
+	file, shaped := r.openKept(rel, n)
+	if file == nil {
+		return false, nil
+	}
+	defer file.Close()
+	if !shaped {
+		return false, nil
+	}
+	rd := snapshot.RangeReader(file, snapshot.DataLayout(n))
 	if n.IsEmbedded() {
 		have, err := io.ReadAll(io.LimitReader(rd, int64(len(n.Embedded))+1))
 		if err != nil || !bytes.Equal(have, n.Embedded) {
@@ -101,11 +116,7 @@ func (r *restorer) upToDate(rel string, n *snapshot.Node) (bool, error) {
 		defer hashstore.PutHasher(h)
 		buf := bufferPool.Get().(*[]byte)
 		defer bufferPool.Put(buf)
-		if len(n.Chunks) > 0 {
-			if !chunksUpToDate(file, n, *buf) {
-				return false, nil
-			}
-		} else if _, err := io.CopyBuffer(h, rd, *buf); err != nil || digest.Digest(h.Sum(nil)) != n.ID {
+		if _, err := io.CopyBuffer(h, rd, *buf); err != nil || digest.Digest(h.Sum(nil)) != n.ID {
 			return false, nil
 		}
 	}
@@ -150,9 +161,15 @@ type tempFile struct {
 	// ranges, for a sparse file, say where the content's bytes go: the
 	// rest stays a hole.
 	sparse bool
-	data   []snapshot.Range // the file's data ranges
-	ranges []snapshot.Range // those not written yet
+	layout []snapshot.Range // where its content lies (DataLayout)
+	ranges []snapshot.Range // the data ranges not written yet
 	off    int64            // within ranges[0]
+}
+
+// newTempFile is the temporary file f, named name in dir, that becomes
+// the entry rel with the content of n.
+func newTempFile(f *os.File, dir *beneath.Dir, name, rel string, n *snapshot.Node) *tempFile {
+	return &tempFile{f: f, dir: dir, name: name, rel: rel, size: n.Size, sparse: n.Sparse, layout: snapshot.DataLayout(n), ranges: n.Data}
 }
 
 // createTemp creates a temporary file next to the entry rel, for the
@@ -164,7 +181,7 @@ func (r *restorer) createTemp(rel string, n *snapshot.Node) (*tempFile, error) {
 		dir.Close()
 		return nil, &TargetError{Path: rel, Err: err}
 	}
-	t := &tempFile{f: f, dir: dir, name: name, rel: rel, size: n.Size, sparse: n.Sparse, data: n.Data, ranges: n.Data}
+	t := newTempFile(f, dir, name, rel, n)
 	if n.Sparse {
 		// The holes are never written: the file gets its length first.
 		if err := f.Truncate(n.Size); err != nil {
@@ -298,12 +315,7 @@ func (r *restorer) copyLocal(from *tempFile, rel string, n *snapshot.Node) (*tem
 
 // allRanges are where a finished temporary file holds its content, in
 // order: two files with the same content may have different holes.
-func (t *tempFile) allRanges() []snapshot.Range {
-	if t.sparse {
-		return t.data
-	}
-	return []snapshot.Range{{Offset: 0, Length: t.size}}
-}
+func (t *tempFile) allRanges() []snapshot.Range { return t.layout }
 
 // finishGroup writes a downloaded content, in temporary file tmp, to every
 // path of gr: copies for all but the first, which gets tmp itself.

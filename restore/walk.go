@@ -358,6 +358,17 @@ func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snaps
 		if err := ws.poolCtx.Err(); err != nil {
 			return err
 		}
+		if len(n.Chunks) > 0 {
+			// Whether the target holds it already is found chunk by chunk,
+			// together with the chunks it holds.
+			switch ok, err := r.chunked(ws, rel, n); {
+			case err != nil:
+				r.fail(rel, digest.Digest{}, err)
+			case ok:
+				r.upToDateKept(rel, n)
+			}
+			return nil
+		}
 		if !r.fresh {
 			ok, err := r.upToDate(rel, n)
 			switch {
@@ -365,11 +376,7 @@ func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snaps
 				r.fail(rel, n.ID, err)
 				return nil
 			case ok:
-				atomic.AddInt64(&r.res.FilesUpToDate, 1)
-				if n.Hardlinked() {
-					r.linkCommitted(n, rel)
-				}
-				r.done(n.Size)
+				r.upToDateKept(rel, n)
 				return nil
 			}
 		}
@@ -381,16 +388,19 @@ func (r *restorer) file(ctx context.Context, ws *walkState, rel string, n *snaps
 			r.written(n.Size)
 			return nil
 		}
-		if len(n.Chunks) > 0 {
-			if err := r.chunked(ws, rel, n); err != nil {
-				r.fail(rel, digest.Digest{}, err)
-			}
-			return nil
-		}
 		ws.add(task)
 		return nil
 	})
 	return nil
+}
+
+// upToDateKept counts a file the target held already.
+func (r *restorer) upToDateKept(rel string, n *snapshot.Node) {
+	atomic.AddInt64(&r.res.FilesUpToDate, 1)
+	if n.Hardlinked() {
+		r.linkCommitted(n, rel)
+	}
+	r.done(n.Size)
 }
 
 // full reports whether the batch should be fetched before it grows.

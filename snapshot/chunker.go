@@ -149,7 +149,10 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 		g, gctx = errgroup.WithContext(ctx)
 		g.SetLimit(lanes)
 	}
-	err := k.split(readerWithContext{gctx, r}, func(data []byte) error {
+	err := k.split(r, func(data []byte) error {
+		if err := gctx.Err(); err != nil {
+			return err // cancelled, or a chunk could not be stored
+		}
 		size := int64(len(data))
 		read += size
 		if read > dataSize {
@@ -212,28 +215,19 @@ func (w *walker) storeChunk(ctx context.Context, h *hasher, data []byte, rel str
 		return id, nil
 	}
 	size := int64(len(data))
-	c := &Content{ID: id, Size: size, Bundled: size < w.s.opts.MinDeltaFileSize, Data: data, Path: rel,
-		Open: func() io.Reader { return bytes.NewReader(data) }}
-	if err := sink.StoreContent(ctx, c); err != nil {
-		if errors.Is(err, ErrChangedWhileReading) {
-			return id, err
-		}
-		return id, &sinkError{fmt.Errorf("store %s: %w", rel, err)}
-	}
-	return id, nil
+	return id, store(ctx, sink, &Content{ID: id, Size: size, Bundled: size < w.s.opts.MinDeltaFileSize, Data: data, Path: rel,
+		Open: func() io.Reader { return bytes.NewReader(data) }})
 }
 
-// readerWithContext stops a long read when ctx ends.
-type readerWithContext struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r readerWithContext) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
+// store hands c to sink. A file that changed comes back as
+// ErrChangedWhileReading (it is read again); any other failure is a
+// sinkError, which stops the snapshot.
+func store(ctx context.Context, sink Sink, c *Content) error {
+	err := sink.StoreContent(ctx, c)
+	if err == nil || errors.Is(err, ErrChangedWhileReading) {
+		return err
 	}
-	return r.r.Read(p)
+	return &sinkError{fmt.Errorf("store %s: %w", c.Path, err)}
 }
 
 // sum returns the BLAKE3 of a chunk in memory. A chunk was just read

@@ -284,11 +284,8 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 			if !sparse && h.whole != nil && int64(len(h.whole)) == dataSize {
 				c.Data = h.whole
 			}
-			if err := sink.StoreContent(ctx, c); err != nil {
-				if errors.Is(err, ErrChangedWhileReading) {
-					return err
-				}
-				return &sinkError{fmt.Errorf("store %s: %w", e.rel, err)}
+			if err := store(ctx, sink, c); err != nil {
+				return err
 			}
 		}
 	}

@@ -147,10 +147,7 @@ type rangeReader struct {
 // newDataReader reads the data of f: its ranges when sparse, else its
 // size bytes from the start.
 func newDataReader(f io.ReaderAt, size int64, sparse bool, ranges []Range) io.Reader {
-	if !sparse {
-		ranges = []Range{{Offset: 0, Length: size}}
-	}
-	return RangeReader(f, ranges)
+	return RangeReader(f, dataLayout(size, sparse, ranges))
 }
 
 // RangeReader reads the ranges of f one after the other, with pread; a
@@ -203,9 +200,11 @@ func FileRanges(data []Range, off, length int64) []Range {
 
 // DataLayout returns the data ranges of node n's file: its ranges when
 // it is sparse, else one range over the whole file.
-func DataLayout(n *Node) []Range {
-	if n.Sparse {
-		return n.Data
+func DataLayout(n *Node) []Range { return dataLayout(n.Size, n.Sparse, n.Data) }
+
+func dataLayout(size int64, sparse bool, ranges []Range) []Range {
+	if sparse {
+		return ranges
 	}
-	return []Range{{Offset: 0, Length: n.Size}}
+	return []Range{{Offset: 0, Length: size}}
 }

@@ -35,8 +35,7 @@ type objectFile struct {
 	rel     string
 	size    int64
 	mtimeNs int64
-	sparse  bool
-	ranges  []Range
+	layout  []Range // where the file's data lies (DataLayout)
 	// off and length place the content in the file's data: the whole of
 	// it, or one chunk.
 	off, length int64
@@ -59,7 +58,7 @@ func (x *ObjectIndex) Add(rel string, n *Node) {
 	if n.ID.IsZero() && len(n.Chunks) == 0 {
 		return // embedded
 	}
-	f := objectFile{rel: rel, size: n.Size, mtimeNs: n.MtimeNs, sparse: n.Sparse, ranges: n.Data}
+	f := objectFile{rel: rel, size: n.Size, mtimeNs: n.MtimeNs, layout: DataLayout(n)}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if !n.ID.IsZero() {
@@ -142,13 +141,11 @@ func (o *Objects) Has(ctx context.Context, ids []digest.Digest) (map[digest.Dige
 	out := map[digest.Digest]int64{}
 	for _, id := range ids {
 		if f, ok := o.byHash[id]; ok {
-			out[id] = f.dataSize()
+			out[id] = f.length
 		}
 	}
 	return out, nil
 }
-
-func (f objectFile) dataSize() int64 { return f.length }
 
 // Open returns a reader of the content id from the file that held it,
 // and its size. The reader fails, rather than ends, if what it read does
@@ -177,9 +174,7 @@ func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, in
 		file.Close()
 		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
 	}
-	size := f.dataSize()
-	layout := DataLayout(&Node{Size: f.size, Sparse: f.sparse, Data: f.ranges})
-	return &checkedFile{f: file, r: RangeReader(file, FileRanges(layout, f.off, f.length)), want: id, size: size, h: blake3.New()}, size, nil
+	return &checkedFile{f: file, r: RangeReader(file, FileRanges(f.layout, f.off, f.length)), want: id, size: f.length, h: blake3.New()}, f.length, nil
 }
 
 // checkedFile hashes what it reads and turns the end into an error when

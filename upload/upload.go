@@ -375,9 +375,15 @@ func RepositoryChunking(store *hashstore.Store) (snapshot.Chunking, error) {
 	if err != nil {
 		return snapshot.Chunking{}, fmt.Errorf("%s: %w", store, err)
 	}
-	sc := snapshot.Chunking{Algorithm: c.Algorithm, MinSize: c.MinSize, AvgSize: c.AvgSize, MaxSize: c.MaxSize, Threshold: c.Threshold, Key: key}
+	sc := SnapshotChunking(c, key)
 	if err := sc.Check(); err != nil {
 		return snapshot.Chunking{}, fmt.Errorf("%s: config: %w", store, err)
 	}
 	return sc, nil
+}
+
+// SnapshotChunking is a repository's chunking c, with its gear key, as
+// the snapshot takes it.
+func SnapshotChunking(c hashstore.ChunkingConfig, key []byte) snapshot.Chunking {
+	return snapshot.Chunking{Algorithm: c.Algorithm, MinSize: c.MinSize, AvgSize: c.AvgSize, MaxSize: c.MaxSize, Threshold: c.Threshold, Key: key}
 }

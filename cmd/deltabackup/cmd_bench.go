@@ -11,6 +11,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 func newBenchCommand(g *globals) *cobra.Command {
@@ -49,10 +50,9 @@ measure with a warm page cache.`,
 				g.printf("BLAKE3 kernel for large files: %s\n", snapshot.HashKernel())
 			}
 			// A new repository's chunking, with a random key.
-			def := hashstore.DefaultChunking()
 			key := make([]byte, 32)
 			_, _ = rand.Read(key)
-			chunking := snapshot.Chunking{Algorithm: def.Algorithm, MinSize: def.MinSize, AvgSize: def.AvgSize, MaxSize: def.MaxSize, Threshold: def.Threshold, Key: key}
+			chunking := upload.SnapshotChunking(hashstore.DefaultChunking(), key)
 			type mode struct {
 				hash     bool
 				chunking snapshot.Chunking

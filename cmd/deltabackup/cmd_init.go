@@ -6,6 +6,7 @@ import (
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/hashstore/keycache"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/upload"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
@@ -51,7 +52,8 @@ terminal). Lose every password and the data is lost. With
 				opts.Chunking = &hashstore.ChunkingConfig{}
 			case chunkSize != 0:
 				c := hashstore.ChunkingForAverage(int(chunkSize))
-				if chunkSize < 0 || chunkSize&(chunkSize-1) != 0 || c.MinSize < snapshot.MinChunkSize || c.MaxSize > snapshot.MaxChunkSize {
+				// Checked as every command checks a config, with a stand-in key.
+				if upload.SnapshotChunking(c, make([]byte, 32)).Check() != nil {
 					return usagef("--chunk-size %d: give a power of two from %d to %d", int64(chunkSize), 2*snapshot.MinChunkSize, snapshot.MaxChunkSize/8)
 				}
 				opts.Chunking = &c

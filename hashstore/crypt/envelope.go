@@ -1,6 +1,7 @@
 package crypt
 
 import (
+	"bytes"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
@@ -86,45 +87,17 @@ func Seal(k *Key, plaintext, ad []byte) []byte {
 	}
 }
 
-// Open opens what Seal sealed under k with the same ad. It works on the
-// slice in place (no segment buffer), so opening many small blobs costs
-// little more than their decryption.
+// Open opens what Seal sealed under k with the same ad, leaving sealed
+// as it is (OpenInPlace on a copy).
 func Open(k *Key, sealed, ad []byte) ([]byte, error) {
-	if len(sealed) < headerSize {
-		return nil, authErr("shorter than its header")
-	}
-	if sealed[0] != envelopeVersion {
-		return nil, authErr("unknown envelope version %d", sealed[0])
-	}
-	prefix := sealed[1:headerSize]
-	rest := sealed[headerSize:]
-	a := k.aead()
-	out := make([]byte, 0, max(0, len(rest)-tagSize))
-	for seg := uint64(0); ; seg++ {
-		n := min(len(rest), SegmentSize+tagSize)
-		last := len(rest) <= SegmentSize+tagSize
-		if n < tagSize {
-			return nil, authErr("segment %d is truncated", seg)
-		}
-		nn := nonce(prefix, seg, last)
-		var err error
-		if out, err = a.Open(out, nn[:], rest[:n], ad); err != nil {
-			if last {
-				return nil, authErr("segment %d (the last) does not open: changed, truncated or not sealed with this key", seg)
-			}
-			return nil, authErr("segment %d does not open: changed, reordered or not sealed with this key", seg)
-		}
-		rest = rest[n:]
-		if last {
-			return out, nil
-		}
-	}
+	return OpenInPlace(k, bytes.Clone(sealed), ad)
 }
 
-// OpenInPlace is Open that decrypts into sealed itself: each segment in
-// place, then moved down over the tags before it. The plaintext it
-// returns is a slice of sealed, which is overwritten either way; for
-// readers of many small blobs, which would otherwise allocate each twice.
+// OpenInPlace opens what Seal sealed under k with the same ad, decrypting
+// into sealed itself: each segment in place, then moved down over the
+// tags before it. The plaintext it returns is a slice of sealed, which
+// is overwritten either way; no segment buffer and no second copy, so
+// opening many small blobs costs little more than their decryption.
 func OpenInPlace(k *Key, sealed, ad []byte) ([]byte, error) {
 	if len(sealed) < headerSize {
 		return nil, authErr("shorter than its header")
