@@ -98,6 +98,9 @@ func (s *Store) ReloadObjects(olderThan time.Duration) bool {
 		return false
 	}
 	s.objectsRead = time.Now()
+	s.doomed.mu.Lock()
+	s.doomed.loaded = false // read again: readers hold no lock
+	s.doomed.mu.Unlock()
 	s.forgetObjects()
 	return true
 }
@@ -115,6 +118,7 @@ func (s *Store) forgetObjects() {
 	ix.mu.Lock()
 	ix.loaded, ix.packs, ix.packNum = false, nil, nil
 	ix.entries.reset()
+	ix.doomedEntries.reset()
 	ix.mu.Unlock()
 	k := &s.known
 	k.mu.Lock()
@@ -269,10 +273,25 @@ const listThreshold = 1000
 // lookupLoose finds which of ids are stored as loose objects, remembered
 // ones first; the rest by HEAD each, or by one listing of objects/ when
 // that costs fewer requests.
-func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, found func(i int, size int64)) error {
+func (s *Store) lookupLoose(ctx context.Context, ids []digest.Digest, forWrite bool, found func(i int, size int64)) error {
 	k, err := s.loadKnown(ctx)
 	if err != nil {
 		return err
+	}
+	if forWrite {
+		// A doomed object is absent to a writer, whoever else sees it.
+		_, doomedLoose, err := s.doomedSets(ctx)
+		if err != nil {
+			return err
+		}
+		if len(doomedLoose) > 0 {
+			inner := found
+			found = func(i int, size int64) {
+				if !doomedLoose[s.seal.looseName(ids[i])] {
+					inner(i, size)
+				}
+			}
+		}
 	}
 	// Loose objects are known, listed and stored by name: one keyed hash
 	// per id, here.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
@@ -18,8 +17,6 @@ type CopyOptions struct {
 	Referrer Referrer
 	// Backups to copy (names or "latest"); all when empty.
 	Backups []string
-	// LockWait is how long to wait for a gc of the target.
-	LockWait time.Duration
 	// Planned, when set, is called with the objects and bytes to copy for
 	// each backup; Copied with each object copied.
 	// Filter selects the backups copied when none are named, and which
@@ -47,7 +44,7 @@ func Copy(ctx context.Context, from, to *Store, opts CopyOptions) (*CopyReport, 
 	if opts.Referrer == nil {
 		return nil, ErrNoReferrer
 	}
-	lk, err := to.Lock(ctx, LockShared, LockOptions{Purpose: "copy", Wait: opts.LockWait})
+	lk, err := to.Lock(ctx, LockShared, LockOptions{Purpose: "copy"})
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +109,7 @@ func copyBackup(ctx context.Context, from, to *Store, rec BackupRecord, opts Cop
 	if err != nil {
 		return err
 	}
-	missing, err := to.Missing(ctx, needed)
+	missing, err := to.ToStore(ctx, needed)
 	if err != nil {
 		return err
 	}

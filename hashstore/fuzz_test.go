@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
@@ -97,6 +98,37 @@ func FuzzDecodeIndex(f *testing.F) {
 					t.Fatalf("accepted overlapping or short entry %+v", e)
 				}
 				end = uint64(e.Offset) + uint64(e.Length)
+			}
+		}
+	})
+}
+
+func FuzzDecodePending(f *testing.F) {
+	f.Add([]byte(`{"version":1,"marked":"2026-01-01T00:00:00Z","gc_lock":"locks/exclusive/20260101T000000Z-ab.json","complete":true,` +
+		`"waits":["locks/shared/20260101T000000Z-cd.json"],"packs":[{"id":"` + digest.Of([]byte("p")).String() + `","size":100,"freed":60}],` +
+		`"loose":[{"name":"` + digest.Of([]byte("o")).String() + `","size":7}]}`))
+	f.Add([]byte(`{"version":1,"gc_lock":"locks/exclusive/../../config","waits":["objects/aa/bb"]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := decodePending(data)
+		if err != nil {
+			return
+		}
+		if !isLockKey(p.GCLock) {
+			t.Fatalf("accepted gc lock %q", p.GCLock)
+		}
+		for _, w := range p.Waits {
+			if !strings.HasPrefix(w, locksPrefix) || strings.Contains(w, "..") {
+				t.Fatalf("accepted a wait for %q", w)
+			}
+		}
+		for _, pk := range p.Packs {
+			if pk.ID.IsZero() || pk.Freed > pk.Size || pk.Size < 0 {
+				t.Fatalf("accepted pack %+v", pk)
+			}
+		}
+		for _, o := range p.Loose {
+			if o.Name.IsZero() || o.Size < 0 {
+				t.Fatalf("accepted object %+v", o)
 			}
 		}
 	})

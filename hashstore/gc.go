@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"time"
 
@@ -21,9 +22,9 @@ import (
 const DefaultRepackBelow = 0.5
 
 // staleTempAge: a temporary file of a local repository this old belongs to
-// a write that was killed; gc holds the exclusive lock, so no backup of a
-// live lock is writing, and the margin covers a holder whose lock went
-// stale while it still wrote.
+// a write that was killed. gc removes such files only when no shared lock
+// is live, and the margin covers a holder whose lock went stale while it
+// still wrote.
 const staleTempAge = time.Hour
 
 // GCOptions tunes GC.
@@ -36,15 +37,17 @@ type GCOptions struct {
 	// RepackBelow: packs whose live share is lower are rewritten with only
 	// their live objects (0 means DefaultRepackBelow; negative never).
 	RepackBelow float64
-	// LockWait is how long to wait for running backups to finish.
+	// LockWait is how long to wait for another gc to finish.
 	LockWait time.Duration
 }
 
 // GCReport is what GC found and did (or would do, in a dry run).
 type GCReport struct {
-	DryRun          bool  `json:"dry_run"`
-	Backups         int   `json:"backups"`
-	LiveObjects     int   `json:"live_objects"`
+	DryRun      bool `json:"dry_run"`
+	Backups     int  `json:"backups"`
+	LiveObjects int  `json:"live_objects"`
+	// Deleted* is what this run's sweeps deleted (in a dry run: what is
+	// unreferenced now).
 	DeletedObjects  int   `json:"deleted_objects"` // loose objects
 	DeletedBytes    int64 `json:"deleted_bytes"`   // stored bytes freed, packs included
 	DeletedPacks    int   `json:"deleted_packs"`
@@ -53,6 +56,21 @@ type GCReport struct {
 	RepackedBytes   int64 `json:"repacked_bytes"`
 	KeptPacks       int   `json:"kept_packs"`
 	TempFiles       int   `json:"temp_files_removed"` // left by killed writes to a local repository
+	// MarkedPacks and MarkedObjects are what this run's mark doomed: a
+	// sweep deletes them once no backup that was running then still runs
+	// (at once when none was).
+	MarkedPacks   int `json:"marked_packs"`
+	MarkedObjects int `json:"marked_objects"`
+	// SweptMarks counts the pending deletions swept; PendingMarks those
+	// still waiting for the backups in WaitingFor.
+	SweptMarks   int      `json:"swept_marks"`
+	PendingMarks int      `json:"pending_marks"`
+	WaitingFor   []string `json:"waiting_for"`
+	// KeptLive counts doomed packs and objects a sweep kept, because a
+	// record written after the mark references them; Deferred the doomed
+	// loose objects a running backup stores again, left for a later sweep.
+	KeptLive int `json:"kept_live"`
+	Deferred int `json:"deferred_objects"`
 	// Retained counts the packs, index files and objects gc would have
 	// deleted or rewritten but left alone, being under object lock until
 	// RetainedUntil at the latest.
@@ -83,8 +101,7 @@ type gcPack struct {
 	decided    bool
 }
 
-// gcPlan is what a gc will delete and rewrite, decided under its lock
-// before anything is changed.
+// gcPlan is what a mark will doom and rewrite.
 type gcPlan struct {
 	backups    int
 	live       map[digest.Digest]bool
@@ -101,13 +118,16 @@ type gcPlan struct {
 }
 
 // GC deletes every object no backup record references and rewrites packs
-// whose live share fell under opts.RepackBelow. It holds the repository's
-// exclusive lock, so no backup runs meanwhile; it refuses to run when a
-// record or what it references cannot be read, since it could not tell
-// what that backup references. Each step leaves a consistent repository
-// if gc is interrupted: new packs and index files are written before the
-// old ones are deleted, and a pack left without an index is deleted by
-// the next gc.
+// whose live share fell under opts.RepackBelow, beside running backups,
+// in two phases (see pending.go and README "gc beside backups"): it
+// sweeps earlier marks whose backups are done, then marks what is
+// unreferenced now, and sweeps that mark at once if no backup runs. It
+// holds the exclusive lock, which only other gcs respect. It refuses to
+// run when a record or what it references cannot be read, since it could
+// not tell what that backup references. Each step leaves a consistent
+// repository if gc is interrupted: new packs and index files are written
+// before the old ones are deleted, and a pack left without an index is
+// deleted by a later gc.
 func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	if opts.Referrer == nil {
 		return nil, ErrNoReferrer
@@ -115,7 +135,7 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	if opts.RepackBelow == 0 {
 		opts.RepackBelow = DefaultRepackBelow
 	}
-	rep := &GCReport{DryRun: opts.DryRun, StaleLocks: []string{}}
+	rep := &GCReport{DryRun: opts.DryRun, StaleLocks: []string{}, WaitingFor: []string{}}
 	lk, err := s.Lock(ctx, LockExclusive, LockOptions{Purpose: "gc", Wait: opts.LockWait})
 	if err != nil {
 		return nil, err
@@ -131,45 +151,153 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 			rep.StaleLocks = append(rep.StaleLocks, l.Key)
 		}
 	}
-	plan, err := s.planGC(ctx, opts)
+	st, err := s.readGCState(ctx)
 	if err != nil {
 		return nil, err
 	}
-	plan.report(rep)
-	if opts.DryRun {
-		return rep, nil
-	}
-	if err := s.executeGC(ctx, plan, rep); err != nil {
+	pendings, err := s.loadDoomed(ctx, st.pending)
+	if err != nil {
 		return nil, err
 	}
+	s.resetIndex()
+	shared, err := s.liveLocks(ctx, LockShared)
+	if err != nil {
+		return nil, err
+	}
+	var ready, waiting []*pendingDeletion
+	var leftovers []string
+	for _, p := range pendings {
+		switch {
+		case !p.Complete:
+			leftovers = append(leftovers, p.Key) // its gc died before it listed the locks
+		case slices.ContainsFunc(p.Waits, func(k string) bool { _, ok := shared[k]; return ok }):
+			waiting = append(waiting, p)
+		default:
+			ready = append(ready, p)
+		}
+	}
+	// Every record is read after the locks ready marks wait for are
+	// gone: what those backups relied on is in their records now.
+	live, walked := map[digest.Digest]bool{}, map[string]bool{}
+	if err := s.liveObjects(ctx, opts.Referrer, live, walked); err != nil {
+		return nil, err
+	}
+	if opts.DryRun {
+		plan, err := s.planGC(ctx, live, len(walked), opts)
+		if err != nil {
+			return nil, err
+		}
+		plan.report(rep, true)
+		rep.PendingMarks = len(pendings)
+		return rep, nil
+	}
+	remaining := waiting
+	if len(ready) > 0 {
+		deferred, err := s.sweep(ctx, lk, ready, append(slices.Clip(waiting), ready...), live, rep)
+		if err != nil {
+			return nil, err
+		}
+		remaining = append(remaining, deferred...)
+	}
+	if err := s.deleteKeys(ctx, leftovers); err != nil {
+		return nil, fmt.Errorf("delete pending deletions of a gc that did not finish: %w", err)
+	}
+	s.setDoomed(remaining)
+	plan, err := s.planGC(ctx, live, len(walked), opts)
+	if err != nil {
+		return nil, err
+	}
+	plan.report(rep, false)
+	p, err := s.mark(ctx, lk, plan)
+	if err != nil {
+		return nil, err
+	}
+	if p != nil {
+		s.setDoomed(append(slices.Clip(remaining), p))
+		if len(p.Waits) == 0 {
+			// No backup ran when the mark was written: what it dooms is
+			// unreferenced unless a record written since says otherwise.
+			if err := s.liveObjects(ctx, opts.Referrer, live, walked); err != nil {
+				return nil, err
+			}
+			deferred, err := s.sweep(ctx, lk, []*pendingDeletion{p}, append(slices.Clip(remaining), p), live, rep)
+			if err != nil {
+				return nil, err
+			}
+			remaining = append(remaining, deferred...)
+		} else {
+			remaining = append(remaining, p)
+		}
+	}
+	s.setDoomed(remaining)
+	rep.Backups = len(walked)
+	rep.PendingMarks = len(remaining)
+	waits := map[string]bool{}
+	for _, p := range remaining {
+		for _, k := range p.Waits {
+			if l, ok := shared[k]; ok && !waits[k] {
+				waits[k] = true
+				rep.WaitingFor = append(rep.WaitingFor, l.String())
+			}
+		}
+	}
+	if p != nil && len(p.Waits) > 0 {
+		for _, k := range p.Waits {
+			if !waits[k] {
+				waits[k] = true
+				rep.WaitingFor = append(rep.WaitingFor, k)
+			}
+		}
+	}
+	if tr, ok := As[TempRemover](s.backend); ok {
+		// A temporary file is a write under way; a backup may be writing
+		// one now unless no shared lock is live.
+		if now, err := s.liveLocks(ctx, LockShared); err == nil && len(now) == 0 {
+			n, size, err := tr.RemoveStaleTemps(staleTempAge)
+			if err != nil {
+				return nil, fmt.Errorf("remove temporary files of unfinished writes: %w", err)
+			}
+			rep.TempFiles = n
+			rep.DeletedBytes += size
+		}
+	}
+	s.resetIndex()
 	s.logger.Info("gc done", "deleted_objects", rep.DeletedObjects, "deleted_packs", rep.DeletedPacks,
-		"repacked_packs", rep.RepackedPacks, "freed_bytes", rep.DeletedBytes)
+		"repacked_packs", rep.RepackedPacks, "freed_bytes", rep.DeletedBytes, "pending_marks", rep.PendingMarks)
 	return rep, lk.Err()
 }
 
-// planGC finds what every backup references and decides the fate of
-// every pack and loose object.
-func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
-	live, backups, err := s.liveObjects(ctx, opts.Referrer)
+// liveLocks returns the live locks of kind, by key.
+func (s *Store) liveLocks(ctx context.Context, kind LockKind) (map[string]LockInfo, error) {
+	locks, err := s.locksUnder(ctx, locksPrefix+string(kind)+"/")
 	if err != nil {
 		return nil, err
 	}
-	// Everything is decided on a fresh reading of the index.
-	s.resetIndex()
-	packs, indexFiles, err := s.gcPacks(ctx, live, opts.RepackBelow)
+	now := time.Now()
+	live := map[string]LockInfo{}
+	for _, l := range locks {
+		if l.Kind == kind && !l.Stale(now) {
+			live[l.Key] = l
+		}
+	}
+	return live, nil
+}
+
+// planGC decides, from the objects every backup references, the fate of
+// every pack and loose object no pending deletion holds yet.
+func (s *Store) planGC(ctx context.Context, live map[digest.Digest]bool, backups int, opts GCOptions) (*gcPlan, error) {
+	doomedPacks, doomedLoose, err := s.doomedSets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	packs, indexFiles, err := s.gcPacks(ctx, live, doomedPacks, opts.RepackBelow)
 	if err != nil {
 		return nil, err
 	}
 	plan := &gcPlan{backups: backups, live: live, packs: packs, indexFiles: indexFiles, keptIndex: map[string]bool{}, deadSizes: map[string]int64{}}
-	liveNames := live
-	if s.seal != nil {
-		liveNames = make(map[digest.Digest]bool, len(live))
-		for id := range live {
-			liveNames[s.seal.looseName(id)] = true
-		}
-	}
+	liveNames := s.liveNames(live)
 	err = s.backend.List(ctx, objectsPrefix, func(info Info) error {
-		if name, ok := parseObjectKey(info.Key); ok && !liveNames[name] {
+		if name, ok := parseObjectKey(info.Key); ok && !liveNames[name] && !doomedLoose[name] {
 			plan.deadLoose = append(plan.deadLoose, info.Key)
 			plan.deadSizes[info.Key] = info.Size
 			plan.deadBytes += info.Size
@@ -185,109 +313,272 @@ func (s *Store) planGC(ctx context.Context, opts GCOptions) (*gcPlan, error) {
 	return plan, nil
 }
 
-// report fills in what the plan will do.
-func (p *gcPlan) report(rep *GCReport) {
+// liveNames returns the loose names of the objects in live.
+func (s *Store) liveNames(live map[digest.Digest]bool) map[digest.Digest]bool {
+	if s.seal == nil {
+		return live
+	}
+	names := make(map[digest.Digest]bool, len(live))
+	for id := range live {
+		names[s.seal.looseName(id)] = true
+	}
+	return names
+}
+
+// report fills in what the plan will do: doom (or, in a dry run,
+// delete) and repack.
+func (p *gcPlan) report(rep *GCReport, dryRun bool) {
 	rep.Backups, rep.LiveObjects = p.backups, len(p.live)
-	rep.DeletedObjects, rep.DeletedBytes = len(p.deadLoose), p.deadBytes
 	rep.Retained, rep.RetainedUntil = p.retained, p.retainedUntil
+	var packs int
+	var bytes int64
 	for _, pk := range p.packs {
 		switch pk.fate {
 		case deletePack:
-			rep.DeletedPacks++
-			rep.DeletedBytes += pk.size
+			packs++
+			bytes += pk.size
 		case repackPack:
 			rep.RepackedPacks++
 			rep.RepackedObjects += len(pk.live)
 			rep.RepackedBytes += pk.liveBytes
-			rep.DeletedBytes += pk.size - pk.liveBytes
+			bytes += pk.size - pk.liveBytes
 		default:
 			rep.KeptPacks++
 		}
 	}
+	if dryRun {
+		rep.DeletedObjects, rep.DeletedPacks, rep.DeletedBytes = len(p.deadLoose), packs, p.deadBytes+bytes
+	} else {
+		rep.MarkedObjects, rep.MarkedPacks = len(p.deadLoose), packs+rep.RepackedPacks
+	}
 }
 
-// executeGC carries out a plan, in the order that keeps the repository
-// consistent at every step.
-func (s *Store) executeGC(ctx context.Context, plan *gcPlan, rep *GCReport) error {
-	if err := s.writeGCMarker(ctx); err != nil {
-		return err
-	}
-	// 1. Live objects of packs to rewrite go into new packs, with new
-	// index files.
+// mark carries out a plan's first phase: live objects of packs to
+// rewrite go into new packs with new index files, then a pending
+// deletion names what the plan dooms, and then the shared locks live now
+// (those holders may rely on doomed copies). It returns nil when the
+// plan dooms nothing.
+func (s *Store) mark(ctx context.Context, lk *Lock, plan *gcPlan) (*pendingDeletion, error) {
+	now := time.Now().UTC()
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	p := &pendingDeletion{Version: pendingVersion, Marked: now, GCLock: lk.info.Key, Key: pendingKey(now, hex.EncodeToString(rnd[:])),
+		Waits: []string{}, Packs: []pendingPack{}, Loose: []pendingObject{}}
 	var carry []digest.Digest
-	for _, p := range plan.packs {
-		if p.fate == repackPack {
-			carry = append(carry, p.live...)
+	for _, pk := range plan.packs {
+		switch pk.fate {
+		case repackPack:
+			carry = append(carry, pk.live...)
+			p.Packs = append(p.Packs, pendingPack{ID: pk.id, Size: pk.size, Freed: pk.size - pk.liveBytes})
+		case deletePack:
+			p.Packs = append(p.Packs, pendingPack{ID: pk.id, Size: pk.size, Freed: pk.size})
 		}
+	}
+	for _, key := range plan.deadLoose {
+		if name, ok := parseObjectKey(key); ok {
+			p.Loose = append(p.Loose, pendingObject{Name: name, Size: plan.deadSizes[key]})
+		}
+	}
+	if len(p.Packs) == 0 && len(p.Loose) == 0 {
+		return nil, nil
 	}
 	if err := s.repack(ctx, carry); err != nil {
-		return err
+		return nil, err
 	}
-	// 2. Index files that mention a pack going away are replaced by ones
-	// that list only their remaining packs.
+	if err := s.writePending(ctx, p); err != nil {
+		return nil, err
+	}
+	shared, err := s.liveLocks(ctx, LockShared)
+	if err != nil {
+		return nil, err
+	}
+	for key := range shared {
+		p.Waits = append(p.Waits, key)
+	}
+	slices.Sort(p.Waits)
+	p.Complete = true
+	if err := s.writePending(ctx, p); err != nil {
+		return nil, err
+	}
+	s.logger.Info("gc marked unreferenced data for deletion", "packs", len(p.Packs), "objects", len(p.Loose), "waits_for", len(p.Waits))
+	return p, nil
+}
+
+// sweep deletes what the pending deletions ps doom and no record in live
+// references (doomed is every pending deletion the index keeps apart,
+// ps included). A doomed pack holding the only copy of a referenced
+// object stays. Loose objects stay while a shared lock says it writes
+// doomed ones again; the pending deletions then stay too, and are
+// returned, for a later sweep.
+func (s *Store) sweep(ctx context.Context, lk *Lock, ps, doomed []*pendingDeletion, live map[digest.Digest]bool, rep *GCReport) ([]*pendingDeletion, error) {
+	s.setDoomed(doomed)
+	ix, err := s.loadIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var indexKeys []string
+	if err := s.backend.List(ctx, indexPrefix, func(info Info) error {
+		indexKeys = append(indexKeys, info.Key)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list pack indexes: %w", err)
+	}
+	indexFiles := map[string][]packEntries{}
+	entriesOf := map[digest.Digest][]PackEntry{}
+	for _, key := range indexKeys {
+		entries, err := s.readIndexFile(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("gc cannot read index file %s: %w", key, err)
+		}
+		indexFiles[key] = entries
+		for _, pe := range entries {
+			entriesOf[pe.id] = append(entriesOf[pe.id], pe.entries...)
+		}
+	}
+	// hasLiveCopy: a writer would find id outside the doomed packs.
+	hasLiveCopy := func(id digest.Digest) (bool, error) {
+		ix.mu.RLock()
+		defer ix.mu.RUnlock()
+		_, ok, err := ix.get(id, true)
+		return ok, err
+	}
+	dead := map[digest.Digest]pendingPack{}
+	seen := map[digest.Digest]bool{}
+	for _, p := range ps {
+		for _, pk := range p.Packs {
+			if seen[pk.ID] {
+				continue
+			}
+			seen[pk.ID] = true
+			keep := false
+			for _, e := range entriesOf[pk.ID] {
+				if !live[e.ID] {
+					continue
+				}
+				ok, err := hasLiveCopy(e.ID)
+				if err != nil {
+					return nil, err
+				}
+				if !ok {
+					keep = true
+					break
+				}
+			}
+			if keep {
+				rep.KeptLive++
+				continue
+			}
+			dead[pk.ID] = pk
+		}
+	}
+	liveNames := s.liveNames(live)
+	var loose []string
+	var looseBytes int64
+	seenLoose := map[digest.Digest]bool{}
+	for _, p := range ps {
+		for _, o := range p.Loose {
+			if seenLoose[o.Name] {
+				continue
+			}
+			seenLoose[o.Name] = true
+			if liveNames[o.Name] {
+				rep.KeptLive++
+				continue
+			}
+			loose = append(loose, looseKey(o.Name))
+			looseBytes += o.Size
+		}
+	}
+	// The marker comes first: holders of locks a mark left out learn
+	// from it that their objects may be gone, and writers of doomed loose
+	// objects that a sweep is under way.
+	keys := make([]string, len(ps))
+	for i, p := range ps {
+		keys[i] = p.Key
+	}
+	if err := s.writeGCMarker(ctx, lk.info.Key, keys); err != nil {
+		return nil, err
+	}
+	shared, err := s.liveLocks(ctx, LockShared)
+	if err != nil {
+		return nil, err
+	}
+	deferLoose := false
+	for _, l := range shared {
+		if l.Resurrects {
+			deferLoose = true
+			s.logger.Info("leaving doomed loose objects for a later gc: a running backup stores some again", "lock", l.String())
+		}
+	}
+	// Index files that name a pack going away are replaced by ones that
+	// list only their remaining packs; only then do the packs go.
 	var oldIndex []string
-	for key, entries := range plan.indexFiles {
+	for _, key := range indexKeys {
 		var keep []packEntries
 		touched := false
-		for _, pe := range entries {
-			if p := plan.packs[pe.id]; p != nil && p.fate == keepPack {
-				keep = append(keep, pe)
-			} else {
+		for _, pe := range indexFiles[key] {
+			if _, gone := dead[pe.id]; gone {
 				touched = true
+			} else {
+				keep = append(keep, pe)
 			}
 		}
-		if !touched || plan.keptIndex[key] {
+		if !touched {
 			continue
 		}
 		if len(keep) > 0 {
 			if err := s.putIndex(ctx, keep); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		oldIndex = append(oldIndex, key)
 		rep.RewrittenIndex++
 	}
 	if err := s.deleteKeys(ctx, oldIndex); err != nil {
-		return fmt.Errorf("delete old index files: %w", err)
+		return nil, fmt.Errorf("delete old index files: %w", err)
 	}
-	// 3. Only now, with no index pointing at them, packs go.
 	var deadPacks []string
-	for _, p := range plan.packs {
-		if p.fate != keepPack {
-			deadPacks = append(deadPacks, p.key)
+	for id, pk := range dead {
+		deadPacks = append(deadPacks, packKey(id))
+		rep.DeletedBytes += pk.Freed
+		if pk.Freed == pk.Size {
+			rep.DeletedPacks++ // else repacked: counted by its mark
 		}
 	}
 	if err := s.deleteKeys(ctx, deadPacks); err != nil {
-		return fmt.Errorf("delete packs: %w", err)
+		return nil, fmt.Errorf("delete packs: %w", err)
 	}
-	// 4. Loose objects nobody references.
-	if err := s.deleteKeys(ctx, plan.deadLoose); err != nil {
-		return fmt.Errorf("delete objects: %w", err)
+	if deferLoose {
+		rep.Deferred += len(loose)
+		return ps, nil // swept again by a later gc, when no backup writes doomed objects
 	}
-	if tr, ok := As[TempRemover](s.backend); ok {
-		n, size, err := tr.RemoveStaleTemps(staleTempAge)
-		if err != nil {
-			return fmt.Errorf("remove temporary files of unfinished writes: %w", err)
-		}
-		rep.TempFiles = n
-		rep.DeletedBytes += size
+	if err := s.deleteKeys(ctx, loose); err != nil {
+		return nil, fmt.Errorf("delete objects: %w", err)
 	}
-	s.resetIndex()
-	return nil
+	rep.DeletedObjects += len(loose)
+	rep.DeletedBytes += looseBytes
+	if err := s.deleteKeys(ctx, keys); err != nil {
+		return nil, fmt.Errorf("delete swept pending deletions: %w", err)
+	}
+	rep.SweptMarks += len(ps)
+	return nil, nil
 }
 
-// liveObjects returns every object some backup references, metadata
-// included, and the number of backups.
-func (s *Store) liveObjects(ctx context.Context, referrer Referrer) (map[digest.Digest]bool, int, error) {
+// liveObjects adds to live every object the backups not in walked
+// reference, metadata included, and adds them to walked.
+func (s *Store) liveObjects(ctx context.Context, referrer Referrer, live map[digest.Digest]bool, walked map[string]bool) error {
 	names, err := s.verifyNames(ctx, nil, BackupFilter{})
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
-	live := map[digest.Digest]bool{}
 	for _, name := range names {
+		if walked[name] {
+			continue
+		}
+		walked[name] = true
 		rec, err := s.readBackup(ctx, name)
 		if err != nil {
-			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
+			return fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
 		}
 		err = referrer.References(ctx, rec, func(r Ref) error {
 			if r.Metadata && live[r.ID] {
@@ -297,10 +588,10 @@ func (s *Store) liveObjects(ctx context.Context, referrer Referrer) (map[digest.
 			return nil
 		})
 		if err != nil {
-			return nil, 0, fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
+			return fmt.Errorf("gc cannot tell what backup %s references: %w", name, &UnreadableBackupError{Name: name, Err: err})
 		}
 	}
-	return live, len(names), nil
+	return nil
 }
 
 // UnreadableBackupError is a backup whose record, or what it references,
@@ -317,7 +608,7 @@ func (e *UnreadableBackupError) Unwrap() error { return e.Err }
 // gcPacks reads every index file and the pack listing, and decides each
 // pack's fate. Packs in storage that no index lists are left over from an
 // interrupted backup or gc and are deleted.
-func (s *Store) gcPacks(ctx context.Context, live map[digest.Digest]bool, repackBelow float64) (map[digest.Digest]*gcPack, map[string][]packEntries, error) {
+func (s *Store) gcPacks(ctx context.Context, live, doomed map[digest.Digest]bool, repackBelow float64) (map[digest.Digest]*gcPack, map[string][]packEntries, error) {
 	var indexKeys []string
 	if err := s.backend.List(ctx, indexPrefix, func(info Info) error {
 		indexKeys = append(indexKeys, info.Key)
@@ -336,6 +627,9 @@ func (s *Store) gcPacks(ctx context.Context, live map[digest.Digest]bool, repack
 		}
 		indexFiles[key] = entries
 		for _, pe := range entries {
+			if doomed[pe.id] {
+				continue // an earlier mark's; its sweep decides
+			}
 			p := packs[pe.id]
 			if p == nil {
 				p = &gcPack{id: pe.id, key: packKey(pe.id), size: -1}
@@ -353,7 +647,7 @@ func (s *Store) gcPacks(ctx context.Context, live map[digest.Digest]bool, repack
 	}
 	err := s.backend.List(ctx, packsPrefix, func(info Info) error {
 		id, ok := parsePackKey(info.Key)
-		if !ok {
+		if !ok || doomed[id] {
 			return nil
 		}
 		if p := packs[id]; p != nil {
@@ -432,16 +726,18 @@ func (s *Store) resetIndex() {
 	s.index.packs = nil
 	s.index.packNum = nil
 	s.index.entries.reset()
+	s.index.doomedEntries.reset()
 	s.index.mu.Unlock()
 }
 
 // writeGCMarker tells every cache of known objects that objects may be
-// gone: written before anything is deleted.
-func (s *Store) writeGCMarker(ctx context.Context) error {
+// gone, and which pending deletions are swept by which gc: written
+// before anything is deleted.
+func (s *Store) writeGCMarker(ctx context.Context, gcLock string, sweeps []string) error {
 	now := time.Now().UTC()
 	var id [4]byte
 	_, _ = rand.Read(id[:])
-	data, _ := json.Marshal(map[string]any{"started": now})
+	data, _ := json.Marshal(sweepMarker{Started: now, GCLock: gcLock, Sweeps: sweeps})
 	key := gcMarkerKey(now, hex.EncodeToString(id[:]))
 	if err := s.backend.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
 		return fmt.Errorf("write gc marker: %w", err)

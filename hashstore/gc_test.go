@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -185,9 +186,11 @@ func (g *gate) Put(ctx context.Context, key string, r io.Reader, size int64) err
 
 // TestGCNeverDeletesWhatARunningBackupNeeds stops a backup just before it
 // writes its record, having found its contents already stored (by a
-// forgotten backup, so gc would delete them), and runs gc then: gc must
-// not run beside the backup; once the backup is done gc runs, and the
-// backup restores byte for byte.
+// forgotten backup, so gc would delete them), and runs gc then. gc runs
+// beside the backup: it marks what no record references but deletes
+// nothing, since the backup may rely on it. Once the backup is done the
+// next gc sweeps: it reads the records again and keeps what the new
+// record references, and every backup restores byte for byte.
 func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 	ctx := context.Background()
 	g := &gate{Backend: hashstore.NewMemory(), prefix: "not-yet/", arrived: make(chan struct{}), open: make(chan struct{})}
@@ -209,28 +212,108 @@ func TestGCNeverDeletesWhatARunningBackupNeeds(t *testing.T) {
 	}()
 	<-g.arrived // the backup is about to write its record
 
-	_, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
-	if !errors.Is(err, hashstore.ErrLocked) || !strings.Contains(err.Error(), "shared lock for backup") {
-		t.Fatalf("gc during a backup: %v, want ErrLocked naming the backup", err)
+	_, before := countKeys(t, g, "")
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+	if err != nil {
+		t.Fatalf("gc beside a backup: %v", err)
 	}
-	gcDone := make(chan *hashstore.GCReport, 1)
-	go func() {
-		rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}, LockWait: time.Minute})
-		if err != nil {
-			t.Error(err)
-		}
-		gcDone <- rep
-	}()
+	t.Logf("gc beside the backup: %+v", rep)
+	if rep.MarkedObjects+rep.MarkedPacks == 0 || rep.PendingMarks != 1 || len(rep.WaitingFor) != 1 ||
+		!strings.Contains(rep.WaitingFor[0], "shared lock for backup") || rep.DeletedObjects+rep.DeletedPacks != 0 {
+		t.Fatalf("gc beside a backup: %+v, want a mark that waits for the backup and nothing deleted", rep)
+	}
+	if _, after := countKeys(t, g, ""); after < before {
+		t.Fatalf("gc beside a backup deleted data: %d → %d bytes", before, after)
+	}
 	close(g.open)
 	if err := <-backupDone; err != nil {
 		t.Fatal(err)
 	}
-	rep := <-gcDone
+	rep, err = f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("gc after the backup: %+v", rep)
-	if rep == nil || rep.DeletedObjects+rep.DeletedPacks+rep.RepackedPacks == 0 {
-		t.Fatalf("gc after the backup did nothing: %+v", rep)
+	if rep.SweptMarks == 0 || rep.KeptLive == 0 || rep.DeletedObjects+rep.DeletedPacks == 0 || rep.PendingMarks != 0 {
+		t.Fatalf("gc after the backup: %+v, want the mark swept, keeping what b4 references", rep)
 	}
 	f.check(t)
+}
+
+// TestBackupAfterAMarkStoresDoomedContentAgain: a backup that starts
+// while a mark waits (here for another backup's lock) takes what the
+// mark dooms for absent and stores it again: packed contents into new
+// packs, loose ones under their key, saying so on its lock. A sweep
+// that runs while that backup still runs deletes the doomed packs but
+// leaves the loose objects it stores again, for a later gc; every backup
+// restores byte for byte throughout.
+func TestBackupAfterAMarkStoresDoomedContentAgain(t *testing.T) {
+	ctx := context.Background()
+	g := &gate{Backend: hashstore.NewMemory(), prefix: "not-yet/", arrived: make(chan struct{}), open: make(chan struct{})}
+	f := newGCFixture(t, g)
+	f.forget(t, "b1")
+	delete(f.srcs, "b1")
+	other := liveLockOfAnotherHost(t, g)
+	rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+	if err != nil || rep.PendingMarks != 1 || rep.MarkedObjects == 0 || rep.DeletedObjects+rep.DeletedPacks != 0 {
+		t.Fatalf("gc beside another host's backup: %+v, %v", rep, err)
+	}
+
+	src := filepath.Join(t.TempDir(), "b5")
+	gcTree(t, src, 1, func(int) bool { return false }) // b1's content, doomed now
+	f.srcs["b5"] = src
+	g.prefix = "backups/b5"
+	store, err := hashstore.Open(ctx, g, storetest.Options(hashstore.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		sum *upload.Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{Name: "b5"})
+		done <- result{sum, err}
+	}()
+	<-g.arrived
+	if err := g.Backend.Delete(ctx, other); err != nil { // the other backup ends
+		t.Fatal(err)
+	}
+	rep, err = f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("gc beside a backup that stores doomed content again: %+v", rep)
+	if rep.SweptMarks != 0 || rep.Deferred == 0 || rep.DeletedPacks == 0 {
+		t.Fatalf("gc beside b5: %+v, want doomed packs deleted and loose objects deferred", rep)
+	}
+	close(g.open)
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if res.sum.UploadedObjects == 0 {
+		t.Fatalf("b5 stored nothing: it referenced doomed copies")
+	}
+	f.check(t)
+	rep, err = f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+	if err != nil || rep.SweptMarks == 0 || rep.KeptLive == 0 || rep.PendingMarks != 0 {
+		t.Fatalf("gc after b5: %+v, %v; want the deferred mark swept, keeping what b5 stored again", rep, err)
+	}
+	f.check(t)
+}
+
+// liveLockOfAnotherHost writes the shared lock of a backup running on
+// another host, and returns its key.
+func liveLockOfAnotherHost(t *testing.T, b hashstore.Backend) string {
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	lock := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":"elsewhere","pid":4242,"created":%q,"refreshed":%q}`, now, now)
+	key := "locks/shared/elsewhere.json"
+	if err := b.Put(context.Background(), key, strings.NewReader(lock), int64(len(lock))); err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
@@ -268,12 +351,10 @@ func TestGCIgnoresAndRemovesStaleLocks(t *testing.T) {
 
 // TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID is the audit's H3 (a):
 // a backup in a container on the host network has the host's name but its
-// own PIDs. Its lock must keep gc out while it is refreshed, even when no
-// process of that PID runs in gc's namespace.
+// own PIDs. While it is refreshed, gc must wait for it before deleting
+// anything, even when no process of that PID runs in gc's namespace.
 func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
 	ctx := context.Background()
-	mem := hashstore.NewMemory()
-	f := newGCFixture(t, mem)
 	gone := exec.Command("true")
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
@@ -284,12 +365,15 @@ func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
 	for i, ns := range []string{"pid:[4026599999]", ""} { // another namespace; a lock that does not say
 		lock := fmt.Sprintf(`{"kind":"shared","purpose":"backup","host":%q,"boot_id":%q,"pid_namespace":%q,"pid":%d,"created":%q,"refreshed":%q}`,
 			host, strings.TrimSpace(string(boot)), ns, gone.Process.Pid, now, now)
+		mem := hashstore.NewMemory()
+		f := newGCFixture(t, mem)
+		f.forget(t, "b1")
 		key := fmt.Sprintf("locks/shared/container-%d.json", i)
 		mem.Put(ctx, key, strings.NewReader(lock), int64(len(lock)))
-		if _, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); !errors.Is(err, hashstore.ErrLocked) {
-			t.Fatalf("gc beside a live lock of pid namespace %q: %v, want ErrLocked", ns, err)
+		rep, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}})
+		if err != nil || rep.PendingMarks == 0 || !slices.ContainsFunc(rep.WaitingFor, func(w string) bool { return strings.Contains(w, "shared lock for backup") }) {
+			t.Fatalf("gc beside a live lock of pid namespace %q: %+v, %v; want a mark that waits for it", ns, rep, err)
 		}
-		mem.Delete(ctx, key)
 	}
 }
 

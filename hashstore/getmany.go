@@ -40,7 +40,7 @@ func (s *Store) GetMany(ctx context.Context, ids []digest.Digest, fn func(id dig
 			continue
 		}
 		seen[h] = true
-		loc, ok, err := ix.entries.get(h)
+		loc, ok, err := ix.get(h, false)
 		if err != nil {
 			ix.mu.RUnlock()
 			return err

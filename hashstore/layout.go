@@ -17,6 +17,7 @@ import (
 //	backups/<name>.json            backup records
 //	locks/<kind>/<time>-<id>.json  held locks
 //	gc/<time>-<id>                 gc markers
+//	gc/pending/<time>-<id>.json    pending deletions (gc's marks)
 //	keys/<id>                      key files (encrypted repositories)
 const (
 	configKey     = "config"
@@ -26,6 +27,7 @@ const (
 	backupsPrefix = "backups/"
 	locksPrefix   = "locks/"
 	gcPrefix      = "gc/"
+	pendingPrefix = gcPrefix + "pending/"
 	keysPrefix    = "keys/"
 )
 
@@ -89,4 +91,8 @@ func lockKey(kind LockKind, created time.Time, id string) string {
 
 func gcMarkerKey(started time.Time, id string) string {
 	return gcPrefix + started.Format("20060102T150405.000000000Z") + "-" + id
+}
+
+func pendingKey(marked time.Time, id string) string {
+	return pendingPrefix + marked.Format("20060102T150405.000000000Z") + "-" + id + ".json"
 }

@@ -10,18 +10,21 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// Locks keep gc from deleting what a running backup is about to reference.
-// A backup holds a shared lock, gc an exclusive one; each is a small file
-// under locks/ that its holder refreshes while it works. Taking a lock is:
-// write it, then look at the others; a conflict removes the new lock again.
-// Two processes that race both see each other and at least one backs off,
-// so a backup and a gc never both proceed.
+// Locks say who works on the repository. A backup or copy holds a shared
+// lock, gc an exclusive one; each is a small file under locks/ that its
+// holder refreshes while it works. Shared locks do not exclude gc: gc
+// runs beside them in two phases and waits, before it deletes, for every
+// shared lock live when it marked (see pending.go). Exclusive locks
+// exclude each other, so one gc runs at a time. Taking a lock is: write
+// it, then look at the others; a conflict removes the new lock again.
+// Two gcs that race both see each other and at least one backs off.
 //
 // A lock not refreshed within lockExpiry is stale (its holder crashed or
 // lost the storage); stale locks are ignored, named in the log, and
@@ -59,7 +62,10 @@ type LockInfo struct {
 	PIDNamespace string    `json:"pid_namespace,omitempty"`
 	Created      time.Time `json:"created"`
 	Refreshed    time.Time `json:"refreshed"`
-	Key          string    `json:"-"`
+	// Resurrects says the holder writes again loose objects a pending
+	// deletion names: a sweep leaves those alone while it is live.
+	Resurrects bool   `json:"resurrects,omitempty"`
+	Key        string `json:"-"`
 }
 
 // Stale reports whether the lock's holder stopped refreshing it, or is a
@@ -113,8 +119,12 @@ type Lock struct {
 	// lost is set when the lock file was found gone, or the lock lapsed:
 	// the refresh stops rather than bring it back.
 	lost error
-	// gcMarker is the repository's gc/ markers when the lock was taken.
+	// gcMarker is the summary of the repository's gc/ listing when the
+	// lock was taken; markers the gc markers then, pending the pending
+	// deletions the holder read (and so never relies on).
 	gcMarker string
+	markers  map[string]bool
+	pending  map[string]bool
 }
 
 // ErrLockLost means a lock lapsed or was removed while its holder worked:
@@ -139,14 +149,43 @@ func (s *Store) Lock(ctx context.Context, kind LockKind, opts LockOptions) (*Loc
 		return nil, err
 	}
 	l := &Lock{store: s, info: info, stop: make(chan struct{}), done: make(chan struct{}), lastOK: now, lastOKWall: now.Round(0)}
-	marker, err := s.gcMarker(ctx)
-	if err != nil {
+	if err := l.readGC(ctx); err != nil {
 		_ = s.backend.Delete(context.WithoutCancel(ctx), info.Key)
 		return nil, err
 	}
-	l.gcMarker = marker
+	if kind == LockShared {
+		s.writerMu.Lock()
+		s.writerLock = l
+		s.writerMu.Unlock()
+	}
 	go l.refresh()
 	return l, nil
+}
+
+// readGC reads, after the lock file is written, the gc markers and the
+// pending deletions: a shared lock's holder takes for absent what those
+// name from now on.
+func (l *Lock) readGC(ctx context.Context) error {
+	st, err := l.store.readGCState(ctx)
+	if err != nil {
+		return err
+	}
+	if l.info.Kind == LockShared {
+		if _, err := l.store.loadDoomed(ctx, st.pending); err != nil {
+			return err
+		}
+	}
+	markers, pending := map[string]bool{}, map[string]bool{}
+	for _, k := range st.markers {
+		markers[k] = true
+	}
+	for _, k := range st.pending {
+		pending[k] = true
+	}
+	l.mu.Lock()
+	l.gcMarker, l.markers, l.pending = st.summary, markers, pending
+	l.mu.Unlock()
+	return nil
 }
 
 // newLockInfo describes a new lock of kind held by this process.
@@ -249,13 +288,13 @@ func (s *Store) readLock(ctx context.Context, key string) (LockInfo, error) {
 }
 
 // conflictingLock returns a live lock that conflicts with mine, if any: a
-// shared lock conflicts only with exclusive ones, so it lists only those.
+// shared lock conflicts with none, an exclusive one with other exclusive
+// ones, so it lists only those.
 func (s *Store) conflictingLock(ctx context.Context, mine LockInfo) (*LockInfo, error) {
-	prefix := locksPrefix
 	if mine.Kind == LockShared {
-		prefix += string(LockExclusive) + "/"
+		return nil, nil
 	}
-	locks, err := s.locksUnder(ctx, prefix)
+	locks, err := s.locksUnder(ctx, locksPrefix+string(LockExclusive)+"/")
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +310,7 @@ func (s *Store) conflictingLock(ctx context.Context, mine LockInfo) (*LockInfo, 
 			s.logger.Warn("ignoring a stale lock", "lock", l.String(), "last_refresh", l.Refreshed)
 			continue
 		}
-		if mine.Kind == LockExclusive || l.Kind == LockExclusive {
+		if l.Kind == LockExclusive {
 			return &l, nil
 		}
 	}
@@ -341,7 +380,7 @@ func (l *Lock) lapsed(now time.Time) error {
 	return nil
 }
 
-// GCMarker is the summary of the repository's gc/ markers when the lock
+// GCMarker is the summary of the repository's gc/ listing when the lock
 // was taken (or renewed).
 func (l *Lock) GCMarker() string {
 	l.mu.Lock()
@@ -362,16 +401,15 @@ func (l *Lock) Err() error {
 
 // Check tells whether the lock has been held without a gap, so that
 // nothing a gc deletes can have been relied on: the lock did not lapse
-// (by this process's clocks), no gc ran since it was taken (the gc/
-// markers are unchanged: gc writes one before it deletes anything), and
-// no exclusive lock is live now (a gc that took this lock for stale and
-// has not reached its deletes yet). Two listings, whatever the size of
-// the repository. An error wrapping ErrLockLost means the
-// holder must take the lock again (Renew) and check again everything it
-// relies on before it writes anything that references it.
+// (by this process's clocks), and every pending deletion written since
+// it was taken waits for it, and no sweep since deleted what a pending
+// deletion unknown to the holder named. One listing when no gc ran, a
+// few reads when one did. An error wrapping ErrLockLost means the holder
+// must take the lock again (Renew) and check again everything it relies
+// on before it writes anything that references it.
 func (l *Lock) Check(ctx context.Context) error {
 	l.mu.Lock()
-	info, marker, lost := l.info, l.gcMarker, l.lost
+	info, summary, markers, pending, lost := l.info, l.gcMarker, l.markers, l.pending, l.lost
 	if lost == nil {
 		lost = l.lapsed(time.Now())
 	}
@@ -380,23 +418,125 @@ func (l *Lock) Check(ctx context.Context) error {
 		return lost
 	}
 	s := l.store
-	now, err := s.gcMarker(ctx)
+	st, err := s.readGCState(ctx)
 	if err != nil {
 		return fmt.Errorf("check lock: %w", err)
 	}
-	if now != marker {
-		return fmt.Errorf("%w: a gc ran while the lock was held", ErrLockLost)
+	if st.summary == summary {
+		return nil
 	}
-	if info.Kind == LockShared {
-		conflict, err := s.liveExclusiveLock(ctx)
+	for _, key := range st.pending {
+		if pending[key] {
+			continue
+		}
+		p, err := s.readPending(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue // swept: the marker of that sweep says so below
+		}
 		if err != nil {
 			return fmt.Errorf("check lock: %w", err)
 		}
-		if conflict != nil {
-			return fmt.Errorf("%w: the %s is running", ErrLockLost, conflict)
+		if !p.Complete || !slices.Contains(p.Waits, info.Key) {
+			return fmt.Errorf("%w: a gc marked objects for deletion without waiting for this lock (it took it for stale)", ErrLockLost)
+		}
+	}
+	for _, key := range st.markers {
+		if markers[key] {
+			continue
+		}
+		m, err := s.readSweepMarker(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("check lock: %w", err)
+		}
+		for _, swept := range m.Sweeps {
+			if !pending[swept] {
+				return fmt.Errorf("%w: a gc deleted objects while the lock was held, having taken it for stale", ErrLockLost)
+			}
 		}
 	}
 	return nil
+}
+
+// resurrect says on the lock file that its holder writes again loose
+// objects a pending deletion names, then waits while a sweep is under
+// way. A sweep lists the shared locks after it wrote its marker and
+// leaves loose objects alone if one says so; this writes the lock and
+// then reads the markers. So either the sweep sees this lock, or this
+// sees the sweep and waits until it ended, having deleted the object
+// before it is written again.
+func (l *Lock) resurrect(ctx context.Context) error {
+	l.mu.Lock()
+	if l.info.Resurrects {
+		l.mu.Unlock()
+		return nil
+	}
+	info := l.info
+	info.Resurrects = true
+	err := l.store.writeLock(ctx, info)
+	if err == nil {
+		l.info = info
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("announce objects stored again: %w", err)
+	}
+	l.store.logger.Info("storing again objects a gc marked for deletion")
+	for {
+		running, err := l.store.sweepRunning(ctx)
+		if err != nil || !running {
+			return err
+		}
+		l.store.logger.Info("waiting for a gc sweep to end before storing again an object it may delete")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// sweepRunning reports whether a gc sweep may be deleting now: a gc
+// marker of the last lockExpiry names pending deletions still stored,
+// and the gc that wrote it holds a live lock.
+func (s *Store) sweepRunning(ctx context.Context) (bool, error) {
+	st, err := s.readGCState(ctx)
+	if err != nil {
+		return false, err
+	}
+	pending := map[string]bool{}
+	for _, k := range st.pending {
+		pending[k] = true
+	}
+	recent := gcMarkerKey(time.Now().Add(-lockExpiry).UTC(), "")
+	for _, key := range st.markers {
+		if key < recent {
+			continue
+		}
+		m, err := s.readSweepMarker(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if m.GCLock == "" || !slices.ContainsFunc(m.Sweeps, func(k string) bool { return pending[k] }) {
+			continue
+		}
+		lk, err := s.readLock(ctx, m.GCLock)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if lk.Kind == LockExclusive && !lk.Stale(time.Now()) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Renew takes the lock again under a new lock file, waiting up to wait
@@ -412,31 +552,12 @@ func (l *Lock) Renew(ctx context.Context, wait time.Duration) error {
 	if err := l.store.acquire(ctx, &info, LockOptions{Purpose: old.Purpose, Wait: wait}); err != nil {
 		return err
 	}
-	marker, err := l.store.gcMarker(ctx)
-	if err != nil {
-		return err
-	}
-	_ = l.store.backend.Delete(ctx, old.Key)
 	l.mu.Lock()
-	l.info, l.gcMarker, l.lost, l.err = info, marker, nil, nil
+	l.info, l.lost, l.err = info, nil, nil
 	l.lastOK, l.lastOKWall = now, now.Round(0)
 	l.mu.Unlock()
-	return nil
-}
-
-// liveExclusiveLock returns a live exclusive lock, if any.
-func (s *Store) liveExclusiveLock(ctx context.Context) (*LockInfo, error) {
-	locks, err := s.locksUnder(ctx, locksPrefix+string(LockExclusive)+"/")
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	for _, l := range locks {
-		if l.Kind == LockExclusive && !l.Stale(now) {
-			return &l, nil
-		}
-	}
-	return nil, nil
+	_ = l.store.backend.Delete(ctx, old.Key)
+	return l.readGC(ctx)
 }
 
 // Unlock stops refreshing and removes the lock.
@@ -451,6 +572,11 @@ func (l *Lock) Unlock() error {
 		key := l.info.Key
 		l.mu.Unlock()
 		err = l.store.backend.Delete(ctx, key)
+		l.store.writerMu.Lock()
+		if l.store.writerLock == l {
+			l.store.writerLock = nil
+		}
+		l.store.writerMu.Unlock()
 	})
 	return err
 }

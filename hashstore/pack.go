@@ -78,6 +78,9 @@ type packIndex struct {
 	packs   []digest.Digest
 	packNum map[digest.Digest]uint32
 	entries entryTable
+	// doomedEntries are the entries of packs a pending deletion names:
+	// readers fall back to them, writers never see them.
+	doomedEntries entryTable
 }
 
 func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) error {
@@ -88,6 +91,16 @@ func (ix *packIndex) add(pack digest.Digest, entries []PackEntry) error {
 		}
 	}
 	return nil
+}
+
+// get finds id among the live packs and, unless forWrite, the doomed
+// ones. Called with ix.mu held.
+func (ix *packIndex) get(id digest.Digest, forWrite bool) (packLocation, bool, error) {
+	loc, ok, err := ix.entries.get(id)
+	if ok || err != nil || forWrite {
+		return loc, ok, err
+	}
+	return ix.doomedEntries.get(id)
 }
 
 // packNumber is the number standing for pack in table entries.
@@ -110,6 +123,10 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 	if loaded {
 		return ix, nil
 	}
+	doomedPacks, _, err := s.doomedSets(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if ix.loaded {
@@ -119,7 +136,7 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		ix.packNum = make(map[digest.Digest]uint32)
 	}
 	var keys []string
-	err := s.backend.List(ctx, indexPrefix, func(info Info) error {
+	err = s.backend.List(ctx, indexPrefix, func(info Info) error {
 		keys = append(keys, info.Key)
 		return nil
 	})
@@ -127,6 +144,7 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		return nil, fmt.Errorf("list pack indexes: %w", err)
 	}
 	sort.Strings(keys)
+	var doomedBatch []tableEntry
 	// Entries go to the table in batches of a spilled run's length: long
 	// enough to sort once, short enough to keep memory flat. (The capacity
 	// is reserved, not touched: pages a small repository does not fill are
@@ -139,6 +157,12 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		}
 		for _, p := range packs {
 			n := ix.packNumber(p.id)
+			if doomedPacks[p.id] {
+				for _, e := range p.entries {
+					doomedBatch = append(doomedBatch, tableEntry{e.ID, packLocation{pack: n, offset: e.Offset, length: e.Length}})
+				}
+				continue
+			}
 			for _, e := range p.entries {
 				batch = append(batch, tableEntry{e.ID, packLocation{pack: n, offset: e.Offset, length: e.Length}})
 			}
@@ -151,6 +175,9 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 		}
 	}
 	if err := ix.entries.addBatch(batch); err != nil {
+		return nil, err
+	}
+	if err := ix.doomedEntries.addBatch(doomedBatch); err != nil {
 		return nil, err
 	}
 	ix.loaded = true
@@ -525,14 +552,16 @@ func (s *Store) completePack(ctx context.Context, op *openPack) error {
 	return nil
 }
 
-// lookupPacked returns where a packed object lives.
-func (s *Store) lookupPacked(ctx context.Context, id digest.Digest) (string, packLocation, bool, error) {
+// lookupPacked returns where a packed object lives. A reader (forWrite
+// false) also finds objects only a doomed pack holds; a writer deciding
+// whether to store an object takes those for absent.
+func (s *Store) lookupPacked(ctx context.Context, id digest.Digest, forWrite bool) (string, packLocation, bool, error) {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return "", packLocation{}, false, err
 	}
 	ix.mu.RLock()
-	loc, ok, err := ix.entries.get(id)
+	loc, ok, err := ix.get(id, forWrite)
 	var pack digest.Digest
 	if ok {
 		pack = ix.packs[loc.pack]
@@ -552,7 +581,7 @@ type Location struct {
 
 // Locate returns where the object id is stored, or ErrNotFound.
 func (s *Store) Locate(ctx context.Context, id digest.Digest) (Location, error) {
-	pack, loc, packed, err := s.lookupPacked(ctx, id)
+	pack, loc, packed, err := s.lookupPacked(ctx, id, false)
 	if err != nil {
 		return Location{}, err
 	}

@@ -128,6 +128,12 @@ type Store struct {
 	// the loose objects seen stored.
 	cacheDir string
 	known    knownObjects
+	// doomed is what pending deletions of gc name (see pending.go).
+	doomed doomed
+	// writerLock is the shared lock this Store's writes happen under, if
+	// any: a write of a doomed loose object is announced on it.
+	writerMu   sync.Mutex
+	writerLock *Lock
 	// refreshMarker is the gc marker at the last Refresh.
 	refreshMu     sync.Mutex
 	refreshMarker string
@@ -391,6 +397,9 @@ func (s *Store) PutHashed(ctx context.Context, id digest.Digest, content []byte)
 	sealed := s.seal.seal(out.Bytes(), objectAD(id))
 	stored := int64(len(sealed))
 	name := s.seal.looseName(id)
+	if err := s.beforeLooseWrite(ctx, name); err != nil {
+		return PutResult{}, err
+	}
 	if err := s.backend.Put(ctx, looseKey(name), bytes.NewReader(sealed), stored); err != nil {
 		return PutResult{}, err
 	}
@@ -423,11 +432,31 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	id := digest.Digest(hasher.Sum(nil))
 	sealed := s.seal.seal(out.Bytes(), objectAD(id))
 	name := s.seal.looseName(id)
+	if err := s.beforeLooseWrite(ctx, name); err != nil {
+		return digest.Digest{}, PutResult{}, err
+	}
 	if err := s.backend.Put(ctx, looseKey(name), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return digest.Digest{}, PutResult{}, err
 	}
 	s.known.remember(name, int64(len(sealed)))
 	return id, PutResult{StoredSize: int64(len(sealed)), Codec: CodecZstd}, nil
+}
+
+// beforeLooseWrite announces, on the lock the Store writes under, that a
+// loose object a pending deletion names is written again, and waits for
+// a sweep under way to end: the sweep then leaves it, or deleted it
+// before this write (see Lock.resurrect).
+func (s *Store) beforeLooseWrite(ctx context.Context, name digest.Digest) error {
+	if !s.looseDoomed(name) {
+		return nil
+	}
+	s.writerMu.Lock()
+	lk := s.writerLock
+	s.writerMu.Unlock()
+	if lk == nil {
+		return nil
+	}
+	return lk.resurrect(ctx)
 }
 
 // entropySample is the size of each window looksIncompressible examines,
@@ -557,6 +586,10 @@ func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader,
 	if codec == CodecRaw {
 		storedSize = s.seal.sealedSize(objectHeaderSize + size)
 	}
+	name := s.seal.looseName(id)
+	if err := s.beforeLooseWrite(ctx, name); err != nil {
+		return PutResult{}, err
+	}
 	pr, pw := io.Pipe()
 	counter := &countingWriter{w: pw}
 	encodeDone := make(chan struct{})
@@ -569,7 +602,6 @@ func (s *Store) putStreaming(ctx context.Context, id digest.Digest, r io.Reader,
 		}
 		pw.CloseWithError(err)
 	}()
-	name := s.seal.looseName(id)
 	err := s.backend.Put(ctx, looseKey(name), pr, storedSize)
 	pr.CloseWithError(errors.New("upload ended")) // unblocks the encoder if the backend stopped reading
 	<-encodeDone
@@ -642,7 +674,7 @@ func (s *Store) Get(ctx context.Context, id digest.Digest) (*ObjectReader, error
 	if id.IsZero() {
 		return nil, errors.New("get: no id")
 	}
-	pack, loc, packed, err := s.lookupPacked(ctx, id)
+	pack, loc, packed, err := s.lookupPacked(ctx, id, false)
 	if err != nil {
 		return nil, err
 	}
@@ -772,8 +804,16 @@ type ObjectInfo struct {
 // LookupAll reports, for each of ids (packed or loose), whether and how
 // it is stored; the result is aligned with ids. Packed objects are
 // answered from memory, loose ones with bounded concurrent Stats (or one
-// listing).
+// listing). It answers for readers: a copy a pending deletion of gc
+// names counts as stored until it is gone.
 func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInfo, error) {
+	return s.lookupAll(ctx, ids, false)
+}
+
+// lookupAll is LookupAll, for a writer when forWrite: copies a pending
+// deletion names count as absent, so the writer stores the content again
+// rather than reference what gc is about to delete.
+func (s *Store) lookupAll(ctx context.Context, ids []digest.Digest, forWrite bool) ([]ObjectInfo, error) {
 	ix, err := s.loadIndex(ctx)
 	if err != nil {
 		return nil, err
@@ -782,7 +822,7 @@ func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInf
 	var loose []int
 	ix.mu.RLock()
 	for i, id := range ids {
-		loc, ok, err := ix.entries.get(id)
+		loc, ok, err := ix.get(id, forWrite)
 		if err != nil {
 			ix.mu.RUnlock()
 			return nil, err
@@ -798,7 +838,7 @@ func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInf
 	for j, i := range loose {
 		looseIDs[j] = ids[i]
 	}
-	err = s.lookupLoose(ctx, looseIDs, func(j int, size int64) {
+	err = s.lookupLoose(ctx, looseIDs, forWrite, func(j int, size int64) {
 		infos[loose[j]] = ObjectInfo{Found: true, StoredSize: size}
 	})
 	if err != nil {
@@ -807,29 +847,41 @@ func (s *Store) LookupAll(ctx context.Context, ids []digest.Digest) ([]ObjectInf
 	return infos, nil
 }
 
-// Has reports whether the store holds the object id, packed or loose.
-// Packed objects are answered from memory.
+// Has reports whether a writer can reference the object id as stored,
+// packed or loose: a copy that a pending deletion of gc names does not
+// count. Packed objects are answered from memory.
 func (s *Store) Has(ctx context.Context, id digest.Digest) (bool, error) {
-	_, _, packed, err := s.lookupPacked(ctx, id)
+	_, _, packed, err := s.lookupPacked(ctx, id, true)
 	if err != nil || packed {
 		return packed, err
 	}
 	has := false
-	err = s.lookupLoose(ctx, []digest.Digest{id}, func(int, int64) { has = true })
+	err = s.lookupLoose(ctx, []digest.Digest{id}, true, func(int, int64) { has = true })
 	return has, err
 }
 
-// HasPacked reports whether the object id is in a pack, from the
-// in-memory index alone.
+// HasPacked reports whether the object id is in a pack a writer can
+// reference (not a doomed one), from the in-memory index alone.
 func (s *Store) HasPacked(ctx context.Context, id digest.Digest) (bool, error) {
-	_, _, packed, err := s.lookupPacked(ctx, id)
+	_, _, packed, err := s.lookupPacked(ctx, id, true)
 	return packed, err
 }
 
 // Missing returns the ids, in their order and without duplicates, that
-// the store does not hold.
+// the store does not hold (for readers: see LookupAll).
 func (s *Store) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
-	infos, err := s.LookupAll(ctx, ids)
+	return s.missing(ctx, ids, false)
+}
+
+// ToStore returns the ids, in their order and without duplicates, that a
+// writer must store before it references them: those the store does not
+// hold, and those only a pending deletion of gc holds.
+func (s *Store) ToStore(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
+	return s.missing(ctx, ids, true)
+}
+
+func (s *Store) missing(ctx context.Context, ids []digest.Digest, forWrite bool) ([]digest.Digest, error) {
+	infos, err := s.lookupAll(ctx, ids, forWrite)
 	if err != nil {
 		return nil, err
 	}

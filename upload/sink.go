@@ -158,5 +158,5 @@ func (s *storeSink) StoreTree(ctx context.Context, id digest.Digest, data []byte
 
 // Missing implements snapshot.Sink.
 func (s *storeSink) Missing(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error) {
-	return s.store.Missing(ctx, ids)
+	return s.store.ToStore(ctx, ids) // a copy gc doomed is stored again
 }

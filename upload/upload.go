@@ -16,6 +16,7 @@ import (
 
 	"github.com/deltabackup/deltabackup/hashstore"
 	"github.com/deltabackup/deltabackup/snapshot"
+	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
 
 // Options configure a backup; zero values mean defaults.
@@ -35,10 +36,6 @@ type Options struct {
 	PackSize int
 	// Logger receives warnings about files and the repository.
 	Logger *slog.Logger
-	// LockWait is how long to wait for a gc holding the repository's
-	// exclusive lock; a backup holds a shared lock while it runs, so gc
-	// never deletes what it is about to reference.
-	LockWait time.Duration
 	// CacheDir is where the directory cache lives (see snapshot.DirCache):
 	// with it, a backup reads only the files whose status changed since
 	// the last backup of the source into this repository. Empty: no cache,
@@ -194,6 +191,19 @@ func Backup(ctx context.Context, store *hashstore.Store, src string, snapOpts sn
 		sum.TreesStored += sink.treesStored.Load()
 		sum.TreeBytes += sink.treeBytes.Load()
 		err = lk.Check(ctx)
+		if err == nil && incremental && lk.GCMarker() != generation && !baseStillStored(ctx, store, opts.Base, logger) {
+			// gc ran beside this backup and the base is gone: what this
+			// backup reused from it was unreferenced when gc looked, so
+			// the source is scanned whole again.
+			if round+1 >= maxRevalidations {
+				return nil, errors.New("the base backup was removed while this backup ran")
+			}
+			incremental, sum.Incremental = false, false
+			snapOpts.Base, snapOpts.Trees, snapOpts.Dirty = digest.Digest{}, nil, nil
+			store.ForgetObjects()
+			sum.Revalidations++
+			continue
+		}
 		if err == nil {
 			break
 		}
@@ -201,7 +211,7 @@ func Backup(ctx context.Context, store *hashstore.Store, src string, snapOpts sn
 			return nil, fmt.Errorf("before writing the record: %w", err)
 		}
 		logger.Warn("the backup's lock was not held throughout; taking it again and checking every object", "err", err)
-		if err := lk.Renew(ctx, opts.LockWait); err != nil {
+		if err := lk.Renew(ctx, 0); err != nil {
 			return nil, fmt.Errorf("take the lock again: %w", err)
 		}
 		store.ForgetObjects()
@@ -266,7 +276,7 @@ func hostname() string {
 // it knew of objects if a gc ran since (a Store may live across backups,
 // as in watch).
 func lock(ctx context.Context, store *hashstore.Store, opts Options) (*hashstore.Lock, error) {
-	lk, err := store.Lock(ctx, hashstore.LockShared, hashstore.LockOptions{Purpose: "backup", Wait: opts.LockWait})
+	lk, err := store.Lock(ctx, hashstore.LockShared, hashstore.LockOptions{Purpose: "backup"})
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -68,6 +69,8 @@ type scenario struct {
 	StoredBytes   int64   `json:"stored_bytes"`
 	StoredObjects int     `json:"stored_objects"` // distinct ids, trees included
 	Verified      bool    `json:"verified"`
+	// GCSeconds is the wall time of the gc that ran beside the backups.
+	GCSeconds float64 `json:"gc_seconds,omitempty"`
 }
 
 func run(c config) error {
@@ -204,7 +207,114 @@ func run(c config) error {
 	}
 	results = append(results, after)
 
+	// gc beside backups: two repositories brought to the same state (two
+	// nights, the first forgotten, so gc has packs to delete and repack);
+	// the third night runs alone in one and beside a gc in the other.
+	gcRuns, err := nightsBesideGC(c, sources, repo, backup, cmd, finish)
+	if err != nil {
+		return err
+	}
+	results = append(results, gcRuns...)
 	return write(c, results, distinct)
+}
+
+// nightsBesideGC measures the slowdown of a night's concurrent backups
+// while a gc runs beside them.
+func nightsBesideGC(c config, sources []string, repo func(string) (string, error), backup func(string, int, string) error,
+	cmd func(string, ...string) *exec.Cmd, finish func(*scenario, string) error) ([]scenario, error) {
+	urls := map[string]string{}
+	for _, name := range []string{"gc-off", "gc-on"} {
+		url, err := repo(name)
+		if err != nil {
+			return nil, err
+		}
+		urls[name] = url
+	}
+	concurrent := func(url, tag string) error {
+		var wg sync.WaitGroup
+		errs := make([]error, c.nodes)
+		for i := range c.nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = backup(url, i, tag) }()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	for night := range 2 {
+		if err := changeOwn(c, sources, 100+night); err != nil {
+			return nil, err
+		}
+		for name, url := range urls {
+			if err := concurrent(url, name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for name, url := range urls {
+		if out, err := cmd(filepath.Join(c.work, "cache-forget-"+name), "forget", "-q", "--keep-last", "1", "--repo", url).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("forget: %v: %s", err, out)
+		}
+	}
+	if err := changeOwn(c, sources, 200); err != nil {
+		return nil, err
+	}
+	alone := scenario{Name: "night 3, no gc", Nodes: c.nodes}
+	start := time.Now()
+	if err := concurrent(urls["gc-off"], "gc-off"); err != nil {
+		return nil, err
+	}
+	alone.WallSeconds = time.Since(start).Seconds()
+	if err := finish(&alone, urls["gc-off"]); err != nil {
+		return nil, err
+	}
+	beside := scenario{Name: "night 3 beside gc", Nodes: c.nodes}
+	gcDone := make(chan error, 1)
+	start = time.Now()
+	go func() {
+		out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "-q", "--repo", urls["gc-on"]).CombinedOutput()
+		beside.GCSeconds = time.Since(start).Seconds()
+		if err != nil {
+			err = fmt.Errorf("gc beside backups: %v: %s", err, out)
+		}
+		gcDone <- err
+	}()
+	err := concurrent(urls["gc-on"], "gc-on")
+	beside.WallSeconds = time.Since(start).Seconds()
+	if gcErr := <-gcDone; err != nil || gcErr != nil {
+		return nil, errors.Join(err, gcErr)
+	}
+	if err := finish(&beside, urls["gc-on"]); err != nil {
+		return nil, err
+	}
+	sweep := scenario{Name: "night 3, gc after (sweep)", Nodes: c.nodes}
+	start = time.Now()
+	if out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "-q", "--repo", urls["gc-on"]).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("gc after: %v: %s", err, out)
+	}
+	sweep.WallSeconds = time.Since(start).Seconds()
+	if err := finish(&sweep, urls["gc-on"]); err != nil {
+		return nil, err
+	}
+	log.Printf("gc beside the night's backups took %.2fs", beside.GCSeconds)
+	return []scenario{alone, beside, sweep}, nil
+}
+
+// changeOwn rewrites every node's own files with contents of seed: one
+// night's new data.
+func changeOwn(c config, sources []string, seed int) error {
+	for i, dir := range sources {
+		r := rand.New(rand.NewPCG(uint64(i), uint64(seed)))
+		for j := range c.ownMiB {
+			b := make([]byte, 1<<20)
+			for k := range b {
+				b[k] = byte(r.Uint32())
+			}
+			if err := os.WriteFile(filepath.Join(dir, "own", fmt.Sprintf("f%03d", j)), b, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // makeSources copies the base tree once per node and adds each node's
@@ -269,10 +379,15 @@ func write(c config, results []scenario, distinct int) error {
 	for _, r := range results {
 		fmt.Fprintf(&b, "| %s | %d | %.2f | %.1f | %d | %v |\n", r.Name, r.Nodes, r.WallSeconds, float64(r.StoredBytes)/(1<<20), r.StoredObjects, r.Verified)
 	}
-	if len(results) == 4 {
+	if len(results) >= 4 {
 		fmt.Fprintf(&b, "\nConcurrent / alone: %.2f× the wall time for %d× the nodes. Concurrent / sequential stored bytes: %.2f before gc (racing nodes each store what none of them has indexed yet), %.2f after one gc (wall s of the gc in its row).\n",
 			results[2].WallSeconds/results[0].WallSeconds, c.nodes, float64(results[2].StoredBytes)/float64(results[1].StoredBytes),
 			float64(results[3].StoredBytes)/float64(results[1].StoredBytes))
+	}
+	if len(results) == 7 {
+		fmt.Fprintf(&b, "\ngc beside backups: the night-3 backups of %d nodes took %.2f s alone and %.2f s while a gc ran beside them (%.2f×; the gc took %.2f s, marking the forgotten night's data and waiting for the backups running then; it used to hold them all back until it finished). The gc after them swept in %.2f s: stored %.1f MiB, against %.1f MiB in the repository without gc.\n",
+			c.nodes, results[4].WallSeconds, results[5].WallSeconds, results[5].WallSeconds/results[4].WallSeconds, results[5].GCSeconds,
+			results[6].WallSeconds, float64(results[6].StoredBytes)/(1<<20), float64(results[4].StoredBytes)/(1<<20))
 	}
 	return os.WriteFile(c.out+".md", []byte(b.String()), 0o644)
 }

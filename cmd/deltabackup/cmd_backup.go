@@ -39,7 +39,6 @@ type backupFlags struct {
 	stageDir          string
 	noCache           bool
 	compression       string
-	lockWait          time.Duration
 	// Backup only (not watch): hooks and stream input.
 	preHook, postHook string
 	hookTimeout       time.Duration
@@ -252,7 +251,6 @@ func addBackupFlags(cmd *cobra.Command, f *backupFlags) {
 	fl.StringArrayVar(&f.tags, "tag", nil, "tag the backup (repeatable), to select it with --tag later")
 	fl.StringVar(&f.stageDir, "stage-dir", "", "hard-link files into this directory first and read them from there, so files deleted or replaced during the backup stay readable")
 	fl.BoolVar(&f.noCache, "no-cache", false, "read every file, ignoring the directory cache")
-	fl.DurationVar(&f.lockWait, "lock-wait", 30*time.Minute, "how long to wait while a gc holds the repository")
 	fl.StringVar(&f.compression, "compression", "fast", "fast (S2 for small contents, zstd's fastest level for large), better (zstd's default level), max, or off")
 }
 
@@ -394,7 +392,7 @@ func backupOnce(ctx context.Context, g *globals, f *backupFlags, store *hashstor
 func (g *globals) backupProgress(ctx context.Context, f *backupFlags, opts *snapshot.Options, up *upload.Options) func() {
 	ps, stop := g.showProgress(ctx, "backup")
 	opts.Progress = ps[0]
-	up.Name, up.Node, up.Tags, up.Logger, up.LockWait = f.name, f.node, f.tags, g.logger, f.lockWait
+	up.Name, up.Node, up.Tags, up.Logger = f.name, f.node, f.tags, g.logger
 	if !f.noCache {
 		up.CacheDir = g.cacheBase()
 	}

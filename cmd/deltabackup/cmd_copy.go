@@ -24,7 +24,6 @@ type copySummary struct {
 
 func newCopyCommand(g *globals) *cobra.Command {
 	var from, to string
-	var lockWait time.Duration
 	var sel selection
 	fromPassword := passwordSource{flagPrefix: "from-", envPrefix: "DELTABACKUP_FROM_"}
 	cmd := &cobra.Command{
@@ -66,7 +65,7 @@ when one is set, otherwise from the sources of the target's.`,
 			}
 			ps, stopProgress := g.showProgress(ctx, "copy")
 			rep, err := hashstore.Copy(ctx, src, dst, hashstore.CopyOptions{
-				Referrer: upload.Referrer{Store: src}, Backups: args, LockWait: lockWait, Filter: filter,
+				Referrer: upload.Referrer{Store: src}, Backups: args, Filter: filter,
 				Planned: func(objects int, bytes int64) { ps[0].AddTotal(int64(objects)); ps[0].AddTotalBytes(bytes) },
 				Copied:  func(n int64) { ps[0].AddBytes(n); ps[0].AddSuccess(1) },
 			})
@@ -88,7 +87,6 @@ when one is set, otherwise from the sources of the target's.`,
 	fl := cmd.Flags()
 	fl.StringVar(&from, "from", "", "repository to copy from")
 	fl.StringVar(&to, "to", "", "repository to copy to (initialised with 'deltabackup init')")
-	fl.DurationVar(&lockWait, "lock-wait", 0, "how long to wait for a gc of the target")
 	addSelectionFlags(fl, &sel, true)
 	fromPassword.addFlags(fl, "the --from repository")
 	return cmd

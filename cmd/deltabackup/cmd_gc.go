@@ -22,15 +22,25 @@ func newGCCommand(g *globals) *cobra.Command {
 	var opts hashstore.GCOptions
 	cmd := &cobra.Command{
 		Use:   "gc --repo URL [--dry-run] [--repack-below F] [--lock-wait D]",
-		Short: "Delete the data no backup references and repack mostly dead packs",
+		Short: "Delete the data no backup references and repack mostly dead packs, beside running backups",
 		Long: `gc deletes loose objects and packs no backup record references, and
 rewrites packs whose live share is below --repack-below with only their live
-objects. It takes the repository's exclusive lock, so it never runs beside a
-backup (it waits --lock-wait for running ones, then gives up naming them);
-a lock whose holder stopped refreshing it for 30 minutes, or whose process
-on this host is gone, is stale and removed. New packs and index files are
-written before old ones are deleted, so an interrupted gc leaves a
-consistent repository and the next gc finishes the work.`,
+objects. It runs beside backups, which never wait for it, in two phases:
+
+  mark   it copies the live objects of mostly dead packs into new packs and
+         writes a pending deletion (gc/pending/) naming what no record
+         references and the backups running now; backups that start later
+         store such data again rather than rely on it;
+  sweep  once every backup a mark names has ended (here or in a later gc),
+         it reads every record again and deletes what the mark named and
+         still no record references.
+
+With no backup running, one gc does both. A lock whose holder stopped
+refreshing it for 30 minutes, or whose process on this host is gone, is
+stale: removed, and not waited for. Only one gc runs at a time (--lock-wait
+waits for another). New packs and index files are written before old ones
+are deleted, so an interrupted gc leaves a consistent repository and the
+next gc finishes the work.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -61,7 +71,7 @@ consistent repository and the next gc finishes the work.`,
 	fl := cmd.Flags()
 	fl.BoolVar(&opts.DryRun, "dry-run", false, "report what would be deleted and repacked, change nothing")
 	fl.Float64Var(&opts.RepackBelow, "repack-below", hashstore.DefaultRepackBelow, "repack packs whose live share is below this (0: never)")
-	fl.DurationVar(&opts.LockWait, "lock-wait", 0, "how long to wait for running backups before giving up")
+	fl.DurationVar(&opts.LockWait, "lock-wait", 0, "how long to wait for another gc before giving up")
 	return cmd
 }
 
@@ -84,6 +94,19 @@ func printGC(g *globals, rep *hashstore.GCReport, seconds float64) {
 	g.printf("%d backups reference %d objects; %s %d objects and %d packs, repacked %d packs (%d objects, %s), freeing %s in %.1fs\n",
 		rep.Backups, rep.LiveObjects, verb, rep.DeletedObjects, rep.DeletedPacks, rep.RepackedPacks, rep.RepackedObjects,
 		progress.FormatBytes(rep.RepackedBytes), progress.FormatBytes(rep.DeletedBytes), seconds)
+	if rep.MarkedObjects+rep.MarkedPacks > 0 || rep.PendingMarks > 0 {
+		g.printf("marked %d objects and %d packs for deletion; %d marks wait for running backups to end\n",
+			rep.MarkedObjects, rep.MarkedPacks, rep.PendingMarks)
+		for _, w := range rep.WaitingFor {
+			g.printf("  waiting for the %s\n", w)
+		}
+	}
+	if rep.KeptLive > 0 {
+		g.printf("kept %d marked packs and objects: backups written since the mark reference them\n", rep.KeptLive)
+	}
+	if rep.Deferred > 0 {
+		g.printf("left %d marked objects to a later gc: a running backup stores them again\n", rep.Deferred)
+	}
 	if rep.Retained > 0 {
 		g.printf("left %d packs, index files and objects alone: under object lock until %s at the latest\n", rep.Retained, rep.RetainedUntil.Local().Format(time.DateTime))
 	}

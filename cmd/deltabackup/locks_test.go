@@ -19,9 +19,12 @@ import (
 
 // slowSource writes a tree whose backup with --compression max takes a
 // few seconds: compressible text, zstd's slowest level.
-func slowSource(t *testing.T, dir string) {
+func slowSource(t *testing.T, dir string) { slowSourceSeeded(t, dir, 7) }
+
+// slowSourceSeeded is slowSource with contents drawn from seed.
+func slowSourceSeeded(t *testing.T, dir string, seed uint64) {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(7, 8))
+	rng := rand.New(rand.NewPCG(seed, 8))
 	words := []string{"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"}
 	for i := range 12 {
 		var b bytes.Buffer
@@ -127,7 +130,8 @@ func TestStalledBackupSurvivesAGCThatTookItsLockForStale(t *testing.T) {
 // TestBackupInAnotherPIDNamespaceKeepsGCOut is the audit's H3 (a): a
 // backup in another PID namespace with this host's name (a container on
 // the host network) holds a lock whose PID means nothing here; gc must
-// not take it for the lock of a dead process.
+// not take it for the lock of a dead process, and so waits for it before
+// deleting anything.
 func TestBackupInAnotherPIDNamespaceKeepsGCOut(t *testing.T) {
 	if err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "true").Run(); err != nil {
 		if os.Getenv("CI") != "" {
@@ -169,13 +173,112 @@ func TestBackupInAnotherPIDNamespaceKeepsGCOut(t *testing.T) {
 		cmd.Wait()
 		t.Skipf("the backup's PID %d in its namespace also runs on the host; cannot tell the cases apart", lock.PID)
 	}
-	o := c.run("gc", "--repo", repo)
+	o := c.run("gc", "--json", "--repo", repo)
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("backup in its own PID namespace: %v\n%s", err, stderr.String())
 	}
-	if o.code == 0 || !strings.Contains(o.stderr, "locked") {
-		t.Fatalf("gc beside a live backup of another PID namespace (pid %s there): exit %d, %s", strconv.Itoa(lock.PID), o.code, o.stderr)
+	if o.code != 0 {
+		t.Fatalf("gc beside a live backup of another PID namespace: exit %d, %s", o.code, o.stderr)
+	}
+	gc := summary(t, o)
+	if waiting, _ := gc["waiting_for"].([]any); gc["deleted_objects"].(float64) != 0 || len(waiting) != 1 {
+		t.Fatalf("gc beside a live backup of another PID namespace (pid %s there) did not wait for it: %v", strconv.Itoa(lock.PID), gc)
 	}
 	c.ok("verify", "--read-data", "--repo", repo)
+}
+
+// smallFiles writes 300 files of 1–4 KiB under dir; those selected by
+// changed get contents of version, the others of version 0.
+func smallFiles(t *testing.T, dir string, version int, changed func(i int) bool) {
+	t.Helper()
+	for i := range 300 {
+		v := 0
+		if changed(i) {
+			v = version
+		}
+		data := make([]byte, 1024+i*10)
+		rand.NewChaCha8([32]byte{byte(i), byte(i >> 8), byte(v), 's'}).Read(data)
+		p := filepath.Join(dir, fmt.Sprintf("s%d/f%03d", i%4, i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBackupsBeforeDuringAndAfterGC is gc beside backups, end to end: a
+// backup that started before a gc (held still while gc runs, and relying
+// on data gc finds unreferenced), one that runs while gc's mark waits for
+// the first, and one after; gc never waits for them, deletes and repacks,
+// and afterwards every backup verifies with --read-data and restores
+// byte for byte.
+func TestBackupsBeforeDuringAndAfterGC(t *testing.T) {
+	c := newCLI(t)
+	top := t.TempDir()
+	repo, src, v1 := filepath.Join(top, "repo"), filepath.Join(top, "src"), filepath.Join(top, "v1")
+	slowSourceSeeded(t, filepath.Join(src, "big"), 7)
+	smallFiles(t, filepath.Join(src, "small"), 1, func(int) bool { return false })
+	c.ok("init", "--repo", repo)
+	c.ok("backup", "--repo", repo, "--name", "old", src)
+	copyTree(t, src, v1)
+	slowSourceSeeded(t, filepath.Join(src, "big"), 8)
+	smallFiles(t, filepath.Join(src, "small"), 2, func(i int) bool { return i%5 != 0 })
+	c.ok("backup", "--repo", repo, "--name", "new", src)
+	c.ok("forget", "--repo", repo, "--keep-last", "1") // "old" goes: its data is unreferenced now
+
+	// Before: v1's content (which gc will find unreferenced) and slow new
+	// content, held still once it holds its lock.
+	before := filepath.Join(top, "before")
+	copyTree(t, v1, before)
+	slowSourceSeeded(t, filepath.Join(before, "zz"), 99)
+	cmd := exec.Command(binary, "backup", "--json", "--name", "before", "--compression", "max", "--parallel", "1", "--repo", repo, before)
+	cmd.Env = append(os.Environ(), "DELTABACKUP_CACHE_DIR="+c.cacheDir, "DELTABACKUP_REPO=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the backup's lock", func() bool { return len(lockFiles(repo)) == 1 })
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	gc1 := summary(t, c.ok("gc", "--json", "--repo", repo))
+	t.Logf("gc beside the stopped backup: %v", gc1)
+	if waiting, _ := gc1["waiting_for"].([]any); len(waiting) != 1 || gc1["pending_marks"].(float64) != 1 ||
+		gc1["marked_objects"].(float64)+gc1["marked_packs"].(float64) == 0 || gc1["repacked_packs"].(float64) == 0 ||
+		gc1["deleted_objects"].(float64)+gc1["deleted_packs"].(float64) != 0 {
+		t.Fatalf("gc beside a running backup: %v; want a mark that repacks and waits for it, nothing deleted", gc1)
+	}
+
+	// During: a backup while the mark waits, of content the mark dooms
+	// (v1's big files: it stores them again). v1's small files, which
+	// only the stopped backup references, stay doomed: the sweep must
+	// keep their pack.
+	during := filepath.Join(top, "during")
+	os.MkdirAll(during, 0o755)
+	copyTree(t, filepath.Join(v1, "big"), filepath.Join(during, "big"))
+	os.WriteFile(filepath.Join(during, "new.txt"), []byte("written while gc's mark waits"), 0o644)
+	c.ok("backup", "--repo", repo, "--name", "during", during)
+
+	cmd.Process.Signal(syscall.SIGCONT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the backup started before gc: %v\n%s", err, stderr.String())
+	}
+	gc2 := summary(t, c.ok("gc", "--json", "--repo", repo))
+	t.Logf("gc after: %v", gc2)
+	if gc2["swept_marks"].(float64) == 0 || gc2["kept_live"].(float64) == 0 || gc2["deleted_packs"].(float64)+gc2["deleted_objects"].(float64) == 0 {
+		t.Fatalf("gc after the backups: %v; want the mark swept, deleting some and keeping what the backups reference", gc2)
+	}
+
+	after := filepath.Join(top, "after")
+	copyTree(t, src, after)
+	os.WriteFile(filepath.Join(after, "after.txt"), []byte("after gc"), 0o644)
+	c.ok("backup", "--repo", repo, "--name", "after", after)
+	c.ok("verify", "--read-data", "--repo", repo)
+	for name, dir := range map[string]string{"new": src, "before": before, "during": during, "after": after} {
+		out := filepath.Join(top, "out-"+name)
+		c.ok("restore", "--repo", repo, name, out)
+		restoretest.CompareTrees(t, dir, out)
+	}
 }
