@@ -75,6 +75,15 @@ func (s *Store) Stats(ctx context.Context, referrer Referrer) (*RepoStats, error
 		st.PackedObjects++
 		packed[id] = int64(loc.length)
 	})
+	if err == nil {
+		// Packs a pending deletion of gc names are stored until swept.
+		err = ix.doomedEntries.all(func(id digest.Digest, loc packLocation) {
+			if _, ok := packed[id]; !ok {
+				st.PackedObjects++
+				packed[id] = int64(loc.length)
+			}
+		})
+	}
 	ix.mu.RUnlock()
 	if err != nil {
 		return nil, err

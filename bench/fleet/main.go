@@ -34,7 +34,8 @@ import (
 
 type config struct {
 	work, data, bucket, out string
-	nodes, ownMiB           int
+	nodes, ownMiB, nightMiB int
+	nightLimit              string
 }
 
 func main() {
@@ -45,6 +46,8 @@ func main() {
 	flag.StringVar(&c.out, "out", "bench/fleet-results", "output path prefix: .md and .json are appended")
 	flag.IntVar(&c.nodes, "nodes", 4, "nodes backing up at once")
 	flag.IntVar(&c.ownMiB, "own-mib", 16, "MiB of files of its own each node holds besides the base tree")
+	flag.StringVar(&c.nightLimit, "night-limit", "", "--limit-upload of each node on the night measured beside gc (e.g. 24MiB: a link-bound night)")
+	flag.IntVar(&c.nightMiB, "night-mib", 128, "MiB each node writes anew for the night measured beside gc (long enough that gc marks while it runs)")
 	flag.Parse()
 	if os.Getenv("DELTABACKUP_S3_ENDPOINT") == "" {
 		log.Fatal("no S3 server: source .ci/s3.sh && ci_s3_start (or set DELTABACKUP_S3_ENDPOINT and the AWS variables)")
@@ -69,8 +72,10 @@ type scenario struct {
 	StoredBytes   int64   `json:"stored_bytes"`
 	StoredObjects int     `json:"stored_objects"` // distinct ids, trees included
 	Verified      bool    `json:"verified"`
-	// GCSeconds is the wall time of the gc that ran beside the backups.
-	GCSeconds float64 `json:"gc_seconds,omitempty"`
+	// GCSeconds is the wall time of the gc that ran beside the backups,
+	// GC what it reported (swept_marks, pending_marks, waiting_for, …).
+	GCSeconds float64        `json:"gc_seconds,omitempty"`
+	GC        map[string]any `json:"gc,omitempty"`
 }
 
 func run(c config) error {
@@ -107,9 +112,10 @@ func run(c config) error {
 		return url, nil
 	}
 	// backup runs node i's backup into url.
-	backup := func(url string, i int, tag string) error {
+	backup := func(url string, i int, tag string, extra ...string) error {
 		cache := filepath.Join(c.work, fmt.Sprintf("cache-%s-%d", tag, i))
-		out, err := cmd(cache, "backup", "-q", "--repo", url, "--node", fmt.Sprintf("node-%d", i), sources[i]).CombinedOutput()
+		args := append([]string{"backup", "-q", "--repo", url, "--node", fmt.Sprintf("node-%d", i)}, extra...)
+		out, err := cmd(cache, append(args, sources[i])...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("node %d: %v: %s", i, err, out)
 		}
@@ -220,7 +226,7 @@ func run(c config) error {
 
 // nightsBesideGC measures the slowdown of a night's concurrent backups
 // while a gc runs beside them.
-func nightsBesideGC(c config, sources []string, repo func(string) (string, error), backup func(string, int, string) error,
+func nightsBesideGC(c config, sources []string, repo func(string) (string, error), backup func(string, int, string, ...string) error,
 	cmd func(string, ...string) *exec.Cmd, finish func(*scenario, string) error) ([]scenario, error) {
 	urls := map[string]string{}
 	for _, name := range []string{"gc-off", "gc-on"} {
@@ -230,18 +236,18 @@ func nightsBesideGC(c config, sources []string, repo func(string) (string, error
 		}
 		urls[name] = url
 	}
-	concurrent := func(url, tag string) error {
+	concurrent := func(url, tag string, extra ...string) error {
 		var wg sync.WaitGroup
 		errs := make([]error, c.nodes)
 		for i := range c.nodes {
 			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = backup(url, i, tag) }()
+			go func() { defer wg.Done(); errs[i] = backup(url, i, tag, extra...) }()
 		}
 		wg.Wait()
 		return errors.Join(errs...)
 	}
 	for night := range 2 {
-		if err := changeOwn(c, sources, 100+night); err != nil {
+		if err := changeOwn(c, sources, 100+night, c.ownMiB); err != nil {
 			return nil, err
 		}
 		for name, url := range urls {
@@ -255,12 +261,16 @@ func nightsBesideGC(c config, sources []string, repo func(string) (string, error
 			return nil, fmt.Errorf("forget: %v: %s", err, out)
 		}
 	}
-	if err := changeOwn(c, sources, 200); err != nil {
+	if err := changeOwn(c, sources, 200, c.nightMiB); err != nil {
 		return nil, err
 	}
 	alone := scenario{Name: "night 3, no gc", Nodes: c.nodes}
 	start := time.Now()
-	if err := concurrent(urls["gc-off"], "gc-off"); err != nil {
+	var limit []string
+	if c.nightLimit != "" {
+		limit = []string{"--limit-upload", c.nightLimit}
+	}
+	if err := concurrent(urls["gc-off"], "gc-off", limit...); err != nil {
 		return nil, err
 	}
 	alone.WallSeconds = time.Since(start).Seconds()
@@ -271,14 +281,19 @@ func nightsBesideGC(c config, sources []string, repo func(string) (string, error
 	gcDone := make(chan error, 1)
 	start = time.Now()
 	go func() {
-		out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "-q", "--repo", urls["gc-on"]).CombinedOutput()
-		beside.GCSeconds = time.Since(start).Seconds()
+		// Started a moment after the backups, so that they hold their
+		// locks when it looks.
+		time.Sleep(300 * time.Millisecond)
+		out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "--json", "--repo", urls["gc-on"]).Output()
+		beside.GCSeconds = time.Since(start).Seconds() - 0.3
 		if err != nil {
 			err = fmt.Errorf("gc beside backups: %v: %s", err, out)
+		} else {
+			err = json.Unmarshal(bytes.TrimSpace(out), &beside.GC)
 		}
 		gcDone <- err
 	}()
-	err := concurrent(urls["gc-on"], "gc-on")
+	err := concurrent(urls["gc-on"], "gc-on", limit...)
 	beside.WallSeconds = time.Since(start).Seconds()
 	if gcErr := <-gcDone; err != nil || gcErr != nil {
 		return nil, errors.Join(err, gcErr)
@@ -288,10 +303,14 @@ func nightsBesideGC(c config, sources []string, repo func(string) (string, error
 	}
 	sweep := scenario{Name: "night 3, gc after (sweep)", Nodes: c.nodes}
 	start = time.Now()
-	if out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "-q", "--repo", urls["gc-on"]).CombinedOutput(); err != nil {
+	out, err := cmd(filepath.Join(c.work, "cache-gc-on"), "gc", "--json", "--repo", urls["gc-on"]).Output()
+	if err != nil {
 		return nil, fmt.Errorf("gc after: %v: %s", err, out)
 	}
 	sweep.WallSeconds = time.Since(start).Seconds()
+	if err := json.Unmarshal(bytes.TrimSpace(out), &sweep.GC); err != nil {
+		return nil, err
+	}
 	if err := finish(&sweep, urls["gc-on"]); err != nil {
 		return nil, err
 	}
@@ -299,12 +318,12 @@ func nightsBesideGC(c config, sources []string, repo func(string) (string, error
 	return []scenario{alone, beside, sweep}, nil
 }
 
-// changeOwn rewrites every node's own files with contents of seed: one
-// night's new data.
-func changeOwn(c config, sources []string, seed int) error {
+// changeOwn writes mib files of 1 MiB into every node's own directory,
+// with contents of seed: one night's new data.
+func changeOwn(c config, sources []string, seed, mib int) error {
 	for i, dir := range sources {
 		r := rand.New(rand.NewPCG(uint64(i), uint64(seed)))
-		for j := range c.ownMiB {
+		for j := range mib {
 			b := make([]byte, 1<<20)
 			for k := range b {
 				b[k] = byte(r.Uint32())
@@ -385,9 +404,24 @@ func write(c config, results []scenario, distinct int) error {
 			float64(results[3].StoredBytes)/float64(results[1].StoredBytes))
 	}
 	if len(results) == 7 {
-		fmt.Fprintf(&b, "\ngc beside backups: the night-3 backups of %d nodes took %.2f s alone and %.2f s while a gc ran beside them (%.2f×; the gc took %.2f s, marking the forgotten night's data and waiting for the backups running then; it used to hold them all back until it finished). The gc after them swept in %.2f s: stored %.1f MiB, against %.1f MiB in the repository without gc.\n",
-			c.nodes, results[4].WallSeconds, results[5].WallSeconds, results[5].WallSeconds/results[4].WallSeconds, results[5].GCSeconds,
-			results[6].WallSeconds, float64(results[6].StoredBytes)/(1<<20), float64(results[4].StoredBytes)/(1<<20))
+		besideGC, after := results[5].GC, results[6].GC
+		fmt.Fprintf(&b, "\ngc beside backups: nodes hold %d MiB of new files on night 3", c.nightMiB)
+		if c.nightLimit != "" {
+			fmt.Fprintf(&b, " and upload at most %s/s each", c.nightLimit)
+		}
+		b.WriteString(". ")
+		fmt.Fprintf(&b, "The night-3 backups of %d nodes took %.2f s with no gc and %.2f s with a gc started 0.3 s after them (%.2f×). "+
+			"That gc took %.2f s; its mark waited for %d running backups, it swept %v marks and freed %.1f MiB, leaving %v marks pending. "+
+			"The gc after the backups took %.2f s, swept %v marks and freed %.1f MiB: %.1f MiB stored, against %.1f MiB in the repository without gc. "+
+			"Before gc ran in two phases, the backups waited for the whole gc instead.\n",
+			c.nodes, results[4].WallSeconds, results[5].WallSeconds, results[5].WallSeconds/results[4].WallSeconds,
+			results[5].GCSeconds, len(asList(besideGC["waiting_for"])), besideGC["swept_marks"], num(besideGC["deleted_bytes"])/(1<<20), besideGC["pending_marks"],
+			results[6].WallSeconds, after["swept_marks"], num(after["deleted_bytes"])/(1<<20),
+			float64(results[6].StoredBytes)/(1<<20), float64(results[4].StoredBytes)/(1<<20))
 	}
 	return os.WriteFile(c.out+".md", []byte(b.String()), 0o644)
 }
+
+func asList(v any) []any { l, _ := v.([]any); return l }
+
+func num(v any) float64 { f, _ := v.(float64); return f }
