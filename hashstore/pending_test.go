@@ -54,6 +54,7 @@ func TestWriteOfADoomedObjectWaitsForARunningSweep(t *testing.T) {
 	if has, err := s.LookupAll(ctx, []digest.Digest{id}); err != nil || !has[0].Found {
 		t.Fatalf("a reader did not find a doomed object that is still stored: %v %v", has, err)
 	}
+	lockKey := lk.info.Key
 	written := make(chan error, 1)
 	go func() {
 		_, err := s.PutBytes(ctx, id, content)
@@ -61,7 +62,7 @@ func TestWriteOfADoomedObjectWaitsForARunningSweep(t *testing.T) {
 	}()
 	// The lock says so before anything is written.
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
-		l, err := s.readLock(ctx, lk.info.Key)
+		l, err := s.readLock(ctx, lockKey)
 		if err == nil && l.Resurrects {
 			break
 		}
