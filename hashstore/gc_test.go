@@ -377,19 +377,27 @@ func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
 	}
 }
 
-// TestInterruptedGCLeavesAConsistentRepository fails gc's deletes part way
-// at each step: every backup still restores, and the next gc finishes.
+// TestInterruptedGCLeavesAConsistentRepository fails gc part way at each
+// step: a mark that cannot complete its pending deletion, a sweep that
+// cannot write its marker, deletes of index files, packs and objects.
+// Every backup still restores, and the next gc finishes.
 func TestInterruptedGCLeavesAConsistentRepository(t *testing.T) {
-	for _, prefix := range []string{"index/", "packs/", "objects/"} {
-		t.Run(prefix, func(t *testing.T) {
+	for name, rule := range map[string]faultstore.Rule{
+		"mark":    {Op: faultstore.Put, KeyPrefix: "gc/pending/", FailEvery: 2}, // written incomplete, not completed
+		"sweep":   {Op: faultstore.Put, KeyPrefix: "gc/2", FailAlways: true},     // the sweep's marker
+		"index":   {Op: faultstore.Delete, KeyPrefix: "index/", FailAlways: true},
+		"packs":   {Op: faultstore.Delete, KeyPrefix: "packs/", FailAlways: true},
+		"objects": {Op: faultstore.Delete, KeyPrefix: "objects/", FailAlways: true},
+	} {
+		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			faulty := faultstore.New(hashstore.NewMemory())
 			f := newGCFixture(t, faulty)
 			f.forget(t, "b1")
 			delete(f.srcs, "b1")
-			faulty.AddRule(faultstore.Rule{Op: faultstore.Delete, KeyPrefix: prefix, FailAlways: true})
+			faulty.AddRule(rule)
 			if _, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); !errors.Is(err, faultstore.ErrInjected) {
-				t.Fatalf("gc with failing deletes of %s: %v", prefix, err)
+				t.Fatalf("gc failing at its %s: %v", name, err)
 			}
 			faulty.ClearRules()
 			f.check(t)
@@ -399,6 +407,9 @@ func TestInterruptedGCLeavesAConsistentRepository(t *testing.T) {
 			f.check(t)
 			if again, err := f.store.GC(ctx, hashstore.GCOptions{Referrer: upload.Referrer{Store: f.store}}); err != nil || again.DeletedObjects+again.DeletedPacks+again.RepackedPacks != 0 {
 				t.Fatalf("gc after the interrupted one left work: %+v, %v", again, err)
+			}
+			if n, _ := countKeys(t, faulty, "gc/pending/"); n != 0 {
+				t.Fatalf("%d pending deletions left after the interrupted gc was finished", n)
 			}
 		})
 	}
