@@ -384,7 +384,7 @@ func TestLockOfAnotherPIDNamespaceIsNotJudgedByItsPID(t *testing.T) {
 func TestInterruptedGCLeavesAConsistentRepository(t *testing.T) {
 	for name, rule := range map[string]faultstore.Rule{
 		"mark":    {Op: faultstore.Put, KeyPrefix: "gc/pending/", FailEvery: 2}, // written incomplete, not completed
-		"sweep":   {Op: faultstore.Put, KeyPrefix: "gc/2", FailAlways: true},     // the sweep's marker
+		"sweep":   {Op: faultstore.Put, KeyPrefix: "gc/2", FailAlways: true},    // the sweep's marker
 		"index":   {Op: faultstore.Delete, KeyPrefix: "index/", FailAlways: true},
 		"packs":   {Op: faultstore.Delete, KeyPrefix: "packs/", FailAlways: true},
 		"objects": {Op: faultstore.Delete, KeyPrefix: "objects/", FailAlways: true},
