@@ -148,11 +148,23 @@ func (s *Store) readPending(ctx context.Context, key string) (*pendingDeletion, 
 	}
 	p, err := decodePending(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
+		return nil, &DamagedPendingError{Key: key, Err: err}
 	}
 	p.Key = key
 	return p, nil
 }
+
+// DamagedPendingError is a pending deletion that cannot be decoded.
+// Backups and gc refuse to work beside it: they cannot tell what it
+// dooms. Deleting it is safe (no sweep then deletes what it named; the
+// next gc marks again).
+type DamagedPendingError struct {
+	Key string
+	Err error
+}
+
+func (e *DamagedPendingError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *DamagedPendingError) Unwrap() error { return e.Err }
 
 // writePending stores p under its key.
 func (s *Store) writePending(ctx context.Context, p *pendingDeletion) error {

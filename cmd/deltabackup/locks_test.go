@@ -282,3 +282,26 @@ func TestBackupsBeforeDuringAndAfterGC(t *testing.T) {
 		restoretest.CompareTrees(t, dir, out)
 	}
 }
+
+// TestDamagedPendingDeletionIsNamed: a pending deletion that cannot be
+// read stops backups and gc, naming it and saying what to do; once it is
+// deleted both work again.
+func TestDamagedPendingDeletionIsNamed(t *testing.T) {
+	c := newCLI(t)
+	top := t.TempDir()
+	src, repo := filepath.Join(top, "src"), filepath.Join(top, "repo")
+	smallFiles(t, src, 1, func(int) bool { return false })
+	c.ok("init", "--repo", repo)
+	bad := filepath.Join(repo, "gc", "pending", "20260101T000000.000000000Z-bad.json")
+	os.MkdirAll(filepath.Dir(bad), 0o755)
+	os.WriteFile(bad, []byte(`{"version":1,"gc_lock":"../../config"}`), 0o644)
+	for _, args := range [][]string{{"backup", "--repo", repo, src}, {"gc", "--repo", repo}} {
+		o := c.run(args...)
+		if o.code != 1 || !strings.Contains(o.stderr, "gc/pending/20260101T000000.000000000Z-bad.json") || !strings.Contains(o.stderr, "delete") {
+			t.Fatalf("%s beside a damaged pending deletion: exit %d, %s", args[0], o.code, o.stderr)
+		}
+	}
+	os.Remove(bad)
+	c.ok("backup", "--repo", repo, src)
+	c.ok("gc", "--repo", repo)
+}

@@ -295,6 +295,7 @@ func main() {
 func advise(err error, g *globals) error {
 	var amb *hashstore.AmbiguousLatestError
 	var unreadable *hashstore.UnreadableBackupError
+	var damagedPending *hashstore.DamagedPendingError
 	switch {
 	case errors.Is(err, hashstore.ErrNotRepository):
 		return fmt.Errorf("%w; create one with 'deltabackup init --repo %s'", err, g.repo)
@@ -320,6 +321,8 @@ func advise(err error, g *globals) error {
 		return fmt.Errorf("%w; choose another --name", err)
 	case errors.As(err, &unreadable):
 		return fmt.Errorf("%w; run 'deltabackup verify', and forget backup %s if it cannot be repaired (or delete backups/%s.json)", err, unreadable.Name, unreadable.Name)
+	case errors.As(err, &damagedPending):
+		return fmt.Errorf("%w; delete %s from the repository (safe: nothing is deleted by it then, and the next gc marks again)", err, damagedPending.Key)
 	case errors.Is(err, hashstore.ErrNoSuchBackup):
 		return fmt.Errorf("%w; list backups with 'deltabackup list'", err)
 	case errors.Is(err, s3store.ErrBucketMissing):
