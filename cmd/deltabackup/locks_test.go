@@ -267,7 +267,9 @@ func TestBackupsBeforeDuringAndAfterGC(t *testing.T) {
 	}
 	gc2 := summary(t, c.ok("gc", "--json", "--repo", repo))
 	t.Logf("gc after: %v", gc2)
-	if gc2["swept_marks"].(float64) == 0 || gc2["kept_live"].(float64) == 0 || gc2["deleted_packs"].(float64)+gc2["deleted_objects"].(float64) == 0 {
+	// What the sweep frees may come as whole packs or as repacked ones,
+	// depending on how far the held backup got before it was stopped.
+	if gc2["swept_marks"].(float64) == 0 || gc2["kept_live"].(float64) == 0 || gc2["deleted_bytes"].(float64) == 0 {
 		t.Fatalf("gc after the backups: %v; want the mark swept, deleting some and keeping what the backups reference", gc2)
 	}
 
