@@ -69,9 +69,9 @@ func (s *Store) gcMarker(ctx context.Context) (string, error) {
 // Refresh makes a Store that lives across operations (watch) forget what
 // it remembers of the repository's objects — the pack index and the loose
 // objects seen stored — when a gc ran since it last looked, so it never
-// takes an object gc removed for present. Call it under a lock that keeps
-// gc out (a backup's shared lock, lk) before relying on what the Store
-// knows; the lock says which gc markers it saw when it was taken.
+// takes an object gc removed for present. Call it under a backup's
+// shared lock lk, which gc's sweeps wait for, before relying on what the
+// Store knows; the lock says which gc markers it saw when it was taken.
 func (s *Store) Refresh(lk *Lock) {
 	marker := lk.GCMarker()
 	s.refreshMu.Lock()

@@ -287,7 +287,7 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 
 // RemoveStaleTemps deletes temporary files of writes that never finished
 // (the writer was killed) and are older than age, and returns how many it
-// removed and their bytes. gc calls it while it holds the exclusive lock.
+// removed and their bytes. gc calls it when no shared lock is live.
 func (l *Local) RemoveStaleTemps(age time.Duration) (int, int64, error) {
 	var n int
 	var bytes int64

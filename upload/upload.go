@@ -285,8 +285,9 @@ func lock(ctx context.Context, store *hashstore.Store, opts Options) (*hashstore
 }
 
 // baseStillStored reports whether the base backup's record is still in
-// the repository, so that everything it references is stored: gc keeps
-// what records reference and cannot run while this backup holds its lock.
+// the repository, so that everything it references is stored: a gc
+// sweep keeps what records reference, reading them after the backups its
+// mark waits for (this one, if it ran then) have ended.
 func baseStillStored(ctx context.Context, store *hashstore.Store, base *Base, logger *slog.Logger) bool {
 	rec, err := store.Backup(ctx, base.Record.Name, hashstore.BackupFilter{})
 	if err != nil || rec.Root != base.Record.Root {
