@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -152,7 +154,31 @@ func (b *Backend) do(ctx context.Context, fn func(s *session, c *sftp.Client) er
 	if err != nil {
 		return err
 	}
-	return fn(s, s.sftp)
+	err = fn(s, s.sftp)
+	if err != nil && connectionLost(err) {
+		// The next operation dials again at once: the SSH client may not
+		// yet have noticed that its connection is gone, and alive() would
+		// hand out the dead session once more.
+		b.drop(s)
+	}
+	return err
+}
+
+// drop closes s and forgets it, if it is still the live session.
+func (b *Backend) drop(s *session) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sess == s {
+		s.close()
+		b.sess = nil
+	}
+}
+
+// connectionLost reports whether err says the connection broke, as
+// opposed to a refusal by the server.
+func connectionLost(err error) bool {
+	return errors.Is(err, sftp.ErrSSHFxConnectionLost) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func (b *Backend) full(key string) string { return b.root + "/" + key }
