@@ -48,24 +48,6 @@ type knownObjects struct {
 // objects it did not find.
 const listingFresh = time.Minute
 
-// gcMarker summarises the gc/ markers: any gc since the cache was written
-// changes it.
-func (s *Store) gcMarker(ctx context.Context) (string, error) {
-	var n int
-	var last string
-	err := s.backend.List(ctx, gcPrefix, func(info Info) error {
-		n++
-		if info.Key > last {
-			last = info.Key
-		}
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("list gc markers: %w", err)
-	}
-	return strconv.Itoa(n) + ":" + last, nil
-}
-
 // Refresh makes a Store that lives across operations (watch) forget what
 // it remembers of the repository's objects — the pack index and the loose
 // objects seen stored — when a gc ran since it last looked, so it never
@@ -148,9 +130,11 @@ func (s *Store) loadKnown(ctx context.Context) (*knownObjects, error) {
 	s.refreshMu.Unlock()
 	if !known {
 		var err error
-		if marker, err = s.gcMarker(ctx); err != nil {
+		st, err := s.readGCState(ctx)
+		if err != nil {
 			return nil, err
 		}
+		marker = st.summary
 	}
 	k.marker = marker
 	f, err := os.Open(filepath.Join(s.cacheDir, "known"))

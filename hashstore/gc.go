@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -208,7 +207,7 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 		return nil, err
 	}
 	plan.report(rep, false)
-	p, err := s.mark(ctx, lk, plan)
+	p, err := s.mark(ctx, lk, plan, shared)
 	if err != nil {
 		return nil, err
 	}
@@ -238,14 +237,6 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 			if l, ok := shared[k]; ok && !waits[k] {
 				waits[k] = true
 				rep.WaitingFor = append(rep.WaitingFor, l.String())
-			}
-		}
-	}
-	if p != nil && len(p.Waits) > 0 {
-		for _, k := range p.Waits {
-			if !waits[k] {
-				waits[k] = true
-				rep.WaitingFor = append(rep.WaitingFor, k)
 			}
 		}
 	}
@@ -356,9 +347,9 @@ func (p *gcPlan) report(rep *GCReport, dryRun bool) {
 // mark carries out a plan's first phase: live objects of packs to
 // rewrite go into new packs with new index files, then a pending
 // deletion names what the plan dooms, and then the shared locks live now
-// (those holders may rely on doomed copies). It returns nil when the
-// plan dooms nothing.
-func (s *Store) mark(ctx context.Context, lk *Lock, plan *gcPlan) (*pendingDeletion, error) {
+// (those holders may rely on doomed copies), which it adds to shared. It
+// returns nil when the plan dooms nothing.
+func (s *Store) mark(ctx context.Context, lk *Lock, plan *gcPlan, shared map[string]LockInfo) (*pendingDeletion, error) {
 	now := time.Now().UTC()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
@@ -388,12 +379,13 @@ func (s *Store) mark(ctx context.Context, lk *Lock, plan *gcPlan) (*pendingDelet
 	if err := s.writePending(ctx, p); err != nil {
 		return nil, err
 	}
-	shared, err := s.liveLocks(ctx, LockShared)
+	live, err := s.liveLocks(ctx, LockShared)
 	if err != nil {
 		return nil, err
 	}
-	for key := range shared {
+	for key, l := range live {
 		p.Waits = append(p.Waits, key)
+		shared[key] = l
 	}
 	slices.Sort(p.Waits)
 	p.Complete = true
@@ -416,22 +408,13 @@ func (s *Store) sweep(ctx context.Context, lk *Lock, ps, doomed []*pendingDeleti
 	if err != nil {
 		return nil, err
 	}
-	var indexKeys []string
-	if err := s.backend.List(ctx, indexPrefix, func(info Info) error {
-		indexKeys = append(indexKeys, info.Key)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list pack indexes: %w", err)
+	indexKeys, indexFiles, err := s.readIndexFiles(ctx)
+	if err != nil {
+		return nil, err
 	}
-	indexFiles := map[string][]packEntries{}
 	entriesOf := map[digest.Digest][]PackEntry{}
 	for _, key := range indexKeys {
-		entries, err := s.readIndexFile(ctx, key)
-		if err != nil {
-			return nil, fmt.Errorf("gc cannot read index file %s: %w", key, err)
-		}
-		indexFiles[key] = entries
-		for _, pe := range entries {
+		for _, pe := range indexFiles[key] {
 			entriesOf[pe.id] = append(entriesOf[pe.id], pe.entries...)
 		}
 	}
@@ -609,24 +592,14 @@ func (e *UnreadableBackupError) Unwrap() error { return e.Err }
 // pack's fate. Packs in storage that no index lists are left over from an
 // interrupted backup or gc and are deleted.
 func (s *Store) gcPacks(ctx context.Context, live, doomed map[digest.Digest]bool, repackBelow float64) (map[digest.Digest]*gcPack, map[string][]packEntries, error) {
-	var indexKeys []string
-	if err := s.backend.List(ctx, indexPrefix, func(info Info) error {
-		indexKeys = append(indexKeys, info.Key)
-		return nil
-	}); err != nil {
-		return nil, nil, fmt.Errorf("list pack indexes: %w", err)
+	indexKeys, indexFiles, err := s.readIndexFiles(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
-	sort.Strings(indexKeys)
 	packs := map[digest.Digest]*gcPack{}
-	indexFiles := map[string][]packEntries{}
 	claimed := map[digest.Digest]bool{} // ids whose live copy is counted
 	for _, key := range indexKeys {
-		entries, err := s.readIndexFile(ctx, key)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gc cannot read index file %s: %w", key, err)
-		}
-		indexFiles[key] = entries
-		for _, pe := range entries {
+		for _, pe := range indexFiles[key] {
 			if doomed[pe.id] {
 				continue // an earlier mark's; its sweep decides
 			}
@@ -645,7 +618,7 @@ func (s *Store) gcPacks(ctx context.Context, live, doomed map[digest.Digest]bool
 			}
 		}
 	}
-	err := s.backend.List(ctx, packsPrefix, func(info Info) error {
+	err = s.backend.List(ctx, packsPrefix, func(info Info) error {
 		id, ok := parsePackKey(info.Key)
 		if !ok || doomed[id] {
 			return nil
@@ -685,6 +658,24 @@ func (s *Store) gcPacks(ctx context.Context, live, doomed map[digest.Digest]bool
 		}
 	}
 	return packs, indexFiles, nil
+}
+
+// readIndexFiles reads every index file, for gc: their keys in order, and
+// what each lists.
+func (s *Store) readIndexFiles(ctx context.Context) ([]string, map[string][]packEntries, error) {
+	keys, err := s.indexKeys(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	files := make(map[string][]packEntries, len(keys))
+	for _, key := range keys {
+		entries, err := s.readIndexFile(ctx, key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gc cannot read index file %s: %w", key, err)
+		}
+		files[key] = entries
+	}
+	return keys, files, nil
 }
 
 // repack copies the objects ids, read and verified, into new packs.

@@ -135,15 +135,10 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 	if ix.packNum == nil {
 		ix.packNum = make(map[digest.Digest]uint32)
 	}
-	var keys []string
-	err = s.backend.List(ctx, indexPrefix, func(info Info) error {
-		keys = append(keys, info.Key)
-		return nil
-	})
+	keys, err := s.indexKeys(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list pack indexes: %w", err)
+		return nil, err
 	}
-	sort.Strings(keys)
 	var doomedBatch []tableEntry
 	// Entries go to the table in batches of a spilled run's length: long
 	// enough to sort once, short enough to keep memory flat. (The capacity
@@ -182,6 +177,20 @@ func (s *Store) loadIndex(ctx context.Context) (*packIndex, error) {
 	}
 	ix.loaded = true
 	return ix, nil
+}
+
+// indexKeys lists the index files, in key order.
+func (s *Store) indexKeys(ctx context.Context) ([]string, error) {
+	var keys []string
+	err := s.backend.List(ctx, indexPrefix, func(info Info) error {
+		keys = append(keys, info.Key)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list pack indexes: %w", err)
+	}
+	sort.Strings(keys)
+	return keys, nil
 }
 
 type packEntries struct {

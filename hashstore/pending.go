@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -178,8 +179,8 @@ func (s *Store) writePending(ctx context.Context, p *pendingDeletion) error {
 	return nil
 }
 
-// gcState is one listing of gc/: the summary caches compare, the gc
-// markers and the pending deletions.
+// gcState is one listing of gc/: the summary caches compare (any gc
+// changes it), the gc markers and the pending deletions.
 type gcState struct {
 	summary string
 	markers []string
@@ -272,15 +273,8 @@ func (s *Store) setDoomed(ps []*pendingDeletion) {
 		}
 	}
 	d.mu.Lock()
-	same := d.loaded && len(packs) == len(d.packs) && len(loose) == len(d.loose)
-	if same {
-		for id := range packs {
-			if !d.packs[id] {
-				same = false
-				break
-			}
-		}
-	}
+	// Only the doomed packs shape the index.
+	same := d.loaded && maps.Equal(packs, d.packs)
 	d.loaded, d.keys, d.packs, d.loose = true, keys, packs, loose
 	for key := range d.read {
 		if !keys[key] {
