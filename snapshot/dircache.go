@@ -151,7 +151,7 @@ func (c *DirCache) load() error {
 	if _, err := f.ReadAt(raw, indexAt); err != nil {
 		return fmt.Errorf("directory cache %s: %w", c.path, err)
 	}
-	d = &treeDecoder{b: raw}
+	d = &treeDecoder{b: raw, text: string(raw)} // paths cut from one string
 	count := d.bounded(min(maxCacheIndex, uint64(len(raw))/2), "index count")
 	c.index = make(map[string]int64, count)
 	for range count {

@@ -72,6 +72,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 	}
 	prev := &prevDir{tree: base}
 	g, gctx := errgroup.WithContext(ctx)
+	var tasks []func() error
 	for _, e := range ents {
 		n, _, inBase := prev.node(e.name)
 		switch {
@@ -79,15 +80,15 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 			// Examined whole: a dirty path, or one the base does not
 			// have (the list should have named it; better safe).
 			if e.typ == TypeDir {
-				w.spawn(g, func() error { return w.subdir(gctx, d, e, prev) })
+				tasks = append(tasks, func() error { return w.subdir(gctx, d, e, prev) })
 			} else {
 				if n != nil && n.Type == e.typ && sameStatus(n, entryExtra{}, &e.st, false) {
 					e.prev = n
 				}
-				w.spawn(g, func() error { return w.leaf(gctx, d, e) })
+				tasks = append(tasks, func() error { return w.leaf(gctx, d, e) })
 			}
 		case dirty.onPath[e.rel] && e.typ == TypeDir:
-			w.spawn(g, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
+			tasks = append(tasks, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
 		default:
 			// Unchanged: the base's node, a subtree by id.
 			e.node, e.keep = *n, true
@@ -104,6 +105,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 			}
 		}
 	}
+	w.runAll(g, tasks)
 	if err := g.Wait(); err != nil {
 		return dirResult{}, err
 	}

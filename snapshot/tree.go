@@ -240,19 +240,26 @@ func (t *Tree) Encode() ([]byte, error) {
 
 // AppendEncoded appends the tree's encoding to b.
 func (t *Tree) AppendEncoded(b []byte) ([]byte, error) {
-	if err := t.Validate(); err != nil {
+	return appendTree(b, t.Self, len(t.Nodes), func(i int) *Node { return &t.Nodes[i] })
+}
+
+// appendTree is AppendEncoded for a tree given as validateTree takes it,
+// so the walker encodes its entries' nodes where they are rather than
+// copying each into a Tree first.
+func appendTree(b []byte, self *Node, count int, node func(i int) *Node) ([]byte, error) {
+	if err := validateTree(self, count, node); err != nil {
 		return nil, err
 	}
 	b = append(b, treeMagic...)
-	if t.Self != nil {
+	if self != nil {
 		b = append(b, treeFlagRoot)
-		b = appendNode(b, t.Self, true)
+		b = appendNode(b, self, true)
 	} else {
 		b = append(b, 0)
 	}
-	b = binary.AppendUvarint(b, uint64(len(t.Nodes)))
-	for i := range t.Nodes {
-		b = appendNode(b, &t.Nodes[i], false)
+	b = binary.AppendUvarint(b, uint64(count))
+	for i := range count {
+		b = appendNode(b, node(i), false)
 	}
 	return b, nil
 }
@@ -360,25 +367,33 @@ func treeErr(entry string, format string, args ...any) error {
 // unique and sorted names, known types, modes, sizes and ranges within
 // bounds, xattrs in allowed namespaces, content that matches the size.
 func (t *Tree) Validate() error {
-	if t.Self != nil {
-		if t.Self.Type != TypeDir || t.Self.Name != "" {
+	return validateTree(t.Self, len(t.Nodes), func(i int) *Node { return &t.Nodes[i] })
+}
+
+// validateTree is Validate for a tree given as its own node and count
+// entries, the i-th returned by node.
+func validateTree(self *Node, count int, node func(i int) *Node) error {
+	if self != nil {
+		if self.Type != TypeDir || self.Name != "" {
 			return treeErr("", "the root's own entry must be an unnamed directory")
 		}
-		if err := validateNode(t.Self, true); err != nil {
+		if err := validateNode(self, true); err != nil {
 			return err
 		}
 	}
-	for i := range t.Nodes {
-		n := &t.Nodes[i]
+	var last string
+	for i := range count {
+		n := node(i)
 		if err := ValidateName(n.Name); err != nil {
 			return &TreeError{Entry: n.Name, Err: fmt.Errorf("%w: %w", ErrInvalidTree, err)}
 		}
-		if i > 0 && t.Nodes[i-1].Name >= n.Name {
-			if t.Nodes[i-1].Name == n.Name {
+		if i > 0 && last >= n.Name {
+			if last == n.Name {
 				return treeErr(n.Name, "duplicate name")
 			}
 			return treeErr(n.Name, "entries not sorted by name")
 		}
+		last = n.Name
 		if err := validateNode(n, false); err != nil {
 			return err
 		}
@@ -399,8 +414,13 @@ func ValidateName(name string) error {
 		return fmt.Errorf("%w: %q", ErrBadName, name)
 	case len(name) > maxNameLength:
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadName, len(name), maxNameLength)
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("%w: contains / or NUL", ErrBadName)
+	}
+	// A plain loop: strings.ContainsAny took 3% of an incremental backup,
+	// which checks every name it lists, decodes and encodes.
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '/' || c == 0 {
+			return fmt.Errorf("%w: contains / or NUL", ErrBadName)
+		}
 	}
 	return nil
 }
@@ -530,7 +550,13 @@ func validateFile(n *Node) error {
 
 // treeDecoder reads a tree's bytes.
 type treeDecoder struct {
-	b     []byte
+	b []byte
+	// text, when set, holds the same bytes as b did at the start, as a
+	// string:
+	// names and owners are cut from it rather than copied one by one (a
+	// tree of 500 files made 1,500 small allocations, a third of the
+	// time of decoding it).
+	text  string
 	entry string
 	err   error
 }
@@ -615,7 +641,21 @@ func (d *treeDecoder) bytes(n uint64) []byte {
 }
 
 func (d *treeDecoder) string(limit uint64, what string) string {
-	return string(d.bytes(d.bounded(limit, what+" length")))
+	// bounded inlined: what+" length" would be built, on the heap, for
+	// every string read.
+	n := d.uvarint()
+	if n > limit {
+		d.fail("%s length %d exceeds %d", what, n, limit)
+		return ""
+	}
+	if d.text == "" {
+		return string(d.bytes(n))
+	}
+	start := len(d.text) - len(d.b)
+	if d.bytes(n) == nil {
+		return ""
+	}
+	return d.text[start : start+int(n)]
 }
 
 func (d *treeDecoder) byte() byte {
@@ -646,8 +686,10 @@ func DecodeTree(data []byte) (*Tree, error) {
 	if !bytes.HasPrefix(data, []byte(treeMagic)) {
 		return nil, treeErr("", "no %s magic", treeMagic)
 	}
-	// Copy once, so embedded data and xattr values can point into it.
-	d := &treeDecoder{b: bytes.Clone(data[len(treeMagic):])}
+	// Copy once, so embedded data and xattr values can point into it,
+	// and once more as the string that names point into.
+	body := data[len(treeMagic):]
+	d := &treeDecoder{b: bytes.Clone(body), text: string(body)}
 	t := &Tree{}
 	flags := d.byte()
 	if flags&^treeFlagRoot != 0 {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
@@ -22,10 +23,10 @@ import (
 )
 
 // The walker builds one tree per directory, bottom-up. Directories and
-// files are handled by up to Parallel goroutines: a directory's
-// subdirectories and changed files each run in a goroutine of their own
-// when one is free, and inline otherwise, so the walk never waits for a
-// goroutine it cannot get.
+// files are handled by up to Parallel goroutines: the caller works
+// through a directory's subdirectories and changed files itself, and
+// helper goroutines join it while one is free (runAll), so the walk never
+// waits for a goroutine it cannot get.
 //
 // Every directory is opened from its parent's handle without following a
 // symbolic link (beneath), and files are opened below their directory's
@@ -82,19 +83,39 @@ func newWalker(s *Snapshotter, col *collector) *walker {
 	return w
 }
 
-// spawn runs fn in a goroutine of g when one is free, else right away in
-// the caller's; either way g.Wait returns its error.
-func (w *walker) spawn(g *errgroup.Group, fn func() error) {
-	select {
-	case w.tokens <- struct{}{}:
-		g.Go(func() error {
-			defer func() { <-w.tokens }()
-			return fn()
-		})
-	default:
-		if err := fn(); err != nil {
-			g.Go(func() error { return err })
+// runAll runs every task and records the first error in g. The caller
+// works through the tasks in order, and whenever a token is free a helper
+// goroutine joins it and takes the next tasks too. A helper stays until
+// the tasks run out, so a token freed while the caller is deep in one
+// subdirectory is picked up for the next one at once rather than when the
+// caller comes back (with one token, spawning one goroutine per task kept
+// a core idle while the caller stat'ed a directory on its own).
+func (w *walker) runAll(g *errgroup.Group, tasks []func() error) {
+	var next atomic.Int64
+	var drain func() error
+	drain = func() error {
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(tasks) {
+				return nil
+			}
+			if i+1 < len(tasks) {
+				select {
+				case w.tokens <- struct{}{}:
+					g.Go(func() error {
+						defer func() { <-w.tokens }()
+						return drain()
+					})
+				default:
+				}
+			}
+			if err := tasks[i](); err != nil {
+				return err
+			}
 		}
+	}
+	if err := drain(); err != nil {
+		g.Go(func() error { return err })
 	}
 }
 
@@ -241,18 +262,20 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	var tasks []func() error
 	for _, e := range ents {
 		if e.typ == TypeDir {
-			w.spawn(g, func() error { return w.subdir(gctx, d, e, prev) })
+			tasks = append(tasks, func() error { return w.subdir(gctx, d, e, prev) })
 		}
 	}
 	if !unchanged {
 		for _, e := range ents {
 			if e.typ != TypeDir {
-				w.spawn(g, func() error { return w.leaf(gctx, d, e) })
+				tasks = append(tasks, func() error { return w.leaf(gctx, d, e) })
 			}
 		}
 	}
+	w.runAll(g, tasks)
 	if err := g.Wait(); err != nil {
 		return dirResult{}, err
 	}
@@ -761,7 +784,8 @@ func (w *walker) entryXattrs(d *beneath.Dir, e *entry) []Xattr {
 // finishDir builds, encodes and stores the tree of a directory whose
 // entries are done, and records it in the new cache.
 func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *unix.Stat_t, included bool, ents []*entry, prev *prevDir, localSig, fullSig digest.Digest, racyEntries bool) (dirResult, error) {
-	t := &Tree{Nodes: make([]Node, 0, len(ents))}
+	// The nodes are encoded where they are, in the entries.
+	nodes := make([]*Node, 0, len(ents))
 	extras := make([]entryExtra, 0, len(ents))
 	var below Counts
 	selected := included
@@ -770,7 +794,7 @@ func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *
 			continue
 		}
 		selected = true
-		t.Nodes = append(t.Nodes, e.node)
+		nodes = append(nodes, &e.node)
 		extras = append(extras, e.extra)
 		n := &e.node
 		below.Count(n)
@@ -778,18 +802,19 @@ func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *
 			fn(e.rel, n)
 		}
 	}
+	var self *Node
 	if rel == "" {
-		self := Node{Type: TypeDir, Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
+		root := Node{Type: TypeDir, Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
 			User: w.s.owners.user(st.Uid), Group: w.s.owners.group(st.Gid), MtimeNs: st.Mtim.Nano(), Below: below}
 		if f, err := d.Open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
-			self.Xattrs, _ = fileXattrs(f)
+			root.Xattrs, _ = fileXattrs(f)
 			f.Close()
 		}
-		t.Self = &self
+		self = &root
 	}
 	bufp := w.buffers.Get().(*[]byte)
 	defer w.buffers.Put(bufp)
-	encoded, err := t.AppendEncoded((*bufp)[:0])
+	encoded, err := appendTree((*bufp)[:0], self, len(nodes), func(i int) *Node { return nodes[i] })
 	if err != nil {
 		return dirResult{}, fmt.Errorf("tree of %q: %w", rel, err)
 	}
