@@ -1,7 +1,6 @@
 package hashstore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -9,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"sync"
 
@@ -211,7 +211,7 @@ func (s *Store) readIndexFile(ctx context.Context, key string) ([]packEntries, e
 		if err != nil {
 			return nil, fmt.Errorf("read index %s: %w", id, err)
 		}
-		data, err = io.ReadAll(io.LimitReader(rc, maxIndexFileSize+1))
+		data, err = readAllSized(rc, maxIndexFileSize+1)
 		rc.Close()
 		if err != nil {
 			return nil, fmt.Errorf("read index %s: %w", id, err)
@@ -232,6 +232,20 @@ func (s *Store) readIndexFile(ctx context.Context, key string) ([]packEntries, e
 	return packs, nil
 }
 
+// readAllSized reads r, at most limit bytes, into one allocation when r
+// can tell its size (a local file), where io.ReadAll would grow its
+// buffer a dozen times for an index file of a few megabytes.
+func readAllSized(r io.Reader, limit int64) ([]byte, error) {
+	if st, ok := r.(interface{ Stat() (fs.FileInfo, error) }); ok {
+		if fi, err := st.Stat(); err == nil && fi.Size() < limit {
+			buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
+			_, err := buf.ReadFrom(io.LimitReader(r, limit))
+			return buf.Bytes(), err
+		}
+	}
+	return io.ReadAll(io.LimitReader(r, limit))
+}
+
 // encodeEntries writes the entry list of one pack: version 1 only knows
 // this layout, so it carries no version of its own.
 //
@@ -248,24 +262,25 @@ func encodeEntries(w *bytes.Buffer, entries []PackEntry) {
 	}
 }
 
-func decodeEntries(r *bufio.Reader) ([]PackEntry, error) {
-	n, err := binary.ReadUvarint(r)
+func decodeEntries(r *entryReader) ([]PackEntry, error) {
+	n, err := r.uvarint()
 	if err != nil {
 		return nil, err
 	}
 	if n > maxEntriesPerPack {
 		return nil, fmt.Errorf("%d entries in one pack is implausible", n)
 	}
-	entries := make([]PackEntry, 0, min(n, 1<<14))
+	// Every entry takes at least 35 bytes, which bounds what is reserved.
+	entries := make([]PackEntry, 0, min(n, uint64(len(r.b)/(digest.Size+3))))
 	var end uint64
 	for range n {
 		var e PackEntry
-		if _, err := io.ReadFull(r, e.ID[:]); err != nil {
+		if err := r.id(&e.ID); err != nil {
 			return nil, err
 		}
 		var v [3]uint64
 		for i := range v {
-			if v[i], err = binary.ReadUvarint(r); err != nil {
+			if v[i], err = r.uvarint(); err != nil {
 				return nil, err
 			}
 			if v[i] > 1<<32-1 {
@@ -283,6 +298,41 @@ func decodeEntries(r *bufio.Reader) ([]PackEntry, error) {
 		entries = append(entries, e)
 	}
 	return entries, nil
+}
+
+// entryReader reads index files and pack trailers from their bytes,
+// decompressed whole: parsing a slice is several times faster than
+// reading a decompressing stream byte by byte, and the decoder's memory
+// limit (decoderPool) bounds what a hostile file can make it allocate.
+type entryReader struct{ b []byte }
+
+// decompressEntries decompresses an index file's body or a trailer.
+func decompressEntries(compressed []byte) (*entryReader, error) {
+	dec := decoderPool.Get().(*zstd.Decoder)
+	defer decoderPool.Put(dec)
+	plain, err := dec.DecodeAll(compressed, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &entryReader{b: plain}, nil
+}
+
+func (r *entryReader) uvarint() (uint64, error) {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		return 0, errors.New("truncated or overlong number")
+	}
+	r.b = r.b[n:]
+	return v, nil
+}
+
+func (r *entryReader) id(id *digest.Digest) error {
+	if len(r.b) < digest.Size {
+		return io.ErrUnexpectedEOF
+	}
+	copy(id[:], r.b)
+	r.b = r.b[digest.Size:]
+	return nil
 }
 
 // encodeIndex returns the bytes of an index file naming packs.
@@ -309,14 +359,11 @@ func decodeIndex(data []byte) ([]packEntries, error) {
 	if data[4] != indexVersion {
 		return nil, fmt.Errorf("index version %d is not supported", data[4])
 	}
-	dec := decoderPool.Get().(*zstd.Decoder)
-	defer decoderPool.Put(dec)
-	if err := dec.Reset(bytes.NewReader(data[5:])); err != nil {
+	r, err := decompressEntries(data[5:])
+	if err != nil {
 		return nil, err
 	}
-	defer dec.Reset(nil)
-	r := bufio.NewReader(io.LimitReader(dec, maxIndexFileSize))
-	n, err := binary.ReadUvarint(r)
+	n, err := r.uvarint()
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +373,7 @@ func decodeIndex(data []byte) ([]packEntries, error) {
 	var packs []packEntries
 	for range n {
 		var p packEntries
-		if _, err := io.ReadFull(r, p.id[:]); err != nil {
+		if err := r.id(&p.id); err != nil {
 			return nil, err
 		}
 		if p.entries, err = decodeEntries(r); err != nil {
@@ -334,7 +381,7 @@ func decodeIndex(data []byte) ([]packEntries, error) {
 		}
 		packs = append(packs, p)
 	}
-	if _, err := r.ReadByte(); err != io.EOF {
+	if len(r.b) != 0 {
 		return nil, errors.New("trailing data after the last pack")
 	}
 	return packs, nil
@@ -643,13 +690,14 @@ func (s *Store) ReadPackTrailer(ctx context.Context, key string) ([]PackEntry, e
 	if err != nil {
 		return nil, sealError("pack "+key+": trailer", err)
 	}
-	dec := decoderPool.Get().(*zstd.Decoder)
-	defer decoderPool.Put(dec)
-	if err := dec.Reset(bytes.NewReader(compressed)); err != nil {
-		return nil, err
+	r, err := decompressEntries(compressed)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: trailer: %w", key, err)
 	}
-	defer dec.Reset(nil)
-	entries, err := decodeEntries(bufio.NewReader(io.LimitReader(dec, maxIndexFileSize)))
+	entries, err := decodeEntries(r)
+	if err == nil && len(r.b) != 0 {
+		err = errors.New("trailing data after the entries")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pack %s: trailer: %w", key, err)
 	}

@@ -860,6 +860,13 @@ func (s *Store) Has(ctx context.Context, id digest.Digest) (bool, error) {
 	return has, err
 }
 
+// LoadIndex reads the pack index now unless it is in memory already, so
+// that lookups after it answer without reading index files.
+func (s *Store) LoadIndex(ctx context.Context) error {
+	_, err := s.loadIndex(ctx)
+	return err
+}
+
 // HasPacked reports whether the object id is in a pack a writer can
 // reference (not a doomed one), from the in-memory index alone.
 func (s *Store) HasPacked(ctx context.Context, id digest.Digest) (bool, error) {

@@ -177,8 +177,12 @@ func Backup(ctx context.Context, store *hashstore.Store, src string, snapOpts sn
 		err = store.WithPacker(ctx, opts.PackSize, func(ctx context.Context, trees *hashstore.Packer) error {
 			return store.WithPacker(ctx, opts.PackSize, func(ctx context.Context, data *hashstore.Packer) error {
 				sink.packer, sink.trees = data, trees
+				sink.start(ctx)
 				var err error
 				res, err = snap.Snapshot(ctx)
+				if ferr := sink.finish(); err == nil {
+					err = ferr
+				}
 				return err
 			})
 		})

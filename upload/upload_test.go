@@ -3,6 +3,7 @@ package upload_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -206,4 +207,64 @@ func (b *rewritingBackend) Put(ctx context.Context, key string, r io.Reader, siz
 		}
 	}
 	return b.Backend.Put(ctx, key, r, size)
+}
+
+// slowIndexBackend answers reads of index files late and with an error.
+type slowIndexBackend struct {
+	hashstore.Backend
+	delay time.Duration
+}
+
+func (b *slowIndexBackend) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if strings.HasPrefix(key, "index/") {
+		time.Sleep(b.delay)
+		return nil, errors.New("injected index read failure")
+	}
+	return b.Backend.Get(ctx, key)
+}
+
+// The walk does not wait for the pack index: what it finds before the
+// index is read waits in memory. If the index then cannot be read, the
+// backup fails and writes no record, rather than leaving what waited
+// unstored.
+func TestUnreadableIndexFailsTheBackup(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	for i := range 10 {
+		write(t, src, fmt.Sprintf("d%d/f", i), strings.Repeat(string(rune('a'+i)), 700))
+	}
+	mem := hashstore.NewMemory()
+	store, err := hashstore.Init(ctx, mem, storetest.Options(hashstore.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := backup(t, store, src, "")
+	for i := range 10 {
+		write(t, src, fmt.Sprintf("d%d/f", i), strings.Repeat(string(rune('A'+i)), 900))
+	}
+	// A second process: its index is read from storage, slowly enough
+	// that the walk ends first.
+	slow := &slowIndexBackend{Backend: mem, delay: time.Second}
+	store2, err := hashstore.Open(ctx, slow, storetest.Options(hashstore.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = upload.Backup(ctx, store2, src, snapshot.DefaultOptions(), upload.Options{})
+	if err == nil || !strings.Contains(err.Error(), "injected index read failure") {
+		t.Fatalf("backup with an unreadable index: %v", err)
+	}
+	records, err := store.Backups(ctx)
+	if err != nil || len(records) != 1 || records[0].Name != first.Record.Name {
+		t.Fatalf("records after the failed backup: %v (%v)", records, err)
+	}
+	// With the index readable the same backup stores the new contents.
+	slow.delay = 0
+	sum, err := upload.Backup(ctx, store, src, snapshot.DefaultOptions(), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.UploadedObjects != 10 {
+		t.Fatalf("uploaded %d objects, want the 10 changed files", sum.UploadedObjects)
+	}
+	restoretest.CompareTrees(t, src, restoreTo(t, store, sum.Record))
 }
