@@ -71,6 +71,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 		return dirResult{}, err
 	}
 	prev := &prevDir{tree: base}
+	giveNodes(ents)
 	g, gctx := errgroup.WithContext(ctx)
 	var tasks []func() error
 	for _, e := range ents {
@@ -91,7 +92,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 			tasks = append(tasks, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
 		default:
 			// Unchanged: the base's node, a subtree by id.
-			e.node, e.keep = *n, true
+			e.setNode(*n)
 			if n.Type == TypeFile || n.Type == TypeSymlink {
 				w.col.cachedFiles.Add(1)
 				if p := w.s.opts.Progress; p != nil {

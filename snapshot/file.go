@@ -72,7 +72,10 @@ func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
 		lr.once.Do(func() {
 			first = true
 			lr.err = w.readFile(ctx, d, e)
-			lr.node, lr.extra = e.node, e.extra
+			if e.node != nil {
+				lr.node = *e.node
+			}
+			lr.extra = e.extra
 			if !e.keep && lr.err == nil {
 				lr.err = errLeftOut
 			}
@@ -92,7 +95,8 @@ func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
 		}
 		n := lr.node
 		n.Name = e.name
-		e.node, e.extra, e.keep = n, lr.extra, true
+		e.setNode(n)
+		e.extra = lr.extra
 		w.col.cachedFiles.Add(1)
 		if p != nil {
 			p.AddTotalBytes(n.Size)
@@ -289,7 +293,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 			}
 		}
 	}
-	e.node, e.keep = n, true
+	e.setNode(n)
 	e.extra = entryExtra{ino: before.Ino, ctime: before.Ctim.Nano()}
 	if racy(&before, readStart) {
 		e.extra = entryExtra{}

@@ -143,14 +143,42 @@ type entry struct {
 	// unchanged, so its content and metadata can be taken from there.
 	prev *Node
 	// node and extra are the result; keep is false when the entry is
-	// left out (unreadable, changed, or nothing selected below it).
-	node  Node
+	// left out (unreadable, changed, or nothing selected below it). node
+	// is set only when needed: a directory taken whole by id needs no
+	// node for its entries, and a Node is most of an entry's size.
+	node  *Node
 	extra entryExtra
 	keep  bool
 	// For directories: whether the directory was selected itself, and
 	// whether it is a mount point not entered (OneFileSystem).
 	included bool
 	boundary bool
+}
+
+// setNode sets the entry's node and keeps the entry.
+func (e *entry) setNode(n Node) {
+	if e.node == nil {
+		e.node = new(Node)
+	}
+	*e.node = n
+	e.keep = true
+}
+
+// giveNodes gives the entries without a node one each, from a single
+// allocation: a directory not taken whole needs one for every entry.
+func giveNodes(ents []*entry) {
+	count := 0
+	for _, e := range ents {
+		if e.node == nil {
+			count++
+		}
+	}
+	slab := make([]Node, count)
+	for _, e := range ents {
+		if e.node == nil {
+			e.node, slab = &slab[0], slab[1:]
+		}
+	}
 }
 
 // prevDir is what the previous backup held in a directory: its tree and,
@@ -260,6 +288,7 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 		if err := w.matchPrevious(ctx, ents, prev); err != nil {
 			return dirResult{}, err
 		}
+		giveNodes(ents)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	var tasks []func() error
@@ -309,6 +338,7 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 		if err := prev.decode(); err != nil {
 			return dirResult{}, fmt.Errorf("directory cache record of %q: %w", rel, err)
 		}
+		giveNodes(ents)
 		if err := w.takeUnchanged(ctx, d, ents, prev); err != nil {
 			return dirResult{}, err
 		}
@@ -511,7 +541,7 @@ func fullSignature(local digest.Digest, ents []*entry) digest.Digest {
 			} else {
 				b = append(b, 0)
 			}
-			b = append(b, e.node.Subtree[:]...)
+			b = append(b, e.node.Subtree[:]...) // set when kept
 		}
 	}
 	return digest.Of(b)
@@ -694,7 +724,7 @@ func (w *walker) dirNode(d *beneath.Dir, e *entry, res dirResult) error {
 	} else {
 		n.Xattrs = x
 	}
-	e.node, e.keep = n, true
+	e.setNode(n)
 	e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
 	return nil
 }
@@ -730,7 +760,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 		if e.extra.ctime == 0 || racy(&e.st, e.listed) {
 			e.extra = entryExtra{}
 		}
-		e.node, e.keep = n, true
+		e.setNode(n)
 		return nil
 	}
 	switch e.typ {
@@ -752,7 +782,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 		n := w.baseNode(e)
 		n.Target = target
 		n.Xattrs = w.entryXattrs(d, e)
-		e.node, e.keep = n, true
+		e.setNode(n)
 		e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
 		if p != nil {
 			p.AddSuccess(1)
@@ -763,7 +793,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 			n.Rdev = e.st.Rdev
 		}
 		n.Xattrs = w.entryXattrs(d, e)
-		e.node, e.keep = n, true
+		e.setNode(n)
 		e.extra = entryExtra{ino: e.st.Ino, ctime: e.st.Ctim.Nano()}
 	}
 	if racy(&e.st, e.listed) {
@@ -794,9 +824,9 @@ func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *
 			continue
 		}
 		selected = true
-		nodes = append(nodes, &e.node)
+		nodes = append(nodes, e.node)
 		extras = append(extras, e.extra)
-		n := &e.node
+		n := e.node
 		below.Count(n)
 		if fn := w.s.opts.OnFile; fn != nil && n.Type == TypeFile {
 			fn(e.rel, n)

@@ -31,11 +31,14 @@ type storeSink struct {
 
 	// Until the pack index is in memory, the contents and trees whose
 	// bytes are at hand wait in early (up to maxEarlyBytes) instead of
-	// every walker waiting for the index: start reads the index beside
-	// the walk and then stores them, and finish waits for that. (A 1%
+	// every walker waiting for the index: the first of them starts
+	// reading the index beside the walk (start), which then stores them,
+	// and finish waits for that. (A 1%
 	// incremental of 200,000 small files reaches a changed file within a
 	// millisecond, so the index read used to stop the whole walk.)
-	indexReady bool // under mu
+	loadCtx    context.Context
+	loading    bool // under mu, as the next three
+	indexReady bool
 	early      []earlyItem
 	earlyBytes int
 	earlyDone  chan struct{}
@@ -64,36 +67,46 @@ func newSink(store *hashstore.Store, packer *hashstore.Packer) *storeSink {
 	return &storeSink{store: store, packer: packer, flights: map[digest.Digest]*flight{}}
 }
 
-// start reads the pack index in a goroutine of its own and then stores
-// what waited for it; the packers must be set. finish must follow.
+// start makes the sink read the pack index in a goroutine of its own
+// once the first content or tree is to be stored (a backup that stores
+// nothing never reads it), and then store what waited for it. ctx is
+// the context of the whole snapshot; the packers must be set, and finish
+// must follow.
 func (s *storeSink) start(ctx context.Context) {
+	s.loadCtx = ctx
 	s.earlyDone = make(chan struct{})
-	go func() {
-		defer close(s.earlyDone)
-		err := s.store.LoadIndex(ctx)
-		s.mu.Lock()
-		s.indexReady = true
-		items := s.early
-		s.early = nil
-		s.mu.Unlock()
-		for _, it := range items {
-			if err != nil {
-				break
-			}
-			if it.tree {
-				err = s.storeTree(ctx, it.id, it.data)
-			} else {
-				err = s.addBundled(ctx, it.id, it.data)
-			}
+}
+
+// loadIndex is the goroutine start promises.
+func (s *storeSink) loadIndex() {
+	defer close(s.earlyDone)
+	ctx := s.loadCtx
+	err := s.store.LoadIndex(ctx)
+	s.mu.Lock()
+	s.indexReady = true
+	items := s.early
+	s.early = nil
+	s.mu.Unlock()
+	for _, it := range items {
+		if err != nil {
+			break
 		}
-		s.earlyErr = err
-	}()
+		if it.tree {
+			err = s.storeTree(ctx, it.id, it.data)
+		} else {
+			err = s.addBundled(ctx, it.id, it.data)
+		}
+	}
+	s.earlyErr = err
 }
 
 // finish waits until what waited for the index is stored, and returns
 // the error of reading the index or storing it.
 func (s *storeSink) finish() error {
-	if s.earlyDone == nil {
+	s.mu.Lock()
+	loading := s.loading
+	s.mu.Unlock()
+	if !loading {
 		return nil
 	}
 	<-s.earlyDone
@@ -107,6 +120,10 @@ func (s *storeSink) storeEarly(id digest.Digest, data []byte, tree bool) bool {
 	defer s.mu.Unlock()
 	if s.earlyDone == nil || s.indexReady || s.earlyBytes+len(data) > maxEarlyBytes {
 		return false
+	}
+	if !s.loading {
+		s.loading = true
+		go s.loadIndex()
 	}
 	s.early = append(s.early, earlyItem{id: id, data: bytes.Clone(data), tree: tree})
 	s.earlyBytes += len(data)
