@@ -77,7 +77,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 	for _, e := range ents {
 		n, _, inBase := prev.node(e.name)
 		switch {
-		case dirty.dirty[e.rel] || !inBase || n.Type != e.typ:
+		case dirty.dirty[e.rel()] || !inBase || n.Type != e.typ:
 			// Examined whole: a dirty path, or one the base does not
 			// have (the list should have named it; better safe).
 			if e.typ == TypeDir {
@@ -88,7 +88,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 				}
 				tasks = append(tasks, func() error { return w.leaf(gctx, d, e) })
 			}
-		case dirty.onPath[e.rel] && e.typ == TypeDir:
+		case dirty.onPath[e.rel()] && e.typ == TypeDir:
 			tasks = append(tasks, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
 		default:
 			// Unchanged: the base's node, a subtree by id.
@@ -118,7 +118,7 @@ func (w *walker) incSubdir(ctx context.Context, d *beneath.Dir, e *entry, n *Nod
 	child, err := d.OpenDir(e.name)
 	if err != nil {
 		if e.included {
-			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
+			w.col.add(&w.col.changed, Problem{Path: e.rel(), Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
 		}
 		return nil
 	}
@@ -127,7 +127,7 @@ func (w *walker) incSubdir(ctx context.Context, d *beneath.Dir, e *entry, n *Nod
 	if err != nil {
 		return err
 	}
-	res, err := w.incDir(ctx, e.rel, child, &e.st, e.included, base, dirty)
+	res, err := w.incDir(ctx, e.rel(), child, &e.st, e.included, base, dirty)
 	if err != nil {
 		return err
 	}

@@ -85,7 +85,7 @@ func (w *walker) file(ctx context.Context, d *beneath.Dir, e *entry) error {
 		}
 		if lr.err != nil {
 			if errors.Is(lr.err, errLeftOut) {
-				w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: another name of the same file could not be read", ErrChangedWhileReading)})
+				w.col.add(&w.col.changed, Problem{Path: e.rel(), Err: fmt.Errorf("%w: another name of the same file could not be read", ErrChangedWhileReading)})
 				if p != nil {
 					p.AddFail(1)
 				}
@@ -126,15 +126,15 @@ func (w *walker) readFile(ctx context.Context, d *beneath.Dir, e *entry) error {
 	p := s.opts.Progress
 	dir, name := d, e.name
 	if w.stage != nil {
-		if _, err := w.stage.add(e.rel, d, e.name, &e.st); err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: fmt.Errorf("stage into %s: %w", w.stage.dir.Name(), unwrapPathError(err))})
+		if _, err := w.stage.add(e.rel(), d, e.name, &e.st); err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: fmt.Errorf("stage into %s: %w", w.stage.dir.Name(), unwrapPathError(err))})
 			if p != nil {
 				p.AddFail(1)
 			}
 			return nil
 		}
 		// Read what was staged, not the live file the database may replace.
-		dir, name = w.stage.dir, e.rel
+		dir, name = w.stage.dir, e.rel()
 	}
 	h := w.hashers.Get().(*hasher)
 	defer w.hashers.Put(h)
@@ -157,22 +157,22 @@ func (w *walker) readFile(ctx context.Context, d *beneath.Dir, e *entry) error {
 			if errors.As(err, &fatal) {
 				return fatal.err
 			}
-			s.logger.Warn("file unreadable, skipped", "path", e.rel, "err", err)
-			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: unwrapPathError(err)})
+			s.logger.Warn("file unreadable, skipped", "path", e.rel(), "err", err)
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: unwrapPathError(err)})
 			if p != nil {
 				p.AddFail(1)
 			}
 			return nil
 		}
 		if attempt >= s.opts.ChangeRetries {
-			s.logger.Warn("file kept changing while read, left out of the backup", "path", e.rel, "attempts", attempt+1)
-			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: err})
+			s.logger.Warn("file kept changing while read, left out of the backup", "path", e.rel(), "attempts", attempt+1)
+			w.col.add(&w.col.changed, Problem{Path: e.rel(), Err: err})
 			if p != nil {
 				p.AddFail(1)
 			}
 			return nil
 		}
-		s.logger.Debug("file changed while read, reading again", "path", e.rel, "attempt", attempt+1)
+		s.logger.Debug("file changed while read, reading again", "path", e.rel(), "attempt", attempt+1)
 	}
 }
 
@@ -235,7 +235,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 		n.LinkDev, n.LinkIno = before.Dev, before.Ino
 	}
 	if x, err := fileXattrs(f); err != nil {
-		s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+		s.logger.Debug("extended attributes unreadable", "path", e.rel(), "err", err)
 	} else {
 		n.Xattrs = x
 	}
@@ -246,7 +246,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	var read int64
 	switch {
 	case s.chunkers != nil && !s.readOnly && !embed && dataSize >= s.opts.Chunking.Threshold:
-		chunks, read, err = w.chunkFile(ctx, h, newDataReader(f, size, sparse, ranges), e.rel, dataSize)
+		chunks, read, err = w.chunkFile(ctx, h, newDataReader(f, size, sparse, ranges), e.rel(), dataSize)
 	case sparse:
 		id, read, err = h.hashReader(ctx, newDataReader(f, size, true, ranges), embed && !s.readOnly)
 	case size >= mmapMin && !s.readOnly && !embed:
@@ -283,7 +283,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 	default:
 		n.ID = id
 		if sink := s.opts.Sink; sink != nil && !s.readOnly {
-			c := &Content{ID: id, Size: dataSize, Bundled: dataSize < s.opts.MinDeltaFileSize, Path: e.rel,
+			c := &Content{ID: id, Size: dataSize, Bundled: dataSize < s.opts.MinDeltaFileSize, Path: e.rel(),
 				Open: func() io.Reader { return newDataReader(f, size, sparse, ranges) }}
 			if !sparse && h.whole != nil && int64(len(h.whole)) == dataSize {
 				c.Data = h.whole

@@ -131,7 +131,7 @@ func matchAny(globs []string, rel string) bool {
 // entry is one directory entry on its way into a tree.
 type entry struct {
 	name string
-	rel  string
+	dir  string // the directory's path (see rel)
 	st   unix.Stat_t
 	// listed is the time taken before st (see racy).
 	listed int64
@@ -153,6 +153,14 @@ type entry struct {
 	// whether it is a mount point not entered (OneFileSystem).
 	included bool
 	boundary bool
+}
+
+// rel is the entry's path relative to the source root.
+func (e *entry) rel() string {
+	if e.dir == "" {
+		return e.name
+	}
+	return e.dir + "/" + e.name
 }
 
 // setNode sets the entry's node and keeps the entry.
@@ -376,19 +384,18 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included,
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		childRel := de.Name
-		if rel != "" {
-			childRel = rel + "/" + de.Name
-		}
-		if matchAny(opts.Excludes, childRel) {
+		e := &store[i]
+		*e = entry{name: de.Name, dir: rel, listed: listed}
+		// The path is built only for globs to match: most entries never
+		// need it.
+		if len(opts.Excludes) > 0 && matchAny(opts.Excludes, e.rel()) {
 			continue
 		}
 		if err := ValidateName(de.Name); err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: fmt.Errorf("name cannot be stored: %w", err)})
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: fmt.Errorf("name cannot be stored: %w", err)})
 			continue
 		}
-		e := &store[i]
-		*e = entry{name: de.Name, rel: childRel, included: included || matchAny(opts.Includes, childRel), listed: listed}
+		e.included = included || (len(opts.Includes) > 0 && matchAny(opts.Includes, e.rel()))
 		if lazy && de.Type.IsRegular() {
 			if !e.included {
 				continue
@@ -403,7 +410,7 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included,
 		e.st, err = d.Fstatat(de.Name)
 		if err != nil {
 			if e.included {
-				w.col.add(&w.col.unreadable, Problem{Path: childRel, Err: unwrapPathError(err)})
+				w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: unwrapPathError(err)})
 			}
 			continue
 		}
@@ -419,7 +426,7 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included,
 		case unix.S_IFREG:
 			e.typ = TypeFile
 			if opts.ExcludeLargerThan > 0 && e.st.Size > opts.ExcludeLargerThan && e.included {
-				w.col.add(&w.col.skipped, Problem{Path: childRel, Err: fmt.Errorf("%d bytes, larger than %d: left out", e.st.Size, opts.ExcludeLargerThan)})
+				w.col.add(&w.col.skipped, Problem{Path: e.rel(), Err: fmt.Errorf("%d bytes, larger than %d: left out", e.st.Size, opts.ExcludeLargerThan)})
 				continue
 			}
 		case unix.S_IFLNK:
@@ -432,8 +439,8 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included,
 			e.typ = TypeBlockDevice
 		default:
 			if e.included {
-				w.s.logger.Info("socket skipped", "path", childRel)
-				w.col.add(&w.col.skipped, Problem{Path: childRel, Err: errors.New("socket: left out (a socket cannot be restored)")})
+				w.s.logger.Info("socket skipped", "path", e.rel())
+				w.col.add(&w.col.skipped, Problem{Path: e.rel(), Err: errors.New("socket: left out (a socket cannot be restored)")})
 			}
 			continue
 		}
@@ -698,12 +705,12 @@ func (w *walker) subdir(ctx context.Context, d *beneath.Dir, e *entry, prev *pre
 	child, err := d.OpenDir(e.name)
 	if err != nil {
 		if e.included || errors.Is(err, beneath.ErrSymlink) {
-			w.col.add(&w.col.changed, Problem{Path: e.rel, Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
+			w.col.add(&w.col.changed, Problem{Path: e.rel(), Err: fmt.Errorf("%w: %w", ErrChangedWhileReading, unwrapPathError(err))})
 		}
 		return nil
 	}
 	defer child.Close()
-	res, err := w.walkDir(ctx, e.rel, child, &e.st, e.included, base)
+	res, err := w.walkDir(ctx, e.rel(), child, &e.st, e.included, base)
 	if err != nil {
 		return err
 	}
@@ -720,7 +727,7 @@ func (w *walker) dirNode(d *beneath.Dir, e *entry, res dirResult) error {
 	if e.prev != nil && e.prev.Type == TypeDir {
 		n.Xattrs = e.prev.Xattrs
 	} else if x, err := entryXattrs(d, e.name); err != nil {
-		w.s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+		w.s.logger.Debug("extended attributes unreadable", "path", e.rel(), "err", err)
 	} else {
 		n.Xattrs = x
 	}
@@ -769,14 +776,14 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 	case TypeSymlink:
 		target, err := d.Readlink(e.name)
 		if err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: unwrapPathError(err)})
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: unwrapPathError(err)})
 			if p != nil {
 				p.AddFail(1)
 			}
 			return nil
 		}
 		if len(target) > maxTargetLength || strings.ContainsRune(target, 0) || target == "" {
-			w.col.add(&w.col.unreadable, Problem{Path: e.rel, Err: fmt.Errorf("symlink target of %d bytes cannot be stored", len(target))})
+			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: fmt.Errorf("symlink target of %d bytes cannot be stored", len(target))})
 			return nil
 		}
 		n := w.baseNode(e)
@@ -805,7 +812,7 @@ func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 func (w *walker) entryXattrs(d *beneath.Dir, e *entry) []Xattr {
 	x, err := entryXattrs(d, e.name)
 	if err != nil {
-		w.s.logger.Debug("extended attributes unreadable", "path", e.rel, "err", err)
+		w.s.logger.Debug("extended attributes unreadable", "path", e.rel(), "err", err)
 		return nil
 	}
 	return x
@@ -829,7 +836,7 @@ func (w *walker) finishDir(ctx context.Context, rel string, d *beneath.Dir, st *
 		n := e.node
 		below.Count(n)
 		if fn := w.s.opts.OnFile; fn != nil && n.Type == TypeFile {
-			fn(e.rel, n)
+			fn(e.rel(), n)
 		}
 	}
 	var self *Node
