@@ -47,6 +47,20 @@ func (gr *group) name() string {
 	return gr.pieces[0].asm.rel
 }
 
+// stripe orders the chunks of large files for fetching: the first
+// batchBytes of every chunked file, then the next of every one, and so
+// on, so the workers fetching at once write into different files. (In
+// file order they all wrote into one file, whose writes are serialised:
+// a 5 GiB restore of five files took 10 s where whole-file objects had
+// taken 6.) Whole small files are stripe 0, in path order as before.
+func (gr *group) stripe() (stripe, off int64) {
+	if len(gr.paths) > 0 || len(gr.pieces) == 0 {
+		return 0, 0
+	}
+	off = gr.pieces[0].off
+	return off / batchBytes, off
+}
+
 var bufferPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Small objects from a BatchSource are fetched in batches of at most

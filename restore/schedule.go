@@ -206,8 +206,6 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest
 		st.batch, _ = src.(BatchSource)
 		s.sources = append(s.sources, st)
 	}
-	// Large objects first, so none starts last and runs alone; small ones
-	// in path order, so neighbours in a pack are read together.
 	items := make([]*item, 0, len(groups))
 	for _, gr := range groups {
 		n := len(plan.Sources)
@@ -217,16 +215,7 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest
 		}
 		items = append(items, it)
 	}
-	sort.Slice(items, func(i, j int) bool {
-		a, b := items[i].gr, items[j].gr
-		if (a.size > batchObjectMax) != (b.size > batchObjectMax) {
-			return a.size > batchObjectMax
-		}
-		if a.size > batchObjectMax {
-			return a.size > b.size
-		}
-		return a.name() < b.name()
-	})
+	orderItems(items)
 	for _, it := range items {
 		s.enqueue(plan.Holders[it.gr.id][0], it)
 	}
@@ -262,6 +251,31 @@ func (r *restorer) writeFiles(ctx context.Context, plan *Plan, groups map[digest
 	}
 	s.giveUpRest()
 	return nil
+}
+
+// orderItems puts large objects first, so none starts last and runs
+// alone, and small ones in path order, so neighbours in a pack are read
+// together, with the chunks of large files striped across the files
+// (group.stripe).
+func orderItems(items []*item) {
+	sort.Slice(items, func(i, j int) bool {
+		a, b := items[i].gr, items[j].gr
+		if (a.size > batchObjectMax) != (b.size > batchObjectMax) {
+			return a.size > batchObjectMax
+		}
+		if a.size > batchObjectMax {
+			return a.size > b.size
+		}
+		sa, oa := a.stripe()
+		sb, ob := b.stripe()
+		if sa != sb {
+			return sa < sb
+		}
+		if na, nb := a.name(), b.name(); na != nb {
+			return na < nb
+		}
+		return oa < ob
+	})
 }
 
 func (s *scheduler) enqueue(si int, it *item) {

@@ -52,3 +52,59 @@ func TestRequestCancelledOnlyWhenAllItsObjectsArrived(t *testing.T) {
 		}
 	}
 }
+
+// The chunks of large files are fetched striped across the files, so the
+// workers fetching at once write into different files (writes into one
+// file are serialised): two workers taking their first batches get the
+// start of two files, and small whole files keep their path order.
+func TestChunksAreFetchedStripedAcrossFiles(t *testing.T) {
+	var items []*item
+	add := func(gr *group) {
+		items = append(items, &item{gr: gr, held: []bool{true}, tried: make([]bool, 1)})
+	}
+	const chunk = 128 << 10
+	for _, name := range []string{"c", "a", "b"} { // 40 MiB each, listed out of order
+		asm := &assembly{rel: name}
+		for i := range 320 {
+			add(&group{id: digest.Of([]byte(fmt.Sprint(name, i))), size: chunk, pieces: []piece{{asm: asm, off: int64(i) * chunk}}})
+		}
+	}
+	for _, name := range []string{"z", "m"} {
+		add(&group{id: digest.Of([]byte(name)), size: 100, paths: []string{name}})
+	}
+	orderItems(items)
+
+	s := &scheduler{r: &restorer{opts: Options{PerSource: 2}}, flying: map[*item]bool{}}
+	s.sources = []*sourceState{{batch: storeSource{}}}
+	for _, it := range items {
+		s.enqueue(0, it)
+	}
+	files := func(batch []*item) []string {
+		var names []string
+		for _, it := range batch {
+			if n := it.gr.name(); len(names) == 0 || names[len(names)-1] != n {
+				names = append(names, n)
+			}
+		}
+		return names
+	}
+	first, second := files(s.take(0)), files(s.take(0))
+	if fmt.Sprint(first) != "[a]" || fmt.Sprint(second) != "[b]" {
+		t.Fatalf("the first two batches hold chunks of %v and %v, want the start of a and of b", first, second)
+	}
+	// Within a file the chunks come in offset order.
+	var offs []int64
+	for _, it := range items {
+		if it.gr.name() == "a" {
+			offs = append(offs, it.gr.pieces[0].off)
+		}
+	}
+	for i := 1; i < len(offs); i++ {
+		if offs[i] < offs[i-1] {
+			t.Fatalf("chunks of a out of order: %d after %d", offs[i], offs[i-1])
+		}
+	}
+	if items[0].gr.name() != "a" || items[len(items)-1].gr.name() != "c" {
+		t.Fatalf("order starts with %s and ends with %s", items[0].gr.name(), items[len(items)-1].gr.name())
+	}
+}
