@@ -163,27 +163,30 @@ func (e *entry) rel() string {
 	return e.dir + "/" + e.name
 }
 
-// setNode sets the entry's node and keeps the entry.
+// setNode sets the entry's node and keeps the entry. An unchanged entry's
+// node is its previous node itself (leaf), read-only: setNode never
+// writes through it.
 func (e *entry) setNode(n Node) {
-	if e.node == nil {
+	if e.node == nil || e.node == e.prev {
 		e.node = new(Node)
 	}
 	*e.node = n
 	e.keep = true
 }
 
-// giveNodes gives the entries without a node one each, from a single
-// allocation: a directory not taken whole needs one for every entry.
+// giveNodes gives the entries that will need a node of their own (not
+// unchanged ones, which take their previous node) one each, from a single
+// allocation.
 func giveNodes(ents []*entry) {
 	count := 0
 	for _, e := range ents {
-		if e.node == nil {
+		if e.node == nil && e.prev == nil {
 			count++
 		}
 	}
 	slab := make([]Node, count)
 	for _, e := range ents {
-		if e.node == nil {
+		if e.node == nil && e.prev == nil {
 			e.node, slab = &slab[0], slab[1:]
 		}
 	}
@@ -346,7 +349,6 @@ func (w *walker) walkDir(ctx context.Context, rel string, d *beneath.Dir, st *un
 		if err := prev.decode(); err != nil {
 			return dirResult{}, fmt.Errorf("directory cache record of %q: %w", rel, err)
 		}
-		giveNodes(ents)
 		if err := w.takeUnchanged(ctx, d, ents, prev); err != nil {
 			return dirResult{}, err
 		}
@@ -755,19 +757,19 @@ func (w *walker) baseNode(e *entry) Node {
 func (w *walker) leaf(ctx context.Context, d *beneath.Dir, e *entry) error {
 	p := w.s.opts.Progress
 	if e.prev != nil {
-		n := *e.prev
 		if e.typ == TypeFile || e.typ == TypeSymlink {
 			w.col.cachedFiles.Add(1)
 			if p != nil {
-				p.AddTotalBytes(n.Size)
-				p.AddBytes(n.Size)
+				p.AddTotalBytes(e.prev.Size)
+				p.AddBytes(e.prev.Size)
 				p.AddSuccess(1)
 			}
 		}
 		if e.extra.ctime == 0 || racy(&e.st, e.listed) {
 			e.extra = entryExtra{}
 		}
-		e.setNode(n)
+		// The previous node as it is, not a copy (see setNode).
+		e.node, e.keep = e.prev, true
 		return nil
 	}
 	switch e.typ {
