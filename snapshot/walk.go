@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"path"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,22 +199,20 @@ func giveNodes(ents []*entry) {
 type prevDir struct {
 	rec    *dirRecord
 	tree   *Tree
-	byName map[string]int
 	strong bool
 }
 
+// node finds the previous node of name. A tree's nodes are sorted by name
+// (DecodeTree checks it), so a binary search finds it with no map to
+// build: a map per directory was 13 MB of garbage per incremental backup
+// of tiny. Safe for concurrent use.
 func (p *prevDir) node(name string) (*Node, entryExtra, bool) {
 	if p == nil || p.tree == nil {
 		return nil, entryExtra{}, false
 	}
-	if p.byName == nil {
-		p.byName = make(map[string]int, len(p.tree.Nodes))
-		for i := range p.tree.Nodes {
-			p.byName[p.tree.Nodes[i].Name] = i
-		}
-	}
-	i, ok := p.byName[name]
-	if !ok {
+	nodes := p.tree.Nodes
+	i := sort.Search(len(nodes), func(i int) bool { return nodes[i].Name >= name })
+	if i == len(nodes) || nodes[i].Name != name {
 		return nil, entryExtra{}, false
 	}
 	var x entryExtra
