@@ -690,11 +690,11 @@ func (s *Store) ReadPackTrailer(ctx context.Context, key string) ([]PackEntry, e
 	if err != nil {
 		return nil, sealError("pack "+key+": trailer", err)
 	}
+	var entries []PackEntry
 	r, err := decompressEntries(compressed)
-	if err != nil {
-		return nil, fmt.Errorf("pack %s: trailer: %w", key, err)
+	if err == nil {
+		entries, err = decodeEntries(r)
 	}
-	entries, err := decodeEntries(r)
 	if err == nil && len(r.b) != 0 {
 		err = errors.New("trailing data after the entries")
 	}

@@ -132,7 +132,7 @@ func (c *DirCache) load() error {
 		return fmt.Errorf("directory cache %s: not a cache of this version", c.path)
 	}
 	d := &treeDecoder{b: head[5:]}
-	c.fingerprint = d.string(16<<10, "fingerprint")
+	c.fingerprint = d.string(16<<10, "fingerprint length")
 	if d.err != nil {
 		return fmt.Errorf("directory cache %s: %w", c.path, d.err)
 	}
@@ -155,14 +155,14 @@ func (c *DirCache) load() error {
 	count := d.bounded(min(maxCacheIndex, uint64(len(raw))/2), "index count")
 	c.index = make(map[string]int64, count)
 	for range count {
-		p := d.string(1<<16, "path")
+		p := d.string(1<<16, "path length")
 		off := d.bounded(uint64(indexAt), "offset")
 		if d.err != nil {
 			return fmt.Errorf("directory cache %s: %w", c.path, d.err)
 		}
 		c.index[p] = int64(off)
 	}
-	c.generation = d.string(16<<10, "generation")
+	c.generation = d.string(16<<10, "generation length")
 	if d.err != nil {
 		return fmt.Errorf("directory cache %s: %w", c.path, d.err)
 	}

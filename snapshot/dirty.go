@@ -76,8 +76,9 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 	var tasks []func() error
 	for _, e := range ents {
 		n, _, inBase := prev.node(e.name)
+		rel := e.rel()
 		switch {
-		case dirty.dirty[e.rel()] || !inBase || n.Type != e.typ:
+		case dirty.dirty[rel] || !inBase || n.Type != e.typ:
 			// Examined whole: a dirty path, or one the base does not
 			// have (the list should have named it; better safe).
 			if e.typ == TypeDir {
@@ -88,7 +89,7 @@ func (w *walker) incDir(ctx context.Context, rel string, d *beneath.Dir, st *uni
 				}
 				tasks = append(tasks, func() error { return w.leaf(gctx, d, e) })
 			}
-		case dirty.onPath[e.rel()] && e.typ == TypeDir:
+		case dirty.onPath[rel] && e.typ == TypeDir:
 			tasks = append(tasks, func() error { return w.incSubdir(gctx, d, e, n, dirty) })
 		default:
 			// Unchanged: the base's node, a subtree by id.

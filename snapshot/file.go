@@ -126,15 +126,16 @@ func (w *walker) readFile(ctx context.Context, d *beneath.Dir, e *entry) error {
 	p := s.opts.Progress
 	dir, name := d, e.name
 	if w.stage != nil {
-		if _, err := w.stage.add(e.rel(), d, e.name, &e.st); err != nil {
-			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: fmt.Errorf("stage into %s: %w", w.stage.dir.Name(), unwrapPathError(err))})
+		rel := e.rel()
+		if _, err := w.stage.add(rel, d, e.name, &e.st); err != nil {
+			w.col.add(&w.col.unreadable, Problem{Path: rel, Err: fmt.Errorf("stage into %s: %w", w.stage.dir.Name(), unwrapPathError(err))})
 			if p != nil {
 				p.AddFail(1)
 			}
 			return nil
 		}
 		// Read what was staged, not the live file the database may replace.
-		dir, name = w.stage.dir, e.rel()
+		dir, name = w.stage.dir, rel
 	}
 	h := w.hashers.Get().(*hasher)
 	defer w.hashers.Put(h)

@@ -553,10 +553,9 @@ func validateFile(n *Node) error {
 type treeDecoder struct {
 	b []byte
 	// text, when set, holds the same bytes as b did at the start, as a
-	// string:
-	// names and owners are cut from it rather than copied one by one (a
-	// tree of 500 files made 1,500 small allocations, a third of the
-	// time of decoding it).
+	// string: names and owners are cut from it rather than copied one by
+	// one (a tree of 500 files made 1,500 small allocations, a third of
+	// the time of decoding it).
 	text  string
 	entry string
 	err   error
@@ -641,12 +640,12 @@ func (d *treeDecoder) bytes(n uint64) []byte {
 	return out
 }
 
-func (d *treeDecoder) string(limit uint64, what string) string {
-	// bounded inlined: what+" length" would be built, on the heap, for
-	// every string read.
-	n := d.uvarint()
-	if n > limit {
-		d.fail("%s length %d exceeds %d", what, n, limit)
+// string reads a length of at most limit, named lengthOf in errors, and
+// that many bytes. (The caller names the length: building what+" length"
+// here put a string on the heap for every string read.)
+func (d *treeDecoder) string(limit uint64, lengthOf string) string {
+	n := d.bounded(limit, lengthOf)
+	if d.err != nil {
 		return ""
 	}
 	if d.text == "" {
@@ -732,20 +731,20 @@ func DecodeTree(data []byte) (*Tree, error) {
 func (d *treeDecoder) node(n *Node, self bool) {
 	if !self {
 		// Read a little more than a name may hold, so the error names it.
-		n.Name = d.string(4*maxNameLength, "name")
+		n.Name = d.string(4*maxNameLength, "name length")
 		d.entry = n.Name
 	}
 	n.Type = NodeType(d.byte())
 	n.Mode = uint32(d.bounded(0o7777, "mode"))
 	n.UID = uint32(d.bounded(1<<32-1, "uid"))
 	n.GID = uint32(d.bounded(1<<32-1, "gid"))
-	n.User = d.string(maxOwnerName, "user name")
-	n.Group = d.string(maxOwnerName, "group name")
+	n.User = d.string(maxOwnerName, "user name length")
+	n.Group = d.string(maxOwnerName, "group name length")
 	n.MtimeNs = d.varint()
 	if nx := d.bounded(maxXattrs, "xattr count"); nx > 0 {
 		n.Xattrs = make([]Xattr, 0, min(nx, uint64(len(d.b))/2))
 		for range nx {
-			x := Xattr{Name: d.string(maxNameLength, "xattr name")}
+			x := Xattr{Name: d.string(maxNameLength, "xattr name length")}
 			x.Value = d.bytes(d.bounded(maxXattrValue, "xattr value length"))
 			if d.err != nil {
 				return
@@ -820,7 +819,7 @@ func (d *treeDecoder) node(n *Node, self bool) {
 			*v = int64(d.bounded(maxCount, "count"))
 		}
 	case TypeSymlink:
-		n.Target = d.string(maxTargetLength, "symlink target")
+		n.Target = d.string(maxTargetLength, "symlink target length")
 	case TypeCharDevice, TypeBlockDevice:
 		n.Rdev = d.uvarint()
 	case TypeFIFO:

@@ -389,14 +389,18 @@ func (w *walker) list(ctx context.Context, rel string, d *beneath.Dir, included,
 		*e = entry{name: de.Name, dir: rel, listed: listed}
 		// The path is built only for globs to match: most entries never
 		// need it.
-		if len(opts.Excludes) > 0 && matchAny(opts.Excludes, e.rel()) {
+		var childRel string
+		if len(opts.Excludes)+len(opts.Includes) > 0 {
+			childRel = e.rel()
+		}
+		if matchAny(opts.Excludes, childRel) {
 			continue
 		}
 		if err := ValidateName(de.Name); err != nil {
 			w.col.add(&w.col.unreadable, Problem{Path: e.rel(), Err: fmt.Errorf("name cannot be stored: %w", err)})
 			continue
 		}
-		e.included = included || (len(opts.Includes) > 0 && matchAny(opts.Includes, e.rel()))
+		e.included = included || matchAny(opts.Includes, childRel)
 		if lazy && de.Type.IsRegular() {
 			if !e.included {
 				continue
