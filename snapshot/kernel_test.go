@@ -9,14 +9,19 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
+	"github.com/deltabackup/deltabackup/snapshot/internal/treehash"
 )
 
-// TestLargeFileKernelsAgree hashes files around the mapping and block
-// boundaries with each kernel, whatever this CPU has (guts falls back to
-// portable code without AVX-512): both must give the BLAKE3 of the file.
+// TestLargeFileKernelsAgree hashes files around the buffer, block and
+// segment boundaries with each kernel, whatever this CPU has (the tree
+// hasher falls back to guts' code without AVX-512): both must give the
+// BLAKE3 of the file. Segments are hashed by two workers here.
 func TestLargeFileKernelsAgree(t *testing.T) {
+	defer func(old int64) { segmentedMin = old }(segmentedMin)
+	segmentedMin = segmentSize
 	src := t.TempDir()
-	sizes := []int{mmapMin, mmapMin + 1, mmapMin + blockSize - 1, mmapWindow, mmapWindow + 1, 2*mmapWindow + 3*blockSize + 77}
+	sizes := []int{treeSumMin, readBufferSize + 1, readBufferSize + treehash.BlockSize - 1, segmentSize, segmentSize + 1,
+		2 * segmentSize, 2*segmentSize + 1, 3*segmentSize + 3*treehash.BlockSize + 77}
 	want := map[string]digest.Digest{}
 	for i, n := range sizes {
 		data := benchData(n)
@@ -33,6 +38,7 @@ func TestLargeFileKernelsAgree(t *testing.T) {
 		t.Run(HashKernel(), func(t *testing.T) {
 			opts := DefaultOptions()
 			opts.EmbedThreshold = -1
+			opts.Parallel = 2
 			sink := newMemSink()
 			res := snap(t, src, sink, opts)
 			got := nodes(t, sink, res.Root)

@@ -280,14 +280,16 @@ func TestUnreadableFilesAreReportedAndSkipped(t *testing.T) {
 	}
 }
 
-func TestFileTruncatedWhileMapped(t *testing.T) {
+func TestFileTruncatedWhileRead(t *testing.T) {
+	defer func(old int64) { segmentedMin = old }(segmentedMin)
+	segmentedMin = segmentSize
 	src := t.TempDir()
 	big := filepath.Join(src, "big")
-	writeTree(t, src, map[string]string{"big": strings.Repeat("m", 3*mmapWindow+5)})
+	writeTree(t, src, map[string]string{"big": strings.Repeat("m", 3*segmentSize+5)})
 	testHookAfterRead = func(path string, attempt int) {
 		if path == big && attempt == 0 {
-			// The next window lies beyond the new end of file: touching it
-			// raises SIGBUS, which must become a retry, not a crash.
+			// The next segments lie beyond the new end of file: reading
+			// them must become a retry, never a digest of what was read.
 			os.Truncate(big, 2<<20)
 		}
 	}
