@@ -86,7 +86,7 @@ func newChunkerPool(c Chunking) *sync.Pool {
 	return &sync.Pool{New: func() any {
 		buf := make([]byte, 2*c.MaxSize)
 		opts := &chunkers.ChunkerOpts{MinSize: c.MinSize, NormalSize: c.AvgSize, MaxSize: c.MaxSize, Key: c.Key}
-		cc, err := chunkers.NewChunkerBuffer(c.Algorithm, eofReader{}, opts, buf)
+		cc, err := chunkers.NewChunkerBuffer(gearCutName, eofReader{}, opts, buf) // c.Algorithm, faster
 		if err != nil {
 			panic(fmt.Sprintf("chunker %s: %v", c.Algorithm, err)) // Check passed: a programming error
 		}
@@ -233,7 +233,7 @@ func store(ctx context.Context, sink Sink, c *Content) error {
 // for its size (kernel.go).
 func (h *hasher) sum(data []byte) digest.Digest {
 	if len(data) >= treeSumMin {
-		if chooseKernel(); useAVX512Kernel {
+		if useAVX512Kernel {
 			return h.tree.Sum256(data)
 		}
 	}

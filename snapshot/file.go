@@ -255,7 +255,7 @@ func (w *walker) readOnce(ctx context.Context, h *hasher, dir *beneath.Dir, name
 		chunks, read, err = w.chunkFile(ctx, h, newDataReader(f, size, sparse, ranges), e.rel(), dataSize)
 	case sparse:
 		id, read, err = h.hashReader(ctx, newDataReader(f, size, true, ranges), embed && !s.readOnly)
-	case size >= segmentedMin && !s.readOnly && !embed && w.segmentable():
+	case size >= segmentedMin && !s.readOnly && !embed && useAVX512Kernel: // zeebo's Hasher hashes one stream only
 		id, read, err = w.hashSegmented(ctx, h, f, path, attempt, size)
 	default:
 		id, read, err = h.hashRead(ctx, f, path, attempt, size, s.readOnly)
@@ -369,7 +369,7 @@ type streamHash interface {
 func (h *hasher) stream(size int64) streamHash {
 	var s streamHash = h.h
 	if size >= treeSumMin {
-		if chooseKernel(); useAVX512Kernel {
+		if useAVX512Kernel {
 			s = h.tree
 		}
 	}
@@ -415,14 +415,6 @@ func (h *hasher) hashReader(ctx context.Context, r io.Reader, keep bool) (digest
 	var id digest.Digest
 	copy(id[:], h.h.Sum(nil))
 	return id, n, nil
-}
-
-// segmentable reports whether large files can be hashed in segments: the
-// tree hasher's kernel is the one in use (zeebo's Hasher hashes one
-// stream only).
-func (w *walker) segmentable() bool {
-	chooseKernel()
-	return useAVX512Kernel
 }
 
 // hashSegmented hashes a large file (not sparse) with the tree hasher:
