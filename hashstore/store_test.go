@@ -71,7 +71,9 @@ func TestPutGetRoundTripAndCodec(t *testing.T) {
 		{"empty", nil, hashstore.CodecRaw},
 		{"random small", randomContent(1, 5000), hashstore.CodecRaw},
 		{"text small", compressible(5000), hashstore.CodecS2},
-		{"text medium", compressible(200000), hashstore.CodecZstd},
+		{"text medium", compressible(200000), hashstore.CodecS2},
+		{"text of 1 MiB", compressible(1 << 20), hashstore.CodecS2},
+		{"text above 1 MiB", compressible(1<<20 + 1), hashstore.CodecZstd},
 		{"random streamed", randomContent(2, 9<<20), hashstore.CodecRaw},
 		{"text streamed", compressible(12 << 20), hashstore.CodecZstd},
 	}
