@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/zeebo/blake3"
 
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
@@ -141,17 +140,17 @@ var (
 // hasherPool recycles BLAKE3 states: each holds several KiB of buffers,
 // and a restore of many small files would otherwise allocate one per
 // object read.
-var hasherPool = sync.Pool{New: func() any { return blake3.New() }}
+var hasherPool = sync.Pool{New: func() any { return digest.NewHasher() }}
 
 // GetHasher returns a reset BLAKE3 hasher; give it back with PutHasher.
-func GetHasher() *blake3.Hasher {
-	h := hasherPool.Get().(*blake3.Hasher)
+func GetHasher() *digest.Hasher {
+	h := hasherPool.Get().(*digest.Hasher)
 	h.Reset()
 	return h
 }
 
 // PutHasher returns a hasher from GetHasher for reuse.
-func PutHasher(h *blake3.Hasher) { hasherPool.Put(h) }
+func PutHasher(h *digest.Hasher) { hasherPool.Put(h) }
 
 // worthCompressing decides raw versus zstd: compression must save at least
 // 3% of the bytes, otherwise decoding cost buys nothing.
@@ -185,7 +184,7 @@ type verifyingReader struct {
 	id      digest.Digest
 	want    int64
 	got     int64
-	hasher  *blake3.Hasher
+	hasher  *digest.Hasher
 	closer  func() error
 	err     error
 	// expansion, when set, bounds the decoded bytes to expansion times

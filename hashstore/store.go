@@ -17,7 +17,6 @@ import (
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
-	"github.com/zeebo/blake3"
 
 	"github.com/deltabackup/deltabackup/hashstore/crypt"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
@@ -418,7 +417,8 @@ func (s *Store) PutGenerated(ctx context.Context, write func(w io.Writer) error)
 	enc := z.parallel.Get().(*zstd.Encoder)
 	defer z.parallel.Put(enc)
 	enc.Reset(&out)
-	hasher := blake3.New()
+	hasher := GetHasher()
+	defer PutHasher(hasher)
 	content := &countingWriter{w: io.MultiWriter(enc, hasher)}
 	if err := write(content); err != nil {
 		enc.Reset(nil)

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/deltabackup/deltabackup/hashstore"
@@ -287,7 +286,7 @@ func (r *restorer) fetchInto(ctx context.Context, rd io.Reader, gr *group) (*tem
 	if err != nil {
 		return nil, err
 	}
-	var h *blake3.Hasher
+	var h *digest.Hasher
 	var w io.Writer = t
 	if !hashstore.IsVerifying(rd, gr.id, gr.size) {
 		h = hashstore.GetHasher()

@@ -2,6 +2,8 @@ package snapshot
 
 import (
 	"golang.org/x/sys/cpu"
+
+	"github.com/deltabackup/deltabackup/snapshot/internal/treehash"
 )
 
 // Large inputs (files, and chunks of 16 KiB and more) are hashed by one
@@ -15,7 +17,7 @@ import (
 // slower one streaming from memory; treehash is twice zeebo's either way.)
 // GODEBUG=cpu.avx512f=off rules the AVX-512 kernel out, and
 // BLAKE3_DISABLE_AVX2=1 makes zeebo use its portable code.
-var useAVX512Kernel = cpu.X86.HasAVX512F
+var useAVX512Kernel = treehash.Fast()
 
 // HashKernel names the BLAKE3 kernel large files are hashed with here.
 func HashKernel() string {

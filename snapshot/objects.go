@@ -8,8 +8,6 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/zeebo/blake3"
-
 	"github.com/deltabackup/deltabackup/snapshot/beneath"
 	"github.com/deltabackup/deltabackup/snapshot/digest"
 )
@@ -174,7 +172,7 @@ func (o *Objects) Open(ctx context.Context, id digest.Digest) (io.ReadCloser, in
 		file.Close()
 		return nil, 0, fmt.Errorf("%w: %s changed since it was hashed", ErrUnavailable, f.rel)
 	}
-	return &checkedFile{f: file, r: RangeReader(file, FileRanges(f.layout, f.off, f.length)), want: id, size: f.length, h: blake3.New()}, f.length, nil
+	return &checkedFile{f: file, r: RangeReader(file, FileRanges(f.layout, f.off, f.length)), want: id, size: f.length, h: digest.NewHasher()}, f.length, nil
 }
 
 // checkedFile hashes what it reads and turns the end into an error when
@@ -185,7 +183,7 @@ type checkedFile struct {
 	want digest.Digest
 	size int64
 	read int64
-	h    *blake3.Hasher
+	h    *digest.Hasher
 }
 
 func (c *checkedFile) Read(p []byte) (int, error) {

@@ -1,16 +1,16 @@
 // Package digest is the content address every other package passes
 // around: 32 bytes, written as 64 lower-case hex digits. It is parsed once
 // where bytes enter the program (decoders, HTTP handlers, arguments) and
-// is never re-validated as a string afterwards. It imports nothing of the
-// project, so both snapshot and hashstore can use it.
+// is never re-validated as a string afterwards. It computes digests (Of,
+// Hasher) with the fastest BLAKE3 kernel of the CPU, and imports nothing
+// of the project but that kernel (snapshot/internal/treehash), so both
+// snapshot and hashstore can use it.
 package digest
 
 import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-
-	"github.com/zeebo/blake3"
 )
 
 // Size is the length of a digest in bytes.
@@ -22,9 +22,6 @@ type Digest [Size]byte
 
 // ErrInvalid is returned (wrapped) by Parse.
 var ErrInvalid = errors.New("not a hexdigest")
-
-// Of returns the BLAKE3-256 digest of data.
-func Of(data []byte) Digest { return blake3.Sum256(data) }
 
 // Parse reads 64 lower-case hex digits. Upper case, other lengths and
 // anything else are refused: a digest has exactly one spelling, so that

@@ -4,6 +4,10 @@ package treehash
 
 const haveKernel = false
 
+// Fast reports whether the Hasher runs its AVX-512 kernel here: never on
+// this architecture.
+func Fast() bool { return false }
+
 type chunkParams struct {
 	key    [8]uint32
 	flags  [16]uint32
