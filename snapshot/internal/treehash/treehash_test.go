@@ -10,6 +10,20 @@ import (
 	"lukechampine.com/blake3/guts"
 )
 
+// forEachKernel runs test with the AVX-512 kernel (where the CPU has
+// it) and with guts' code, which the Hasher runs elsewhere.
+func forEachKernel(t *testing.T, test func(t *testing.T)) {
+	defer func(old bool) { haveKernel = old }(haveKernel)
+	for _, kernel := range []bool{haveKernel, false} {
+		haveKernel = kernel
+		name := "portable"
+		if kernel {
+			name = "avx512"
+		}
+		t.Run(name, test)
+	}
+}
+
 func input(n int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 7))
 	b := make([]byte, n)
@@ -22,73 +36,81 @@ func input(n int, seed uint64) []byte {
 // Every length class: empty, within one block, block boundaries, batch
 // boundaries, and long inputs whose trees are not balanced.
 func TestSumMatchesBLAKE3(t *testing.T) {
-	sizes := []int{0, 1, 1023, 1024, 1025, BlockSize - 1, BlockSize, BlockSize + 1, 2 * BlockSize, 3*BlockSize + 5,
-		batchChunks*ChunkSize - 1, batchChunks * ChunkSize, batchChunks*ChunkSize + 1, 17 * BlockSize,
-		5*batchChunks*ChunkSize + 3*BlockSize + 100, 4 << 20, 7<<20 + 12345}
-	h := New()
-	for i, n := range sizes {
-		data := input(n, uint64(i))
-		want := blake3.Sum256(data)
-		if got := h.Sum256(data); got != want {
-			t.Fatalf("%d bytes: %x, want %x", n, got, want)
+	forEachKernel(t, func(t *testing.T) {
+		sizes := []int{0, 1, 1023, 1024, 1025, BlockSize - 1, BlockSize, BlockSize + 1, 2 * BlockSize, 3*BlockSize + 5,
+			batchChunks*ChunkSize - 1, batchChunks * ChunkSize, batchChunks*ChunkSize + 1, 17 * BlockSize,
+			5*batchChunks*ChunkSize + 3*BlockSize + 100, 4 << 20, 7<<20 + 12345}
+		h := New()
+		for i, n := range sizes {
+			data := input(n, uint64(i))
+			want := blake3.Sum256(data)
+			if got := h.Sum256(data); got != want {
+				t.Fatalf("%d bytes: %x, want %x", n, got, want)
+			}
 		}
-	}
+	})
 }
 
 // Write in pieces of every awkward size gives what Sum256 gives.
 func TestWriteInPieces(t *testing.T) {
-	data := input(3*batchChunks*ChunkSize+BlockSize+77, 9)
-	want := blake3.Sum256(data)
-	h := New()
-	for _, piece := range []int{1, 1000, BlockSize - 1, BlockSize, BlockSize + 1, 1 << 20, len(data)} {
+	forEachKernel(t, func(t *testing.T) {
+		data := input(3*batchChunks*ChunkSize+BlockSize+77, 9)
+		want := blake3.Sum256(data)
+		h := New()
+		for _, piece := range []int{1, 1000, BlockSize - 1, BlockSize, BlockSize + 1, 1 << 20, len(data)} {
+			h.Reset()
+			for p := data; len(p) > 0; {
+				k := min(piece, len(p))
+				h.Write(p[:k])
+				p = p[k:]
+			}
+			if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
+				t.Fatalf("pieces of %d: %x, want %x", piece, got, want)
+			}
+		}
 		h.Reset()
-		for p := data; len(p) > 0; {
-			k := min(piece, len(p))
-			h.Write(p[:k])
-			p = p[k:]
+		if got, want := h.Sum(nil), blake3.Sum256(nil); !bytes.Equal(got, want[:]) {
+			t.Fatalf("empty: %x, want %x", got, want)
 		}
-		if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
-			t.Fatalf("pieces of %d: %x, want %x", piece, got, want)
-		}
-	}
-	h.Reset()
-	if got, want := h.Sum(nil), blake3.Sum256(nil); !bytes.Equal(got, want[:]) {
-		t.Fatalf("empty: %x, want %x", got, want)
-	}
+	})
 }
 
 // A long input hashed as subtrees by separate hashers and pushed in
 // order gives its BLAKE3.
 func TestSubtreesPushed(t *testing.T) {
-	const run = 64 * ChunkSize
-	data := input(5*run+3*BlockSize+9, 11)
-	h := New()
-	for i := range 5 {
-		part := New()
-		part.ResetAt(uint64(i * run / ChunkSize))
-		part.WriteBlocks(data[i*run : (i+1)*run])
-		h.Push(part.Subtree(), run/ChunkSize)
-	}
-	h.Write(data[5*run:])
-	want := blake3.Sum256(data)
-	if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
-		t.Fatalf("%x, want %x", got, want)
-	}
+	forEachKernel(t, func(t *testing.T) {
+		const run = 64 * ChunkSize
+		data := input(5*run+3*BlockSize+9, 11)
+		h := New()
+		for i := range 5 {
+			part := New()
+			part.ResetAt(uint64(i * run / ChunkSize))
+			part.WriteBlocks(data[i*run : (i+1)*run])
+			h.Push(part.Subtree(), run/ChunkSize)
+		}
+		h.Write(data[5*run:])
+		want := blake3.Sum256(data)
+		if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
+			t.Fatalf("%x, want %x", got, want)
+		}
+	})
 }
 
 // Chunk counters above 2^32 carry into the high words, within a batch
 // and from one group of 16 to the next (with the kernel, or guts' code
 // on CPUs without AVX-512).
 func TestCountersCarry(t *testing.T) {
-	data := input(batchChunks*ChunkSize, 3)
-	for _, counter := range []uint64{1<<32 - 256, 1<<32 - 16, 1<<32 - 8, 5 << 32} {
-		h := New()
-		got := h.batch(data, counter)
-		want := reference(data, counter)
-		if got != want {
-			t.Fatalf("counter %#x: %x, want %x", counter, got, want)
+	forEachKernel(t, func(t *testing.T) {
+		data := input(batchChunks*ChunkSize, 3)
+		for _, counter := range []uint64{1<<32 - 256, 1<<32 - 16, 1<<32 - 8, 5 << 32} {
+			h := New()
+			got := h.batch(data, counter)
+			want := reference(data, counter)
+			if got != want {
+				t.Fatalf("counter %#x: %x, want %x", counter, got, want)
+			}
 		}
-	}
+	})
 }
 
 // reference is the chaining value of a power-of-two run of chunks by
