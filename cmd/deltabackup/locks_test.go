@@ -268,9 +268,14 @@ func TestBackupsBeforeDuringAndAfterGC(t *testing.T) {
 	gc2 := summary(t, c.ok("gc", "--json", "--repo", repo))
 	t.Logf("gc after: %v", gc2)
 	// What the sweep frees may come as whole packs or as repacked ones,
-	// depending on how far the held backup got before it was stopped.
-	if gc2["swept_marks"].(float64) == 0 || gc2["kept_live"].(float64) == 0 || gc2["deleted_bytes"].(float64) == 0 {
-		t.Fatalf("gc after the backups: %v; want the mark swept, deleting some and keeping what the backups reference", gc2)
+	// and v1's small files either stay in their doomed pack (kept_live) or
+	// were stored again by the held backup, depending on how far it got
+	// before it was stopped: whether it had read the pack index before the
+	// mark was written (then it references the doomed copies) or after
+	// (then it treats them as absent). The verify and the restores below
+	// check that either way every backup is whole.
+	if gc2["swept_marks"].(float64) == 0 || gc2["deleted_bytes"].(float64) == 0 {
+		t.Fatalf("gc after the backups: %v; want the mark swept, deleting some", gc2)
 	}
 
 	after := filepath.Join(top, "after")
