@@ -163,7 +163,7 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 			testHookAfterRead(rel, 0)
 		}
 		if g == nil {
-			id, err := w.storeChunk(ctx, h, data, rel)
+			id, err := w.storeChunk(ctx, data, rel)
 			chunks[i].ID = id
 			return err
 		}
@@ -173,9 +173,7 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 		slots = append(slots, slot)
 		g.Go(func() error {
 			defer chunkCopies.Put(buf)
-			lane := w.hashers.Get().(*hasher)
-			defer w.hashers.Put(lane)
-			id, err := w.storeChunk(gctx, lane, *buf, rel)
+			id, err := w.storeChunk(gctx, *buf, rel)
 			*slot = id
 			return err
 		})
@@ -191,7 +189,7 @@ func (w *walker) chunkFile(ctx context.Context, h *hasher, r io.Reader, rel stri
 	}
 	if err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, 0, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
+			return nil, 0, errShrank
 		}
 		return nil, 0, err
 	}
@@ -207,8 +205,8 @@ var parallelChunkMin int64 = 64 << 20
 var chunkCopies = sync.Pool{New: func() any { return new([]byte) }}
 
 // storeChunk hashes a chunk and hands it to the Sink.
-func (w *walker) storeChunk(ctx context.Context, h *hasher, data []byte, rel string) (digest.Digest, error) {
-	id := h.sum(data)
+func (w *walker) storeChunk(ctx context.Context, data []byte, rel string) (digest.Digest, error) {
+	id := digest.Of(data) // with the faster kernel for its size
 	sink := w.s.opts.Sink
 	if sink == nil {
 		return id, nil
@@ -228,23 +226,3 @@ func store(ctx context.Context, sink Sink, c *Content) error {
 	}
 	return &sinkError{fmt.Errorf("store %s: %w", c.Path, err)}
 }
-
-// sum returns the BLAKE3 of a chunk in memory, with the faster kernel
-// for its size (kernel.go).
-func (h *hasher) sum(data []byte) digest.Digest {
-	if len(data) >= treeSumMin {
-		if useAVX512Kernel {
-			return h.tree.Sum256(data)
-		}
-	}
-	h.h.Reset()
-	_, _ = h.h.Write(data)
-	var id digest.Digest
-	h.h.Sum(id[:0])
-	return id
-}
-
-// treeSumMin: below it zeebo's Hasher is the faster one (the tree
-// hasher's kernel takes 16 KiB at a time; from there on it is 1.5x
-// zeebo's on the machine of bench/results, 2x from 64 KiB).
-const treeSumMin = 16 << 10

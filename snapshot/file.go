@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -33,6 +32,9 @@ const segmentSize = 16 << 20
 const _ uint = -(segmentSize % readBufferSize)
 
 var segmentedMin int64 = 64 << 20 // a variable for tests
+
+// errShrank reports a file that ended before the size it had when opened.
+var errShrank = fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
 
 // Test hooks, nil outside tests.
 var (
@@ -365,13 +367,12 @@ type streamHash interface {
 }
 
 // stream returns the worker's BLAKE3 for a file of size bytes, reset:
-// the faster kernel's for large files (kernel.go).
+// the faster kernel's for its size (kernel.go; below a block of 16 KiB
+// zeebo's, as digest.Of decides for data in memory).
 func (h *hasher) stream(size int64) streamHash {
 	var s streamHash = h.h
-	if size >= treeSumMin {
-		if useAVX512Kernel {
-			s = h.tree
-		}
+	if size >= treehash.BlockSize && useAVX512Kernel {
+		s = h.tree
 	}
 	s.Reset()
 	return s
@@ -401,7 +402,7 @@ func (h *hasher) hashReader(ctx context.Context, r io.Reader, keep bool) (digest
 		}
 		if err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
-				return digest.Digest{}, 0, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
+				return digest.Digest{}, 0, errShrank
 			}
 			return digest.Digest{}, 0, err
 		}
@@ -418,50 +419,30 @@ func (h *hasher) hashReader(ctx context.Context, r io.Reader, keep bool) (digest
 }
 
 // hashSegmented hashes a large file (not sparse) with the tree hasher:
-// its whole segments by whichever workers are free, each reading its
-// segment with pread into its own buffer, then the rest in this
-// goroutine. The caller compares the file's status before and after.
+// its whole segments as tasks of runAll, so whichever workers are free
+// join in, each reading its segment with pread into a buffer of its own;
+// then the rest in this goroutine. The caller compares the file's status
+// before and after.
 func (w *walker) hashSegmented(ctx context.Context, h *hasher, f *beneath.File, path string, attempt int, size int64) (digest.Digest, int64, error) {
 	h.whole = nil
 	segments := int(treehash.LastBlockStart(size) / segmentSize) // none holds the last block
 	cvs := make([][8]uint32, segments)
-	var next atomic.Int64
-	var helpers errgroup.Group
-	var drain func(hs *hasher) error
-	drain = func(hs *hasher) error {
-		for {
-			i := int(next.Add(1) - 1)
-			if i >= segments {
-				return nil
-			}
-			if i+1 < segments {
-				select {
-				case w.tokens <- struct{}{}:
-					helpers.Go(func() error {
-						defer func() { <-w.tokens }()
-						lane := w.hashers.Get().(*hasher)
-						defer w.hashers.Put(lane)
-						return drain(lane)
-					})
-				default:
-				}
-			}
-			cv, err := hs.segment(ctx, f, int64(i)*segmentSize)
-			if err != nil {
-				next.Store(int64(segments)) // the others stop too
-				return err
-			}
+	tasks := make([]func() error, segments)
+	for i := range tasks {
+		tasks[i] = func() error {
+			lane := w.hashers.Get().(*hasher)
+			defer w.hashers.Put(lane)
+			cv, err := lane.segment(ctx, f, int64(i)*segmentSize)
 			cvs[i] = cv
-			if hs == h && testHookAfterRead != nil && i == 0 {
+			if err == nil && i == 0 && testHookAfterRead != nil {
 				testHookAfterRead(path, attempt)
 			}
+			return err
 		}
 	}
-	err := drain(h)
-	if werr := helpers.Wait(); err == nil {
-		err = werr
-	}
-	if err != nil {
+	var g errgroup.Group
+	w.runAll(&g, tasks)
+	if err := g.Wait(); err != nil {
 		return digest.Digest{}, 0, err
 	}
 	h.tree.Reset()
@@ -477,7 +458,7 @@ func (w *walker) hashSegmented(ctx context.Context, h *hasher, f *beneath.File, 
 		_, _ = h.tree.Write(h.buf[:k])
 		read += int64(k)
 		if err == io.EOF {
-			return digest.Digest{}, 0, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
+			return digest.Digest{}, 0, errShrank
 		}
 		if err != nil {
 			return digest.Digest{}, 0, err
@@ -497,7 +478,7 @@ func (h *hasher) segment(ctx context.Context, f *beneath.File, off int64) ([8]ui
 		}
 		k, err := f.ReadAt(h.buf, pos)
 		if err == io.EOF {
-			return [8]uint32{}, fmt.Errorf("%w: shrank while read", ErrChangedWhileReading)
+			return [8]uint32{}, errShrank
 		}
 		if err != nil {
 			return [8]uint32{}, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	chunkers "github.com/PlakarKorp/go-cdc-chunkers"
@@ -55,25 +56,13 @@ func TestGearCutMatchesFastCDC(t *testing.T) {
 				t.Run(fmt.Sprintf("%v/key%d/%s", sizes, k, name), func(t *testing.T) {
 					want := cutPoints(t, ChunkerFastCDC, c, data)
 					got := cutPoints(t, gearCutName, c, data)
-					if !slicesEqual(got, want) {
+					if !slices.Equal(got, want) {
 						t.Fatalf("%d chunks, want %d; first %v, want %v", len(got), len(want), got[:min(len(got), 5)], want[:min(len(want), 5)])
 					}
 				})
 			}
 		}
 	}
-}
-
-func slicesEqual(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func BenchmarkGearCut(b *testing.B) {

@@ -20,7 +20,7 @@ func TestLargeFileKernelsAgree(t *testing.T) {
 	defer func(old int64) { segmentedMin = old }(segmentedMin)
 	segmentedMin = segmentSize
 	src := t.TempDir()
-	sizes := []int{treeSumMin, readBufferSize + 1, readBufferSize + treehash.BlockSize - 1, segmentSize, segmentSize + 1,
+	sizes := []int{treehash.BlockSize, readBufferSize + 1, readBufferSize + treehash.BlockSize - 1, segmentSize, segmentSize + 1,
 		2 * segmentSize, 2*segmentSize + 1, 3*segmentSize + 3*treehash.BlockSize + 77}
 	want := map[string]digest.Digest{}
 	for i, n := range sizes {

@@ -121,11 +121,7 @@ func transpose(rows [16]reg, p *pool) [16]reg {
 	}
 	// Then a 4x4 transpose of 128-bit lanes for each x.
 	shuf := func(imm1, imm2 int, a, b reg) (reg, reg) {
-		lo := p.get()
-		emit("VSHUFI32X4 $0x%02x, %s, %s, %s", imm1, b, a, lo)
-		emit("VSHUFI32X4 $0x%02x, %s, %s, %s", imm2, b, a, b)
-		p.put(a)
-		return lo, b
+		return pair(fmt.Sprintf("VSHUFI32X4 $0x%02x,", imm1), fmt.Sprintf("VSHUFI32X4 $0x%02x,", imm2), a, b)
 	}
 	var cols [16]reg
 	for x := range 4 {

@@ -177,18 +177,11 @@ func (h *Hasher) batch(p []byte, counter uint64) [8]uint32 {
 
 // batchPortable is batch with guts' kernels (AVX2 or portable Go).
 func (h *Hasher) batchPortable(p []byte, counter uint64) [8]uint32 {
-	var stack []subtree
 	var buf [8]subtree
-	stack = buf[:0]
+	stack := buf[:0]
 	for len(p) > 0 {
 		n := guts.CompressBuffer((*[BlockSize]byte)(p[:BlockSize]), BlockSize, &guts.IV, counter, 0)
-		cv, chunks := guts.ChainingValue(n), uint64(guts.MaxSIMD)
-		for len(stack) > 0 && stack[len(stack)-1].chunks == chunks {
-			cv = guts.ChainingValue(guts.ParentNode(stack[len(stack)-1].cv, cv, &guts.IV, 0))
-			stack = stack[:len(stack)-1]
-			chunks *= 2
-		}
-		stack = append(stack, subtree{cv, chunks})
+		stack = pushSubtree(stack, guts.ChainingValue(n), guts.MaxSIMD)
 		p = p[BlockSize:]
 		counter += guts.MaxSIMD
 	}
@@ -199,14 +192,17 @@ func (h *Hasher) batchPortable(p []byte, counter uint64) [8]uint32 {
 }
 
 // push adds a subtree's chaining value, merging equal subtrees.
-func (h *Hasher) push(cv [8]uint32, chunks uint64) {
-	for len(h.stack) > 0 && h.stack[len(h.stack)-1].chunks == chunks {
-		left := h.stack[len(h.stack)-1]
-		h.stack = h.stack[:len(h.stack)-1]
-		cv = guts.ChainingValue(guts.ParentNode(left.cv, cv, &guts.IV, 0))
+func (h *Hasher) push(cv [8]uint32, chunks uint64) { h.stack = pushSubtree(h.stack, cv, chunks) }
+
+// pushSubtree appends a subtree to stack, merging it with the subtrees
+// of its size on top (the BLAKE3 tree's left-to-right construction).
+func pushSubtree(stack []subtree, cv [8]uint32, chunks uint64) []subtree {
+	for len(stack) > 0 && stack[len(stack)-1].chunks == chunks {
+		cv = guts.ChainingValue(guts.ParentNode(stack[len(stack)-1].cv, cv, &guts.IV, 0))
+		stack = stack[:len(stack)-1]
 		chunks *= 2
 	}
-	h.stack = append(h.stack, subtree{cv, chunks})
+	return append(stack, subtree{cv, chunks})
 }
 
 // Finish hashes the last block (0 to BlockSize bytes; 0 only for an
